@@ -1,0 +1,275 @@
+"""The ``s3-uploader`` command: run, once, check, status, retry, ls, demo, example-config.
+
+Exit codes: 0 success; 1 the work failed (a file not uploaded, the bucket unreachable, the
+directory missing); 2 a usage or configuration error, always with a message naming the problem.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from . import __version__, logs
+from .config import Config, ConfigError, load_config, render_example
+from .store import STATES, WAITING_STATES, Store, StoreError, display
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("s3_uploader.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="s3-uploader",
+        description="Upload files from a watched directory to S3 (or any S3-compatible store), exactly once, "
+                    "and delete local copies only once S3 proves it has them.",
+        epilog="Exit codes: 0 ok, 1 the work failed, 2 usage or configuration error.")
+    p.add_argument("--version", action="version", version=f"s3-uploader {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        c.add_argument("-c", "--config", default="config.ini", metavar="PATH",
+                       help="configuration file (default: ./config.ini)")
+        return c
+
+    cmd("run", "Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads the config).")
+    cmd("once", "Upload the tree as it is now (waiting for changing files to settle), run one cleanup pass if "
+                "configured, then exit: 0 when every file found is in S3, 1 when any failed.")
+    cmd("check", "Validate the config, the directory, the state database and bucket access; one line each.")
+    st = cmd("status", "Show what the state database holds: files per state, the oldest waiting, last errors.")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd("retry", "Make every parked or failed file due for another attempt now (a running daemon picks them up).")
+    ls = cmd("ls", "List the objects under the configured prefix.")
+    ls.add_argument("prefix", nargs="?", default=None, help="list under this key prefix instead")
+    demo = sub.add_parser("demo", help="Start a local S3-compatible server, a bucket and an inbox folder, and run "
+                                       "the daemon on them (no AWS account needed).",
+                          description="Start a local S3-compatible server on 127.0.0.1, a bucket and an inbox folder, "
+                                      "and run the daemon on them until Ctrl-C.")
+    demo.add_argument("--dir", default="demo", help="where the demo keeps its server data, inbox and config "
+                                                    "(default: ./demo)")
+    demo.add_argument("--server", choices=("seaweedfs", "rclone"), default="seaweedfs",
+                      help="which local S3-compatible server to run (default: seaweedfs)")
+    demo.add_argument("--port", type=int, default=8333, help="S3 port on 127.0.0.1 (default 8333; a free one if taken)")
+    sub.add_parser("example-config", help="Print a config.example.ini documenting every key.")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "example-config":
+            sys.stdout.write(render_example())
+            return EXIT_OK
+        if args.command == "demo":
+            from .demo import run_demo
+            return run_demo(Path(args.dir), args.server, args.port)
+        cfg = _load(args.config)
+        if cfg is None:
+            return EXIT_USAGE
+        return COMMANDS[args.command](cfg, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(path: str) -> Optional[Config]:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        n = len(exc.errors)
+        print(f"s3-uploader: configuration error{'s' if n > 1 else ''} ({n}):", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {e}", file=sys.stderr)
+        return None
+
+
+def _setup_logs(cfg: Config) -> None:
+    d = cfg.daemon
+    if d.log_file:
+        Path(d.log_file).parent.mkdir(parents=True, exist_ok=True)
+    logs.setup(d.log_level, d.log_format, d.log_file, d.log_max_bytes, d.log_backup_count)
+
+
+def cmd_run(cfg: Config, args: Any, once: bool = False) -> int:
+    from .daemon import Daemon, StartupError
+    try:
+        _setup_logs(cfg)
+    except OSError as exc:
+        print(f"s3-uploader: cannot open log file {cfg.daemon.log_file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAIL
+    daemon = Daemon(cfg, once=once)
+    install_signals(daemon)
+    try:
+        return daemon.run()
+    except StartupError as exc:
+        log.error("%s", exc)
+        return EXIT_FAIL
+
+
+def install_signals(daemon: Any) -> None:
+    """SIGTERM/SIGINT: stop (a second one skips the drain). SIGHUP: reload, where the daemon can."""
+    state = {"stops": 0}
+
+    def on_stop(signum: int, _frame: Any) -> None:
+        state["stops"] += 1
+        if state["stops"] == 1:
+            log.info("Received %s: stopping (again to skip waiting for uploads)", signal.Signals(signum).name)
+            daemon.request_stop()
+        else:
+            daemon.abandon.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if hasattr(signal, "SIGHUP") and hasattr(daemon, "request_reload"):
+        signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+
+
+def cmd_once(cfg: Config, args: Any) -> int:
+    return cmd_run(cfg, args, once=True)
+
+
+def cmd_check(cfg: Config, args: Any) -> int:
+    from .remote import RemoteError, remote_from_config
+    ok = True
+    print(f"Config OK: {cfg.source}")
+    root = cfg.watch_root
+    if not root.is_dir():
+        print(f"Watch directory does not exist: {root}" if not root.exists()
+              else f"Watch directory is not a directory: {root}")
+        ok = False
+    elif not os.access(root, os.R_OK | os.X_OK):
+        print(f"Watch directory cannot be read (permission denied): {root}")
+        ok = False
+    else:
+        print(f"Watch directory OK: {root}")
+    db = Path(cfg.daemon.db_path)
+    folder = db.parent if not db.exists() else db
+    if os.access(folder if folder.exists() else folder.parent, os.W_OK):
+        print(f"State database OK: {db}")
+    else:
+        print(f"State database cannot be written: {db}")
+        ok = False
+    try:
+        remote = remote_from_config(cfg)
+        remote.check_access()
+        where = cfg.s3.endpoint_url or "AWS"
+        print(f"S3 bucket OK: s3://{cfg.s3.bucket}/{cfg.s3.prefix} ({where})")
+        remote.close()
+    except RemoteError as exc:
+        print(f"S3 bucket {cfg.s3.bucket} does not exist or you don't have access ({exc.reason})")
+        ok = False
+    except Exception as exc:  # e.g. a profile that does not exist
+        print(f"S3 bucket {cfg.s3.bucket} cannot be checked ({' '.join(str(exc).split())})")
+        ok = False
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
+    """Everything ``status`` shows, as plain data (the JSON form)."""
+    now = time.time() if now is None else now
+    counts = store.counts()
+    oldest = store.oldest_waiting()
+    out: Dict[str, Any] = {
+        "db_path": str(store.path),
+        "counts": counts,
+        "total": sum(counts.values()),
+        "waiting": sum(counts[s] for s in WAITING_STATES),
+        "oldest_waiting": None if oldest is None else {
+            "path": display(oldest.rel), "key": oldest.key, "state": oldest.state,
+            "age_seconds": round(max(0.0, now - oldest.discovered_at), 3),
+            "attempts": oldest.attempts, "last_error": oldest.last_error},
+        "last_errors": [{"at": at, "path": display(p) if p else None, "kind": kind, "message": msg}
+                        for at, p, kind, msg in store.last_errors(10)],
+        "parked": [{"path": display(r.rel), "kind": r.error_kind, "error": r.last_error, "attempts": r.attempts}
+                   for r in store.in_states(("parked",), limit=20)],
+    }
+    return out
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    d, h, m, sec = s // 86400, s % 86400 // 3600, s % 3600 // 60, s % 60
+    if d:
+        return f"{d}d {h}h"
+    if h:
+        return f"{h}h {m}m"
+    return f"{m}m {sec}s" if m else f"{sec}s"
+
+
+def cmd_status(cfg: Config, args: Any) -> int:
+    try:
+        with Store(cfg.daemon.db_path, readonly=True) as store:
+            data = status_data(store)
+    except StoreError as exc:
+        if args.json:
+            print(json.dumps({"error": str(exc), "counts": {s: 0 for s in STATES}}))
+        else:
+            print(str(exc), file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=False))
+        return EXIT_OK
+    print(f"State database: {data['db_path']}")
+    width = max(len(s) for s in STATES)
+    for state in STATES:
+        print(f"  {state:<{width}}  {data['counts'][state]:>9,}")
+    print(f"  {'total':<{width}}  {data['total']:>9,}")
+    o = data["oldest_waiting"]
+    if o:
+        extra = f", {o['attempts']} failed attempt(s), last error: {o['last_error']}" if o["last_error"] else ""
+        print(f"Oldest file not yet in S3: {o['path']} ({o['state']}, waiting {_age(o['age_seconds'])}{extra})")
+    else:
+        print("Every file found is in S3.")
+    if data["parked"]:
+        print("Parked (tried again after parked_retry_interval, or now with 's3-uploader retry'):")
+        for p in data["parked"]:
+            print(f"  {p['path']}: {p['kind']}: {p['error']}")
+    if data["last_errors"]:
+        print("Last errors:")
+        for e in data["last_errors"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+            print(f"  {when} [{e['kind']}] {e['path'] or ''}: {e['message']}")
+    return EXIT_OK
+
+
+def cmd_retry(cfg: Config, args: Any) -> int:
+    try:
+        with Store(cfg.daemon.db_path) as store:
+            n = store.retry_parked()
+    except StoreError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAIL
+    print(f"{n} parked or failed file(s) are due for another attempt now "
+          f"(a running daemon picks them up within a second; or run: s3-uploader once)")
+    return EXIT_OK
+
+
+def cmd_ls(cfg: Config, args: Any) -> int:
+    from .keys import KeyMaker
+    from .remote import remote_from_config
+    remote = remote_from_config(cfg)
+    prefix = args.prefix if args.prefix is not None else KeyMaker(cfg.s3.prefix).static_prefix
+    n = total = 0
+    try:
+        for page in remote.client.get_paginator("list_objects_v2").paginate(Bucket=cfg.s3.bucket, Prefix=prefix):
+            for o in page.get("Contents", ()):
+                print(f"{o['LastModified']:%Y-%m-%d %H:%M:%S}  {o['Size']:>12,}  {o['Key']}")
+                n += 1
+                total += o["Size"]
+    except Exception as exc:
+        print(f"Cannot list s3://{cfg.s3.bucket}/{prefix}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        remote.close()
+    print(f"{n} object(s), {total:,} bytes under s3://{cfg.s3.bucket}/{prefix}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "once": cmd_once, "check": cmd_check, "status": cmd_status, "retry": cmd_retry,
+            "ls": cmd_ls}

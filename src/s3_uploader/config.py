@@ -1,0 +1,507 @@
+"""The configuration: one declarative table drives parsing, validation, reload and the example file.
+
+Every option is a row of ``OPTIONS``: its section, key, type, default, whether a running daemon can
+apply a change to it without a restart, and a one-line help. ``parse_config(text)`` turns INI text
+into a :class:`Config` or raises :class:`ConfigError` listing *every* problem at once (section, key,
+the bad value and what was expected); ``load_config(path)`` reads a file and resolves relative paths
+against the file's folder; ``render_example()`` writes ``config.example.ini`` from the same table.
+"""
+from __future__ import annotations
+
+import configparser
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+
+class ConfigError(Exception):
+    """Raised with every problem found in a configuration; ``errors`` holds one line per problem."""
+
+    def __init__(self, errors: List[str]):
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+# --------------------------------------------------------------------------------------------
+# Value types. Each is a callable ``parse(text) -> value`` that raises ValueError with a phrase
+# saying what was expected; ``describe`` is that phrase, used in errors and the example file.
+# --------------------------------------------------------------------------------------------
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``30s``, ``5m``, ``2h``, ``7d`` or ``1w``; raises ValueError."""
+    m = _NUMBER_UNIT.match(text)
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _DURATION_UNITS:
+        raise ValueError("a duration: seconds, or a number with s, m, h, d or w (e.g. 30s, 5m, 7d)")
+    return float(m.group(1)) * _DURATION_UNITS[unit]
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1048576``, ``64MB`` (10^6) or ``8MiB`` (2^20); raises ValueError."""
+    m = _NUMBER_UNIT.match(text)
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _SIZE_UNITS:
+        raise ValueError("a size: bytes, or a number with KB, MB, GB, TB (10^3) or KiB, MiB, GiB, TiB (2^10)")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+@dataclass(frozen=True)
+class FreeSpace:
+    """A free-space floor: an absolute byte count, or a percentage of the filesystem's size."""
+
+    bytes: int = 0
+    percent: float = 0.0
+
+    def floor_bytes(self, total_bytes: int) -> int:
+        return self.bytes if not self.percent else int(total_bytes * self.percent / 100.0)
+
+    def __bool__(self) -> bool:
+        return bool(self.bytes or self.percent)
+
+
+def parse_free_space(text: str) -> FreeSpace:
+    t = text.strip()
+    if t.endswith("%"):
+        try:
+            pct = float(t[:-1])
+        except ValueError:
+            pct = -1.0
+        if not 0 <= pct < 100:
+            raise ValueError("a size (e.g. 20GiB) or a percentage from 0 to 99 (e.g. 10%)")
+        return FreeSpace(percent=pct)
+    try:
+        return FreeSpace(bytes=parse_size(t))
+    except ValueError:
+        raise ValueError("a size (e.g. 20GiB) or a percentage from 0 to 99 (e.g. 10%)") from None
+
+
+def parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def parse_patterns(text: str) -> Tuple[str, ...]:
+    """Comma-separated shell wildcards; ``*`` also crosses ``/``. Empty items are dropped."""
+    pats = tuple(p.strip().replace("\\", "/") for p in text.split(",") if p.strip())
+    for p in pats:
+        try:
+            re.compile(fnmatch.translate(p))
+        except re.error:
+            raise ValueError(f"comma-separated shell wildcards (bad pattern {p!r})") from None
+    return pats
+
+
+def parse_address(text: str) -> Tuple[str, int]:
+    """``PORT``, ``:PORT`` or ``HOST:PORT``; a bare port binds 127.0.0.1 only."""
+    t = text.strip()
+    host, _, port = t.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("PORT, :PORT or HOST:PORT (e.g. 127.0.0.1:9101)")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    minute_of_day: int
+    limit: Optional[int]  # bytes per second, None = unlimited
+
+
+def parse_schedule(text: str) -> Tuple[ScheduleEntry, ...]:
+    """An rclone-style timetable: ``08:00,512KiB 19:00,off``; each entry holds until the next one."""
+    out = []
+    expected = "a timetable of HH:MM,RATE entries separated by spaces (e.g. 08:00,512KiB 19:00,off)"
+    for item in text.split():
+        when, sep, rate = item.partition(",")
+        m = re.match(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$", when)
+        if not sep or not m:
+            raise ValueError(expected)
+        limit: Optional[int]
+        if rate.strip().lower() in ("off", "unlimited", "0"):
+            limit = None
+        else:
+            try:
+                limit = parse_size(rate)
+            except ValueError:
+                raise ValueError(expected) from None
+        out.append(ScheduleEntry(int(m.group(1)) * 60 + int(m.group(2)), limit))
+    out.sort(key=lambda e: e.minute_of_day)
+    return tuple(out)
+
+
+class _Type:
+    """A named parser with the phrase that says what it expects (for errors and the example)."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any], describe: str):
+        self.name, self.parse, self.describe = name, parse, describe
+
+
+def _int(minimum: int, maximum: Optional[int] = None) -> _Type:
+    def parse(text: str) -> int:
+        try:
+            v = int(text.strip())
+        except ValueError:
+            v = None
+        if v is None or v < minimum or (maximum is not None and v > maximum):
+            hi = f" to {maximum}" if maximum is not None else " or more"
+            raise ValueError(f"a whole number, {minimum}{hi}")
+        return v
+    return _Type("int", parse, "whole number")
+
+
+def _choice(*values: str, case: bool = False) -> _Type:
+    def parse(text: str) -> str:
+        t = text.strip()
+        for v in values:
+            if (t == v) if case else (t.lower() == v.lower()):
+                return v
+        raise ValueError("one of " + ", ".join(repr(v) if v else "(empty)" for v in values))
+    return _Type("choice", parse, "one of " + ", ".join(v or "(empty)" for v in values))
+
+
+def _duration(minimum: float = 0.0) -> _Type:
+    def parse(text: str) -> float:
+        v = parse_duration(text)
+        if v < minimum:
+            raise ValueError(f"a duration of at least {minimum:g}s")
+        return v
+    return _Type("duration", parse, "duration")
+
+
+def _size(minimum: int = 0) -> _Type:
+    def parse(text: str) -> int:
+        v = parse_size(text)
+        if v < minimum:
+            raise ValueError(f"a size of at least {minimum} bytes")
+        return v
+    return _Type("size", parse, "size")
+
+
+STR = _Type("str", lambda t: t.strip(), "text")
+PATH = _Type("path", lambda t: t.strip(), "path")
+BOOL = _Type("bool", parse_bool, "true/false")
+PATTERNS = _Type("patterns", parse_patterns, "comma-separated wildcards")
+FREE_SPACE = _Type("free_space", parse_free_space, "size or percentage")
+ADDRESS = _Type("address", parse_address, "HOST:PORT")
+SCHEDULE = _Type("schedule", parse_schedule, "timetable")
+
+STORAGE_CLASSES = ("", "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                   "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the table: where it lives, how it is read, and whether it can change live."""
+
+    section: str
+    key: str
+    type: _Type
+    default: str  # as written in the INI file; "" means empty/off
+    help: str
+    reloadable: bool = True
+    required: bool = False
+    example: Optional[str] = None  # a value shown (commented out) in config.example.ini
+
+
+# The order here is the order of config.example.ini.
+OPTIONS: Tuple[Option, ...] = (
+    # --- what to watch ---------------------------------------------------------------------
+    Option("watch", "directory_to_watch", PATH, "", "The folder whose files are uploaded (required). Its tree is "
+           "walked recursively; nothing outside it is ever read.", reloadable=False, required=True,
+           example="/var/lib/bi/New"),
+    Option("watch", "include", PATTERNS, "", "Comma-separated wildcards matched against the path relative to "
+           "directory_to_watch; '*' also crosses '/'. Empty = every file.",
+           example="*.dat, *.bvr, *.avi, *.mov, *.jpg, *.mp4"),
+    Option("watch", "exclude", PATTERNS, "", "Comma-separated wildcards for files never to upload "
+           "(e.g. tmp/*, *.part). Exclude wins over include.", example="tmp/*, *.part, *.tmp"),
+    Option("watch", "skip_hidden", BOOL, "true", "Skip names starting with '.', files and whole folders."),
+    Option("watch", "follow_symlinks", BOOL, "false", "Follow symbolic links; even then nothing that resolves "
+           "outside directory_to_watch is read."),
+    Option("watch", "stable_seconds", _duration(0), "10s", "A file is uploaded only after its size, mtime and "
+           "inode stayed the same this long (0 = as soon as found)."),
+    Option("watch", "stable_checks", _int(1, 1000), "2", "...and over at least this many consecutive checks."),
+    Option("watch", "scan_interval", _duration(0.1), "60s", "Full rescan period: the guarantee behind "
+           "filesystem events, which can be lost."),
+    Option("watch", "use_events", BOOL, "true", "Use filesystem events (inotify, ReadDirectoryChangesW) as "
+           "hints that shorten the wait; false = rescans only (e.g. for network shares).", reloadable=False),
+    # --- where it goes -------------------------------------------------------------------
+    Option("s3", "bucket", STR, "", "The bucket to upload into (required).", reloadable=False, required=True,
+           example="my-camera-archive"),
+    Option("s3", "prefix", STR, "", "A folder inside the bucket: key = prefix/relative/path. Placeholders "
+           "{hostname}, and from each file's mtime (local time) {yyyy}, {mm}, {dd}.", reloadable=False,
+           example="{hostname}/{yyyy}-{mm}-{dd}"),
+    Option("s3", "region", STR, "", "AWS region; empty = from the AWS config/environment (us-east-1 if none).",
+           reloadable=False),
+    Option("s3", "endpoint_url", STR, "", "Endpoint of an S3-compatible server (MinIO, SeaweedFS, Ceph, ...); "
+           "empty = AWS.", reloadable=False, example="http://127.0.0.1:8333"),
+    Option("s3", "profile", STR, "", "Named profile from the AWS shared config/credentials files; empty = the "
+           "default credential chain (environment, files, instance role).", reloadable=False),
+    Option("s3", "credentials_file", PATH, "", "A shared credentials file to read instead of "
+           "~/.aws/credentials (same format); empty = the standard location.", reloadable=False),
+    Option("s3", "addressing_style", _choice("auto", "path", "virtual"), "auto", "Bucket addressing: path "
+           "style suits most S3-compatible servers.", reloadable=False),
+    Option("s3", "ca_bundle", PATH, "", "A PEM bundle to verify the endpoint's TLS certificate; empty = system "
+           "store.", reloadable=False),
+    Option("s3", "storage_class", _choice(*STORAGE_CLASSES, case=False), "", "Storage class for new uploads; "
+           "empty = the bucket's default (STANDARD).", example="STANDARD_IA"),
+    Option("s3", "sse", _choice("", "AES256", "aws:kms", "aws:kms:dsse"), "", "Server-side encryption for new "
+           "uploads; empty = the bucket's default."),
+    Option("s3", "sse_kms_key_id", STR, "", "KMS key id or ARN, with sse = aws:kms."),
+    # --- how it is sent ------------------------------------------------------------------
+    Option("upload", "upload_workers", _int(1, 256), "8", "Files in flight at once.", reloadable=False),
+    Option("upload", "max_pending_uploads", _int(1), "10000", "Files held in memory at once (waiting to be "
+           "stable or queued); bounds memory when a million files appear at once.", reloadable=False),
+    Option("upload", "max_retries", _int(0), "10", "Failed attempts before a file is parked (still shown by "
+           "status, tried again after parked_retry_interval)."),
+    Option("upload", "retry_backoff_base", _duration(0), "2s", "First retry delay; doubles per attempt, with "
+           "jitter."),
+    Option("upload", "retry_backoff_max", _duration(0), "5m", "Longest retry delay."),
+    Option("upload", "parked_retry_interval", _duration(1), "1h", "How often parked files are tried again "
+           "(also: s3-uploader retry)."),
+    Option("upload", "multipart_threshold", _size(5 * 1024**2), "16MiB", "Files this size or larger are sent "
+           "in parts (multipart upload, resumable across restarts)."),
+    Option("upload", "multipart_chunksize", _size(5 * 1024**2), "16MiB", "Part size for multipart uploads (grown "
+           "automatically to keep under 10,000 parts)."),
+    Option("upload", "max_concurrency", _int(1, 64), "4", "Parts of one multipart upload in flight at once."),
+    Option("upload", "max_bandwidth", _size(0), "", "Upload rate limit in bytes per second (units allowed, "
+           "e.g. 10MiB); empty or 0 = unlimited.", example="10MiB"),
+    Option("upload", "bandwidth_schedule", SCHEDULE, "", "rclone-style timetable of limits, each from its time "
+           "of day until the next entry; overrides max_bandwidth.", example="08:00,512KiB 19:00,off"),
+    Option("upload", "connect_timeout", _duration(0.1), "10s", "Timeout to connect to the endpoint."),
+    Option("upload", "read_timeout", _duration(0.1), "60s", "Timeout waiting for the endpoint to answer."),
+    # --- local cleanup -------------------------------------------------------------------
+    Option("cleanup", "delete_after", _duration(0), "", "Delete the local copy this long after its upload was "
+           "confirmed (and only once S3 shows the object again); empty or 0 = never.", example="7d"),
+    Option("cleanup", "min_free_space", FREE_SPACE, "", "Keep at least this much free on the watched "
+           "filesystem by deleting confirmed-uploaded files oldest first; bytes or a percentage.",
+           example="10%"),
+    Option("cleanup", "cleanup_interval", _duration(1), "5m", "How often a cleanup pass runs."),
+    Option("cleanup", "cleanup_batch_size", _int(1), "1000", "Local candidates examined per pass at most."),
+    Option("cleanup", "cleanup_prefix_batch_size", _int(1), "100", "Distinct S3 folders listed per pass at "
+           "most (one ListObjectsV2 listing per folder)."),
+    Option("cleanup", "remove_empty_dirs", BOOL, "true", "Remove folders emptied by cleanup (never "
+           "directory_to_watch itself)."),
+    Option("cleanup", "cleanup_dry_run", BOOL, "false", "Log what would be deleted; delete nothing."),
+    Option("cleanup", "cleanup_action", _choice("delete", "archive"), "delete", "delete, or archive: move the "
+           "file into archive_directory, keeping its relative path."),
+    Option("cleanup", "archive_directory", PATH, "", "Where cleanup_action = archive moves files; must be "
+           "outside directory_to_watch.", example="/srv/archive"),
+    # --- the process ---------------------------------------------------------------------
+    Option("daemon", "db_path", PATH, "s3-uploader.db", "The state database (SQLite). Relative paths are "
+           "relative to this config file's folder.", reloadable=False),
+    Option("daemon", "log_file", PATH, "", "Also log to this file (rotated); empty = stderr only.",
+           reloadable=False),
+    Option("daemon", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level."),
+    Option("daemon", "log_format", _choice("text", "json"), "text", "text: timestamped lines; json: one JSON "
+           "object per line."),
+    Option("daemon", "log_max_bytes", _size(0), "10MiB", "Rotate log_file at this size (0 = never).",
+           reloadable=False),
+    Option("daemon", "log_backup_count", _int(0), "5", "Rotated log files kept.", reloadable=False),
+    Option("daemon", "metrics_address", ADDRESS, "", "Serve Prometheus /metrics and /healthz here; a bare "
+           "port binds 127.0.0.1. Empty = off.", reloadable=False, example="127.0.0.1:9101"),
+    Option("daemon", "shutdown_timeout", _duration(0), "30s", "On SIGTERM, how long in-flight uploads may run "
+           "before they are abandoned (resumed at next start)."),
+)
+
+SECTIONS: Tuple[str, ...] = tuple(dict.fromkeys(o.section for o in OPTIONS))
+_BY_KEY: Dict[Tuple[str, str], Option] = {(o.section, o.key): o for o in OPTIONS}
+
+
+class Section:
+    """Read-only attribute access to one section's parsed values."""
+
+    def __init__(self, name: str, values: Dict[str, Any]):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"[{self._name}] has no option {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("configuration is read-only; build a new Config instead")
+
+
+class Config:
+    """A parsed, validated configuration. Immutable: a reload builds a new one and swaps it."""
+
+    def __init__(self, values: Dict[Tuple[str, str], Any], source: Optional[Path] = None):
+        self.values = dict(values)
+        self.source = source
+        for sec in SECTIONS:
+            setattr(self, sec, Section(sec, {k: v for (s, k), v in self.values.items() if s == sec}))
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[(section, key)]
+
+    @property
+    def watch_root(self) -> Path:
+        return Path(self.values[("watch", "directory_to_watch")])
+
+    def differences(self, other: "Config") -> List[Option]:
+        """The options whose value differs between this config and ``other``."""
+        return [o for o in OPTIONS if self.values[(o.section, o.key)] != other.values[(o.section, o.key)]]
+
+
+def _resolve(path_text: str, base: Optional[Path]) -> str:
+    if not path_text:
+        return ""
+    p = Path(os.path.expanduser(path_text))
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return str(p)
+
+
+def parse_config(text: str, source: Optional[Path] = None) -> Config:
+    """Parse INI text into a Config, or raise ConfigError naming every problem at once.
+
+    Relative paths resolve against ``source``'s folder (the current folder when None).
+    """
+    errors: List[str] = []
+    where = f"{source}: " if source else ""
+    parser = configparser.ConfigParser(interpolation=None, empty_lines_in_values=False,
+                                       inline_comment_prefixes=("#", ";"), strict=True)
+    try:
+        parser.read_string(text, source=str(source) if source else "<config>")
+    except configparser.Error as exc:
+        raise ConfigError([f"{where}cannot read the file as INI: {' '.join(str(exc).split())}"]) from None
+
+    for sec in parser.sections():
+        if sec not in SECTIONS:
+            errors.append(f"{where}[{sec}]: unknown section (expected one of: {', '.join(SECTIONS)})")
+            continue
+        for key in parser[sec]:
+            if (sec, key) not in _BY_KEY:
+                close = [o.key for o in OPTIONS if o.section == sec]
+                hint = _closest(key, close)
+                errors.append(f"{where}[{sec}] {key}: unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
+
+    base = source.parent if source else Path.cwd()
+    values: Dict[Tuple[str, str], Any] = {}
+    for opt in OPTIONS:
+        raw = parser.get(opt.section, opt.key, fallback=None) if parser.has_section(opt.section) else None
+        text_value = opt.default if raw is None else raw
+        if opt.required and not text_value.strip():
+            errors.append(f"{where}[{opt.section}] {opt.key}: is required and missing (expected {opt.type.describe},"
+                          f" e.g. {opt.example})")
+            values[(opt.section, opt.key)] = None
+            continue
+        if not text_value.strip() and opt.type.name not in ("str", "path", "patterns", "choice"):
+            values[(opt.section, opt.key)] = _empty_value(opt)
+            continue
+        try:
+            value = opt.type.parse(text_value)
+        except ValueError as exc:
+            errors.append(f"{where}[{opt.section}] {opt.key} = {text_value.strip()!r}: expected {exc}")
+            values[(opt.section, opt.key)] = None
+            continue
+        if opt.type is PATH:
+            value = _resolve(value, base)
+        values[(opt.section, opt.key)] = value
+
+    errors.extend(f"{where}{e}" for e in _cross_checks(values))
+    if errors:
+        raise ConfigError(errors)
+    return Config(values, source)
+
+
+def _empty_value(opt: Option) -> Any:
+    """What an option written with no value means: off for limits and timers, the default otherwise."""
+    if opt.type.name in ("int", "bool"):
+        return opt.type.parse(opt.default)
+    return {"duration": 0.0, "size": 0, "free_space": FreeSpace(), "address": None, "schedule": ()}[opt.type.name]
+
+
+def _cross_checks(v: Dict[Tuple[str, str], Any]) -> Iterable[str]:
+    """Rules that span several keys. Skipped where an input already failed on its own."""
+    root = v.get(("watch", "directory_to_watch"))
+    if v.get(("cleanup", "cleanup_action")) == "archive":
+        arch = v.get(("cleanup", "archive_directory"))
+        if not arch:
+            yield "[cleanup] archive_directory: is required when cleanup_action = archive (expected a path)"
+        elif root and _is_within(Path(arch), Path(root)):
+            yield (f"[cleanup] archive_directory = {arch!r}: expected a folder outside directory_to_watch "
+                   f"({root}), or archived files would be uploaded again")
+    sse, kms = v.get(("s3", "sse")), v.get(("s3", "sse_kms_key_id"))
+    if kms and sse not in ("aws:kms", "aws:kms:dsse", None):
+        yield f"[s3] sse_kms_key_id = {kms!r}: expected only with sse = aws:kms or aws:kms:dsse"
+    base, cap = v.get(("upload", "retry_backoff_base")), v.get(("upload", "retry_backoff_max"))
+    if base is not None and cap is not None and cap < base:
+        yield (f"[upload] retry_backoff_max = {cap:g}s: expected at least retry_backoff_base ({base:g}s)")
+    prefix = v.get(("s3", "prefix"))
+    if prefix:
+        try:
+            prefix.format(hostname="h", yyyy="2026", mm="01", dd="01")
+        except (KeyError, IndexError, ValueError) as exc:
+            yield (f"[s3] prefix = {prefix!r}: expected only the placeholders {{hostname}}, {{yyyy}}, {{mm}}, "
+                   f"{{dd}} ({exc})")
+    if v.get(("s3", "endpoint_url")):
+        ep = v[("s3", "endpoint_url")]
+        if not re.match(r"^https?://[^/\s]+/?$", ep):
+            yield f"[s3] endpoint_url = {ep!r}: expected http://HOST[:PORT] or https://HOST[:PORT]"
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _closest(key: str, candidates: List[str]) -> Optional[str]:
+    import difflib
+    m = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return m[0] if m else None
+
+
+def load_config(path: os.PathLike) -> Config:
+    """Read and parse the file at ``path``; raise ConfigError (one line) when it cannot be read."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: config file not found (use --config PATH, or copy config.example.ini)"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{p}: cannot read config file: {exc}"]) from None
+    return parse_config(text, source=p.absolute())
+
+
+def render_example() -> str:
+    """The text of config.example.ini: every option with its help, default and an example."""
+    lines = [
+        "# s3-uploader configuration. Every key is listed with its default; uncomment to change.",
+        "# Durations: seconds or 30s, 5m, 2h, 7d. Sizes: bytes or KB/MB/GB (10^3) and KiB/MiB/GiB (2^10).",
+        "# Keys marked (restart) need a daemon restart; the rest apply live when this file is saved or on SIGHUP.",
+        "# Credentials are never read from here: they come from the AWS chain (environment, profile, role).",
+    ]
+    for sec in SECTIONS:
+        lines += ["", f"[{sec}]"]
+        for o in (o for o in OPTIONS if o.section == sec):
+            flags = [f for f in ("required" if o.required else "", "restart" if not o.reloadable else "") if f]
+            lines.append(f"# {o.help}" + (f" ({', '.join(flags)})" if flags else ""))
+            if o.required:
+                lines.append(f"{o.key} = {o.example}")
+            else:
+                lines.append(f"#{o.key} = {o.default}")
+                if o.example is not None:
+                    lines.append(f"#   e.g. {o.key} = {o.example}")
+    return "\n".join(lines) + "\n"

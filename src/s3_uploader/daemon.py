@@ -1,0 +1,638 @@
+"""The daemon: discovery, stability, upload and bookkeeping wired together, with an ordered shutdown.
+
+Threads, in the order data flows:
+
+- **scanner**: a full rescan at start and every ``scan_interval`` (the guarantee), and subtree scans
+  for folders that events report; diffs each folder against the database and hands new or changed
+  files to the scheduler through a bounded queue (so a million new files never sit in memory).
+- **watcher** (watchdog's thread): events become hints, which only shorten the wait.
+- **scheduler**: owns the :class:`~s3_uploader.stability.Tracker` (at most ``max_pending_uploads``
+  files), checks each file when due, and hands ready files to the workers; also brings failed
+  files back when their retry is due.
+- **upload workers** (``upload_workers`` of them): upload one file each, record the outcome.
+- **store committer**: group commit of the database.
+
+``once`` mode runs the same machinery for a single scan and stops when nothing is left to do.
+Every wait is on an event with a timeout, so a stop request is never stuck behind a sleep.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
+
+from .config import Config
+from .keys import Filters, KeyMaker, key_problem
+from .remote import PutOptions, Remote, RemoteError
+from .retry import Failure, decide_retry
+from .scanner import FileStat, Reporter, Scanner
+from .stability import Observation, Tracker, assess
+from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
+from .uploader import Job, Outcome, Settings, Uploader
+from .watcher import Hints, Watcher
+from .writers import WriterProbe
+
+log = logging.getLogger(__name__)
+
+RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line for the user (no traceback)."""
+
+
+@dataclass
+class Stats:
+    """Counters for status lines, metrics and health. Written under ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started_at: float = field(default_factory=time.time)
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    failures: Dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    changed_while_reading: int = 0
+    last_upload_at: Optional[float] = None
+    last_error: Optional[str] = None
+    scans: int = 0
+    last_scan_at: Optional[float] = None
+    last_scan_seconds: float = 0.0
+    last_scan_files: int = 0
+    upload_seconds: List[float] = field(default_factory=list)  # drained by the metrics exporter
+
+    def add(self, **kw: float) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+class Daemon:
+    """One uploader over one watched directory and one bucket.
+
+    Give it a :class:`Config`; ``remote`` and ``store`` default to the real ones the config names
+    (tests pass a MemoryRemote). ``run()`` blocks until ``request_stop()`` (or, in ``once`` mode,
+    until the tree is done) and returns after an ordered shutdown.
+    """
+
+    def __init__(self, cfg: Config, remote: Optional[Remote] = None, store: Optional[Store] = None, *,
+                 once: bool = False, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.once = once
+        self.clock = clock
+        self.wall = wall
+        self.root = str(cfg.watch_root)
+        self._remote = remote
+        self._store = store
+        self.stop_event = threading.Event()  # stop intake
+        self.abandon = threading.Event()  # drain time is over: in-flight multipart uploads stop between parts
+        self.wake = threading.Event()  # wakes the scheduler
+        self.scan_request = threading.Event()
+        self.stats = Stats()
+        self.hints = Hints(on_add=self.wake.set)
+        self.reporter = Reporter()
+        cap = cfg.upload.max_pending_uploads
+        self.tracker = Tracker(cap)
+        self.candidates: "queue.Queue[FileStat]" = queue.Queue(maxsize=cap)
+        self.folder_requests: "queue.Queue[str]" = queue.Queue()
+        self.upload_q: "queue.Queue[Optional[Job]]" = queue.Queue()
+        self.ready: Deque[Job] = collections.deque()
+        self.inflight: Set[str] = set()
+        self.inflight_lock = threading.Lock()
+        self.scan_done = threading.Event()  # once mode: the single scan has finished
+        self.heartbeats: Dict[str, float] = {}
+        self._threads: List[threading.Thread] = []
+        self._waiting_logged: Set[str] = set()
+        self.watcher: Optional[Watcher] = None
+        self.exit_code = 0
+        self._apply_watch_settings(cfg)
+        self.keymaker = KeyMaker(cfg.s3.prefix)
+
+    # -- settings that components read --------------------------------------------------------
+    def _apply_watch_settings(self, cfg: Config) -> None:
+        w = cfg.watch
+        self.filters = Filters(w.include, w.exclude, w.skip_hidden)
+        self.scanner = Scanner(cfg.watch_root, self.filters, w.follow_symlinks, self.reporter)
+
+    def upload_settings(self) -> Settings:
+        c = self.cfg
+        return Settings(c.upload.multipart_threshold, c.upload.multipart_chunksize, c.upload.max_concurrency,
+                        PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks)
+
+    @property
+    def remote(self) -> Remote:
+        assert self._remote is not None
+        return self._remote
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None
+        return self._store
+
+    # -- start-up -------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Start-up checks, in the order a user would fix them; raises StartupError (one line)."""
+        root = self.cfg.watch_root
+        if not root.is_dir():
+            if root.exists():
+                raise StartupError(f"Watch directory is not a directory: {root}")
+            raise StartupError(f"Watch directory does not exist: {root}")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise StartupError(f"Watch directory cannot be read (permission denied): {root}")
+        if self._store is None:
+            try:
+                self._store = Store(self.cfg.daemon.db_path, clock=self.wall)
+            except StoreError as exc:
+                raise StartupError(str(exc)) from None
+        if self._remote is None:
+            from .remote import remote_from_config
+            self._remote = remote_from_config(self.cfg)
+        try:
+            self.remote.check_access()
+        except RemoteError as exc:
+            raise StartupError(f"S3 bucket {self.cfg.s3.bucket} does not exist or you don't have access "
+                               f"({exc.reason})") from None
+        n = self.store.recover_interrupted()
+        if n:
+            log.info("%d upload(s) were interrupted by the last stop; they will be resumed", n)
+        if self.once:
+            self.store.retry_parked(self.wall())  # a manual run tries everything once more
+        self.store.commit()
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped (or, once, until done). Returns the exit code."""
+        self.prepare()
+        self.store.start()
+        up = self.cfg.upload
+        self.uploader = Uploader(self.remote, self.store, self.upload_settings,
+                                 part_workers=up.upload_workers * up.max_concurrency, abandon=self.abandon,
+                                 clock=self.clock)
+        self.probe = WriterProbe(self.root, clock=self.clock)
+        log.info("Watching %s -> s3://%s/%s (%s)", self.root, self.cfg.s3.bucket, self.cfg.s3.prefix,
+                 "once" if self.once else "daemon")
+        self._start_threads()
+        try:
+            while not self.stop_event.wait(0.5):
+                self.on_tick()
+        finally:
+            self.shutdown()
+        if self.once:
+            self.exit_code = self._once_result()
+        return self.exit_code
+
+    def on_tick(self) -> None:
+        """Called by the main thread twice a second; extension point for health and notify."""
+
+    def _start_threads(self) -> None:
+        if self.cfg.watch.use_events and not self.once:
+            try:
+                self.watcher = Watcher(self.root, self.hints, self.folder_requests.put)
+                self.watcher.start()
+            except Exception as exc:  # inotify limits, unsupported FS: rescans still work
+                log.warning("Filesystem events unavailable (%s); relying on rescans every %gs", exc,
+                            self.cfg.watch.scan_interval)
+                self.watcher = None
+        self._spawn("scanner", self._scan_loop)
+        self._spawn("scheduler", self._schedule_loop)
+        for i in range(self.cfg.upload.upload_workers):
+            self._spawn(f"upload-{i}", self._worker_loop)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=self._guard(name, target), name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except StoreError as exc:
+                log.error("%s", exc)
+                self.exit_code = 1
+                self.request_stop()
+            except Exception:
+                log.exception("Thread %s failed; stopping so the service manager can restart us", name)
+                self.exit_code = 1
+                self.request_stop()
+        return run
+
+    def request_stop(self) -> None:
+        """Stop intake; ``run()`` then drains in-flight uploads and returns. Safe from signal handlers."""
+        self.stop_event.set()
+        self.wake.set()
+        self.scan_request.set()
+
+    def shutdown(self) -> None:
+        """Ordered shutdown: intake off, in-flight uploads drained against the deadline, state flushed.
+
+        Every step runs even if an earlier one fails; the database is closed last.
+        """
+        self.stop_event.set()
+        self.wake.set()
+        self.scan_request.set()
+        if self.watcher is not None:
+            self.watcher.stop()
+        for t in self._threads:
+            if t.name in ("scanner", "scheduler"):
+                t.join()
+        # jobs queued but not started stay pending in the database: they go first at next start
+        dropped = 0
+        while True:
+            try:
+                job = self.upload_q.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                dropped += 1
+                with self.inflight_lock:
+                    self.inflight.discard(job.rel)
+        workers = [t for t in self._threads if t.name.startswith("upload-")]
+        for _ in workers:
+            self.upload_q.put(None)
+        if self.inflight:
+            log.info("Stopping: waiting up to %gs for %d upload(s) in flight", self.cfg.daemon.shutdown_timeout,
+                     len(self.inflight))
+        deadline = self.clock() + self.cfg.daemon.shutdown_timeout
+        for t in workers:
+            t.join(max(0.0, deadline - self.clock()))
+        if any(t.is_alive() for t in workers):
+            log.warning("Shutdown timeout: abandoning uploads in flight (multipart uploads resume at next start)")
+            self.abandon.set()
+            for t in workers:
+                t.join(5.0)
+        try:
+            self.uploader.close()
+        except Exception:
+            log.exception("Error closing the uploader")
+        try:
+            self.store.close()
+        except StoreError as exc:
+            log.error("%s", exc)
+            self.exit_code = 1
+        try:
+            self.remote.close()
+        except Exception:
+            log.debug("Error closing the S3 client", exc_info=True)
+        log.info("Stopped")
+
+    def _once_result(self) -> int:
+        try:
+            with Store(self.cfg.daemon.db_path, readonly=True) as st:
+                counts = st.counts()
+        except StoreError as exc:
+            log.error("%s", exc)
+            return 1
+        waiting = sum(counts[s] for s in WAITING_STATES)
+        if waiting:
+            log.error("%d file(s) are not in S3 (see: s3-uploader status)", waiting)
+            return 1
+        return self.exit_code
+
+    # -- scanner thread ---------------------------------------------------------------------------
+    def _scan_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self.heartbeats["scanner"] = self.clock()
+            self.full_scan()
+            if self.once:
+                self.scan_done.set()
+                self.wake.set()
+                return
+            deadline = self.clock() + self.cfg.watch.scan_interval
+            while not self.stop_event.is_set():
+                self.heartbeats["scanner"] = self.clock()
+                self._scan_requested_folders()
+                left = deadline - self.clock()
+                if left <= 0 or self.scan_request.is_set():
+                    self.scan_request.clear()
+                    break
+                self.scan_request.wait(min(left, 1.0))
+
+    def _scan_requested_folders(self) -> None:
+        seen: Set[str] = set()
+        while not self.stop_event.is_set():
+            try:
+                rel_dir = self.folder_requests.get_nowait()
+            except queue.Empty:
+                return
+            if rel_dir not in seen:
+                seen.add(rel_dir)
+                self.scan_folder(rel_dir)
+
+    def full_scan(self) -> int:
+        """One pass over the whole tree; returns the number of candidate files found."""
+        t0, wall0 = self.clock(), self.wall()
+        files = found = 0
+        for rel_dir, listing in self.scanner.walk():
+            if self.stop_event.is_set():
+                return found
+            files += len(listing)
+            found += self._diff_folder(rel_dir, listing)
+            self.heartbeats["scanner"] = self.clock()
+        if not self.stop_event.is_set():
+            self._sweep_vanished(wall0)
+        secs = self.clock() - t0
+        with self.stats.lock:
+            self.stats.scans += 1
+            self.stats.last_scan_at = self.wall()
+            self.stats.last_scan_seconds = secs
+            self.stats.last_scan_files = files
+        log.debug("Scan: %d files, %d to upload, %.2fs", files, found, secs)
+        return found
+
+    def scan_folder(self, rel_dir: str) -> None:
+        """Scan one folder's subtree (a folder created or moved in: its files raised no events)."""
+        for d, listing in self.scanner.walk(rel_dir):
+            if self.stop_event.is_set():
+                return
+            self._diff_folder(d, listing)
+
+    def _diff_folder(self, rel_dir: str, listing: List[FileStat]) -> int:
+        """Compare one folder's files with the database; queue what needs uploading."""
+        known = self.store.signatures_in_dir(rel_dir)
+        new_rows: List[Tuple[str, str, int, int, int]] = []
+        todo: List[FileStat] = []
+        for f in listing:
+            rec = known.pop(f.rel, None)
+            if rec is None:
+                new_rows.append((f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino))
+                todo.append(f)
+                continue
+            state, sig = rec[0], rec[1:]
+            if sig == f.signature:
+                if state in ("pending", "uploading"):
+                    todo.append(f)
+                continue  # done, or failed/parked with its retry scheduled
+            if self._is_inflight(f.rel):
+                continue  # the upload's own re-check catches the change
+            if state in DONE_STATES:
+                log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
+            self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino)
+            todo.append(f)
+        if new_rows:
+            self.store.discover_many(new_rows)
+        for rel, (state, *_sig) in known.items():
+            if state in WAITING_STATES and not self._is_inflight(rel) and not os.path.lexists(self.scanner.abspath(rel)):
+                log.warning("File vanished before it was uploaded: %s", display(rel))
+                self.store.forget(rel)
+        for f in todo:
+            while not self.stop_event.is_set():
+                try:
+                    self.candidates.put(f, timeout=0.5)
+                    self.wake.set()
+                    break
+                except queue.Full:
+                    self.heartbeats["scanner"] = self.clock()
+        return len(todo)
+
+    def _sweep_vanished(self, scan_started: float) -> None:
+        """Rows still waiting whose file is gone or no longer included (e.g. its folder was removed)."""
+        after = b""
+        while not self.stop_event.is_set():
+            rows = self.store.in_states(WAITING_STATES, after=after, limit=500)
+            if not rows:
+                return
+            after = os.fsencode(rows[-1].rel)
+            for r in rows:
+                if r.discovered_at >= scan_started or self._is_inflight(r.rel):
+                    continue
+                if not self.filters.file_allowed(r.rel):
+                    log.info("File no longer matches include/exclude; not uploading: %s", display(r.rel))
+                    self.store.forget(r.rel)
+                elif not os.path.lexists(self.scanner.abspath(r.rel)):
+                    log.warning("File vanished before it was uploaded: %s", display(r.rel))
+                    self.store.forget(r.rel)
+
+    def _is_inflight(self, rel: str) -> bool:
+        with self.inflight_lock:
+            return rel in self.inflight
+
+    # -- scheduler thread -------------------------------------------------------------------------
+    def _schedule_loop(self) -> None:
+        next_sweep = 0.0
+        while not self.stop_event.is_set():
+            now = self.clock()
+            self.heartbeats["scheduler"] = now
+            self._take_hints(now)
+            self._take_candidates(now)
+            if now >= next_sweep:
+                self._sweep_retries(now)
+                next_sweep = now + RETRY_SWEEP_INTERVAL
+            self._check_due(now)
+            self._feed_workers()
+            if self.once and self._once_finished():
+                log.info("All files processed")
+                self.request_stop()
+                return
+            nd = self.tracker.next_due()
+            timeout = min(1.0, next_sweep - now, (nd - now) if nd is not None else 1.0)
+            if self.ready and self.upload_q.qsize() >= self._feed_limit():
+                timeout = min(timeout, 0.05)
+            self.wake.wait(max(0.0, timeout))
+            self.wake.clear()
+
+    def _feed_limit(self) -> int:
+        return 2 * self.cfg.upload.upload_workers
+
+    def _take_hints(self, now: float) -> None:
+        items, overflowed = self.hints.drain()
+        if overflowed:
+            self.scan_request.set()
+        for rel, _urgent in items:
+            if self._is_inflight(rel):
+                continue
+            if rel in self.tracker:
+                self.tracker.add(rel, now)  # look again now: it may be complete
+                continue
+            if self.tracker.full:
+                self.scan_request.set()  # no room: the rescan will find it
+                continue
+            st = self.scanner.stat_one(rel)
+            if st is None:
+                continue
+            rec = self.store.get(rel)
+            if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading"):
+                continue  # already uploaded, or failed with its retry scheduled
+            if rec is None:
+                self.store.discover_many([(rel, self.keymaker.key_for(rel, st.mtime), st.size, st.mtime_ns, st.ino)])
+            elif rec.signature != st.signature and rec.state != "pending":
+                if rec.state in DONE_STATES:
+                    log.info("File changed since it was uploaded; will upload again: %s", display(rel))
+                self.store.discover(rel, rec.key, st.size, st.mtime_ns, st.ino)
+            self.tracker.add(rel, now)
+            self._check(rel, st, now)
+
+    def _take_candidates(self, now: float) -> None:
+        while not self.tracker.full and len(self.ready) < self.tracker.capacity:
+            try:
+                f = self.candidates.get_nowait()
+            except queue.Empty:
+                return
+            if self._is_inflight(f.rel) or f.rel in self.tracker:
+                continue
+            self.tracker.add(f.rel, now)
+            self._check(f.rel, f, now)
+
+    def _sweep_retries(self, now: float) -> None:
+        room = self.tracker.capacity - len(self.tracker)
+        if room <= 0:
+            return
+        for rec in self.store.due_retries(self.wall(), room):
+            if self._is_inflight(rec.rel) or rec.rel in self.tracker:
+                continue
+            # it was proven stable before it failed: the same signature now is enough
+            self.tracker.add(rec.rel, now)
+            self.tracker.reschedule(rec.rel, Observation(rec.signature, float("-inf"), 1 << 30), now)
+
+    def _check_due(self, now: float) -> None:
+        for rel in self.tracker.pop_due(now, limit=5000):
+            st = self.scanner.stat_one(rel)
+            if st is None:
+                self.tracker.remove(rel)
+                self._waiting_logged.discard(rel)
+                rec = self.store.get(rel)
+                if rec is not None and rec.state in WAITING_STATES and not os.path.lexists(self.scanner.abspath(rel)):
+                    log.warning("File vanished before it was uploaded: %s", display(rel))
+                    self.store.forget(rel)
+                continue
+            self._check(rel, st, now)
+
+    def _check(self, rel: str, st: FileStat, now: float) -> None:
+        """One stability check of a tracked file with a fresh stat."""
+        w = self.cfg.watch
+        prev = self.tracker.observation(rel)
+        v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks)
+        if v.ready and self.probe.is_being_written(self.scanner.abspath(rel), st.dev, st.ino):
+            v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks, writer_open=True)
+            if rel not in self._waiting_logged:
+                log.info("Waiting for writer to close file: %s", display(rel))
+                self._waiting_logged.add(rel)
+        if not v.ready:
+            if prev is None and rel not in self._waiting_logged:
+                log.info("Waiting for file to stabilize: %s", display(rel))
+                self._waiting_logged.add(rel)
+            self.tracker.reschedule(rel, v.observation, v.next_check_at)  # type: ignore[arg-type]
+            return
+        self.tracker.remove(rel)
+        self._waiting_logged.discard(rel)
+        self._make_job(rel, st)
+
+    def _make_job(self, rel: str, st: FileStat) -> None:
+        rec = self.store.get(rel)
+        if rec is None:
+            return  # forgotten meanwhile (vanished); a new event or scan brings it back
+        if rec.state in DONE_STATES and rec.signature == st.signature:
+            return  # already uploaded (a scan and an event raced)
+        if rec.signature != st.signature or rec.state in DONE_STATES:
+            rec = self.store.discover(rel, rec.key, st.size, st.mtime_ns, st.ino)
+        problem = key_problem(rec.key)
+        if problem is not None:
+            self._park_unsendable(rec, problem)
+            return
+        log.info("File ready (%d bytes): %s", st.size, display(rel))
+        path = self.scanner.abspath(rel)
+        if self.cfg.watch.follow_symlinks:
+            path = os.path.realpath(path)
+        with self.inflight_lock:
+            self.inflight.add(rel)
+        self.ready.append(Job(rel, path, rec.key, st, rec.attempts + 1, rec.upload_id, rec.part_size))
+
+    def _park_unsendable(self, rec: Record, problem: str) -> None:
+        log.error("Cannot upload %s: %s; parked (rename the file to upload it)", display(rec.rel), problem)
+        self.store.fail_upload(rec.rel, "invalid", problem, None, park=True)
+
+    def _feed_workers(self) -> None:
+        limit = self._feed_limit()
+        while self.ready and self.upload_q.qsize() < limit:
+            self.upload_q.put(self.ready.popleft())
+
+    def _once_finished(self) -> bool:
+        if not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready:
+            return False
+        if not self.upload_q.empty():
+            return False
+        with self.inflight_lock:
+            if self.inflight:
+                return False
+        # failed files wait for their retry; parked ones have had theirs
+        return not self.store.in_states(("failed",), limit=1)
+
+    # -- upload workers ---------------------------------------------------------------------------
+    def _worker_loop(self) -> None:
+        while True:
+            job = self.upload_q.get()
+            if job is None:
+                return
+            try:
+                self._process(job)
+            finally:
+                with self.inflight_lock:
+                    self.inflight.discard(job.rel)
+                self.wake.set()
+
+    def _process(self, job: Job) -> None:
+        try:
+            self.store.start_upload(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino)
+        except IllegalTransition as exc:
+            log.debug("Not uploading: %s", exc)
+            return
+        outcome = self.uploader.upload(job)
+        self.record(outcome)
+
+    def record(self, o: Outcome) -> None:
+        """Write an upload's outcome to the database and the counters; schedule a retry if failed."""
+        job = o.job
+        if o.kind == "uploaded":
+            self.store.finish_upload(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino, o.md5, o.etag)
+            with self.stats.lock:
+                self.stats.uploaded_files += 1
+                self.stats.uploaded_bytes += job.stat.size
+                self.stats.last_upload_at = self.wall()
+                self.stats.upload_seconds.append(o.seconds)
+                if len(self.stats.upload_seconds) > 10000:
+                    del self.stats.upload_seconds[:5000]
+        elif o.kind == "changed":
+            log.info("File changed while it was being uploaded (%s); will upload again when stable: %s",
+                     o.reason, display(job.rel))
+            self.store.requeue(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino)
+            self.stats.add(changed_while_reading=1)
+            self.hints.add(job.rel)
+        elif o.kind == "vanished":
+            log.warning("File vanished before it was uploaded: %s", display(job.rel))
+            self.store.forget(job.rel)
+        else:
+            self._record_failure(job, o.failure or Failure("internal", "unknown failure"))
+
+    def _record_failure(self, job: Job, failure: Failure) -> None:
+        up = self.cfg.upload
+        if failure.kind == "shutdown":
+            self.store.fail_upload(job.rel, failure.kind, failure.message, self.wall(), park=False,
+                                   count_attempt=False)
+            return
+        d = decide_retry(failure, job.attempt, up.max_retries, up.retry_backoff_base, up.retry_backoff_max,
+                         up.parked_retry_interval, patient=not self.once)
+        next_at = self.wall() + d.delay if (failure.retry or not d.park) else None
+        self.store.fail_upload(job.rel, failure.kind, failure.message, next_at, park=d.park)
+        with self.stats.lock:
+            self.stats.failures[failure.kind] = self.stats.failures.get(failure.kind, 0) + 1
+            self.stats.retries += 0 if d.park else 1
+            self.stats.last_error = f"{display(job.rel)}: {failure}"
+        if d.park:
+            when = f"tried again in {d.delay:.0f}s or with 's3-uploader retry'" if next_at else \
+                "it will not be retried until the file changes or 's3-uploader retry'"
+            log.error("Upload of %s failed (%s); parked after %d attempt(s), %s", job.key, failure, job.attempt, when)
+        elif failure.kind in ("auth", "no_bucket"):
+            log.error("Upload of %s failed: %s problem (%s); retrying in %.0fs", job.key,
+                      "credentials/permission" if failure.kind == "auth" else "bucket", failure.message, d.delay)
+        else:
+            log.warning("Upload of %s failed (%s); retry %d of %d in %.1fs", job.key, failure, job.attempt,
+                        up.max_retries, d.delay)
+
+    # -- reading state for status lines ------------------------------------------------------------
+    def queue_depth(self) -> int:
+        return len(self.tracker) + len(self.ready) + self.upload_q.qsize() + self.candidates.qsize()

@@ -1,0 +1,417 @@
+"""The one narrow interface to the bucket, and its implementations.
+
+Everything s3-uploader asks of S3 goes through :class:`Remote`: put a small object, the multipart
+steps, confirm one object (HEAD), list one folder (ListObjectsV2), delete, check access. Two
+implementations share one contract test suite: :class:`BotoRemote` (boto3, the real thing, used
+against AWS and any S3-compatible server) and :class:`MemoryRemote` (in memory, for unit tests).
+
+Integrity: each PUT and UploadPart carries ``Content-MD5``, which every S3 implementation verifies
+before storing; the returned ETag is then compared with the MD5 we computed, so the response itself
+proves the object (no second request per file). boto3 >= 1.36 would instead add CRC32 checksums by
+default (``when_supported``), which several S3-compatible servers reject or store wrongly, so both
+``request_checksum_calculation`` and ``response_checksum_validation`` are set to ``when_required``.
+"""
+from __future__ import annotations
+
+import abc
+import base64
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+
+class RemoteError(Exception):
+    """A failure reaching the bucket, with a one-line ``reason`` fit for a log line."""
+
+    def __init__(self, reason: str, code: Optional[str] = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # without quotes
+    last_modified: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class PutOptions:
+    storage_class: str = ""
+    sse: str = ""
+    sse_kms_key_id: str = ""
+
+    def extra_args(self) -> Dict[str, str]:
+        out: Dict[str, str] = {}
+        if self.storage_class:
+            out["StorageClass"] = self.storage_class
+        if self.sse:
+            out["ServerSideEncryption"] = self.sse
+            if self.sse_kms_key_id and self.sse.startswith("aws:kms"):
+                out["SSEKMSKeyId"] = self.sse_kms_key_id
+        return out
+
+    @property
+    def etag_is_md5(self) -> bool:
+        """With SSE-KMS, S3's ETag is not the MD5 of the content."""
+        return not self.sse.startswith("aws:kms")
+
+
+@dataclass(frozen=True)
+class MultipartUpload:
+    key: str
+    upload_id: str
+    initiated: Optional[float] = None
+
+
+def md5_b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def multipart_etag(part_digests: Sequence[bytes]) -> str:
+    """The ETag S3 gives a multipart object: MD5 of the parts' binary MD5s, dash, part count."""
+    return f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
+
+
+def clean_etag(etag: Optional[str]) -> str:
+    return (etag or "").strip().strip('"').lower()
+
+
+class Remote(abc.ABC):
+    """The operations s3-uploader uses. Implementations raise the SDK's own exceptions for request
+    failures (classified by ``retry.classify``) and :class:`RemoteError` from ``check_access``."""
+
+    bucket: str
+
+    @abc.abstractmethod
+    def check_access(self) -> None:
+        ...
+
+    @abc.abstractmethod
+    def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
+        """Store ``body`` (bytes or a readable of ``length`` bytes) at ``key``; return the ETag."""
+        ...
+
+    @abc.abstractmethod
+    def head(self, key: str) -> Optional[ObjectInfo]:
+        ...
+
+    @abc.abstractmethod
+    def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
+        """Every object directly in ``folder`` (a key prefix ending in '/', or '' for the root)."""
+        ...
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        ...
+
+    @abc.abstractmethod
+    def create_multipart(self, key: str, opts: PutOptions) -> str:
+        ...
+
+    @abc.abstractmethod
+    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes) -> str:
+        ...
+
+    @abc.abstractmethod
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
+        ...
+
+    @abc.abstractmethod
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        ...
+
+    @abc.abstractmethod
+    def list_parts(self, key: str, upload_id: str) -> Dict[int, Tuple[int, str]]:
+        """part number -> (size, etag) of the parts S3 holds for an open multipart upload."""
+        ...
+
+    @abc.abstractmethod
+    def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUpload]:
+        ...
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# boto3
+# ------------------------------------------------------------------------------------------------
+
+class BotoRemote(Remote):
+    """The real remote: one shared, thread-safe boto3 client with a connection pool sized for the
+    configured concurrency."""
+
+    def __init__(self, bucket: str, *, region: str = "", endpoint_url: str = "", profile: str = "",
+                 credentials_file: str = "", addressing_style: str = "auto", ca_bundle: str = "",
+                 pool_size: int = 10, connect_timeout: float = 10.0, read_timeout: float = 60.0):
+        import boto3
+        import botocore.session
+        from botocore.config import Config
+
+        from . import __version__
+
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        bs = botocore.session.get_session()
+        if credentials_file:
+            bs.set_config_variable("credentials_file", credentials_file)
+        if profile:
+            bs.set_config_variable("profile", profile)
+        session = boto3.Session(botocore_session=bs)
+        style = addressing_style
+        if style == "auto" and endpoint_url:
+            style = "path"  # S3-compatible servers rarely have wildcard DNS for virtual hosts
+        cfg = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": style},
+            # botocore retries one request a few times; the per-file schedule above it lives in SQLite
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=max(10, pool_size),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            tcp_keepalive=True,
+            # see the module docstring: we send Content-MD5 ourselves
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_extra=f"s3-uploader/{__version__}",
+        )
+        self.client = session.client("s3", region_name=region or None, endpoint_url=endpoint_url or None,
+                                     config=cfg, verify=ca_bundle or None)
+
+    def check_access(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                reason = "no such bucket"
+            elif code in ("403", "AccessDenied", "Forbidden"):
+                reason = "access denied: check the credentials and the bucket policy"
+            elif code in ("301", "PermanentRedirect"):
+                region = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+                reason = f"the bucket is in another region ({region or 'see [s3] region'})"
+            else:
+                reason = f"{code or status}: {err.get('Message') or exc}"
+            raise RemoteError(reason, code) from None
+        except BotoCoreError as exc:
+            raise RemoteError(" ".join(str(exc).split()), type(exc).__name__) from None
+
+    def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
+        r = self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=length,
+                                   ContentMD5=md5_b64(md5), **opts.extra_args())
+        return clean_etag(r.get("ETag"))
+
+    def head(self, key: str) -> Optional[ObjectInfo]:
+        from botocore.exceptions import ClientError
+        try:
+            r = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        lm = r.get("LastModified")
+        return ObjectInfo(key, int(r["ContentLength"]), clean_etag(r.get("ETag")), lm.timestamp() if lm else None)
+
+    def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder,
+                                                                       Delimiter="/")
+        for page in pages:
+            for o in page.get("Contents", ()):
+                lm = o.get("LastModified")
+                yield ObjectInfo(o["Key"], int(o["Size"]), clean_etag(o.get("ETag")), lm.timestamp() if lm else None)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def create_multipart(self, key: str, opts: PutOptions) -> str:
+        return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **opts.extra_args())["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes) -> str:
+        r = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                                    ContentLength=length, ContentMD5=md5_b64(md5))
+        return clean_etag(r.get("ETag"))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
+        # botocore turns a 200 response carrying an <Error> body into a ClientError (s3 customisation)
+        r = self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in sorted(parts)]})
+        return clean_etag(r.get("ETag"))
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    def list_parts(self, key: str, upload_id: str) -> Dict[int, Tuple[int, str]]:
+        out: Dict[int, Tuple[int, str]] = {}
+        pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        for page in pages:
+            for p in page.get("Parts", ()):
+                out[int(p["PartNumber"])] = (int(p["Size"]), clean_etag(p.get("ETag")))
+        return out
+
+    def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUpload]:
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+        for page in pages:
+            for u in page.get("Uploads", ()):
+                ini = u.get("Initiated")
+                yield MultipartUpload(u["Key"], u["UploadId"], ini.timestamp() if ini else None)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def remote_from_config(cfg: Any) -> BotoRemote:
+    """The BotoRemote a Config describes, its pool sized for every request that can be in flight."""
+    s3, up = cfg.s3, cfg.upload
+    return BotoRemote(s3.bucket, region=s3.region, endpoint_url=s3.endpoint_url, profile=s3.profile,
+                      credentials_file=s3.credentials_file, addressing_style=s3.addressing_style,
+                      ca_bundle=s3.ca_bundle, pool_size=up.upload_workers * up.max_concurrency + 4,
+                      connect_timeout=up.connect_timeout, read_timeout=up.read_timeout)
+
+
+# ------------------------------------------------------------------------------------------------
+# in memory (unit tests)
+# ------------------------------------------------------------------------------------------------
+
+class MemoryError_(Exception):
+    """Raised by MemoryRemote in the shape of botocore's ClientError (``response['Error']['Code']``)."""
+
+    def __init__(self, code: str, message: str = ""):
+        super().__init__(f"{code}: {message}" if message else code)
+        self.response = {"Error": {"Code": code, "Message": message}}
+
+
+@dataclass
+class _MemUpload:
+    key: str
+    opts: PutOptions
+    parts: Dict[int, Tuple[bytes, str]] = field(default_factory=dict)
+    initiated: float = field(default_factory=time.time)
+
+
+class MemoryRemote(Remote):
+    """A bucket in a dict, with S3's ETag rules and Content-MD5 checks. Thread-safe.
+
+    ``calls`` counts requests by operation name, so tests can assert how many were made.
+    """
+
+    def __init__(self, bucket: str = "memory-bucket", exists: bool = True):
+        self.bucket = bucket
+        self.exists = exists
+        self.objects: Dict[str, Tuple[bytes, str, PutOptions]] = {}
+        self.uploads: Dict[str, _MemUpload] = {}
+        self.calls: Dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    def _count(self, op: str) -> None:
+        self.calls[op] = self.calls.get(op, 0) + 1
+        if not self.exists and op != "check_access":
+            raise MemoryError_("NoSuchBucket", "The specified bucket does not exist")
+
+    @staticmethod
+    def _read(body: Any, length: int) -> bytes:
+        data = bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else body.read(length)
+        return data
+
+    def check_access(self) -> None:
+        with self._lock:
+            self._count("check_access")
+            if not self.exists:
+                raise RemoteError("no such bucket", "NoSuchBucket")
+
+    def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
+        with self._lock:
+            self._count("put_object")
+        data = self._read(body, length)
+        if hashlib.md5(data).digest() != md5:
+            raise MemoryError_("BadDigest", "The Content-MD5 you specified did not match what we received.")
+        etag = hashlib.md5(data).hexdigest()
+        with self._lock:
+            self.objects[key] = (data, etag, opts)
+        return etag
+
+    def head(self, key: str) -> Optional[ObjectInfo]:
+        with self._lock:
+            self._count("head")
+            o = self.objects.get(key)
+        return ObjectInfo(key, len(o[0]), o[1]) if o else None
+
+    def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
+        with self._lock:
+            self._count("list_folder")
+            items = sorted((k, v) for k, v in self.objects.items() if k.startswith(folder) and "/" not in k[len(folder):])
+        for k, (data, etag, _) in items:
+            yield ObjectInfo(k, len(data), etag)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._count("delete")
+            self.objects.pop(key, None)
+
+    def create_multipart(self, key: str, opts: PutOptions) -> str:
+        with self._lock:
+            self._count("create_multipart")
+            self._seq += 1
+            uid = f"upload-{self._seq}"
+            self.uploads[uid] = _MemUpload(key, opts)
+            return uid
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes) -> str:
+        with self._lock:
+            self._count("upload_part")
+            up = self.uploads.get(upload_id)
+        if up is None:
+            raise MemoryError_("NoSuchUpload")
+        data = self._read(body, length)
+        if hashlib.md5(data).digest() != md5:
+            raise MemoryError_("BadDigest")
+        etag = hashlib.md5(data).hexdigest()
+        with self._lock:
+            up.parts[number] = (data, etag)
+        return etag
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
+        with self._lock:
+            self._count("complete_multipart")
+            up = self.uploads.get(upload_id)
+            if up is None:
+                raise MemoryError_("NoSuchUpload")
+            chosen = []
+            for n, e in sorted(parts):
+                if n not in up.parts or up.parts[n][1] != e:
+                    raise MemoryError_("InvalidPart", f"part {n}")
+                chosen.append(up.parts[n])
+            data = b"".join(d for d, _ in chosen)
+            etag = multipart_etag([bytes.fromhex(e) for _, e in chosen])
+            self.objects[key] = (data, etag, up.opts)
+            del self.uploads[upload_id]
+            return etag
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        with self._lock:
+            self._count("abort_multipart")
+            self.uploads.pop(upload_id, None)
+
+    def list_parts(self, key: str, upload_id: str) -> Dict[int, Tuple[int, str]]:
+        with self._lock:
+            self._count("list_parts")
+            up = self.uploads.get(upload_id)
+            if up is None:
+                raise MemoryError_("NoSuchUpload")
+            return {n: (len(d), e) for n, (d, e) in up.parts.items()}
+
+    def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUpload]:
+        with self._lock:
+            self._count("list_multipart_uploads")
+            items = [MultipartUpload(u.key, uid, u.initiated) for uid, u in self.uploads.items()
+                     if u.key.startswith(prefix)]
+        return iter(items)

@@ -1,0 +1,478 @@
+"""The state database: one SQLite row per file, moved through an explicit state machine.
+
+States and the moves allowed between them (anything else raises :class:`IllegalTransition`)::
+
+    pending ──> uploading ──> uploaded ──> deleted | archived
+       ^  │          │  │         │
+       │  └─> failed <┘  └─> pending (changed while read)
+       │       │  ^            │
+       │       v  │            └─> pending (changed after upload: sent again)
+       └──── parked
+
+A move is ``UPDATE ... WHERE path = ? AND state IN (allowed sources)``, so two threads can never
+both move the same row. Writes are grouped: they run inside an open transaction that a committer
+commits every ``commit_interval`` seconds (group commit); ``commit()`` makes everything so far
+durable at once, and anything that acts on a recorded upload (cleanup) calls it first. WAL mode
+with ``synchronous=FULL``: a committed upload survives a power cut.
+
+Paths are stored as bytes (the file system's own), so names that are not valid UTF-8 round-trip.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+log = logging.getLogger(__name__)
+
+STATES = ("pending", "uploading", "uploaded", "failed", "parked", "deleted", "archived")
+WAITING_STATES = ("pending", "uploading", "failed", "parked")  # not yet in S3
+DONE_STATES = ("uploaded", "deleted", "archived")
+
+TRANSITIONS: Dict[str, Tuple[str, ...]] = {
+    "pending": ("uploading", "failed", "parked"),
+    "uploading": ("uploaded", "failed", "parked", "pending"),
+    "uploaded": ("pending", "deleted", "archived"),
+    "failed": ("uploading", "pending", "parked"),
+    "parked": ("uploading", "pending", "failed"),
+    "deleted": ("pending",),
+    "archived": ("pending",),
+}
+SOURCES: Dict[str, Tuple[str, ...]] = {
+    dst: tuple(src for src, dsts in TRANSITIONS.items() if dst in dsts) for dst in STATES
+}
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path            BLOB PRIMARY KEY,   -- relative path, file system bytes, '/' separators
+    dir             BLOB NOT NULL,      -- its folder (for the per-folder rescan diff)
+    key             TEXT NOT NULL,      -- the S3 key, decided once
+    state           TEXT NOT NULL,
+    size            INTEGER NOT NULL,   -- signature of the version this row is about
+    mtime_ns        INTEGER NOT NULL,
+    inode           INTEGER NOT NULL,
+    md5             TEXT,               -- hex MD5 of the bytes sent, when uploaded
+    etag            TEXT,               -- the ETag S3 returned
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,               -- wall clock; for failed and parked rows
+    last_error      TEXT,
+    error_kind      TEXT,
+    discovered_at   REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    uploaded_at     REAL,               -- when S3 confirmed it
+    upload_id       TEXT,               -- an open multipart upload (resumable)
+    part_size       INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
+CREATE INDEX IF NOT EXISTS files_state ON files(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS parts (
+    path        BLOB NOT NULL,
+    upload_id   TEXT NOT NULL,
+    part_number INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    etag        TEXT NOT NULL,
+    md5         TEXT NOT NULL,
+    PRIMARY KEY (path, upload_id, part_number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS errors (
+    id      INTEGER PRIMARY KEY,
+    at      REAL NOT NULL,
+    path    BLOB,
+    kind    TEXT,
+    message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+ERRORS_KEPT = 200
+
+
+class StoreError(Exception):
+    """The state database cannot be used (corrupt, unwritable, full disk); the message says which."""
+
+
+class IllegalTransition(Exception):
+    """A state move the machine does not allow, or a row that was not in an allowed source state."""
+
+
+def enc(rel: str) -> bytes:
+    return os.fsencode(rel)
+
+
+def dec(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+def display(rel: str) -> str:
+    """``rel`` safe to print: undecodable bytes shown as backslash escapes."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class Record:
+    rel: str
+    key: str
+    state: str
+    size: int
+    mtime_ns: int
+    inode: int
+    md5: Optional[str] = None
+    etag: Optional[str] = None
+    attempts: int = 0
+    next_attempt_at: Optional[float] = None
+    last_error: Optional[str] = None
+    error_kind: Optional[str] = None
+    discovered_at: float = 0.0
+    updated_at: float = 0.0
+    uploaded_at: Optional[float] = None
+    upload_id: Optional[str] = None
+    part_size: Optional[int] = None
+
+    @property
+    def signature(self) -> Tuple[int, int, int]:
+        return (self.size, self.mtime_ns, self.inode)
+
+
+_COLUMNS = ("path, key, state, size, mtime_ns, inode, md5, etag, attempts, next_attempt_at, last_error, "
+            "error_kind, discovered_at, updated_at, uploaded_at, upload_id, part_size")
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(dec(row[0]), *row[1:])
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    size: int
+    etag: str
+    md5: str
+
+
+class Store:
+    """The state database. Thread-safe: one connection behind a lock, with group commit."""
+
+    def __init__(self, path: os.PathLike, commit_interval: float = 0.05,
+                 clock: Callable[[], float] = time.time, readonly: bool = False):
+        self.path = Path(path)
+        self.clock = clock
+        self.commit_interval = commit_interval
+        self._lock = threading.RLock()
+        self._dirty = False
+        self._stop = threading.Event()
+        self._committer: Optional[threading.Thread] = None
+        self._conn = self._open(readonly)
+
+    # -- opening and closing -------------------------------------------------------------------
+    def _open(self, readonly: bool) -> sqlite3.Connection:
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StoreError(f"State database {self.path} does not exist (has the daemon run yet?)")
+                uri = self.path.absolute().as_uri() + "?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=10)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"State database {self.path} was written by a newer s3-uploader "
+                                 f"(schema {row[0]} > {SCHEMA_VERSION}); upgrade s3-uploader")
+            return conn
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(_explain(self.path, exc)) from None
+        except OSError as exc:
+            raise StoreError(f"State database {self.path} cannot be opened: {exc.strerror or exc}") from None
+
+    def start(self) -> "Store":
+        """Start the background committer (group commit)."""
+        if self._committer is None:
+            self._committer = threading.Thread(target=self._commit_loop, name="store-committer", daemon=True)
+            self._committer.start()
+        return self
+
+    def close(self) -> None:
+        """Commit what is pending, stop the committer and close the connection."""
+        self._stop.set()
+        if self._committer is not None:
+            self._committer.join()
+            self._committer = None
+        with self._lock:
+            try:
+                self._commit_locked()
+            finally:
+                self._conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- transactions -----------------------------------------------------------------------------
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            if not self._conn.in_transaction:
+                self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._conn.execute(sql, params)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(_explain(self.path, exc)) from None
+            self._dirty = True
+            return cur
+
+    def _writemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            if not self._conn.in_transaction:
+                self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(sql, rows)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(_explain(self.path, exc)) from None
+            self._dirty = True
+
+    def commit(self) -> None:
+        """Make every write so far durable now. Raises StoreError when the disk refuses."""
+        with self._lock:
+            self._commit_locked()
+
+    def _commit_locked(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(_explain(self.path, exc)) from None
+        self._dirty = False
+
+    def _commit_loop(self) -> None:
+        while not self._stop.wait(self.commit_interval):
+            if self._dirty:
+                try:
+                    self.commit()
+                except StoreError as exc:
+                    log.error("%s", exc)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(_explain(self.path, exc)) from None
+
+    # -- reading ----------------------------------------------------------------------------------
+    def get(self, rel: str) -> Optional[Record]:
+        rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (enc(rel),))
+        return _record(rows[0]) if rows else None
+
+    def in_dir(self, rel_dir: str) -> Dict[str, Record]:
+        """Every row whose file lives directly in folder ``rel_dir``, by relative path."""
+        rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE dir = ?", (enc(rel_dir),))
+        return {r.rel: r for r in map(_record, rows)}
+
+    def signatures_in_dir(self, rel_dir: str) -> Dict[str, Tuple[str, int, int, int]]:
+        """(state, size, mtime_ns, inode) of every row in folder ``rel_dir``: the rescan's hot path."""
+        rows = self._read("SELECT path, state, size, mtime_ns, inode FROM files WHERE dir = ?", (enc(rel_dir),))
+        return {dec(r[0]): (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def in_states(self, states: Sequence[str], after: bytes = b"", limit: int = 1000) -> List[Record]:
+        """Rows in any of ``states``, in path order after ``after`` (for paging through many)."""
+        q = ",".join("?" * len(states))
+        rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE state IN ({q}) AND path > ? ORDER BY path LIMIT ?",
+                          (*states, after, limit))
+        return [_record(r) for r in rows]
+
+    def due_retries(self, now: float, limit: int) -> List[Record]:
+        """Failed or parked rows whose next attempt is due, soonest first."""
+        rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE state IN ('failed', 'parked') "
+                          "AND next_attempt_at IS NOT NULL AND next_attempt_at <= ? "
+                          "ORDER BY next_attempt_at LIMIT ?", (now, limit))
+        return [_record(r) for r in rows]
+
+    def next_retry_at(self) -> Optional[float]:
+        rows = self._read("SELECT min(next_attempt_at) FROM files WHERE state IN ('failed', 'parked')")
+        return rows[0][0] if rows else None
+
+    def counts(self) -> Dict[str, int]:
+        out = {s: 0 for s in STATES}
+        for state, n in self._read("SELECT state, count(*) FROM files GROUP BY state"):
+            out[state] = n
+        return out
+
+    def oldest_waiting(self) -> Optional[Record]:
+        q = ",".join("?" * len(WAITING_STATES))
+        rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE state IN ({q}) ORDER BY discovered_at LIMIT 1",
+                          WAITING_STATES)
+        return _record(rows[0]) if rows else None
+
+    def last_errors(self, n: int = 10) -> List[Tuple[float, Optional[str], Optional[str], str]]:
+        rows = self._read("SELECT at, path, kind, message FROM errors ORDER BY id DESC LIMIT ?", (n,))
+        return [(at, dec(p) if p is not None else None, kind, msg) for at, p, kind, msg in rows]
+
+    def meta(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else default
+
+    # -- writing: the state machine ---------------------------------------------------------------
+    def discover(self, rel: str, key: str, size: int, mtime_ns: int, inode: int) -> Record:
+        """Record a new file as pending, or move a finished/stuck row whose file changed back to
+        pending with the new signature (the key stays: it was decided once). Returns the row."""
+        now = self.clock()
+        raw = enc(rel)
+        with self._lock:
+            old = self.get(rel)
+            if old is None:
+                self._write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
+                            "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                            (raw, enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
+            else:
+                if old.state != "pending":
+                    self._move(rel, "pending")
+                self._write("UPDATE files SET size=?, mtime_ns=?, inode=?, attempts=0, next_attempt_at=NULL, "
+                            "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
+                            (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
+                             raw))
+            return self.get(rel)  # type: ignore[return-value]
+
+    def discover_many(self, rows: Sequence[Tuple[str, str, int, int, int]]) -> None:
+        """Insert brand-new files as pending in one statement batch: (rel, key, size, mtime_ns, inode)."""
+        now = self.clock()
+        self._writemany("INSERT OR IGNORE INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
+                        "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                        [(enc(r), enc(_parent(r)), k, s, m, i, now, now) for r, k, s, m, i in rows])
+
+    def start_upload(self, rel: str, size: int, mtime_ns: int, inode: int) -> None:
+        """pending/failed/parked -> uploading, with the signature of the version about to be read."""
+        self._move(rel, "uploading", size=size, mtime_ns=mtime_ns, inode=inode)
+
+    def finish_upload(self, rel: str, size: int, mtime_ns: int, inode: int, md5: Optional[str],
+                      etag: Optional[str]) -> None:
+        """uploading -> uploaded: S3 confirmed the object and the file did not change while read."""
+        now = self.clock()
+        self._move(rel, "uploaded", size=size, mtime_ns=mtime_ns, inode=inode, md5=md5, etag=etag,
+                   uploaded_at=now, attempts=0, next_attempt_at=None, last_error=None, error_kind=None,
+                   upload_id=None, part_size=None)
+        self._write("DELETE FROM parts WHERE path = ?", (enc(rel),))
+
+    def fail_upload(self, rel: str, kind: str, message: str, next_attempt_at: Optional[float], park: bool,
+                    count_attempt: bool = True) -> int:
+        """uploading/pending -> failed (or parked); returns the attempt count now recorded."""
+        with self._lock:
+            rec = self.get(rel)
+            if rec is None:
+                raise IllegalTransition(f"no row for {display(rel)}")
+            attempts = rec.attempts + (1 if count_attempt else 0)
+            self._move(rel, "parked" if park else "failed", attempts=attempts, next_attempt_at=next_attempt_at,
+                       last_error=message, error_kind=kind)
+            self.add_error(rel, kind, message)
+            return attempts
+
+    def requeue(self, rel: str, size: int, mtime_ns: int, inode: int) -> None:
+        """uploading -> pending: the file changed while it was read; it will be checked again."""
+        self._move(rel, "pending", size=size, mtime_ns=mtime_ns, inode=inode)
+
+    def mark_removed(self, rel: str, state: str) -> None:
+        """uploaded -> deleted or archived (cleanup), after S3 proved the object."""
+        self._move(rel, state)
+
+    def forget(self, rel: str) -> None:
+        """Drop the row of a file that vanished before it was uploaded (nothing to send any more)."""
+        raw = enc(rel)
+        self._write("DELETE FROM parts WHERE path = ?", (raw,))
+        self._write("DELETE FROM files WHERE path = ? AND state IN ('pending', 'failed', 'parked', 'uploading')",
+                    (raw,))
+
+    def recover_interrupted(self) -> int:
+        """At start-up: uploads that were in flight when the last run stopped go back to pending
+        (an open multipart upload id is kept, so it resumes). Returns how many."""
+        cur = self._write("UPDATE files SET state = 'pending', updated_at = ? WHERE state = 'uploading'",
+                          (self.clock(),))
+        return cur.rowcount
+
+    def retry_parked(self, now: Optional[float] = None) -> int:
+        """Make every parked and failed file due now (the ``retry`` command). Returns how many."""
+        cur = self._write("UPDATE files SET next_attempt_at = ?, attempts = 0 WHERE state IN ('parked', 'failed')",
+                          (self.clock() if now is None else now,))
+        return cur.rowcount
+
+    def _move(self, rel: str, dst: str, **fields: Any) -> None:
+        sources = SOURCES[dst]
+        sets = ", ".join(["state = ?", "updated_at = ?"] + [f"{k} = ?" for k in fields])
+        q = ",".join("?" * len(sources))
+        cur = self._write(f"UPDATE files SET {sets} WHERE path = ? AND state IN ({q})",
+                          (dst, self.clock(), *fields.values(), enc(rel), *sources))
+        if cur.rowcount != 1:
+            rec = self.get(rel)
+            have = rec.state if rec else "no row"
+            raise IllegalTransition(f"{display(rel)}: cannot move {have} -> {dst}")
+
+    def add_error(self, rel: Optional[str], kind: str, message: str) -> None:
+        cur = self._write("INSERT INTO errors(at, path, kind, message) VALUES(?, ?, ?, ?)",
+                          (self.clock(), enc(rel) if rel is not None else None, kind, message))
+        if cur.lastrowid and cur.lastrowid % 50 == 0:
+            self._write("DELETE FROM errors WHERE id <= ?", (cur.lastrowid - ERRORS_KEPT,))
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._write("INSERT INTO meta(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                    (name, value))
+
+    def add_to_meta_counter(self, name: str, amount: int) -> None:
+        self._write("INSERT INTO meta(name, value) VALUES(?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + ?", (name, str(amount), amount))
+
+    # -- multipart bookkeeping ----------------------------------------------------------------------
+    def set_multipart(self, rel: str, upload_id: Optional[str], part_size: Optional[int]) -> None:
+        raw = enc(rel)
+        if upload_id is None:
+            self._write("DELETE FROM parts WHERE path = ?", (raw,))
+        self._write("UPDATE files SET upload_id = ?, part_size = ? WHERE path = ?", (upload_id, part_size, raw))
+
+    def add_part(self, rel: str, upload_id: str, part: Part) -> None:
+        self._write("INSERT OR REPLACE INTO parts(path, upload_id, part_number, size, etag, md5) "
+                    "VALUES(?, ?, ?, ?, ?, ?)", (enc(rel), upload_id, part.number, part.size, part.etag, part.md5))
+
+    def parts(self, rel: str, upload_id: str) -> Dict[int, Part]:
+        rows = self._read("SELECT part_number, size, etag, md5 FROM parts WHERE path = ? AND upload_id = ?",
+                          (enc(rel), upload_id))
+        return {n: Part(n, s, e, m) for n, s, e, m in rows}
+
+    def owned_upload_ids(self) -> Dict[str, str]:
+        """upload id -> S3 key of every multipart upload a row still owns."""
+        return {uid: key for uid, key in self._read("SELECT upload_id, key FROM files WHERE upload_id IS NOT NULL")}
+
+    def iter_all(self, batch: int = 1000) -> Iterator[Record]:
+        after = b""
+        while True:
+            rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE path > ? ORDER BY path LIMIT ?", (after, batch))
+            if not rows:
+                return
+            for r in rows:
+                yield _record(r)
+            after = rows[-1][0]
+
+
+def _parent(rel: str) -> str:
+    return rel.rpartition("/")[0]
+
+
+def _explain(path: Path, exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "full" in text:
+        return f"State database {path}: the disk is full ({text}); free space, nothing was lost"
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return (f"State database {path} is corrupt ({text}); move it aside to start a new one (files already "
+                f"in S3 will be checked and not lost, but may be uploaded again)")
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return f"State database {path} cannot be written ({text}); check the folder's permissions"
+    return f"State database {path}: {text}"

@@ -1,0 +1,350 @@
+"""Sending one file: open it safely, send it (one PUT or a resumable multipart upload), prove it.
+
+The contract of :meth:`Uploader.upload`: given a file that stability declared ready with signature
+``(size, mtime, inode)``, either
+
+- return ``uploaded`` when S3 holds exactly the bytes read *and* the file still has that signature
+  after the read (so what was recorded is what is in S3), or
+- return ``changed`` when the file is not the one declared ready any more (it grew, shrank, was
+  replaced or touched while being read): nothing is recorded as uploaded and it is checked again, or
+- return ``vanished`` when it is gone, or
+- return ``failed`` with a classified :class:`~s3_uploader.retry.Failure`.
+
+Opening uses ``O_NONBLOCK`` (a FIFO swapped in cannot block us) and, unless symlinks are followed,
+``O_NOFOLLOW``; ``fstat`` of the open descriptor must show a regular file with the ready signature.
+Multipart uploads record their upload id before the first part and each part as it completes, so
+a restart resumes from the parts S3 already holds (checked with ListParts) instead of from zero.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat as stat_mod
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+
+from .remote import ObjectInfo, PutOptions, Remote, clean_etag, multipart_etag
+from .retry import Failure, classify
+from .scanner import FileStat
+from .store import Part, Store, StoreError, display
+
+log = logging.getLogger(__name__)
+
+MAX_PARTS = 10000
+_O_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file to send: where it is, where it goes, and the signature stability approved."""
+
+    rel: str
+    path: str  # absolute path to open (already resolved inside the tree when following symlinks)
+    key: str
+    stat: FileStat
+    attempt: int = 1
+    upload_id: Optional[str] = None  # an open multipart upload to resume
+    part_size: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # uploaded | changed | vanished | failed
+    job: Job
+    md5: Optional[str] = None
+    etag: Optional[str] = None
+    seconds: float = 0.0
+    failure: Optional[Failure] = None
+    reason: str = ""
+    bytes_sent: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the uploader needs of the (live) config, read once per file."""
+
+    multipart_threshold: int
+    multipart_chunksize: int
+    max_concurrency: int
+    put_options: PutOptions
+    follow_symlinks: bool
+
+
+class Abandoned(Exception):
+    """Shutdown ran out of time: the upload stops between parts and resumes at the next start."""
+
+
+class Changed(Exception):
+    """The file is no longer the version that was declared ready."""
+
+
+def part_size_for(size: int, chunksize: int) -> int:
+    """The part size for a file: ``chunksize``, grown in whole MiB to stay within 10,000 parts."""
+    if size <= chunksize * MAX_PARTS:
+        return chunksize
+    mib = 1024 * 1024
+    need = -(-size // MAX_PARTS)
+    return -(-need // mib) * mib
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        chunks: List[bytes] = []
+        while n > 0:
+            b = os.pread(fd, n, offset)
+            if not b:
+                break
+            chunks.append(b)
+            n -= len(b)
+            offset += len(b)
+        return b"".join(chunks)
+    with _WIN_READ_LOCK:  # pragma: no cover - Windows has no pread
+        os.lseek(fd, offset, os.SEEK_SET)
+        return _read_exact(fd, n)
+
+
+_WIN_READ_LOCK = threading.Lock()
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks: List[bytes] = []
+    while n > 0:
+        b = os.read(fd, min(n, 8 * 1024 * 1024))
+        if not b:
+            break
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
+
+
+class Uploader:
+    """Uploads files through a :class:`Remote`, recording multipart progress in the :class:`Store`.
+
+    ``throttle(n)`` is called before ``n`` bytes are sent (bandwidth limit); ``abandon`` is set
+    when shutdown's drain time is over.
+    """
+
+    def __init__(self, remote: Remote, store: Store, settings: Callable[[], Settings], part_workers: int = 4,
+                 throttle: Optional[Callable[[int], None]] = None, abandon: Optional[threading.Event] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.remote = remote
+        self.store = store
+        self.settings = settings
+        self.throttle = throttle or (lambda n: None)
+        self.abandon = abandon or threading.Event()
+        self.clock = clock
+        self._parts = ThreadPoolExecutor(max_workers=max(1, part_workers), thread_name_prefix="part")
+
+    def close(self) -> None:
+        self._parts.shutdown(wait=True, cancel_futures=True)
+
+    # -- one file -------------------------------------------------------------------------------
+    def upload(self, job: Job) -> Outcome:
+        cfg = self.settings()
+        t0 = self.clock()
+        log.info("Uploading %s attempt %d", job.key, job.attempt)
+        try:
+            fd = self._open(job, cfg)
+        except FileNotFoundError:
+            return Outcome("vanished", job, reason="file vanished before it was read")
+        except Changed as exc:
+            return Outcome("changed", job, reason=str(exc))
+        except OSError as exc:
+            return Outcome("failed", job, failure=classify(exc))
+        try:
+            if job.stat.size < cfg.multipart_threshold:
+                md5, etag = self._put_single(fd, job, cfg)
+            else:
+                md5, etag = self._put_multipart(fd, job, cfg)
+            self._recheck(fd, job)
+        except Changed as exc:
+            return Outcome("changed", job, reason=str(exc))
+        except Abandoned:
+            return Outcome("failed", job, failure=Failure("shutdown", "stopped by shutdown, resumes at next start"))
+        except StoreError:
+            raise
+        except Exception as exc:  # classified: every failure of one file is that file's, not the daemon's
+            return Outcome("failed", job, failure=classify(exc))
+        finally:
+            os.close(fd)
+        secs = self.clock() - t0
+        log.info("Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
+        return Outcome("uploaded", job, md5=md5, etag=etag, seconds=secs, bytes_sent=job.stat.size)
+
+    def _open(self, job: Job, cfg: Settings) -> int:
+        flags = _O_FLAGS | (0 if cfg.follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+        try:
+            fd = os.open(job.path, flags)
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 40:  # ELOOP: became a symlink
+                raise Changed("the file was replaced by a symlink") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise Changed("no longer a regular file")
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
+                raise Changed("changed after it was found stable")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _recheck(self, fd: int, job: Job) -> None:
+        """The file must still be exactly the version that was read, by descriptor and by path."""
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
+            raise Changed("changed while it was being read")
+        try:
+            pst = os.stat(job.path, follow_symlinks=False) if not os.path.islink(job.path) else os.stat(job.path)
+        except FileNotFoundError:
+            raise Changed("renamed or removed while it was being read") from None
+        if (pst.st_size, pst.st_mtime_ns, pst.st_ino) != job.stat.signature:
+            raise Changed("replaced while it was being read")
+
+    # -- single PUT -------------------------------------------------------------------------------
+    def _put_single(self, fd: int, job: Job, cfg: Settings) -> Tuple[str, str]:
+        size = job.stat.size
+        data = _read_exact(fd, size)
+        if len(data) != size or os.read(fd, 1):
+            raise Changed(f"size changed while it was being read ({len(data)} of {size} bytes read)")
+        digest = hashlib.md5(data).digest()
+        self.throttle(size)
+        etag = self.remote.put_object(job.key, data, size, digest, cfg.put_options)
+        md5 = digest.hex()
+        if not (cfg.put_options.etag_is_md5 and etag == md5):
+            self._confirm_by_head(job, size, md5 if cfg.put_options.etag_is_md5 else None)
+        return md5, etag
+
+    def _confirm_by_head(self, job: Job, size: int, expect_etag: Optional[str]) -> ObjectInfo:
+        """The response did not prove the object: ask S3 for it (size, and ETag where comparable)."""
+        info = self.remote.head(job.key)
+        if info is None:
+            raise _Unconfirmed(f"S3 does not show {job.key} after the upload")
+        if info.size != size:
+            raise _Unconfirmed(f"S3 shows {info.size} bytes for {job.key}, {size} were sent")
+        if expect_etag is not None and "-" not in info.etag and info.etag and info.etag != expect_etag:
+            raise _Unconfirmed(f"S3's ETag for {job.key} ({info.etag}) is not the MD5 sent ({expect_etag})")
+        return info
+
+    # -- multipart --------------------------------------------------------------------------------
+    def _put_multipart(self, fd: int, job: Job, cfg: Settings) -> Tuple[Optional[str], str]:
+        size = job.stat.size
+        part_size = part_size_for(size, cfg.multipart_chunksize)
+        count = -(-size // part_size)
+        upload_id, have = self._resume(job, part_size)
+        if upload_id is None:
+            upload_id = self.remote.create_multipart(job.key, cfg.put_options)
+            # recorded (and committed) before any part is sent: a crash leaves an upload we own
+            self.store.set_multipart(job.rel, upload_id, part_size)
+            self.store.commit()
+            have = {}
+        else:
+            log.info("Resuming multipart upload of %s: %d of %d parts already in S3", job.key, len(have), count)
+        digests: Dict[int, bytes] = {n: bytes.fromhex(p.md5) for n, p in have.items()}
+        etags: Dict[int, str] = {n: p.etag for n, p in have.items()}
+        todo = [n for n in range(1, count + 1) if n not in have]
+
+        def send(n: int) -> None:
+            if self.abandon.is_set():
+                raise Abandoned()
+            off = (n - 1) * part_size
+            length = min(part_size, size - off)
+            data = _pread(fd, length, off)
+            if len(data) != length:
+                raise Changed("file shrank while it was being read")
+            d = hashlib.md5(data).digest()
+            self.throttle(length)
+            etag = self.remote.upload_part(job.key, upload_id, n, data, length, d)
+            if etag and "-" not in etag and etag != d.hex():
+                raise _Unconfirmed(f"part {n} of {job.key}: ETag {etag} is not the MD5 sent")
+            digests[n], etags[n] = d, etag or d.hex()
+            self.store.add_part(job.rel, upload_id, Part(n, length, etags[n], d.hex()))
+
+        try:
+            inflight: Set[Future] = set()
+            error: Optional[BaseException] = None
+            for n in todo:  # at most max_concurrency parts of this file in flight
+                if len(inflight) >= cfg.max_concurrency:
+                    done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+                    error = _first_error(done)
+                    if error is not None:
+                        break
+                inflight.add(self._parts.submit(send, n))
+            done, _ = wait(inflight)  # parts in flight finish (and are recorded) before deciding
+            error = error or _first_error(done)
+            if error is not None:
+                raise error
+            if self.abandon.is_set():
+                raise Abandoned()
+            self._recheck(fd, job)  # before complete: never publish a torn object
+            parts = [(n, etags[n]) for n in range(1, count + 1)]
+            etag = self.remote.complete_multipart(job.key, upload_id, parts)
+        except (Changed, _Unconfirmed):
+            self._abort(job, upload_id)
+            raise
+        except Exception as exc:
+            if _code(exc) == "NoSuchUpload":
+                self.store.set_multipart(job.rel, None, None)  # gone from S3: next attempt starts over
+            raise
+        expected = multipart_etag([digests[n] for n in range(1, count + 1)])
+        if not (cfg.put_options.etag_is_md5 and etag == expected):
+            self._confirm_by_head(job, size, None)
+        self.store.set_multipart(job.rel, None, None)
+        return None, etag or expected
+
+    def _resume(self, job: Job, part_size: int) -> Tuple[Optional[str], Dict[int, Part]]:
+        """The parts of a recorded multipart upload that S3 still holds, if it can be resumed."""
+        uid = job.upload_id
+        if not uid:
+            return None, {}
+        if job.part_size != part_size:
+            self._abort(job, uid)
+            return None, {}
+        try:
+            remote_parts = self.remote.list_parts(job.key, uid)
+        except Exception as exc:
+            log.info("Cannot resume multipart upload of %s (%s); starting over", job.key, classify(exc).message)
+            self.store.set_multipart(job.rel, None, None)
+            return None, {}
+        recorded = self.store.parts(job.rel, uid)
+        have = {n: p for n, p in recorded.items()
+                if n in remote_parts and remote_parts[n] == (p.size, p.etag)}
+        return uid, have
+
+    def _abort(self, job: Job, upload_id: str) -> None:
+        try:
+            self.remote.abort_multipart(job.key, upload_id)
+        except Exception as exc:
+            log.warning("Could not abort multipart upload of %s (%s); it will be aborted at next start",
+                        job.key, classify(exc).message)
+            return
+        self.store.set_multipart(job.rel, None, None)
+
+
+class _Unconfirmed(Exception):
+    """S3 does not show what was sent; classified as a server failure and retried."""
+
+    response = {"Error": {"Code": "Unconfirmed"}}
+
+
+def _first_error(done: Iterable[Future]) -> Optional[BaseException]:
+    for f in done:
+        if f.exception() is not None:
+            return f.exception()
+    return None
+
+
+def _code(exc: BaseException) -> Optional[str]:
+    resp = getattr(exc, "response", None)
+    if isinstance(resp, dict):
+        return (resp.get("Error") or {}).get("Code")
+    return None
+
+
+def outcome_summary(o: Outcome) -> str:
+    return f"{display(o.job.rel)}: {o.kind} {o.reason or (o.failure and str(o.failure)) or ''}".strip()
