@@ -1,0 +1,137 @@
+"""Test helpers: condition waits with deadlines, config files, and the daemon as a subprocess.
+
+Nothing here sleeps and hopes: every wait polls an observable condition until a deadline and
+fails with a message saying what never happened.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, TypeVar
+
+T = TypeVar("T")
+PY = sys.executable
+
+
+def wait_for(cond: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
+    """Poll ``cond`` until it returns something truthy (returned), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def write_config(path: Path, sections: Dict[str, Dict[str, object]]) -> Path:
+    lines: List[str] = []
+    for sec, values in sections.items():
+        lines.append(f"[{sec}]")
+        lines += [f"{k} = {v}" for k, v in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def cli(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 120.0,
+        cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """Run ``python -m s3_uploader ARGS`` to completion and return the result (text)."""
+    return subprocess.run([PY, "-m", "s3_uploader", *args], env=_env(env), capture_output=True, text=True,
+                          timeout=timeout, cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL)
+
+
+def _env(extra: Optional[Dict[str, str]]) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.pop("AWS_PROFILE", None)
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class DaemonProcess:
+    """``s3-uploader run`` in a subprocess, its stderr in a file we can wait on."""
+
+    def __init__(self, config: Path, env: Optional[Dict[str, str]] = None, log_path: Optional[Path] = None,
+                 command: str = "run"):
+        self.config = config
+        self.log_path = log_path or config.with_suffix(".stderr.log")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PY, "-m", "s3_uploader", command, "-c", str(config)], env=_env(env),
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 30.0, count: int = 1) -> str:
+        rx = re.compile(pattern)
+
+        def found() -> bool:
+            if self.proc.poll() is not None and len(rx.findall(self.output())) < count:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) before logging {pattern!r}:\n"
+                                     + self.output()[-3000:])
+            return len(rx.findall(self.output())) >= count
+        try:
+            wait_for(found, timeout, what=f"log line {pattern!r} x{count}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- daemon output ---\n{self.output()[-4000:]}") from None
+        return self.output()
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        if not self._log.closed:
+            self._log.close()
+
+
+def list_keys(client, bucket: str, prefix: str = "") -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", ()):
+            out[o["Key"]] = o["Size"]
+    return out
+
+
+def get_bytes(client, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def make_files(root: Path, spec: Iterable[tuple]) -> Dict[str, bytes]:
+    """Create files from (relative path, bytes) pairs; returns them as a dict."""
+    out = {}
+    for rel, data in spec:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        out[rel] = data
+    return out
