@@ -64,6 +64,7 @@ class DaemonProcess:
         self.config = config
         self.log_path = log_path or config.with_suffix(".stderr.log")
         self._log = open(self.log_path, "ab")
+        self._offset = self._log.tell()  # a restarted daemon appends: read only our own lines
         self.proc = subprocess.Popen([PY, "-m", "s3_uploader", command, "-c", str(config)], env=_env(env),
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -72,7 +73,9 @@ class DaemonProcess:
         return self.proc.pid
 
     def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        with open(self.log_path, "rb") as f:
+            f.seek(self._offset)
+            return f.read().decode(errors="replace")
 
     def wait_log(self, pattern: str, timeout: float = 30.0, count: int = 1) -> str:
         rx = re.compile(pattern)

@@ -63,7 +63,10 @@ def assess(prev: Optional[Observation], signature: Signature, now: float, stable
         # a writer may hold a file for hours; its close event (where events work) pokes us sooner
         return Verdict(False, obs, now + max(step, WRITER_RECHECK), changed, writer_open)
     # never check before the stable period can possibly have elapsed
-    next_at = max(now + step, obs.since + stable_seconds) if obs.checks + 1 >= stable_checks else now + step
+    if obs.checks + 1 >= stable_checks:
+        next_at = max(obs.since + stable_seconds, now + MIN_CHECK_INTERVAL)
+    else:
+        next_at = now + step
     return Verdict(False, obs, next_at, changed, writer_open)
 
 

@@ -1,0 +1,103 @@
+"""The command line as users meet it: exit codes and one clear line per problem."""
+from __future__ import annotations
+
+import json
+
+from helpers import cli, write_config
+
+
+def test_a_bad_config_lists_every_problem_and_exits_2(tmp_path):
+    cfg = write_config(tmp_path / "config.ini", {
+        "watch": {"directory_to_watch": tmp_path, "stable_seconds": "later"},
+        "s3": {"bucket": "b-1", "storage_class": "COLDEST"},
+        "upload": {"upload_workers": 0}})
+    r = cli("run", "-c", str(cfg))
+    assert r.returncode == 2
+    assert "[watch] stable_seconds = 'later': expected a duration" in r.stderr
+    assert "[s3] storage_class = 'COLDEST': expected one of" in r.stderr
+    assert "[upload] upload_workers = '0': expected a whole number, 1 to 256" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_missing_config_file_exits_2_naming_it(tmp_path):
+    r = cli("once", "-c", str(tmp_path / "missing.ini"))
+    assert r.returncode == 2 and "missing.ini: config file not found" in r.stderr
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert cli("explode").returncode == 2
+    assert cli("status", "--bogus").returncode == 2
+
+
+def test_a_missing_watch_directory_is_one_line_and_non_zero(tmp_path, s3_server, bucket):
+    cfg = write_config(tmp_path / "config.ini", {
+        "watch": {"directory_to_watch": tmp_path / "nope"},
+        "s3": {"bucket": bucket, "endpoint_url": s3_server.endpoint},
+        "daemon": {"db_path": tmp_path / "s.db"}})
+    r = cli("run", "-c", str(cfg), env=s3_server.env())
+    assert r.returncode == 1
+    assert f"Watch directory does not exist: {tmp_path / 'nope'}" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_missing_bucket_is_one_line_and_non_zero(tmp_path, s3_server):
+    (tmp_path / "in").mkdir()
+    cfg = write_config(tmp_path / "config.ini", {
+        "watch": {"directory_to_watch": tmp_path / "in"},
+        "s3": {"bucket": "no-such-bucket-xyz", "endpoint_url": s3_server.endpoint},
+        "daemon": {"db_path": tmp_path / "s.db"}})
+    r = cli("once", "-c", str(cfg), env=s3_server.env())
+    assert r.returncode == 1
+    assert "S3 bucket no-such-bucket-xyz does not exist or you don't have access (no such bucket)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_wrong_credentials_are_reported_as_access_problems(tmp_path, s3_server, bucket):
+    (tmp_path / "in").mkdir()
+    cfg = write_config(tmp_path / "config.ini", {
+        "watch": {"directory_to_watch": tmp_path / "in"},
+        "s3": {"bucket": bucket, "endpoint_url": s3_server.endpoint},
+        "daemon": {"db_path": tmp_path / "s.db"}})
+    env = dict(s3_server.env(), AWS_SECRET_ACCESS_KEY="wrong-secret")
+    r = cli("check", "-c", str(cfg), env=env)
+    assert r.returncode == 1
+    assert f"S3 bucket {bucket} does not exist or you don't have access" in r.stdout
+    assert "wrong-secret" not in r.stdout + r.stderr  # never a secret in output
+
+
+def test_check_says_ok_one_line_each(workspace):
+    workspace.config()
+    r = cli("check", "-c", str(workspace.config_path), env=workspace.server.env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("Config OK:")
+    assert any(l.startswith("Watch directory OK:") for l in lines)
+    assert any(l.startswith(f"S3 bucket OK: s3://{workspace.bucket}/") for l in lines)
+
+
+def test_status_json_has_counts_for_every_state(workspace):
+    (workspace.inbox / "a.txt").write_text("a")
+    workspace.config()
+    assert cli("once", "-c", str(workspace.config_path), env=workspace.server.env()).returncode == 0
+    r = cli("status", "--json", "-c", str(workspace.config_path))
+    data = json.loads(r.stdout)
+    assert data["counts"] == {"pending": 0, "uploading": 0, "uploaded": 1, "failed": 0, "parked": 0,
+                              "deleted": 0, "archived": 0}
+    assert data["oldest_waiting"] is None
+
+
+def test_status_without_a_database_says_so(tmp_path):
+    cfg = write_config(tmp_path / "config.ini", {"watch": {"directory_to_watch": tmp_path},
+                                                  "s3": {"bucket": "bkt"}, "daemon": {"db_path": tmp_path / "s.db"}})
+    r = cli("status", "-c", str(cfg))
+    assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+def test_python_dash_m_and_version():
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("s3-uploader ")
+
+
+def test_example_config_command_prints_the_documented_file(tmp_path):
+    r = cli("example-config")
+    assert r.returncode == 0 and "[watch]" in r.stdout and "directory_to_watch" in r.stdout

@@ -1,0 +1,146 @@
+"""Sending one file: single PUT, multipart, resume, and every way a file can change under us."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from s3_uploader.remote import MemoryRemote, PutOptions
+from s3_uploader.scanner import FileStat
+from s3_uploader.store import Part, Store
+from s3_uploader.uploader import Job, Settings, Uploader, part_size_for
+
+MiB = 1024 * 1024
+SETTINGS = Settings(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=2,
+                    put_options=PutOptions(), follow_symlinks=False)
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = Store(tmp_path / "s.db")
+    remote = MemoryRemote()
+    up = Uploader(remote, store, lambda: SETTINGS, part_workers=4)
+    yield tmp_path, store, remote, up
+    up.close()
+    store.close()
+
+
+def job_for(path, rel, key=None, **kw):
+    st = os.stat(path)
+    return Job(rel, str(path), key or rel, FileStat(rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev), **kw)
+
+
+def register(store, job):
+    store.discover_many([(job.rel, job.key, job.stat.size, job.stat.mtime_ns, job.stat.ino)])
+    store.start_upload(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino)
+
+
+def test_a_small_file_goes_in_one_put_proven_by_its_etag(env):
+    tmp, store, remote, up = env
+    p = tmp / "a.bin"
+    p.write_bytes(b"hello")
+    o = up.upload(job_for(p, "a.bin"))
+    assert o.kind == "uploaded" and o.md5 == hashlib.md5(b"hello").hexdigest() == o.etag
+    assert remote.objects["a.bin"][0] == b"hello"
+    assert remote.calls.get("head", 0) == 0  # the PUT response proved it: no second request
+
+
+def test_a_large_file_goes_in_parts_and_arrives_byte_identical(env):
+    tmp, store, remote, up = env
+    data = os.urandom(12 * MiB + 7)
+    p = tmp / "big.bin"
+    p.write_bytes(data)
+    job = job_for(p, "big.bin")
+    register(store, job)
+    o = up.upload(job)
+    assert o.kind == "uploaded"
+    assert remote.objects["big.bin"][0] == data
+    assert remote.calls["upload_part"] == 3 and not remote.uploads
+    assert store.get("big.bin").upload_id is None  # bookkeeping cleared once complete
+
+
+def test_a_recorded_multipart_upload_resumes_sending_only_missing_parts(env):
+    tmp, store, remote, up = env
+    data = os.urandom(15 * MiB)
+    p = tmp / "big.bin"
+    p.write_bytes(data)
+    job = job_for(p, "big.bin")
+    register(store, job)
+    uid = remote.create_multipart("big.bin", PutOptions())
+    first = data[:5 * MiB]
+    etag = remote.upload_part("big.bin", uid, 1, first, len(first), hashlib.md5(first).digest())
+    store.set_multipart("big.bin", uid, 5 * MiB)
+    store.add_part("big.bin", uid, Part(1, 5 * MiB, etag, hashlib.md5(first).hexdigest()))
+    remote.calls.clear()
+    o = up.upload(job_for(p, "big.bin", upload_id=uid, part_size=5 * MiB))
+    assert o.kind == "uploaded"
+    assert remote.calls["upload_part"] == 2 and remote.calls["list_parts"] == 1
+    assert remote.objects["big.bin"][0] == data
+
+
+def test_a_file_that_changes_while_being_sent_is_not_recorded_as_uploaded(env):
+    tmp, store, remote, up = env
+    p = tmp / "grows.log"
+    p.write_bytes(b"first line\n")
+    job = job_for(p, "grows.log")
+    real_put = remote.put_object
+
+    def put_and_append(*a, **kw):
+        with open(p, "ab") as f:
+            f.write(b"second line\n")
+        return real_put(*a, **kw)
+
+    remote.put_object = put_and_append
+    o = up.upload(job)
+    assert o.kind == "changed" and "while it was being read" in o.reason
+
+
+def test_a_file_that_changed_after_it_was_found_stable_is_not_read(env):
+    tmp, store, remote, up = env
+    p = tmp / "a.bin"
+    p.write_bytes(b"v1")
+    job = job_for(p, "a.bin")
+    p.write_bytes(b"v2 longer")
+    assert up.upload(job).kind == "changed"
+    assert remote.calls.get("put_object", 0) == 0
+
+
+def test_a_vanished_file_and_a_fifo_swapped_in_are_handled_without_blocking(env):
+    tmp, store, remote, up = env
+    p = tmp / "gone.bin"
+    p.write_bytes(b"x")
+    job = job_for(p, "gone.bin")
+    p.unlink()
+    assert up.upload(job).kind == "vanished"
+    os.mkfifo(p)  # a writer-less FIFO at the same path: opening must not hang
+    assert up.upload(job).kind == "changed"
+
+
+def test_a_symlink_swapped_in_is_refused_when_links_are_not_followed(env, tmp_path):
+    tmp, store, remote, up = env
+    p = tmp / "a.txt"
+    p.write_bytes(b"x")
+    job = job_for(p, "a.txt")
+    p.unlink()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x")
+    os.symlink(secret, p)
+    assert up.upload(job).kind == "changed"
+    assert "a.txt" not in remote.objects
+
+
+def test_server_errors_are_classified_failures(env):
+    tmp, store, remote, up = env
+    p = tmp / "a.bin"
+    p.write_bytes(b"x")
+    remote.exists = False
+    o = up.upload(job_for(p, "a.bin"))
+    assert o.kind == "failed" and o.failure.kind == "no_bucket"
+
+
+def test_part_size_grows_to_stay_within_ten_thousand_parts():
+    assert part_size_for(100 * MiB, 8 * MiB) == 8 * MiB
+    size = 200 * 1024 * MiB  # 200 GiB
+    ps = part_size_for(size, 8 * MiB)
+    assert ps % MiB == 0 and -(-size // ps) <= 10000
