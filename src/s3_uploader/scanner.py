@@ -80,6 +80,7 @@ class Scanner:
         self.filters = filters
         self.follow_symlinks = follow_symlinks
         self.report = report or Reporter()
+        self.chunk = 500
 
     # -- one path (for event hints) ----------------------------------------------------------
     def stat_one(self, rel: str) -> Optional[FileStat]:
@@ -126,7 +127,8 @@ class Scanner:
     # -- the whole tree ----------------------------------------------------------------------
     def walk(self, start: str = "") -> Iterator[Tuple[str, List[FileStat]]]:
         """Yield ``(rel_dir, files)`` for every folder walked, depth first, from folder ``start``
-        ('' is the root). Folders that cannot be read are reported and skipped; the walk goes on.
+        ('' is the root), at most ``chunk`` files at a time (a big folder comes in several slices).
+        Folders that cannot be read are reported and skipped; the walk goes on.
         """
         visited: Set[Tuple[int, int]] = set()
         top = self.abspath(start) if start else str(self.root)
@@ -149,17 +151,19 @@ class Scanner:
             subdirs: List[Tuple[str, str]] = []
             try:
                 with os.scandir(abs_dir) as it:
-                    entries = list(it)
+                    for entry in it:
+                        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                        try:
+                            self._classify(entry, rel, files, subdirs, visited)
+                        except OSError as exc:  # vanished between listing and stat, or unreadable
+                            if getattr(exc, "errno", None) not in (2,):  # ENOENT: just gone, nothing to say
+                                self.report(logging.WARNING, rel, f"Cannot stat ({exc.strerror or exc})")
+                        if len(files) >= self.chunk:
+                            # a folder of a million files is handed out in slices, never held whole
+                            yield rel_dir, files
+                            files = []
             except OSError as exc:
                 self.report(logging.WARNING, rel_dir or ".", f"Cannot read folder ({exc.strerror or exc})")
-                continue
-            for entry in entries:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                try:
-                    self._classify(entry, rel, files, subdirs, visited)
-                except OSError as exc:  # vanished between listing and stat, or unreadable
-                    if getattr(exc, "errno", None) not in (2,):  # ENOENT: just gone, nothing to say
-                        self.report(logging.WARNING, rel, f"Cannot stat ({exc.strerror or exc})")
             yield rel_dir, files
             stack.extend(reversed(subdirs))
 
