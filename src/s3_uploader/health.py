@@ -1,0 +1,76 @@
+"""Is the daemon healthy? One rule, shared by the systemd watchdog pings and ``/healthz``.
+
+Healthy means: the daemon is running (started, not stopping); the filesystem watcher thread is
+alive when filesystem events are in use; the scanner and scheduler threads are alive and their
+loops have beaten recently (``Daemon.heartbeats`` holds the monotonic time of each loop's last
+turn; the scanner beats between folders and while it waits). Upload workers are not timed: one
+large file on a slow link may legitimately take hours, and botocore's timeouts bound a hung request.
+
+:class:`StateSnapshot` keeps the database-derived numbers (files per state, the oldest file not
+yet uploaded) that status lines and metrics show, refreshed every few seconds rather than on every
+look, because counting a million rows is not free.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, Optional
+
+from .store import STATES, WAITING_STATES, StoreError
+
+# A loop that has not beaten for this long is wedged (the scheduler beats at least every second,
+# the scanner between folders); generous, so a slow network share is not mistaken for a hang.
+HEARTBEAT_MAX_AGE = 120.0
+LOOPS = ("scanner", "scheduler")
+
+
+def health_problem(daemon: Any, now: Optional[float] = None, max_age: Optional[float] = None) -> Optional[str]:
+    """None when ``daemon`` is healthy, else a one-line reason (what a 503 and the journal say)."""
+    now = daemon.clock() if now is None else now
+    max_age = getattr(daemon, "heartbeat_max_age", HEARTBEAT_MAX_AGE) if max_age is None else max_age
+    if daemon.stop_event.is_set():
+        return "stopping"
+    threads = {t.name: t for t in getattr(daemon, "_threads", ())}
+    if not threads:
+        return "starting"
+    watcher = daemon.watcher
+    if watcher is not None and not watcher.is_alive():
+        return "the filesystem watcher thread has stopped"
+    for name in LOOPS:
+        t = threads.get(name)
+        if t is None or not t.is_alive():
+            return f"the {name} thread has stopped"
+        beat = daemon.heartbeats.get(name)
+        if beat is None:
+            return f"the {name} loop has not started"
+        if now - beat > max_age:
+            return f"the {name} loop has made no progress for {now - beat:.0f}s"
+    return None
+
+
+class StateSnapshot:
+    """Files per state and the oldest waiting file, read from the store at most every ``interval`` s."""
+
+    def __init__(self, interval: float = 10.0):
+        self.interval = interval
+        self.counts: Dict[str, int] = {s: 0 for s in STATES}
+        self.oldest_waiting_since: Optional[float] = None  # wall time the oldest waiting file was found
+        self.taken_at: Optional[float] = None  # monotonic
+        self._lock = threading.Lock()
+
+    def refresh(self, store: Any, now: float, force: bool = False) -> None:
+        """Re-read the store when the last reading is older than ``interval`` (or ``force``)."""
+        with self._lock:
+            if not force and self.taken_at is not None and now - self.taken_at < self.interval:
+                return
+            try:
+                counts = store.counts()
+                oldest = store.oldest_waiting()
+            except StoreError:
+                return  # the daemon's own threads report database trouble; keep the last numbers
+            self.counts = counts
+            self.oldest_waiting_since = oldest.discovered_at if oldest is not None else None
+            self.taken_at = now
+
+    @property
+    def waiting(self) -> int:
+        return sum(self.counts.get(s, 0) for s in WAITING_STATES)
