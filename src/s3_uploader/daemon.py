@@ -24,16 +24,21 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
+from .bandwidth import limiter_from_config
 from .config import Config
+from .health import StateSnapshot
 from .keys import Filters, KeyMaker, key_problem
+from .metrics import MetricsServer, MetricsUnavailable
+from .notify import SdNotify, ServiceNotifier, watchdog_interval
+from .reload import Reloader, apply_to_daemon
 from .remote import PutOptions, Remote, RemoteError
 from .retry import Failure, decide_retry
 from .scanner import FileStat, Reporter, Scanner
 from .stability import Observation, Tracker, assess
 from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
-from .uploader import Job, Outcome, Settings, Uploader
+from .uploader import Abandoned, Job, Outcome, Settings, Uploader
 from .watcher import Hints, Watcher
 from .writers import WriterProbe
 
@@ -112,6 +117,12 @@ class Daemon:
         self.exit_code = 0
         self._apply_watch_settings(cfg)
         self.keymaker = KeyMaker(cfg.s3.prefix)
+        # running it for months: hot reload, systemd notifications, metrics (set up by run())
+        self.snapshot = StateSnapshot()
+        self.limiter = limiter_from_config(cfg, clock=clock, wall=wall, cancel=self.abandon, on_cancel=Abandoned)
+        self.reloader: Optional[Reloader] = None
+        self.service: Optional[ServiceNotifier] = None
+        self.metrics: Optional[Any] = None
 
     # -- settings that components read --------------------------------------------------------
     def _apply_watch_settings(self, cfg: Config) -> None:
@@ -168,15 +179,17 @@ class Daemon:
     def run(self) -> int:
         """Run until stopped (or, once, until done). Returns the exit code."""
         self.prepare()
+        self._start_metrics()
         self.store.start()
         up = self.cfg.upload
         self.uploader = Uploader(self.remote, self.store, self.upload_settings,
                                  part_workers=up.upload_workers * up.max_concurrency, abandon=self.abandon,
-                                 clock=self.clock)
+                                 clock=self.clock, throttle=self.limiter.throttle)
         self.probe = WriterProbe(self.root, clock=self.clock)
         log.info("Watching %s -> s3://%s/%s (%s)", self.root, self.cfg.s3.bucket, self.cfg.s3.prefix,
                  "once" if self.once else "daemon")
         self._start_threads()
+        self._start_service()
         try:
             while not self.stop_event.wait(0.5):
                 self.on_tick()
@@ -187,7 +200,45 @@ class Daemon:
         return self.exit_code
 
     def on_tick(self) -> None:
-        """Called by the main thread twice a second; extension point for health and notify."""
+        """Called by the main thread twice a second: config reload, state snapshot, systemd notify."""
+        now = self.clock()
+        try:
+            if self.reloader is not None:
+                self.reloader.tick(now)
+            if self.metrics is not None or self.service is not None:
+                self.snapshot.refresh(self.store, now)
+            if self.service is not None:
+                self.service.tick(now)
+        except Exception:  # a bug here must not take the uploads down with it
+            log.exception("Error in the daemon's periodic housekeeping")
+
+    def request_reload(self) -> None:
+        """Re-read the config file at the next tick (SIGHUP). Only sets a flag: safe from signal handlers."""
+        if self.reloader is not None:
+            self.reloader.request()
+
+    def _start_metrics(self) -> None:
+        """Serve /metrics and /healthz when metrics_address is set; StartupError when it cannot."""
+        address = self.cfg.daemon.metrics_address
+        if not address or self.once:
+            return
+        try:
+            self.metrics = MetricsServer(self, address, self.snapshot).start()
+        except MetricsUnavailable as exc:
+            raise StartupError(str(exc)) from None
+
+    def _start_service(self) -> None:
+        """Hot reload of the config file, and READY=1 / STATUS / WATCHDOG for systemd."""
+        if self.once:
+            return
+        if self.cfg.source is not None:
+            self.reloader = Reloader(self.cfg.source, lambda: self.cfg,
+                                     lambda new, changed: apply_to_daemon(self, new, changed))
+        client = SdNotify.from_environ()
+        if client.enabled:
+            self.service = ServiceNotifier(self, client, self.snapshot, watchdog_interval())
+        self.on_tick()  # READY=1 as soon as we are watching
+
 
     def _start_threads(self) -> None:
         if self.cfg.watch.use_events and not self.once:
@@ -236,6 +287,8 @@ class Daemon:
         self.stop_event.set()
         self.wake.set()
         self.scan_request.set()
+        if self.service is not None:
+            self.service.stopping()
         if self.watcher is not None:
             self.watcher.stop()
         for t in self._threads:
@@ -270,6 +323,10 @@ class Daemon:
             self.uploader.close()
         except Exception:
             log.exception("Error closing the uploader")
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.service is not None:
+            self.service.close()
         try:
             self.store.close()
         except StoreError as exc:
