@@ -34,7 +34,7 @@ from .metrics import MetricsServer, MetricsUnavailable
 from .notify import SdNotify, ServiceNotifier, watchdog_interval
 from .reload import Reloader, apply_to_daemon
 from .remote import PutOptions, Remote, RemoteError
-from .retry import Failure, decide_retry
+from .retry import Failure, classify, decide_retry
 from .scanner import FileStat, Reporter, Scanner
 from .stability import Observation, Tracker, assess
 from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
@@ -171,9 +171,37 @@ class Daemon:
         n = self.store.recover_interrupted()
         if n:
             log.info("%d upload(s) were interrupted by the last stop; they will be resumed", n)
+        self.abort_stale_multipart()
         if self.once:
             self.store.retry_parked(self.wall())  # a manual run tries everything once more
         self.store.commit()
+
+    def abort_stale_multipart(self) -> int:
+        """Abort the multipart uploads under our prefix that no row owns; returns how many.
+
+        They are left by a crash between CreateMultipartUpload and recording its id, or by a file
+        that vanished mid-upload, and S3 bills their parts until aborted. Without a fixed prefix
+        (the bucket root, or a prefix that starts with a placeholder) only uploads to keys our own
+        rows go to are touched, so another writer's uploads in a shared bucket are left alone.
+        A failure to list (some servers lack the API) is a warning: the lifecycle rule covers it.
+        """
+        template = self.keymaker.template
+        prefix = self.keymaker.static_prefix if "{" in template else (template + "/" if template else "")
+        owned = self.store.owned_upload_ids()
+        n = 0
+        try:
+            for up in self.remote.list_multipart_uploads(prefix):
+                if up.upload_id in owned or (not prefix and not self.store.has_key(up.key)):
+                    continue
+                self.remote.abort_multipart(up.key, up.upload_id)
+                log.info("Aborted stale multipart upload of %s (upload id %s, owned by no file)", up.key,
+                         up.upload_id)
+                n += 1
+        except Exception as exc:  # listing is an optimisation; never a reason not to start
+            log.warning("Could not look for stale multipart uploads under s3://%s/%s (%s); a bucket lifecycle "
+                        "rule (AbortIncompleteMultipartUpload) cleans them up", self.cfg.s3.bucket, prefix,
+                        classify(exc).message)
+        return n
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> int:
@@ -686,6 +714,9 @@ class Daemon:
         elif failure.kind in ("auth", "no_bucket"):
             log.error("Upload of %s failed: %s problem (%s); retrying in %.0fs", job.key,
                       "credentials/permission" if failure.kind == "auth" else "bucket", failure.message, d.delay)
+        elif job.attempt > up.max_retries:  # an outage (network, throttling): waits without being parked
+            log.warning("Upload of %s failed (%s); endpoint problem, not parked: retry %d in %.1fs", job.key,
+                        failure, job.attempt, d.delay)
         else:
             log.warning("Upload of %s failed (%s); retry %d of %d in %.1fs", job.key, failure, job.attempt,
                         up.max_retries, d.delay)

@@ -107,6 +107,9 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float
     return step / 2 + rng() * step / 2
 
 
+ENDPOINT_KINDS = ("network", "throttled")  # failures of the endpoint, not of the file
+
+
 @dataclass(frozen=True)
 class RetryDecision:
     park: bool
@@ -120,12 +123,18 @@ def decide_retry(failure: Failure, attempts: int, max_retries: int, base: float,
 
     Auth and missing-bucket failures say nothing about the file; a ``patient`` caller (the daemon)
     retries them at the capped delay without parking, so fixing credentials resumes every file.
-    ``once`` is not patient: they count against ``max_retries`` like any other failure.
+    Network and throttling failures (an outage) are not counted against ``max_retries`` by a patient
+    caller either: they keep the exponential backoff, capped. ``once`` is not patient: they count
+    against ``max_retries`` like any other failure.
     """
     if not failure.retry:
         return RetryDecision(True, parked_interval)
     if patient and failure.kind in ("auth", "no_bucket"):
         return RetryDecision(False, max(cap, base))
+    if patient and failure.kind in ENDPOINT_KINDS:
+        # an unreachable or throttling endpoint says nothing about the file either: keep backing
+        # off at the cap, so a long outage parks nothing and every file goes as soon as it is over
+        return RetryDecision(False, backoff_delay(attempts, base, cap, rng))
     if attempts > max_retries:
         return RetryDecision(True, parked_interval)
     return RetryDecision(False, backoff_delay(attempts, base, cap, rng))

@@ -339,6 +339,10 @@ class Store:
             else:
                 if old.state != "pending":
                     self._move(rel, "pending")
+                if old.signature != (size, mtime_ns, inode):
+                    # parts sent from another version of the file must not be completed with this
+                    # one's: the open upload (if any) is kept, but every part is sent again
+                    self._write("DELETE FROM parts WHERE path = ?", (raw,))
                 self._write("UPDATE files SET size=?, mtime_ns=?, inode=?, attempts=0, next_attempt_at=NULL, "
                             "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
                             (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
@@ -450,6 +454,10 @@ class Store:
     def owned_upload_ids(self) -> Dict[str, str]:
         """upload id -> S3 key of every multipart upload a row still owns."""
         return {uid: key for uid, key in self._read("SELECT upload_id, key FROM files WHERE upload_id IS NOT NULL")}
+
+    def has_key(self, key: str) -> bool:
+        """Whether any row's file goes to S3 key ``key``."""
+        return bool(self._read("SELECT 1 FROM files WHERE key = ? LIMIT 1", (key,)))
 
     def iter_all(self, batch: int = 1000) -> Iterator[Record]:
         after = b""
