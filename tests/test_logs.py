@@ -1,0 +1,99 @@
+"""Logs: timestamped text lines, or one JSON object per line; a file log that rotates by size."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import pytest
+from helpers import cli, make_files
+
+from s3_uploader import logs
+
+
+@pytest.fixture
+def package_logger():
+    """Restore the package logger after a test reconfigures it (other tests rely on propagation)."""
+    logger = logging.getLogger(logs.ROOT)
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield logger
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    for h in saved[0]:
+        logger.addHandler(h)
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
+def test_text_lines_start_with_a_timestamp_and_the_level(package_logger):
+    out = io.StringIO()
+    logs.setup("INFO", "text", stream=out)
+    logs.get("test").info("Uploading %s attempt %d", "a.txt", 1)
+    logs.get("test").debug("not shown at INFO")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO    Uploading a\.txt attempt 1\n", out.getvalue())
+
+
+def test_json_format_writes_one_object_per_line_even_for_multiline_messages(package_logger):
+    out = io.StringIO()
+    logs.setup("DEBUG", "json", stream=out)
+    log = logs.get("test")
+    log.info("first")
+    log.warning("two\nlines")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    assert [r["level"] for r in records] == ["INFO", "WARNING", "ERROR"]
+    assert records[1]["msg"] == "two\nlines"
+    assert "ValueError: boom" in records[2]["exc"]
+    assert all(r["logger"] == "s3_uploader.test" and r["ts"].endswith("Z") for r in records)
+
+
+def test_level_and_format_can_change_while_running(package_logger):
+    out = io.StringIO()
+    logs.setup("INFO", "text", stream=out)
+    log = logs.get("test")
+    log.debug("hidden")
+    logs.set_level("DEBUG")
+    logs.set_format("json")
+    log.debug("shown")
+    assert json.loads(out.getvalue().splitlines()[-1])["msg"] == "shown"
+    assert "hidden" not in out.getvalue()
+
+
+def test_the_log_file_rotates_at_its_size_and_keeps_the_configured_count(package_logger, tmp_path):
+    path = tmp_path / "s3-uploader.log"
+    err = io.StringIO()
+    logs.setup("INFO", "text", str(path), max_bytes=1000, backups=2, stream=err)
+    log = logs.get("test")
+    for i in range(100):
+        log.info("line %03d %s", i, "x" * 40)
+    log.warning("a warning also reaches stderr")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["s3-uploader.log", "s3-uploader.log.1", "s3-uploader.log.2"]
+    assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
+    assert "line 099" in path.read_text()
+    assert "line 000" not in "".join(p.read_text() for p in tmp_path.iterdir()), "older files are dropped"
+    assert err.getvalue().count("\n") == 1 and "a warning also reaches stderr" in err.getvalue()
+
+
+@pytest.mark.integration
+def test_a_daemon_with_log_format_json_writes_only_json_lines(workspace):
+    make_files(workspace.inbox, [(f"f{i}.txt", b"x" * i) for i in range(5)])
+    log_file = workspace.state / "daemon.log"
+    workspace.config(daemon={"log_format": "json", "log_file": log_file, "log_max_bytes": "600",
+                             "log_backup_count": "3"})
+    r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env())
+    assert r.returncode == 0, r.stderr
+    files = sorted(workspace.state.glob("daemon.log*"))
+    assert len(files) >= 2, "600 bytes hold a few lines: the log must have rotated"
+    assert len(files) <= 4
+    records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert sum(r["msg"].startswith("Successfully uploaded") for r in records) >= 1
+    # warnings and errors also reach stderr, in the same format; here there are none
+    assert all(json.loads(line) for line in r.stderr.splitlines())
