@@ -283,8 +283,10 @@ OPTIONS: Tuple[Option, ...] = (
            "e.g. 10MiB); empty or 0 = unlimited.", example="10MiB"),
     Option("upload", "bandwidth_schedule", SCHEDULE, "", "rclone-style timetable of limits, each from its time "
            "of day until the next entry; overrides max_bandwidth.", example="08:00,512KiB 19:00,off"),
-    Option("upload", "connect_timeout", _duration(0.1), "10s", "Timeout to connect to the endpoint."),
-    Option("upload", "read_timeout", _duration(0.1), "60s", "Timeout waiting for the endpoint to answer."),
+    Option("upload", "connect_timeout", _duration(0.1), "10s", "Timeout to connect to the endpoint.",
+           reloadable=False),
+    Option("upload", "read_timeout", _duration(0.1), "60s", "Timeout waiting for the endpoint to answer.",
+           reloadable=False),
     # --- local cleanup -------------------------------------------------------------------
     Option("cleanup", "delete_after", _duration(0), "", "Delete the local copy this long after its upload was "
            "confirmed (and only once S3 shows the object again); empty or 0 = never.", example="7d"),
