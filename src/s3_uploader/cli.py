@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import __version__, logs
+from .cleanup import cleanup_lines, cleanup_status
 from .config import Config, ConfigError, load_config, render_example
 from .store import STATES, WAITING_STATES, Store, StoreError, display
 
@@ -188,6 +189,7 @@ def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
                         for at, p, kind, msg in store.last_errors(10)],
         "parked": [{"path": display(r.rel), "kind": r.error_kind, "error": r.last_error, "attempts": r.attempts}
                    for r in store.in_states(("parked",), limit=20)],
+        "cleanup": cleanup_status(store),
     }
     return out
 
@@ -230,6 +232,8 @@ def cmd_status(cfg: Config, args: Any) -> int:
         print("Parked (tried again after parked_retry_interval, or now with 's3-uploader retry'):")
         for p in data["parked"]:
             print(f"  {p['path']}: {p['kind']}: {p['error']}")
+    for line in cleanup_lines(data["cleanup"]):
+        print(line)
     if data["last_errors"]:
         print("Last errors:")
         for e in data["last_errors"]:

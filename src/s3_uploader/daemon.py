@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .bandwidth import limiter_from_config
+from .cleanup import Cleaner, CleanupSettings, PassResult
 from .config import Config
 from .health import StateSnapshot
 from .keys import Filters, KeyMaker, key_problem
@@ -69,6 +70,13 @@ class Stats:
     last_scan_seconds: float = 0.0
     last_scan_files: int = 0
     upload_seconds: List[float] = field(default_factory=list)  # drained by the metrics exporter
+    cleanup_passes: int = 0
+    cleanup_files_freed: int = 0  # deleted or archived after S3 proved the object
+    cleanup_bytes_freed: int = 0
+    cleanup_requeued: int = 0  # object missing/different or file changed: uploaded again
+    cleanup_held: int = 0  # held back in the last pass (reasons: store meta 'cleanup.last_pass')
+    cleanup_disk_full: bool = False  # below min_free_space with nothing proven in S3 left to delete
+    last_cleanup_at: Optional[float] = None
 
     def add(self, **kw: float) -> None:
         with self.lock:
@@ -214,6 +222,9 @@ class Daemon:
                                  part_workers=up.upload_workers * up.max_concurrency, abandon=self.abandon,
                                  clock=self.clock, throttle=self.limiter.throttle)
         self.probe = WriterProbe(self.root, clock=self.clock)
+        self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
+                               is_busy=self._is_inflight, is_being_written=self.probe.is_being_written,
+                               on_requeue=self.hints.add, stop=self.stop_event)
         log.info("Watching %s -> s3://%s/%s (%s)", self.root, self.cfg.s3.bucket, self.cfg.s3.prefix,
                  "once" if self.once else "daemon")
         self._start_threads()
@@ -279,6 +290,8 @@ class Daemon:
                 self.watcher = None
         self._spawn("scanner", self._scan_loop)
         self._spawn("scheduler", self._schedule_loop)
+        if not self.once:  # always running: cleanup may be switched on by a reload
+            self._spawn("cleanup", self._cleanup_loop)
         for i in range(self.cfg.upload.upload_workers):
             self._spawn(f"upload-{i}", self._worker_loop)
 
@@ -320,7 +333,7 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         for t in self._threads:
-            if t.name in ("scanner", "scheduler"):
+            if t.name in ("scanner", "scheduler", "cleanup"):
                 t.join()
         # jobs queued but not started stay pending in the database: they go first at next start
         dropped = 0
@@ -500,6 +513,7 @@ class Daemon:
     # -- scheduler thread -------------------------------------------------------------------------
     def _schedule_loop(self) -> None:
         next_sweep = 0.0
+        once_cleaned = False
         while not self.stop_event.is_set():
             now = self.clock()
             self.heartbeats["scheduler"] = now
@@ -511,6 +525,11 @@ class Daemon:
             self._check_due(now)
             self._feed_workers()
             if self.once and self._once_finished():
+                if not once_cleaned:
+                    # the one cleanup pass of 'once'; files it queues again are uploaded before we stop
+                    once_cleaned = True
+                    self.run_cleanup_pass()
+                    continue
                 log.info("All files processed")
                 self.request_stop()
                 return
@@ -646,6 +665,43 @@ class Daemon:
                 return False
         # failed files wait for their retry; parked ones have had theirs
         return not self.store.in_states(("failed",), limit=1)
+
+    # -- cleanup thread ---------------------------------------------------------------------------
+    def _cleanup_loop(self) -> None:
+        """Run a cleanup pass every ``cleanup_interval`` while cleanup is configured, reading the live
+        config each time (a reload applies within a second); sooner while a backlog is left."""
+        last: Optional[float] = None
+        hurry = False
+        while not self.stop_event.is_set():
+            now = self.clock()
+            self.heartbeats["cleanup"] = now
+            c = CleanupSettings.from_config(self.cfg)
+            if c.enabled and (last is None or hurry or now - last >= c.interval):
+                res = self.run_cleanup_pass()
+                last, hurry = self.clock(), res is not None and res.more
+            self.stop_event.wait(1.0)
+
+    def run_cleanup_pass(self) -> Optional[PassResult]:
+        """One cleanup pass now, if cleanup is configured; its counters go to ``stats``. A failure is
+        logged and returns None (it never changes the exit code); StoreError propagates."""
+        if not CleanupSettings.from_config(self.cfg).enabled:
+            return None
+        try:
+            res = self.cleaner.run_pass(self.wall())
+        except StoreError:
+            raise
+        except Exception:
+            log.exception("Cleanup pass failed and stopped there; the next pass runs as scheduled")
+            return None
+        with self.stats.lock:
+            self.stats.cleanup_passes += 1
+            self.stats.cleanup_files_freed += res.freed_files
+            self.stats.cleanup_bytes_freed += res.freed_bytes
+            self.stats.cleanup_requeued += res.requeued
+            self.stats.cleanup_held = res.held_total
+            self.stats.cleanup_disk_full = res.disk_full_of_unuploaded
+            self.stats.last_cleanup_at = res.at
+        return res
 
     # -- upload workers ---------------------------------------------------------------------------
     def _worker_loop(self) -> None:

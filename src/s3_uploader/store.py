@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS files (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
 CREATE INDEX IF NOT EXISTS files_state ON files(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS files_uploaded_at ON files(uploaded_at, path) WHERE state = 'uploaded';
+CREATE INDEX IF NOT EXISTS files_uploaded_mtime ON files(mtime_ns, path) WHERE state = 'uploaded';
 CREATE TABLE IF NOT EXISTS parts (
     path        BLOB NOT NULL,
     upload_id   TEXT NOT NULL,
@@ -298,6 +300,24 @@ class Store:
         rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE state IN ('failed', 'parked') "
                           "AND next_attempt_at IS NOT NULL AND next_attempt_at <= ? "
                           "ORDER BY next_attempt_at LIMIT ?", (now, limit))
+        return [_record(r) for r in rows]
+
+    def uploaded_page(self, order: str, after: Optional[Tuple[float, bytes]] = None, limit: int = 1000,
+                      uploaded_before: Optional[float] = None) -> List[Record]:
+        """Uploaded rows (cleanup's candidates), oldest first by ``order`` (``uploaded_at`` or
+        ``mtime_ns``, ties by path), strictly after the cursor ``after`` = (value, path bytes);
+        with ``uploaded_before``, only rows uploaded at or before that wall-clock time."""
+        if order not in ("uploaded_at", "mtime_ns"):
+            raise ValueError(f"cannot order uploaded rows by {order!r}")
+        where, params = ["state = 'uploaded'"], []  # literal, so the partial indexes apply
+        if after is not None:
+            where.append(f"({order}, path) > (?, ?)")
+            params += [after[0], after[1]]
+        if uploaded_before is not None:
+            where.append("uploaded_at <= ?")
+            params.append(uploaded_before)
+        rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE {' AND '.join(where)} ORDER BY {order}, path LIMIT ?",
+                          (*params, limit))
         return [_record(r) for r in rows]
 
     def next_retry_at(self) -> Optional[float]:

@@ -1,0 +1,657 @@
+"""Local cleanup: a local file is deleted (or archived) only once S3 proves, now, that it has it.
+
+Two halves, kept apart:
+
+- :func:`decide` is the pure core. Given the stored record, what a folder listing of the bucket
+  shows for its key, what ``lstat`` shows of the path now, the time and the settings, it returns a
+  :class:`Decision`: remove the file, hold it back (with the reason), queue it for upload again,
+  or forget a row whose file is already gone. No I/O, so every rule is a unit test.
+- :class:`Cleaner` is the I/O pass. ``run_pass(now)`` does one bounded pass and returns a
+  :class:`PassResult`; the daemon's cleanup thread only schedules it, and ``once`` calls it once.
+
+A file is removed only when all of these hold, checked in the pass itself:
+
+1. the state database has it as ``uploaded``, with the size (and MD5/ETag) that was read;
+2. S3 lists the object now with that size (and ETag, where comparable). Candidates are grouped by
+   their key's folder and each folder is listed with ListObjectsV2, so a pass costs one listing
+   per folder (at most ``cleanup_prefix_batch_size`` of them, for at most ``cleanup_batch_size``
+   candidates), not one request per file;
+3. the path is still the file that was uploaded: a regular file (``lstat``: a symlink is never
+   followed) with the same inode, size and mtime, that no process holds open for writing;
+4. the path lies inside the watched tree (no folder on the way is a symlink).
+
+An object that is missing or different queues the file for upload again (a warning); a file changed
+since its upload is kept and uploaded again. The database is committed before anything is removed,
+and a row is marked removed only after its file is gone, so a crash at any point leaves either the
+file or a confirmed object, never neither.
+"""
+from __future__ import annotations
+
+import filecmp
+import json
+import logging
+import os
+import shutil
+import stat as stat_mod
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .config import FreeSpace
+from .keys import key_folder
+from .remote import ObjectInfo, Remote, clean_etag
+from .store import WAITING_STATES, IllegalTransition, Record, Store, display, enc
+
+log = logging.getLogger(__name__)
+
+# Actions of a Decision.
+REMOVE = "remove"  # delete or archive the local copy
+HOLD = "hold"  # keep it; look again in a later pass
+REQUEUE = "requeue"  # keep it and upload it again
+FORGET = "forget"  # the local file is already gone: mark the row removed
+
+# Reasons. Held-back counts in ``status`` are keyed by these.
+OK = "proven in S3"
+NOT_UPLOADED = "not uploaded"
+NOT_DUE = "not yet due"
+OBJECT_MISSING = "object missing"
+SIZE_DIFFERS = "size differs"
+ETAG_DIFFERS = "etag differs"
+FILE_MODIFIED = "file modified"
+NOT_REGULAR = "not a regular file"
+OUTSIDE_TREE = "outside tree"
+FILE_GONE = "file gone"
+BUSY = "upload in progress"
+OPEN_FOR_WRITING = "open for writing"
+LIST_FAILED = "S3 listing failed"
+ARCHIVE_EXISTS = "archive destination exists"
+CANNOT_REMOVE = "cannot remove"
+CANNOT_STAT = "cannot stat"
+
+META_FILES_FREED = "cleanup.files_freed"
+META_BYTES_FREED = "cleanup.bytes_freed"
+META_REQUEUED = "cleanup.requeued"
+META_LAST_PASS = "cleanup.last_pass"
+HELD_EXAMPLES = 20  # held files named in the last pass's record (the counts cover all of them)
+
+
+@dataclass(frozen=True)
+class CleanupSettings:
+    """The ``[cleanup]`` keys a pass reads; built afresh from the live config at every pass."""
+
+    delete_after: float = 0.0  # seconds; 0 = never by age
+    min_free_space: FreeSpace = FreeSpace()
+    batch_size: int = 1000
+    prefix_batch_size: int = 100
+    remove_empty_dirs: bool = True
+    dry_run: bool = False
+    action: str = "delete"  # or "archive"
+    archive_directory: str = ""
+    interval: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether cleanup has anything to do: an age limit or a free-space floor."""
+        return self.delete_after > 0 or bool(self.min_free_space)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "CleanupSettings":
+        c = cfg.cleanup
+        return cls(delete_after=c.delete_after or 0.0, min_free_space=c.min_free_space or FreeSpace(),
+                   batch_size=c.cleanup_batch_size, prefix_batch_size=c.cleanup_prefix_batch_size,
+                   remove_empty_dirs=c.remove_empty_dirs, dry_run=c.cleanup_dry_run, action=c.cleanup_action,
+                   archive_directory=c.archive_directory, interval=c.cleanup_interval)
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """What the pass saw at a file's path: whether the path is inside the tree, and its lstat."""
+
+    inside: bool = True
+    exists: bool = True
+    regular: bool = True
+    size: int = 0
+    mtime_ns: int = 0
+    inode: int = 0
+    dev: int = 0
+    error: str = ""  # lstat failed for another reason than absence (e.g. permission denied)
+
+    @property
+    def signature(self) -> Tuple[int, int, int]:
+        return (self.size, self.mtime_ns, self.inode)
+
+    @classmethod
+    def from_lstat(cls, st: os.stat_result) -> "LocalState":
+        return cls(True, True, stat_mod.S_ISREG(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    reason: str
+    detail: str = ""
+
+
+def is_due(record: Record, now: float, delete_after: float) -> bool:
+    """Whether ``delete_after`` has passed since the upload was confirmed (never when it is 0)."""
+    return delete_after > 0 and record.uploaded_at is not None and record.uploaded_at + delete_after <= now
+
+
+def etag_matches(record: Record, listed_etag: str) -> Optional[bool]:
+    """Whether the listed ETag proves the recorded upload: True, False, or None when the two cannot
+    be compared (no ETag listed, nothing recorded, or a multipart upload that the server lists with
+    a whole-object MD5, as some S3-compatible servers do: then the size alone decides).
+
+    A single-part upload's ETag is the MD5 of its bytes; a multipart one's is ``md5-N``, which only
+    the ETag recorded at completion can match.
+    """
+    listed = clean_etag(listed_etag)
+    stored = clean_etag(record.etag)
+    md5 = (record.md5 or "").lower()
+    if not listed or not (stored or md5):
+        return None
+    if listed == stored or listed == md5:
+        return True
+    if "-" in stored and "-" not in listed:
+        return None
+    return False
+
+
+def object_problem(record: Record, listed: Optional[ObjectInfo]) -> Optional[Tuple[str, str]]:
+    """Why the listed object does not prove the record, as (reason, detail); None when it does."""
+    if listed is None:
+        return OBJECT_MISSING, f"s3 key {record.key} is not in the bucket"
+    if listed.size != record.size:
+        return SIZE_DIFFERS, f"S3 has {listed.size} bytes at {record.key}, {record.size} were uploaded"
+    if etag_matches(record, listed.etag) is False:
+        return ETAG_DIFFERS, (f"S3's ETag for {record.key} is {clean_etag(listed.etag)}, "
+                              f"uploaded {clean_etag(record.etag) or record.md5}")
+    return None
+
+
+def decide(record: Record, listed: Optional[ObjectInfo], local: LocalState, now: float,
+           settings: CleanupSettings, *, for_space: bool = False) -> Decision:
+    """The whole rule for one file. ``listed`` is the object the folder listing shows for the
+    record's key (None when the complete listing does not have it); ``local`` is the path now.
+    ``for_space`` means free space is below ``min_free_space``, so ``delete_after`` does not apply.
+    """
+    if record.state != "uploaded":
+        return Decision(HOLD, NOT_UPLOADED, f"state is {record.state}")
+    if not for_space and not is_due(record, now, settings.delete_after):
+        return Decision(HOLD, NOT_DUE)
+    if not local.inside:
+        return Decision(HOLD, OUTSIDE_TREE, "a folder on the way is a symlink or the path leaves the tree")
+    if local.error:
+        return Decision(HOLD, CANNOT_STAT, local.error)
+    problem = object_problem(record, listed)
+    if not local.exists:
+        return Decision(FORGET, FILE_GONE, problem[1] if problem else "")
+    if not local.regular:
+        return Decision(HOLD, NOT_REGULAR, "the path is now a symlink, folder or special file")
+    if local.signature != record.signature:
+        return Decision(REQUEUE, FILE_MODIFIED, "size, mtime or inode changed since the upload")
+    if problem is not None:
+        return Decision(REQUEUE, *problem)
+    return Decision(REMOVE, OK)
+
+
+@dataclass
+class PassResult:
+    """What one pass did; saved (as JSON) for ``status`` and added to the daemon's counters."""
+
+    at: float
+    mode: str = "off"  # "age", "space" or "off"
+    dry_run: bool = False
+    action: str = "delete"
+    examined: int = 0
+    folders_listed: int = 0
+    freed_files: int = 0
+    freed_bytes: int = 0
+    would_free_files: int = 0
+    would_free_bytes: int = 0
+    requeued: int = 0
+    forgotten: int = 0
+    held: Dict[str, int] = field(default_factory=dict)
+    held_examples: List[Dict[str, str]] = field(default_factory=list)
+    more: bool = False  # candidates are left that a prompt next pass can take
+    total_bytes: Optional[int] = None
+    free_bytes: Optional[int] = None  # at the start of the pass
+    free_bytes_after: Optional[int] = None
+    floor_bytes: Optional[int] = None
+    disk_full_of_unuploaded: bool = False
+    waiting_files: int = 0
+
+    def hold(self, rel: str, reason: str, detail: str = "") -> None:
+        self.held[reason] = self.held.get(reason, 0) + 1
+        if len(self.held_examples) < HELD_EXAMPLES:
+            self.held_examples.append({"path": display(rel), "reason": reason, "detail": detail})
+
+    @property
+    def held_total(self) -> int:
+        return sum(self.held.values())
+
+    def to_json(self) -> Dict[str, Any]:
+        d = dict(self.__dict__)
+        d["held_total"] = self.held_total
+        return d
+
+
+class Cleaner:
+    """One cleanup pass at a time over the files under ``root`` that ``store`` records as uploaded.
+
+    ``settings`` is called at the start of every pass (so a reloaded config applies at the next
+    pass). Seams, with real defaults: ``free_space(path) -> (total, used, free)`` (shutil.disk_usage),
+    ``is_busy(rel)`` (the daemon: an upload of it is in flight), ``is_being_written(path, dev, ino)``
+    (a writer holds it open), ``on_requeue(rel)`` (the daemon: look at it now), ``stop`` (return
+    between files when set).
+    """
+
+    def __init__(self, root: os.PathLike, store: Store, remote: Remote, settings: Callable[[], CleanupSettings], *,
+                 free_space: Callable[[str], Any] = shutil.disk_usage,
+                 is_busy: Optional[Callable[[str], bool]] = None,
+                 is_being_written: Optional[Callable[[str, int, int], bool]] = None,
+                 on_requeue: Optional[Callable[[str], None]] = None,
+                 stop: Optional[threading.Event] = None):
+        self.root = str(root)
+        self.real_root = os.path.realpath(self.root)
+        self.store = store
+        self.remote = remote
+        self.settings = settings
+        self.free_space = free_space
+        self.is_busy = is_busy or (lambda rel: False)
+        self.is_being_written = is_being_written or (lambda path, dev, ino: False)
+        self.on_requeue = on_requeue or (lambda rel: None)
+        self.stop = stop or threading.Event()
+        self._cursor: Dict[str, Optional[Tuple[float, bytes]]] = {"age": None, "space": None}
+        self._lock = threading.Lock()  # one pass at a time
+
+    # -- the pass -----------------------------------------------------------------------------------
+    def run_pass(self, now: float) -> PassResult:
+        """One bounded pass at wall-clock time ``now``; returns what it did. S3 and file errors of
+        single files are held back and logged; StoreError propagates (the database is unusable)."""
+        with self._lock:
+            s = self.settings()
+            res = PassResult(now, dry_run=s.dry_run, action=s.action)
+            if not s.enabled:
+                self._cursor = {"age": None, "space": None}
+                return res
+            short = False
+            if s.min_free_space:
+                res.total_bytes, res.free_bytes = self._disk()
+                res.floor_bytes = s.min_free_space.floor_bytes(res.total_bytes)
+                short = res.free_bytes < res.floor_bytes
+            if not short:
+                self._cursor["space"] = None
+            res.mode = "space" if short else ("age" if s.delete_after > 0 else "off")
+            if res.mode != "off":
+                self._pass(res, s, now)
+            if short:
+                res.free_bytes_after = self._disk()[1]
+                self._check_still_short(res, s)
+            self._record(res)
+            return res
+
+    def _pass(self, res: PassResult, s: CleanupSettings, now: float) -> None:
+        mode = res.mode
+        order = "mtime_ns" if mode == "space" else "uploaded_at"
+        page = self.store.uploaded_page(order, self._cursor[mode], s.batch_size,
+                                        uploaded_before=None if mode == "space" else now - s.delete_after)
+        chosen, folders, deferred = _take_batch(page, s.prefix_batch_size)
+        listings, failed = self._list(folders, chosen)
+        res.folders_listed = len(folders)
+        self.store.commit()  # every record acted on below is durable before any file goes
+        last: Optional[Record] = None
+        stopped_early = False
+        for rec in chosen:
+            if self.stop.is_set() or (mode == "space" and self._enough(res, s)):
+                stopped_early = True
+                break
+            last = rec
+            res.examined += 1
+            folder = key_folder(rec.key)
+            if folder in failed:
+                res.hold(rec.rel, LIST_FAILED, failed[folder])
+                continue
+            if self.is_busy(rec.rel):
+                res.hold(rec.rel, BUSY)
+                continue
+            local = self._local(rec.rel)
+            d = decide(rec, listings[folder].get(rec.key), local, now, s, for_space=(mode == "space"))
+            self._act(rec, local, d, res, s)
+        # the cursor moves past what was examined; at the end of the list the next pass starts over
+        at_end = not deferred and len(page) < s.batch_size and not stopped_early
+        if at_end:
+            self._cursor[mode] = None
+        elif last is not None:
+            self._cursor[mode] = _cursor_of(last, order)
+        res.more = not at_end and (res.freed_files + res.requeued + res.would_free_files > 0 or deferred)
+
+    def _list(self, folders: Sequence[str], chosen: Sequence[Record]) -> Tuple[Dict[str, Dict[str, ObjectInfo]],
+                                                                              Dict[str, str]]:
+        """List each folder once; keep only the candidates' objects. A listing stops early once
+        every candidate in its folder has been seen (S3 lists in key order, but this does not
+        rely on it: an object counts as missing only after a complete listing)."""
+        wanted: Dict[str, set] = {f: set() for f in folders}
+        for r in chosen:
+            wanted[key_folder(r.key)].add(r.key)
+        listings: Dict[str, Dict[str, ObjectInfo]] = {}
+        failed: Dict[str, str] = {}
+        for folder in folders:
+            if self.stop.is_set():
+                failed[folder] = "stopping"
+                continue
+            found: Dict[str, ObjectInfo] = {}
+            try:
+                for o in self.remote.list_folder(folder):
+                    if o.key in wanted[folder]:
+                        found[o.key] = o
+                        if len(found) == len(wanted[folder]):
+                            break
+            except Exception as exc:  # one folder's failure holds its files back; the pass goes on
+                reason = " ".join(str(exc).split())[:300]
+                log.warning("Cleanup: cannot list s3://%s/%s (%s); its files are kept for now", self.remote.bucket,
+                            folder, reason)
+                failed[folder] = reason
+                continue
+            listings[folder] = found
+        return listings, failed
+
+    def _local(self, rel: str) -> LocalState:
+        """The path of ``rel`` now, never following a symlink: not inside when the relative path
+        leaves the tree or a folder on the way resolves elsewhere (as the scanner requires)."""
+        if not _safe_rel(rel):
+            return LocalState(inside=False, exists=False, regular=False)
+        path = self.abspath(rel)
+        parts = rel.split("/")
+        if len(parts) > 1 and os.path.realpath(os.path.dirname(path)) != os.path.join(self.real_root, *parts[:-1]):
+            return LocalState(inside=False, exists=False, regular=False)
+        try:
+            return LocalState.from_lstat(os.lstat(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return LocalState(exists=False, regular=False)
+        except OSError as exc:
+            return LocalState(exists=True, regular=False, error=exc.strerror or str(exc))
+
+    def abspath(self, rel: str) -> str:
+        return os.path.join(self.root, *rel.split("/"))
+
+    # -- acting on a decision -----------------------------------------------------------------------
+    def _act(self, rec: Record, local: LocalState, d: Decision, res: PassResult, s: CleanupSettings) -> None:
+        rel = rec.rel
+        if d.action == HOLD:
+            res.hold(rel, d.reason, d.detail)
+            log.info("Cleanup: keeping %s (%s%s)", display(rel), d.reason, f": {d.detail}" if d.detail else "")
+        elif d.action == REQUEUE:
+            self._requeue(rec, local, d, res)
+        elif d.action == FORGET:
+            self._forget(rec, d, res, s)
+        else:
+            self._remove(rec, local, res, s)
+
+    def _requeue(self, rec: Record, local: LocalState, d: Decision, res: PassResult) -> None:
+        if d.reason == FILE_MODIFIED:
+            log.info("File changed since it was uploaded; keeping it and uploading it again: %s", display(rec.rel))
+        else:
+            log.warning("Not deleting %s: %s (%s); uploading it again", display(rec.rel), d.reason, d.detail)
+        try:
+            self.store.discover(rec.rel, rec.key, local.size, local.mtime_ns, local.inode)
+        except IllegalTransition:
+            return  # the daemon moved it meanwhile (found changed by a scan): it is queued already
+        res.requeued += 1
+        res.hold(rec.rel, d.reason, d.detail)
+        self.on_requeue(rec.rel)
+
+    def _forget(self, rec: Record, d: Decision, res: PassResult, s: CleanupSettings) -> None:
+        if s.dry_run:
+            return
+        if d.detail:  # the object is not proven either: nothing left to act on, but say so
+            log.warning("Local copy of %s is gone and S3 does not prove the upload (%s)", display(rec.rel), d.detail)
+            self.store.add_error(rec.rel, "cleanup", f"local file gone and {d.detail}")
+        else:
+            log.info("Local copy of %s is already gone; S3 has %s", display(rec.rel), rec.key)
+        try:
+            self.store.mark_removed(rec.rel, "deleted")
+            res.forgotten += 1
+        except IllegalTransition:
+            pass
+
+    def _remove(self, rec: Record, local: LocalState, res: PassResult, s: CleanupSettings) -> None:
+        rel, path = rec.rel, self.abspath(rec.rel)
+        if self.is_being_written(path, local.dev, local.inode):
+            res.hold(rel, OPEN_FOR_WRITING)
+            log.info("Cleanup: keeping %s (open for writing)", display(rel))
+            return
+        verb = "archive" if s.action == "archive" else "delete"
+        if s.dry_run:
+            log.info("Would %s %s (%d bytes; S3 has %s)", verb, display(rel), rec.size, rec.key)
+            res.would_free_files += 1
+            res.would_free_bytes += rec.size
+            return
+        # the row and the file must still be the ones just proven (a scan or a writer may have moved on)
+        cur = self.store.get(rel)
+        if cur is None or cur.state != "uploaded" or cur.signature != rec.signature:
+            res.hold(rel, BUSY, "the database row changed during the pass")
+            return
+        again = self._local(rel)
+        if again != local:
+            res.hold(rel, FILE_MODIFIED, "changed during the pass")
+            return
+        try:
+            if s.action == "archive":
+                dest = self._archive(rel, path, s.archive_directory)
+                if dest is None:
+                    res.hold(rel, ARCHIVE_EXISTS, "a different file is already there")
+                    log.warning("Cleanup: keeping %s: a different file is already at %s", display(rel),
+                                os.path.join(s.archive_directory, *rel.split("/")))
+                    return
+            else:
+                os.unlink(path)
+        except OSError as exc:
+            res.hold(rel, CANNOT_REMOVE, exc.strerror or str(exc))
+            log.warning("Cleanup: cannot %s %s (%s)", verb, display(rel), exc.strerror or exc)
+            return
+        # the file is gone (or archived) only now that S3 holds it; a crash here leaves the row
+        # 'uploaded' and the next pass finds the file gone and the object present
+        self.store.mark_removed(rel, "archived" if s.action == "archive" else "deleted")
+        res.freed_files += 1
+        res.freed_bytes += rec.size
+        if s.action == "archive":
+            log.info("Archived %s (%d bytes; S3 has %s)", display(rel), rec.size, rec.key)
+        else:
+            log.info("Deleted local copy of %s (%d bytes; S3 has %s)", display(rel), rec.size, rec.key)
+        if s.remove_empty_dirs:
+            self._remove_empty_parents(rel)
+
+    def _archive(self, rel: str, path: str, archive_dir: str) -> Optional[str]:
+        """Move ``path`` to ``archive_dir/rel`` without ever replacing a file there. Returns the
+        destination, or None when a different file already holds it.
+
+        A hard link then an unlink on one filesystem; a copy (fsynced) otherwise. At every moment the
+        bytes exist under the watched tree, in the archive, or both.
+        """
+        dest = os.path.join(archive_dir, *rel.split("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if os.path.lexists(dest):
+            if not _same_file(path, dest):
+                return None
+            os.unlink(path)  # an earlier pass put it there and stopped before removing the original
+            return dest
+        try:
+            os.link(path, dest)  # fails when dest exists: never replaces
+        except OSError:  # another filesystem, or links not supported: copy
+            tmp = dest + ".s3-uploader-partial"
+            shutil.copyfile(path, tmp)
+            shutil.copystat(path, tmp)
+            _fsync(tmp)
+            try:
+                os.link(tmp, dest)
+            finally:
+                os.unlink(tmp)
+        _fsync_dir(os.path.dirname(dest))
+        os.unlink(path)
+        return dest
+
+    def _remove_empty_parents(self, rel: str) -> None:
+        """Remove the folders that holding ``rel`` left empty, deepest first; never the root."""
+        parts = rel.split("/")[:-1]
+        while parts:
+            try:
+                os.rmdir(os.path.join(self.root, *parts))
+            except OSError:
+                return  # not empty (or not ours to remove): the folders above are not empty either
+            log.info("Removed empty folder %s", display("/".join(parts)))
+            parts.pop()
+
+    # -- free space ---------------------------------------------------------------------------------
+    def _disk(self) -> Tuple[int, int]:
+        u = self.free_space(self.root)
+        return int(u[0]), int(u[2])
+
+    def _enough(self, res: PassResult, s: CleanupSettings) -> bool:
+        """Whether the floor is met: measured now, or estimated from what was freed (a filesystem
+        may report freed blocks late; a dry run frees nothing)."""
+        assert res.free_bytes is not None and res.floor_bytes is not None
+        if not s.dry_run:
+            _total, free = self._disk()
+            if free >= res.floor_bytes:
+                return True
+        return res.free_bytes + res.freed_bytes + res.would_free_bytes >= res.floor_bytes
+
+    def _check_still_short(self, res: PassResult, s: CleanupSettings) -> None:
+        if self._enough(res, s):
+            return
+        if self._cursor["space"] is not None:
+            log.warning("Free space still below min_free_space (%s free, floor %s); continuing next pass",
+                        _human(self._disk()[1]), _human(res.floor_bytes or 0))
+            return
+        counts = self.store.counts()
+        res.waiting_files = sum(counts[st] for st in WAITING_STATES)
+        res.disk_full_of_unuploaded = True
+        log.error("Disk space low: %s free on %s, below min_free_space (%s), and no file proven in S3 is left "
+                  "to delete; %d file(s) not yet in S3 are never deleted for space (held back: %d)",
+                  _human(self._disk()[1]), self.root, _human(res.floor_bytes or 0), res.waiting_files,
+                  res.held_total)
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def _record(self, res: PassResult) -> None:
+        if res.freed_files:
+            self.store.add_to_meta_counter(META_FILES_FREED, res.freed_files)
+            self.store.add_to_meta_counter(META_BYTES_FREED, res.freed_bytes)
+        if res.requeued:
+            self.store.add_to_meta_counter(META_REQUEUED, res.requeued)
+        self.store.set_meta(META_LAST_PASS, json.dumps(res.to_json()))
+        if res.mode != "off" or res.disk_full_of_unuploaded:
+            log.info("Cleanup pass (%s%s): %d examined, %d %s (%s), %d held back%s, %d queued to upload again, "
+                     "%d folder listing(s)", res.mode, ", dry run" if res.dry_run else "", res.examined,
+                     res.would_free_files if res.dry_run else res.freed_files,
+                     "would be freed" if res.dry_run else "freed",
+                     _human(res.would_free_bytes if res.dry_run else res.freed_bytes), res.held_total,
+                     (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(res.held.items())) + ")") if res.held else "",
+                     res.requeued, res.folders_listed)
+
+
+def cleanup_status(store: Store) -> Dict[str, Any]:
+    """What ``status`` shows of cleanup: totals so far and the last pass (None before the first)."""
+    raw = store.meta(META_LAST_PASS)
+    try:
+        last = json.loads(raw) if raw else None
+    except ValueError:
+        last = None
+    return {
+        "files_freed": int(store.meta(META_FILES_FREED, "0") or 0),
+        "bytes_freed": int(store.meta(META_BYTES_FREED, "0") or 0),
+        "requeued": int(store.meta(META_REQUEUED, "0") or 0),
+        "last_pass": last,
+    }
+
+
+def cleanup_lines(c: Dict[str, Any]) -> List[str]:
+    """The text ``status`` prints for :func:`cleanup_status`'s data (nothing before a first pass)."""
+    last = c.get("last_pass")
+    if not last and not c["files_freed"]:
+        return []
+    lines = [f"Cleanup: {c['files_freed']:,} file(s), {_human(c['bytes_freed'])} freed so far; "
+             f"{c['requeued']:,} queued to upload again (object missing or different, or file changed)"]
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"]))
+        if last.get("dry_run"):
+            done = f"would free {last['would_free_files']} file(s), {_human(last['would_free_bytes'])} (dry run)"
+        else:
+            done = f"freed {last['freed_files']} file(s), {_human(last['freed_bytes'])}"
+        lines.append(f"  last pass {when} ({last['mode']}): examined {last['examined']}, {done}, "
+                     f"held back {last['held_total']}")
+        for reason, n in sorted(last.get("held", {}).items()):
+            lines.append(f"    held back, {reason}: {n}")
+        for h in last.get("held_examples", [])[:10]:
+            lines.append(f"      {h['path']}: {h['reason']}" + (f" ({h['detail']})" if h.get("detail") else ""))
+        if last.get("disk_full_of_unuploaded"):
+            free = last.get("free_bytes_after", last["free_bytes"]) or 0
+            lines.append(f"  WARNING: free space {_human(free)} is below min_free_space "
+                         f"({_human(last['floor_bytes'] or 0)}) and nothing proven in S3 is left to delete: "
+                         f"{last['waiting_files']} file(s) are waiting for upload and are never deleted for space")
+    return lines
+
+
+def _take_batch(page: Sequence[Record], max_folders: int) -> Tuple[List[Record], List[str], bool]:
+    """The leading rows of ``page`` whose keys fall in at most ``max_folders`` folders, the folders
+    in first-seen order, and whether rows were left for a later pass."""
+    folders: List[str] = []
+    seen = set()
+    chosen: List[Record] = []
+    for r in page:
+        f = key_folder(r.key)
+        if f not in seen:
+            if len(folders) >= max_folders:
+                return chosen, folders, True
+            seen.add(f)
+            folders.append(f)
+        chosen.append(r)
+    return chosen, folders, False
+
+
+def _cursor_of(rec: Record, order: str) -> Tuple[float, bytes]:
+    return (rec.uploaded_at if order == "uploaded_at" else rec.mtime_ns), enc(rec.rel)  # type: ignore[return-value]
+
+
+def _safe_rel(rel: str) -> bool:
+    """A relative path that names something below the root: no '..', no absolute path."""
+    return (bool(rel) and not os.path.isabs(rel) and (os.sep == "/" or os.sep not in rel)
+            and all(p not in ("", ".", "..") for p in rel.split("/")))
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    if not (stat_mod.S_ISREG(sa.st_mode) and stat_mod.S_ISREG(sb.st_mode)):
+        return False
+    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+        return True
+    return sa.st_size == sb.st_size and filecmp.cmp(a, b, shallow=False)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    if os.name == "nt":
+        return  # folders cannot be opened for fsync on Windows; NTFS journals the link
+    try:
+        _fsync(path)
+    except OSError:
+        pass
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
