@@ -480,3 +480,32 @@ def test_one_pass_runs_at_a_time(world):
         t.join()
     assert sum(r.freed_files for r in results) == 20
     assert sum(r.forgotten for r in results) == 0
+
+
+# -- in the daemon -------------------------------------------------------------------------------------
+
+def test_the_daemons_cleanup_thread_deletes_due_files_and_is_joined_at_shutdown(tmp_path):
+    from helpers import wait_for
+
+    from s3_uploader.daemon import Daemon
+
+    inbox = tmp_path / "inbox"
+    (inbox / "cam").mkdir(parents=True)
+    (inbox / "cam" / "a.bin").write_bytes(b"abc")
+    cfg = parse_config(f"[watch]\ndirectory_to_watch = {inbox}\nstable_seconds = 0\nstable_checks = 1\n"
+                       f"use_events = false\n[s3]\nbucket = b\n[cleanup]\ndelete_after = 0.2s\n"
+                       f"cleanup_interval = 1s\n[daemon]\ndb_path = {tmp_path / 'state.db'}\n")
+    remote = MemoryRemote()
+    d = Daemon(cfg, remote=remote)
+    t = threading.Thread(target=d.run, name="test-daemon")
+    t.start()
+    try:
+        wait_for(lambda: not (inbox / "cam").exists(), timeout=20, what="the cleanup thread to delete cam/a.bin")
+        assert inbox.is_dir() and "cam/a.bin" in remote.objects
+        wait_for(lambda: d.stats.cleanup_files_freed == 1, timeout=5, what="the freed counter")
+        assert d.stats.cleanup_bytes_freed == 3
+    finally:
+        d.request_stop()
+        t.join(30)
+    assert not t.is_alive()
+    assert not any(th.name == "cleanup" and th.is_alive() for th in threading.enumerate())

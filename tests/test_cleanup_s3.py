@@ -244,3 +244,21 @@ def test_a_pass_over_200_files_in_4_folders_costs_4_list_requests_and_batch_limi
         assert res.freed_files == 200 - freed_limited
         assert store.counts()["deleted"] == 200
     assert [p for p in workspace.inbox.iterdir()] == []
+
+
+def test_cleanup_switched_on_by_a_config_reload_applies_without_a_restart(workspace, s3_client):
+    import signal
+
+    workspace.config()
+    d = workspace.start()
+    d.wait_log("Watching")
+    make_files(workspace.inbox, [("cam/a.bin", b"a" * 10)])
+    d.wait_log(r"Successfully uploaded cam/a\.bin")
+    assert (workspace.inbox / "cam" / "a.bin").exists()
+    workspace.config(cleanup={"delete_after": "1s", "cleanup_interval": "1s"})
+    d.signal(signal.SIGHUP)
+    d.wait_log("Configuration reloaded")
+    d.wait_log(r"Deleted local copy of cam/a\.bin \(10 bytes; S3 has cam/a\.bin\)")
+    assert list(workspace.inbox.iterdir()) == []
+    assert list_keys(s3_client, workspace.bucket) == {"cam/a.bin": 10}
+    assert d.stop() == 0

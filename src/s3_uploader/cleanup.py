@@ -276,6 +276,10 @@ class Cleaner:
             if not s.enabled:
                 self._cursor = {"age": None, "space": None}
                 return res
+            if not os.path.isdir(self.root):
+                # an unmounted disk must not read as "every file already gone"
+                log.warning("Cleanup: watch directory %s is not available; pass skipped", self.root)
+                return res
             short = False
             if s.min_free_space:
                 res.total_bytes, res.free_bytes = self._disk()

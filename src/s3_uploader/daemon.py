@@ -11,8 +11,12 @@ Threads, in the order data flows:
   files back when their retry is due.
 - **upload workers** (``upload_workers`` of them): upload one file each, record the outcome.
 - **store committer**: group commit of the database.
+- **cleanup**: a :class:`~s3_uploader.cleanup.Cleaner` pass every ``cleanup_interval`` while
+  ``[cleanup]`` is configured (read live, so a reload can switch it on or off).
 
-``once`` mode runs the same machinery for a single scan and stops when nothing is left to do.
+``once`` mode runs the same machinery for a single scan and stops when nothing is left to do; its
+one cleanup pass runs in the scheduler once the uploads are done, so a file that pass queues again
+(object missing or different) is uploaded before the run ends and counts in the exit code.
 Every wait is on an event with a timeout, so a stop request is never stuck behind a sleep.
 """
 from __future__ import annotations
