@@ -172,3 +172,23 @@ def test_max_bandwidth_holds_for_real_uploads(workspace, s3_client):
     assert list_keys(s3_client, workspace.bucket) == {f"cam/{i}.mp4": size for i in range(count)}
     assert elapsed >= size * count / rate * 0.9, f"3 MiB uploaded in {elapsed:.2f}s: faster than 1 MiB/s"
     assert "Upload bandwidth limit now 1048576 bytes/s" in r.stderr
+
+
+@pytest.mark.integration
+def test_a_transfer_waiting_on_the_limit_does_not_hold_shutdown_past_its_timeout(workspace, s3_client):
+    # 4 MiB at 64 KiB/s would wait a minute; shutdown_timeout is 1 s
+    workspace.config(upload={"max_bandwidth": "64KiB"}, daemon={"shutdown_timeout": "1s"})
+    d = workspace.start()
+    d.wait_log("Watching")
+    make_files(workspace.inbox, [("slow.bin", b"s" * 4 * 1024 * 1024)])
+    d.wait_log(r"Uploading slow\.bin attempt 1")
+    t0 = time.monotonic()
+    assert d.stop(timeout=30) == 0
+    assert time.monotonic() - t0 < 20
+    assert "Shutdown timeout: abandoning uploads in flight" in d.output()
+    assert list_keys(s3_client, workspace.bucket) == {}
+    # nothing was lost: without the limit the next run sends it
+    workspace.config(daemon={"shutdown_timeout": "1s"})
+    r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env())
+    assert r.returncode == 0, r.stderr
+    assert list_keys(s3_client, workspace.bucket) == {"slow.bin": 4 * 1024 * 1024}

@@ -41,7 +41,7 @@ def health_problem(daemon: Any, now: Optional[float] = None, max_age: Optional[f
             return f"the {name} thread has stopped"
         beat = daemon.heartbeats.get(name)
         if beat is None:
-            return f"the {name} loop has not started"
+            continue  # alive and about to beat: each loop beats first thing
         if now - beat > max_age:
             return f"the {name} loop has made no progress for {now - beat:.0f}s"
     return None
