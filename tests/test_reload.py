@@ -170,11 +170,11 @@ def test_sighup_reloads_an_edit_the_file_poll_cannot_see(workspace, s3_client):
 
 @pytest.mark.integration
 def test_a_reload_never_aborts_an_upload_in_flight_and_log_format_changes_live(workspace, s3_client):
-    # 1 MiB at 128 KiB/s: the upload waits on the bandwidth limit for seconds, long enough to edit
+    # 2 MiB at 128 KiB/s: the upload waits on the bandwidth limit for 15 s, long enough to edit
     workspace.config(upload={"max_bandwidth": "128KiB"})
     d = workspace.start()
     d.wait_log("Watching")
-    make_files(workspace.inbox, [("big.bin", os.urandom(1024 * 1024))])
+    make_files(workspace.inbox, [("big.bin", os.urandom(2 * 1024 * 1024))])
     d.wait_log(r"Uploading big\.bin attempt 1")
     edit(workspace.config_path, "max_bandwidth = 128KiB", "max_bandwidth = 0")
     with workspace.config_path.open("a") as f:
@@ -187,5 +187,5 @@ def test_a_reload_never_aborts_an_upload_in_flight_and_log_format_changes_live(w
     tail = out[out.index("Configuration reloaded"):].splitlines()[1:]
     records = [json.loads(line) for line in tail if line.strip()]
     assert any(r["msg"].startswith("Successfully uploaded big.bin") for r in records)
-    assert list_keys(s3_client, workspace.bucket) == {"big.bin": 1024 * 1024}
+    assert list_keys(s3_client, workspace.bucket) == {"big.bin": 2 * 1024 * 1024}
     assert "attempt 2" not in out
