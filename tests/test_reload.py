@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import list_keys, make_files, wait_for
+from helpers import list_keys, make_files
 
 from s3_uploader.config import ConfigError, parse_config
 from s3_uploader.reload import Reloader, merge
