@@ -127,6 +127,7 @@ class Daemon:
         self._waiting_logged: Set[str] = set()
         self.watcher: Optional[Watcher] = None
         self.exit_code = 0
+        self._store_error: Optional[str] = None
         self._apply_watch_settings(cfg)
         self.keymaker = KeyMaker(cfg.s3.prefix)
         # running it for months: hot reload, systemd notifications, metrics (set up by run())
@@ -309,14 +310,21 @@ class Daemon:
             try:
                 target()
             except StoreError as exc:
-                log.error("%s", exc)
-                self.exit_code = 1
+                self._store_failed(exc)
                 self.request_stop()
             except Exception:
                 log.exception("Thread %s failed; stopping so the service manager can restart us", name)
                 self.exit_code = 1
                 self.request_stop()
         return run
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """The database refused a write: exit 1, saying so once (every thread that writes hits it)."""
+        with self.inflight_lock:
+            said, self._store_error = self._store_error, str(exc)
+        if said != str(exc):
+            log.error("%s", exc)
+        self.exit_code = 1
 
     def request_stop(self) -> None:
         """Stop intake; ``run()`` then drains in-flight uploads and returns. Safe from signal handlers."""
@@ -375,8 +383,7 @@ class Daemon:
         try:
             self.store.close()
         except StoreError as exc:
-            log.error("%s", exc)
-            self.exit_code = 1
+            self._store_failed(exc)
         try:
             self.remote.close()
         except Exception:

@@ -168,6 +168,7 @@ class Store:
         self._dirty = False
         self._stop = threading.Event()
         self._committer: Optional[threading.Thread] = None
+        self._broken: Optional[StoreError] = None  # set when a failure lost uncommitted writes
         self._conn = self._open(readonly)
 
     # -- opening and closing -------------------------------------------------------------------
@@ -226,24 +227,42 @@ class Store:
     # -- transactions -----------------------------------------------------------------------------
     def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self._lock:
-            if not self._conn.in_transaction:
-                self._conn.execute("BEGIN IMMEDIATE")
+            self._check_usable()
+            had = self._conn.in_transaction
             try:
+                if not had:
+                    self._conn.execute("BEGIN IMMEDIATE")
                 cur = self._conn.execute(sql, params)
             except sqlite3.DatabaseError as exc:
-                raise StoreError(_explain(self.path, exc)) from None
+                raise self._failed(exc, had) from None
             self._dirty = True
             return cur
 
     def _writemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._lock:
-            if not self._conn.in_transaction:
-                self._conn.execute("BEGIN IMMEDIATE")
+            self._check_usable()
+            had = self._conn.in_transaction
             try:
+                if not had:
+                    self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany(sql, rows)
             except sqlite3.DatabaseError as exc:
-                raise StoreError(_explain(self.path, exc)) from None
+                raise self._failed(exc, had) from None
             self._dirty = True
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise StoreError(str(self._broken))
+
+    def _failed(self, exc: sqlite3.DatabaseError, had_transaction: bool) -> StoreError:
+        """The StoreError for ``exc``. If it cost the open transaction (SQLite rolls back on a full
+        disk), every later write is refused: the rows written since the last commit are gone, and
+        carrying on would act on them as if they were not (a new file's row, an upload's record).
+        A restart re-derives them from the tree."""
+        err = StoreError(_explain(self.path, exc))
+        if had_transaction and not self._conn.in_transaction:
+            self._broken = err
+        return err
 
     def commit(self) -> None:
         """Make every write so far durable now. Raises StoreError when the disk refuses."""
@@ -251,11 +270,12 @@ class Store:
             self._commit_locked()
 
     def _commit_locked(self) -> None:
+        self._check_usable()
         if self._conn.in_transaction:
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                raise StoreError(_explain(self.path, exc)) from None
+                raise self._failed(exc, True) from None
         self._dirty = False
 
     def _commit_loop(self) -> None:
@@ -264,6 +284,8 @@ class Store:
                 try:
                     self.commit()
                 except StoreError as exc:
+                    if self._broken is not None:
+                        return  # every writer, and close(), now raise it: the daemon says it and stops
                     log.error("%s", exc)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
