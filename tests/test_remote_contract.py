@@ -7,19 +7,23 @@ import os
 
 import pytest
 
-from s3_uploader.remote import BotoRemote, MemoryRemote, PutOptions, RemoteError, multipart_etag
+from s3_uploader.remote import (BotoRemote, MemoryRemote, ObstoreRemote, PutOptions, RemoteError, multipart_etag,
+                                obstore_available)
 
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["memory", "boto3"])
+@pytest.fixture(params=["memory", "boto3", "obstore"])
 def remote(request):
     if request.param == "memory":
         r = MemoryRemote("contract-bucket")
     else:
+        if request.param == "obstore" and not obstore_available():
+            pytest.skip("obstore is not installed (it needs Python >= 3.11)")
         server = request.getfixturevalue("s3_server")
         bucket = request.getfixturevalue("bucket")
-        r = BotoRemote(bucket, endpoint_url=server.endpoint, **_creds(server))
+        cls = ObstoreRemote if request.param == "obstore" else BotoRemote
+        r = cls(bucket, endpoint_url=server.endpoint, **_creds(server))
     yield r
     r.close()
 
@@ -97,3 +101,66 @@ def test_check_access_names_a_missing_bucket(remote, request):
         missing.check_access()
     assert "no such bucket" in ei.value.reason
     missing.close()
+
+
+def test_unusual_keys_are_stored_byte_for_byte(remote):
+    # spaces, reserved URL characters, escapes, non-ASCII, and control characters (which
+    # object_store refuses, so ObstoreRemote must send those by boto3)
+    keys = ["k/a b#c?d%25e+f~g=h&i;j", "k/\u00fcn\u00ef \u6f22\u5b57 \U0001f600", "k/tab\tname", "k/ctl\x01char"]
+    for key in keys:
+        remote.put_object(key, key.encode(), len(key.encode()), hashlib.md5(key.encode()).digest(), PutOptions())
+    assert sorted(o.key for o in remote.list_folder("k/")) == sorted(keys)
+    for key in keys:
+        assert remote.head(key).size == len(key.encode())
+
+
+def test_the_storage_class_is_sent_with_the_object(remote, request):
+    data = b"cold"
+    remote.put_object("sc/cold.bin", data, len(data), hashlib.md5(data).digest(), PutOptions(storage_class="STANDARD_IA"))
+    if isinstance(remote, MemoryRemote):
+        assert remote.objects["sc/cold.bin"][2].storage_class == "STANDARD_IA"
+    else:
+        head = request.getfixturevalue("s3_client").head_object(Bucket=remote.bucket, Key="sc/cold.bin")
+        assert head.get("StorageClass") == "STANDARD_IA"
+
+
+# -- obstore's failures, classified like boto3's ------------------------------------------------
+
+def _obstore(server, bucket, **kw):
+    if not obstore_available():
+        pytest.skip("obstore is not installed (it needs Python >= 3.11)")
+    return ObstoreRemote(bucket, endpoint_url=kw.pop("endpoint", server.endpoint), region="us-east-1", **kw)
+
+
+def test_obstore_with_a_wrong_secret_is_an_auth_failure(s3_server, bucket, tmp_path):
+    from s3_uploader.retry import classify
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[bad]\naws_access_key_id = {s3_server.access_key}\naws_secret_access_key = not-the-secret\n")
+    r = _obstore(s3_server, bucket, credentials_file=str(creds), profile="bad")
+    with pytest.raises(Exception) as ei:
+        r.put_object("a/x", b"x", 1, hashlib.md5(b"x").digest(), PutOptions())
+    assert classify(ei.value).kind == "auth"
+    r.close()
+
+
+def test_obstore_without_a_server_is_a_network_failure(s3_server, bucket, tmp_path):
+    from s3_uploader.embedded import free_port
+    from s3_uploader.retry import classify
+    r = _obstore(s3_server, bucket, endpoint=f"http://127.0.0.1:{free_port()}", connect_timeout=1.0,
+                 **{k: v for k, v in _creds(s3_server).items() if k != "region"})
+    with pytest.raises(Exception) as ei:
+        r.put_object("a/x", b"x", 1, hashlib.md5(b"x").digest(), PutOptions())
+    assert classify(ei.value).kind == "network"
+    r.close()
+
+
+def test_obstore_takes_credentials_from_the_environment_chain(s3_server, bucket, monkeypatch):
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    r = _obstore(s3_server, bucket)
+    data = b"from the environment"
+    assert r.put_object("env/x", data, len(data), hashlib.md5(data).digest(), PutOptions()) == \
+        hashlib.md5(data).hexdigest()
+    r.close()

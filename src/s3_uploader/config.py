@@ -258,6 +258,9 @@ OPTIONS: Tuple[Option, ...] = (
            "style suits most S3-compatible servers.", reloadable=False),
     Option("s3", "ca_bundle", PATH, "", "A PEM bundle to verify the endpoint's TLS certificate; empty = system "
            "store.", reloadable=False),
+    Option("s3", "transport", _choice("auto", "boto3", "obstore"), "auto", "How single PUTs are sent: obstore "
+           "(Rust object_store, far less CPU per small file; Python >= 3.11) or boto3; auto = obstore when "
+           "installed. Multipart, HEAD, list and delete always use boto3.", reloadable=False),
     Option("s3", "storage_class", _choice(*STORAGE_CLASSES, case=False), "", "Storage class for new uploads; "
            "empty = the bucket's default (STANDARD).", example="STANDARD_IA"),
     Option("s3", "sse", _choice("", "AES256", "aws:kms", "aws:kms:dsse"), "", "Server-side encryption for new "

@@ -200,7 +200,9 @@ class Uploader:
         if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
             raise Changed("changed while it was being read")
         try:
-            pst = os.stat(job.path, follow_symlinks=False) if not os.path.islink(job.path) else os.stat(job.path)
+            pst = os.lstat(job.path)  # one system call in the common case (not a link)
+            if stat_mod.S_ISLNK(pst.st_mode):
+                pst = os.stat(job.path)
         except FileNotFoundError:
             raise Changed("renamed or removed while it was being read") from None
         if (pst.st_size, pst.st_mtime_ns, pst.st_ino) != job.stat.signature:
