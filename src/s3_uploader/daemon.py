@@ -124,7 +124,7 @@ class Daemon:
         self.scan_done = threading.Event()  # once mode: the single scan has finished
         self.heartbeats: Dict[str, float] = {}
         self._threads: List[threading.Thread] = []
-        self._waiting_logged: Set[str] = set()
+        self._waiting_logged: Dict[str, str] = {}
         self.watcher: Optional[Watcher] = None
         self.exit_code = 0
         self._store_error: Optional[str] = None
@@ -282,7 +282,6 @@ class Daemon:
         if client.enabled:
             self.service = ServiceNotifier(self, client, self.snapshot, watchdog_interval())
         self.on_tick()  # READY=1 as soon as we are watching
-
 
     def _start_threads(self) -> None:
         if self.cfg.watch.use_events and not self.once:
@@ -462,8 +461,12 @@ class Daemon:
             self._diff_folder(d, listing)
 
     def _diff_folder(self, rel_dir: str, listing: List[FileStat]) -> int:
-        """Compare one folder's files with the database; queue what needs uploading."""
-        known = self.store.signatures_in_dir(rel_dir)
+        """Compare a slice of one folder's files with the database; queue what needs uploading.
+
+        Rows whose file is gone are found by ``_sweep_vanished`` after the full scan, so a folder
+        never has to be held whole.
+        """
+        known = self.store.signatures_of([f.rel for f in listing])
         new_rows: List[Tuple[str, str, int, int, int]] = []
         todo: List[FileStat] = []
         for f in listing:
@@ -485,10 +488,6 @@ class Daemon:
             todo.append(f)
         if new_rows:
             self.store.discover_many(new_rows)
-        for rel, (state, *_sig) in known.items():
-            if state in WAITING_STATES and not self._is_inflight(rel) and not os.path.lexists(self.scanner.abspath(rel)):
-                log.warning("File vanished before it was uploaded: %s", display(rel))
-                self.store.forget(rel)
         for f in todo:
             while not self.stop_event.is_set():
                 try:
@@ -609,7 +608,7 @@ class Daemon:
             st = self.scanner.stat_one(rel)
             if st is None:
                 self.tracker.remove(rel)
-                self._waiting_logged.discard(rel)
+                self._waiting_logged.pop(rel, None)
                 rec = self.store.get(rel)
                 if rec is not None and rec.state in WAITING_STATES and not os.path.lexists(self.scanner.abspath(rel)):
                     log.warning("File vanished before it was uploaded: %s", display(rel))
@@ -624,18 +623,21 @@ class Daemon:
         v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks)
         if v.ready and self.probe.is_being_written(self.scanner.abspath(rel), st.dev, st.ino):
             v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks, writer_open=True)
-            if rel not in self._waiting_logged:
-                log.info("Waiting for writer to close file: %s", display(rel))
-                self._waiting_logged.add(rel)
+            self._log_wait(rel, "Waiting for writer to close file: %s")
         if not v.ready:
-            if prev is None and rel not in self._waiting_logged:
-                log.info("Waiting for file to stabilize: %s", display(rel))
-                self._waiting_logged.add(rel)
+            if prev is None:
+                self._log_wait(rel, "Waiting for file to stabilize: %s")
             self.tracker.reschedule(rel, v.observation, v.next_check_at)  # type: ignore[arg-type]
             return
         self.tracker.remove(rel)
-        self._waiting_logged.discard(rel)
+        self._waiting_logged.pop(rel, None)
         self._make_job(rel, st)
+
+    def _log_wait(self, rel: str, message: str) -> None:
+        """Say why a file waits, once per file and reason (not at every check)."""
+        if self._waiting_logged.get(rel) != message:
+            self._waiting_logged[rel] = message
+            log.info(message, display(rel))
 
     def _make_job(self, rel: str, st: FileStat) -> None:
         rec = self.store.get(rel)

@@ -305,10 +305,15 @@ class Store:
         rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE dir = ?", (enc(rel_dir),))
         return {r.rel: r for r in map(_record, rows)}
 
-    def signatures_in_dir(self, rel_dir: str) -> Dict[str, Tuple[str, int, int, int]]:
-        """(state, size, mtime_ns, inode) of every row in folder ``rel_dir``: the rescan's hot path."""
-        rows = self._read("SELECT path, state, size, mtime_ns, inode FROM files WHERE dir = ?", (enc(rel_dir),))
-        return {dec(r[0]): (r[1], r[2], r[3], r[4]) for r in rows}
+    def signatures_of(self, rels: Sequence[str]) -> Dict[str, Tuple[str, int, int, int]]:
+        """(state, size, mtime_ns, inode) of the rows of ``rels`` that exist: the rescan's hot path."""
+        out: Dict[str, Tuple[str, int, int, int]] = {}
+        for i in range(0, len(rels), 500):  # stay under SQLite's bound-variable limit
+            chunk = [enc(r) for r in rels[i:i + 500]]
+            q = ",".join("?" * len(chunk))
+            for r in self._read(f"SELECT path, state, size, mtime_ns, inode FROM files WHERE path IN ({q})", chunk):
+                out[dec(r[0])] = (r[1], r[2], r[3], r[4])
+        return out
 
     def in_states(self, states: Sequence[str], after: bytes = b"", limit: int = 1000) -> List[Record]:
         """Rows in any of ``states``, in path order after ``after`` (for paging through many)."""
