@@ -31,6 +31,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
@@ -61,6 +62,7 @@ class Exchange:
     part_number: Optional[int]
     fault: Optional[str] = None  # the fault injected, or None when forwarded untouched
     status: Optional[int] = None  # the status the server answered (None: never reached it)
+    done_at: Optional[float] = None  # time.monotonic() when the server's answer came back
 
     @property
     def reached_server(self) -> bool:
@@ -129,6 +131,7 @@ class FaultProxy:
         self._drop_held = False
         self._delays: Dict[str, float] = {}
         self._hold_after: Dict[str, int] = {}
+        self._active: Dict[str, int] = {}
         self._sockets: Set[socket.socket] = set()
         self.set_faults(rate, faults, ops)
         proxy = self
@@ -207,6 +210,11 @@ class FaultProxy:
         with self._lock:
             return self._held
 
+    def active(self, op: str) -> int:
+        """Requests of ``op`` being handled right now (read, held, delayed or forwarded)."""
+        with self._lock:
+            return self._active.get(op, 0)
+
     def delay(self, op: str, seconds: float) -> None:
         """Forward requests of ``op`` only after ``seconds`` (0 removes the delay)."""
         with self._lock:
@@ -272,8 +280,18 @@ class FaultProxy:
         ex = Exchange(op, method, key, query.get("uploadId", [None])[0], int(part) if part else None)
         with self._lock:
             self.exchanges.append(ex)
-            outage = self._outage
             ex.fault = self._choose(op)
+            self._active[op] = self._active.get(op, 0) + 1
+        try:
+            return self._answer(sock, rfile, method, target, url.path, headers, hmap, op, ex)
+        finally:
+            with self._lock:
+                self._active[op] -= 1
+
+    def _answer(self, sock: socket.socket, rfile, method: str, target: str, path: str,
+                headers: List[Tuple[str, str]], hmap: Dict[str, str], op: str, ex: Exchange) -> bool:
+        with self._lock:
+            outage = self._outage
         if outage:
             ex.fault = "outage"
             _reset(sock)
@@ -297,14 +315,14 @@ class FaultProxy:
             return False
         if ex.fault in ERROR_FAULTS:
             status, reason, code, message = ERROR_FAULTS[ex.fault]
-            sock.sendall(_error_response(method, status, reason, code, message, url.path))
+            sock.sendall(_error_response(method, status, reason, code, message, path))
             return True
         delay = self._delays.get(op, 0.0)
         if delay and self._stopping.wait(delay):
             return False
         fwd = [(k, v) for k, v in headers if k.lower() not in ("expect", "connection", "keep-alive")]
         status, reason, rheaders, rbody = self._forward(method, target, fwd, body)
-        ex.status = status
+        ex.status, ex.done_at = status, time.monotonic()
         out = _response_head(status, reason, rheaders, method, rbody) + rbody
         if ex.fault == "reset_response":
             sock.sendall(out[: max(1, len(out) // 2)])
