@@ -91,7 +91,12 @@ def test_a_file_rewritten_while_the_daemon_was_down_is_not_completed_with_the_ol
     d = workspace.start()
     d.wait_log(r"Successfully uploaded rewritten\.bin", timeout=90)
     assert get_bytes(s3_client, workspace.bucket, "rewritten.bin") == new
-    assert part_numbers(proxy, upload_id, since=3) == [1, 2, 3, 4, 5, 6, 7, 8]
+    # the old upload is aborted, not reused: its parts hold the old bytes
+    assert part_numbers(proxy, upload_id) == [1, 2, 3]
+    assert proxy.count("AbortMultipartUpload", upload_id=upload_id) == 1
+    [fresh] = {e.upload_id for e in proxy.select("UploadPart")} - {upload_id}
+    assert part_numbers(proxy, fresh) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert s3_client.list_multipart_uploads(Bucket=workspace.bucket).get("Uploads", []) == []
     assert d.stop() == 0
 
 

@@ -387,9 +387,12 @@ class Store:
                 if old.state != "pending":
                     self._move(rel, "pending")
                 if old.signature != (size, mtime_ns, inode):
-                    # parts sent from another version of the file must not be completed with this
-                    # one's: the open upload (if any) is kept, but every part is sent again
+                    # parts sent from another version of the file must never be completed with this
+                    # one's: forget them, and leave the open upload (if any) without a part size, so
+                    # the uploader aborts it and starts afresh (servers such as rclone refuse to
+                    # replace a part with different bytes)
                     self._write("DELETE FROM parts WHERE path = ?", (raw,))
+                    self._write("UPDATE files SET part_size = NULL WHERE path = ?", (raw,))
                 self._write("UPDATE files SET size=?, mtime_ns=?, inode=?, attempts=0, next_attempt_at=NULL, "
                             "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
                             (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
