@@ -32,7 +32,7 @@ ROUNDS = 12
 # A copy sent again counts as in flight at a kill when its first copy completed at most this long
 # before the kill (the group commit is 50 ms; the rest is slack for a loaded 2-core machine), or
 # after the kill but before the next start (the proxy finishing a request whose client was killed).
-IN_FLIGHT_BEFORE, AFTER_NEXT_START = 1.0, 0.5
+IN_FLIGHT_BEFORE, AFTER_NEXT_START = 0.5, 0.5
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Dict, List
 
 import pytest
 from faultproxy import FaultProxy
@@ -14,7 +15,9 @@ from s3_uploader.config import load_config
 from s3_uploader.daemon import Daemon
 from s3_uploader.remote import MemoryRemote, PutOptions
 from s3_uploader.retry import Failure, decide_retry
+from s3_uploader.scanner import FileStat
 from s3_uploader.store import Store
+from s3_uploader.uploader import Job, Settings, Uploader
 
 MiB = 1024 * 1024
 RESUMABLE = {"multipart_threshold": "5MiB", "multipart_chunksize": "5MiB", "max_concurrency": 1,
@@ -169,3 +172,96 @@ def test_an_outage_is_never_a_reason_to_park_in_the_daemon_but_counts_in_once():
         assert not d.park and d.delay == 300
         assert decide_retry(f, 4, 3, 1, 300, 3600, patient=False).park
     assert decide_retry(Failure("server", "500"), 4, 3, 1, 300, 3600, patient=True).park
+
+
+# -- unit level: resuming on a MemoryRemote -------------------------------------------------------------------
+
+SETTINGS = Settings(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=1,
+                    put_options=PutOptions(), follow_symlinks=False)
+
+
+class FlakyRemote(MemoryRemote):
+    """A MemoryRemote whose next calls of an operation fail as scripted: ``fail[op] = [exc, ...]``.
+    An exception with ``after = True`` fails after the call took effect (a lost answer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fail: Dict[str, List[BaseException]] = {}
+
+    def _maybe(self, op: str, call):
+        script = self.fail.get(op)
+        exc = script.pop(0) if script else None
+        if exc is not None and not getattr(exc, "after", False):
+            raise exc
+        result = call()
+        if exc is not None:
+            raise exc
+        return result
+
+    def upload_part(self, *a, **kw):
+        return self._maybe("upload_part", lambda: super(FlakyRemote, self).upload_part(*a, **kw))
+
+    def complete_multipart(self, *a, **kw):
+        return self._maybe("complete_multipart", lambda: super(FlakyRemote, self).complete_multipart(*a, **kw))
+
+    def list_parts(self, *a, **kw):
+        return self._maybe("list_parts", lambda: super(FlakyRemote, self).list_parts(*a, **kw))
+
+
+def lost_answer() -> BaseException:
+    exc = ConnectionResetError("connection reset by peer")
+    exc.after = True  # type: ignore[attr-defined]
+    return exc
+
+
+@pytest.fixture
+def flaky(tmp_path):
+    store = Store(tmp_path / "s.db")
+    remote = FlakyRemote()
+    up = Uploader(remote, store, lambda: SETTINGS, part_workers=1)
+    data = os.urandom(12 * MiB + 5)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    st = os.stat(path)
+    store.discover_many([("big.bin", "big.bin", st.st_size, st.st_mtime_ns, st.st_ino)])
+    yield store, remote, up, data, FileStat("big.bin", st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev), path
+    up.close()
+    store.close()
+
+
+def attempt(store, up, fstat, path, n):
+    """One attempt, as the daemon makes it: the job carries what the row records."""
+    store.start_upload("big.bin", fstat.size, fstat.mtime_ns, fstat.ino)
+    rec = store.get("big.bin")
+    o = up.upload(Job("big.bin", str(path), "big.bin", fstat, n, rec.upload_id, rec.part_size))
+    if o.kind == "failed":
+        store.fail_upload("big.bin", o.failure.kind, o.failure.message, 0.0, park=False)
+    return o
+
+
+def test_an_upload_completed_just_before_its_answer_was_lost_is_recognised_and_not_sent_again(flaky):
+    store, remote, up, data, fstat, path = flaky
+    remote.fail["complete_multipart"] = [lost_answer()]
+    assert attempt(store, up, fstat, path, 1).kind == "failed"
+    assert remote.objects["big.bin"][0] == data  # S3 completed it; we never heard
+    sent = remote.calls["upload_part"]
+    o = attempt(store, up, fstat, path, 2)
+    assert o.kind == "uploaded"
+    assert remote.calls["upload_part"] == sent == 3  # nothing sent again
+    assert remote.calls["head"] == 1 and store.get("big.bin").upload_id is None
+
+
+def test_a_throttled_list_parts_keeps_the_upload_and_every_part_already_sent(flaky):
+    from s3_uploader.remote import MemoryError_
+    store, remote, up, data, fstat, path = flaky
+    remote.fail["upload_part"] = [None, None, ConnectionResetError("reset")]  # parts 1 and 2 arrive
+    assert attempt(store, up, fstat, path, 1).kind == "failed"
+    remote.fail["list_parts"] = [MemoryError_("SlowDown", "Please reduce your request rate.")]
+    o = attempt(store, up, fstat, path, 2)
+    assert o.kind == "failed" and o.failure.kind == "throttled"
+    rec = store.get("big.bin")
+    assert rec.upload_id is not None and len(store.parts("big.bin", rec.upload_id)) == 2
+    assert attempt(store, up, fstat, path, 3).kind == "uploaded"
+    assert remote.calls["upload_part"] == 3  # 1 and 2 (part 3 never arrived), then only 3
+    assert remote.calls["create_multipart"] == 1
+    assert remote.objects["big.bin"][0] == data

@@ -238,7 +238,13 @@ class Uploader:
         size = job.stat.size
         part_size = part_size_for(size, cfg.multipart_chunksize)
         count = -(-size // part_size)
-        upload_id, have = self._resume(job, part_size)
+        try:
+            upload_id, have = self._resume(job, part_size, cfg)
+        except _CompletedEarlier as done:
+            log.info("Multipart upload of %s was completed before the last stop; S3 shows it (ETag %s)", job.key,
+                     done.etag)
+            self.store.set_multipart(job.rel, None, None)
+            return None, done.etag
         if upload_id is None:
             upload_id = self.remote.create_multipart(job.key, cfg.put_options)
             # recorded (and committed) before any part is sent: a crash leaves an upload we own
@@ -290,33 +296,64 @@ class Uploader:
             self._abort(job, upload_id)
             raise
         except Exception as exc:
-            if _code(exc) == "NoSuchUpload":
-                self.store.set_multipart(job.rel, None, None)  # gone from S3: next attempt starts over
-            raise
+            if _code(exc) not in _GONE or len(digests) != count:
+                raise
+            # completed already (the answer to an earlier Complete was lost)? else the next attempt starts over
+            etag = self._completed_earlier(job, [digests[n] for n in range(1, count + 1)], cfg)
+            if etag is None:
+                self.store.set_multipart(job.rel, None, None)
+                raise
         expected = multipart_etag([digests[n] for n in range(1, count + 1)])
         if not (cfg.put_options.etag_is_md5 and etag == expected):
             self._confirm_by_head(job, size, None)
         self.store.set_multipart(job.rel, None, None)
         return None, etag or expected
 
-    def _resume(self, job: Job, part_size: int) -> Tuple[Optional[str], Dict[int, Part]]:
-        """The parts of a recorded multipart upload that S3 still holds, if it can be resumed."""
+    def _resume(self, job: Job, part_size: int, cfg: Settings) -> Tuple[Optional[str], Dict[int, Part]]:
+        """The parts of a recorded multipart upload that S3 still holds, if it can be resumed.
+
+        Raises :class:`_CompletedEarlier` when S3 no longer knows the upload because it completed it
+        (a crash came between CompleteMultipartUpload and its record), and the request's own error
+        when S3 cannot be asked now: the upload and its parts are kept for the next attempt.
+        """
         uid = job.upload_id
         if not uid:
             return None, {}
         if job.part_size != part_size:
             self._abort(job, uid)
             return None, {}
+        recorded = self.store.parts(job.rel, uid)
         try:
             remote_parts = self.remote.list_parts(job.key, uid)
         except Exception as exc:
+            if _code(exc) not in _GONE:
+                raise  # throttled, unreachable...: never a reason to throw the parts sent away
+            count = -(-job.stat.size // part_size)
+            if set(recorded) == set(range(1, count + 1)):
+                etag = self._completed_earlier(job, [bytes.fromhex(recorded[n].md5) for n in range(1, count + 1)],
+                                               cfg)
+                if etag is not None:
+                    raise _CompletedEarlier(etag) from None
             log.info("Cannot resume multipart upload of %s (%s); starting over", job.key, classify(exc).message)
             self.store.set_multipart(job.rel, None, None)
             return None, {}
-        recorded = self.store.parts(job.rel, uid)
         have = {n: p for n, p in recorded.items()
                 if n in remote_parts and remote_parts[n] == (p.size, p.etag)}
         return uid, have
+
+    def _completed_earlier(self, job: Job, digests: List[bytes], cfg: Settings) -> Optional[str]:
+        """The ETag of ``job.key`` if S3 holds exactly these parts as the object (size and multipart
+        ETag of the parts' MD5s, all read from this version of the file), else None."""
+        if not cfg.put_options.etag_is_md5:
+            return None
+        expected = multipart_etag(digests)
+        try:
+            info = self.remote.head(job.key)
+        except Exception:  # cannot tell now: the caller starts over, which is always safe
+            return None
+        if info is not None and info.size == job.stat.size and info.etag == expected:
+            return expected
+        return None
 
     def _abort(self, job: Job, upload_id: str) -> None:
         try:
@@ -326,6 +363,17 @@ class Uploader:
                         job.key, classify(exc).message)
             return
         self.store.set_multipart(job.rel, None, None)
+
+
+_GONE = ("NoSuchUpload", "404")  # the multipart upload no longer exists (aborted, or completed)
+
+
+class _CompletedEarlier(Exception):
+    """S3 completed the upload before the last stop; ``etag`` is the object's."""
+
+    def __init__(self, etag: str):
+        super().__init__(etag)
+        self.etag = etag
 
 
 class _Unconfirmed(Exception):
