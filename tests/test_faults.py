@@ -127,3 +127,27 @@ def test_a_200_response_with_an_error_body_to_complete_is_retried_and_the_object
     assert proxy.count("UploadPart", reached=True) == 3  # the parts were not sent again
     assert proxy.count("CreateMultipartUpload") == 1
     assert open_uploads(s3_client, workspace.bucket) == []
+
+
+def test_an_endpoint_down_at_start_up_does_not_stop_the_daemon_and_files_go_when_it_answers(
+        workspace, proxy, s3_client):
+    proxy.outage(True)
+    workspace.config(s3={"endpoint_url": proxy.endpoint}, upload=FAST)
+    d = workspace.start()
+    d.wait_log(r"WARNING S3 endpoint http://127\.0\.0\.1:\d+ is not answering \(.*\); starting anyway", timeout=60)
+    files = make_files(workspace.inbox, [("boot/first.jpg", os.urandom(2000)), ("boot/second.jpg", os.urandom(3000))])
+    d.wait_log(r"Upload of boot/first\.jpg failed \(network", timeout=60)
+    assert d.proc.poll() is None
+    proxy.outage(False)
+    wait_for(lambda: len(list_keys(s3_client, workspace.bucket)) == len(files), timeout=60,
+             what="the files to arrive once the endpoint answers")
+    assert_intact(s3_client, workspace.bucket, files)
+    assert d.stop() == 0
+
+
+def test_once_still_fails_fast_when_the_endpoint_is_down(workspace, proxy):
+    proxy.outage(True)
+    workspace.config(s3={"endpoint_url": proxy.endpoint}, upload=FAST)
+    r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env(), timeout=120)
+    assert r.returncode == 1
+    assert f"S3 endpoint {proxy.endpoint} is not answering (" in r.stderr and "Traceback" not in r.stderr

@@ -52,6 +52,14 @@ log = logging.getLogger(__name__)
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
 
 
+# check_access failures that say the endpoint is down or overloaded, not that the bucket or the
+# credentials are wrong: the daemon starts anyway (``once`` does not)
+ENDPOINT_DOWN_CODES = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ConnectionError", "ResponseStreamingError", "500", "502", "503", "504", "SlowDown",
+    "ServiceUnavailable", "InternalError"})
+
+
 class StartupError(Exception):
     """The daemon cannot start; the message is one line for the user (no traceback)."""
 
@@ -179,8 +187,16 @@ class Daemon:
         try:
             self.remote.check_access()
         except RemoteError as exc:
-            raise StartupError(f"S3 bucket {self.cfg.s3.bucket} does not exist or you don't have access "
-                               f"({exc.reason})") from None
+            endpoint = self.cfg.s3.endpoint_url or "(AWS)"
+            if exc.code not in ENDPOINT_DOWN_CODES:
+                raise StartupError(f"S3 bucket {self.cfg.s3.bucket} does not exist or you don't have access "
+                                   f"({exc.reason})") from None
+            if self.once:
+                raise StartupError(f"S3 endpoint {endpoint} is not answering ({exc.reason})") from None
+            # a box that boots before its network, or an outage: exiting would only make the service
+            # manager give up on us after a few restarts, while files pile up with nobody to send them
+            log.warning("S3 endpoint %s is not answering (%s); starting anyway: files wait and go when it answers",
+                        endpoint, exc.reason)
         n = self.store.recover_interrupted()
         if n:
             log.info("%d upload(s) were interrupted by the last stop; they will be resumed", n)
