@@ -267,7 +267,8 @@ OPTIONS: Tuple[Option, ...] = (
            "uploads; empty = the bucket's default."),
     Option("s3", "sse_kms_key_id", STR, "", "KMS key id or ARN, with sse = aws:kms."),
     # --- how it is sent ------------------------------------------------------------------
-    Option("upload", "upload_workers", _int(1, 256), "8", "Files in flight at once.", reloadable=False),
+    Option("upload", "upload_workers", _int(1, 256), "16", "Files in flight at once (small files are bound by "
+           "round trips, so this is above the core count).", reloadable=False),
     Option("upload", "max_pending_uploads", _int(1), "10000", "Files held in memory at once (waiting to be "
            "stable or queued); bounds memory when a million files appear at once.", reloadable=False),
     Option("upload", "max_retries", _int(0), "10", "Failed attempts before a file is parked (still shown by "

@@ -50,6 +50,9 @@ from .writers import WriterProbe
 log = logging.getLogger(__name__)
 
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
+# Parts in flight across all files. A part is read into memory only while it is sent, so this bounds
+# multipart memory (16 x multipart_chunksize) however many upload_workers there are.
+PART_THREADS_CAP = 16
 
 
 # check_access failures that say the endpoint is down or overloaded, not that the bucket or the
@@ -153,8 +156,13 @@ class Daemon:
 
     def upload_settings(self) -> Settings:
         c = self.cfg
-        return Settings(c.upload.multipart_threshold, c.upload.multipart_chunksize, c.upload.max_concurrency,
-                        PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks)
+        cached = getattr(self, "_settings", None)
+        if cached is not None and cached[0] is c:  # a reload swaps in a new Config object
+            return cached[1]
+        settings = Settings(c.upload.multipart_threshold, c.upload.multipart_chunksize, c.upload.max_concurrency,
+                            PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks)
+        self._settings = (c, settings)
+        return settings
 
     @property
     def remote(self) -> Remote:
@@ -240,7 +248,8 @@ class Daemon:
         self.store.start()
         up = self.cfg.upload
         self.uploader = Uploader(self.remote, self.store, self.upload_settings,
-                                 part_workers=up.upload_workers * up.max_concurrency, abandon=self.abandon,
+                                 part_workers=max(up.max_concurrency, min(up.upload_workers * up.max_concurrency,
+                                                                          PART_THREADS_CAP)), abandon=self.abandon,
                                  clock=self.clock, throttle=self.limiter.throttle)
         self.probe = WriterProbe(self.root, clock=self.clock)
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
