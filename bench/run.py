@@ -447,7 +447,11 @@ def figure_idle(args: argparse.Namespace, tools: Tools, client: Any, scratch: Pa
     try:
         if d.wait_log("Watching", 120) is None:
             raise RuntimeError(f"daemon did not start; see {d.log_path}")
+        c_watch = proc_cpu(d.pid)
         out["startup_quiet_s"] = _wait_quiet(d.pid, 600)
+        # the start-up scan compares every file with the database: what each rescan costs
+        out["scan_cpu_s"] = proc_cpu(d.pid) - c_watch
+        out["scan_interval_s"] = 60.0
         c0, t0 = proc_cpu(d.pid), time.perf_counter()
         rss: List[int] = []
         per_sec: List[float] = []
@@ -655,9 +659,10 @@ def print_daemon(fig: Dict[str, Any]) -> None:
     idle = fig.get("idle")
     if idle and "error" not in idle:
         print(f"idle, {idle['files']:,} uploaded files: {idle['cpu_pct_of_core']:.2f}% of one core over "
-              f"{idle['window_s']:.0f}s, RSS max {idle['rss_mb_max']:.0f} MB (start-up scan settled in "
-              f"{idle['startup_quiet_s']:.0f}s; uploading them with `once`: {idle['once_files_s']:.0f} files/s, "
-              f"{idle['once_cpu_ms_per_file']:.3f} ms CPU/file)")
+              f"{idle['window_s']:.0f}s ({idle['rescan_bursts']} busy seconds), RSS max {idle['rss_mb_max']:.0f} MB; "
+              f"one full scan costs {idle['scan_cpu_s']:.2f}s CPU ({100 * idle['scan_cpu_s'] / idle['scan_interval_s']:.1f}% "
+              f"of a core every {idle['scan_interval_s']:.0f}s); uploading them with `once`: "
+              f"{idle['once_files_s']:.0f} files/s, {idle['once_cpu_ms_per_file']:.3f} ms CPU/file")
     bl = fig.get("backlog")
     if bl and "error" not in bl:
         for r in bl["runs"]:
