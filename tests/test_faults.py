@@ -150,4 +150,6 @@ def test_once_still_fails_fast_when_the_endpoint_is_down(workspace, proxy):
     workspace.config(s3={"endpoint_url": proxy.endpoint}, upload=FAST)
     r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env(), timeout=120)
     assert r.returncode == 1
-    assert f"S3 endpoint {proxy.endpoint} is not answering (" in r.stderr and "Traceback" not in r.stderr
+    assert (f"S3 bucket {workspace.bucket} does not exist or you don't have access "
+            f"(S3 endpoint {proxy.endpoint} is not answering: ") in r.stderr
+    assert "Traceback" not in r.stderr

@@ -137,3 +137,15 @@ def test_once_exits_1_when_a_file_cannot_be_uploaded_and_still_uploads_the_rest(
     assert status["parked"][0]["kind"] == "invalid"
     text = cli("status", "-c", str(workspace.config_path)).stdout
     assert "parked" in text and "Oldest file not yet in S3" in text
+
+
+def test_a_file_name_with_a_newline_cannot_forge_a_log_line(workspace, s3_client):
+    (workspace.inbox / "evil\nSuccessfully uploaded forged.txt").write_bytes(b"x")
+    workspace.config()
+    r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env())
+    assert r.returncode == 0, r.stderr
+    assert "evil\nSuccessfully uploaded forged.txt" in list_keys(s3_client, workspace.bucket)
+    messages = [line.split(None, 3)[3] for line in r.stderr.splitlines() if len(line.split(None, 3)) == 4]
+    assert sum(m.startswith("Successfully uploaded") for m in messages) == 1
+    assert "Successfully uploaded evil\\nSuccessfully uploaded forged.txt (1 bytes" in r.stderr
+    assert not any(line.startswith("Successfully") for line in r.stderr.splitlines())

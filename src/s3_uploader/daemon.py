@@ -200,7 +200,8 @@ class Daemon:
                 raise StartupError(f"S3 bucket {self.cfg.s3.bucket} does not exist or you don't have access "
                                    f"({exc.reason})") from None
             if self.once:
-                raise StartupError(f"S3 endpoint {endpoint} is not answering ({exc.reason})") from None
+                raise StartupError(f"S3 bucket {self.cfg.s3.bucket} does not exist or you don't have access "
+                                   f"(S3 endpoint {endpoint} is not answering: {exc.reason})") from None
             # a box that boots before its network, or an outage: exiting would only make the service
             # manager give up on us after a few restarts, while files pile up with nobody to send them
             log.warning("S3 endpoint %s is not answering (%s); starting anyway: files wait and go when it answers",

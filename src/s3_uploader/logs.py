@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import re
 import sys
 import time
 from typing import Any, Optional, Tuple
@@ -32,6 +33,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {c: ("\\n" if c == 10 else "\\r" if c == 13 else "\\t" if c == 9 else f"\\x{c:02x}")
+            for c in list(range(32)) + [127]}
+
+
 class TextFormatter(logging.Formatter):
     """``YYYY-MM-DD HH:MM:SS LEVEL message``. The timestamp text is made once per second, not per
     line: a busy uploader writes three lines per file and strftime was a third of their cost."""
@@ -39,6 +45,12 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
         self._stamp: Tuple[int, str] = (-1, "")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # one record, one line: a file name holding a newline must not forge a second log line
+        if _CONTROL.search(record.message):
+            record.message = record.message.translate(_ESCAPES)
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
         second = int(record.created)
