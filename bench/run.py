@@ -575,6 +575,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900, help="seconds before one transfer run is killed")
     p.add_argument("--work", type=Path, default=HERE / "work", help="workload trees and scratch (git-ignored)")
     p.add_argument("--results", type=Path, default=HERE / "results", help="where the JSON goes")
+    p.add_argument("--markdown", metavar="RESULTS.json", help="print a results file as the README's table; run nothing")
     a = p.parse_args(argv)
     q = a.quick
     a.reps = a.reps or (1 if q else 3)
@@ -606,6 +607,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        report = json.loads(Path(args.markdown).read_text())
+        print(markdown(report))
+        if report.get("daemon"):
+            print_daemon(report["daemon"])
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     scratch = args.work / f"run-{stamp}"
@@ -652,6 +659,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"results: {out}")
     failed = [r for r in report.get("runs", ()) if r["verify"] != "OK"]
     return 1 if failed else 0
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The README's table: medians, and speed and CPU as ratios to each anchor."""
+    anchors = [a for a in ANCHORS if any(r["tool"] == a for r in report.get("summary", ()))]
+    head = ["workload", "tool", "files/s", "MB/s", "CPU ms/file", "CPU s/GiB", "peak RSS MB"]
+    head += [f"speed, CPU vs {a}" for a in anchors]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report.get("summary", ()):
+        if not r["n"]:
+            continue
+        cells = [r["workload"], f"`{r['tool']}`" if r["tool"].startswith("uploader") else r["tool"],
+                 f"{r['files_s']:,.0f}", f"{r['mb_s']:.1f}", f"{r['cpu_ms_per_file']:.2f}",
+                 f"{r['cpu_s_per_gib']:.1f}", f"{r['rss_mb']:.0f}"]
+        for a in anchors:
+            if f"x_files_s_vs_{a}" in r:
+                cells.append(f"{r[f'x_files_s_vs_{a}']:.2f}×, {r[f'x_cpu_vs_{a}']:.2f}×")
+            else:
+                cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def print_daemon(fig: Dict[str, Any]) -> None:
