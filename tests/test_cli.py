@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from helpers import cli, write_config
+from helpers import cli, wait_for, write_config
 
 
 def test_a_bad_config_lists_every_problem_and_exits_2(tmp_path):
@@ -101,3 +101,19 @@ def test_python_dash_m_and_version():
 def test_example_config_command_prints_the_documented_file(tmp_path):
     r = cli("example-config")
     assert r.returncode == 0 and "[watch]" in r.stdout and "directory_to_watch" in r.stdout
+
+
+def test_sigterm_while_the_daemon_is_still_starting_is_a_clean_stop(workspace):
+    import signal as sig
+    workspace.config()
+    d = workspace.start()
+
+    def catches_sigterm() -> bool:  # the kernel's view: SIGTERM has a handler (bit 15 of SigCgt)
+        with open(f"/proc/{d.pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        return bool(mask & (1 << (sig.SIGTERM - 1)))
+
+    wait_for(catches_sigterm, timeout=30, what="the command to take over SIGTERM")
+    d.signal(sig.SIGTERM)
+    assert d.proc.wait(60) == 0, d.output()
+    d.close()

@@ -105,6 +105,7 @@ def test_kill_9_at_random_moments_never_loses_or_tears_a_file_and_resends_only_w
 
     starts.append(time.monotonic())
     d = workspace.start()
+    d.wait_log("Watching")
     wait_for(lambda: len(list_keys(s3_client, workspace.bucket)) == len(files), timeout=120,
              what="every file in S3 after the last restart")
     assert d.stop() == 0

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -62,8 +63,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_early_signals: List[int] = []
+
+
+def _remember_signal(signum: int, _frame: Any) -> None:
+    _early_signals.append(signum)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "once", "demo") and threading.current_thread() is threading.main_thread():
+        # a stop request that arrives while we are still loading is kept, not fatal (install_signals replays it)
+        signal.signal(signal.SIGTERM, _remember_signal)
+        signal.signal(signal.SIGINT, _remember_signal)
     try:
         if args.command == "example-config":
             sys.stdout.write(render_example())
@@ -129,6 +141,8 @@ def install_signals(daemon: Any) -> None:
     signal.signal(signal.SIGINT, on_stop)
     if hasattr(signal, "SIGHUP") and hasattr(daemon, "request_reload"):
         signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    while _early_signals:
+        on_stop(_early_signals.pop(0), None)
 
 
 def cmd_once(cfg: Config, args: Any) -> int:
