@@ -32,6 +32,14 @@ class Filters:
         """Whether to descend into a folder called ``name`` (hidden folders are pruned whole)."""
         return not (self.skip_hidden and name.startswith("."))
 
+    def name_allowed(self, name: str, rel: str) -> bool:
+        """``file_allowed`` for a file whose folders are already known not to be hidden."""
+        if self.skip_hidden and name[:1] == ".":
+            return False
+        if self._exclude is not None and self._exclude.match(rel):
+            return False
+        return self._include is None or bool(self._include.match(rel))
+
     def file_allowed(self, rel: str) -> bool:
         """Whether the file at relative path ``rel`` is a candidate for upload."""
         if self.skip_hidden and any(part.startswith(".") for part in rel.split("/")):

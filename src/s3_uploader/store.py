@@ -309,10 +309,16 @@ class Store:
         """(state, size, mtime_ns, inode) of the rows of ``rels`` that exist: the rescan's hot path."""
         out: Dict[str, Tuple[str, int, int, int]] = {}
         for i in range(0, len(rels), 500):  # stay under SQLite's bound-variable limit
-            chunk = [enc(r) for r in rels[i:i + 500]]
-            q = ",".join("?" * len(chunk))
-            for r in self._read(f"SELECT path, state, size, mtime_ns, inode FROM files WHERE path IN ({q})", chunk):
-                out[dec(r[0])] = (r[1], r[2], r[3], r[4])
+            chunk = rels[i:i + 500]
+            raws = [enc(r) for r in chunk]
+            q = ",".join("?" * len(raws))
+            found = {r[0]: r[1:] for r in self._read(
+                f"SELECT path, state, size, mtime_ns, inode FROM files WHERE path IN ({q})", raws)}
+            if found:
+                for rel, raw in zip(chunk, raws):
+                    sig = found.get(raw)
+                    if sig is not None:
+                        out[rel] = sig
         return out
 
     def in_states(self, states: Sequence[str], after: bytes = b"", limit: int = 1000) -> List[Record]:
