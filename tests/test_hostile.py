@@ -21,7 +21,7 @@ from typing import Iterator, List
 
 import pytest
 from faultproxy import FaultProxy
-from helpers import PY, _env, cli, get_bytes, list_keys, make_files, wait_for
+from helpers import PY, _env, cannot_run, cli, get_bytes, list_keys, make_files, wait_for
 
 from s3_uploader.store import Store, StoreError
 
@@ -167,7 +167,7 @@ def test_symlink_loops_and_links_leading_outside_are_not_followed_and_nothing_ou
 def test_an_unreadable_file_gets_a_clear_permission_error_and_is_parked_while_the_rest_goes(
         workspace, s3_client):
     if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE when running as root")
+        cannot_run("setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE when running as root")
     good = make_files(workspace.inbox, GOOD)
     locked = workspace.inbox / "locked.txt"
     locked.write_bytes(b"private")
@@ -299,7 +299,7 @@ def tiny_state_disk(workspace):
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(workspace.state)],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); "
+        cannot_run(f"cannot mount a tmpfs here ({r.stderr.strip()}); "
                     "test_a_commit_that_lost_writes_makes_the_store_refuse_every_later_write covers the store")
     try:
         yield workspace.state

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 
 import pytest
+from helpers import cannot_run
 
 from s3_uploader.remote import (BotoRemote, MemoryRemote, ObstoreRemote, PutOptions, RemoteError, multipart_etag,
                                 obstore_available)
@@ -19,7 +21,7 @@ def remote(request):
         r = MemoryRemote("contract-bucket")
     else:
         if request.param == "obstore" and not obstore_available():
-            pytest.skip("obstore is not installed (it needs Python >= 3.11)")
+            _no_obstore()
         server = request.getfixturevalue("s3_server")
         bucket = request.getfixturevalue("bucket")
         cls = ObstoreRemote if request.param == "obstore" else BotoRemote
@@ -126,9 +128,17 @@ def test_the_storage_class_is_sent_with_the_object(remote, request):
 
 # -- obstore's failures, classified like boto3's ------------------------------------------------
 
+def _no_obstore() -> None:
+    """Below Python 3.11 obstore does not exist and boto3 sends everything: nothing to prove. From
+    3.11 on it is a dependency, so its absence is a broken install."""
+    if sys.version_info < (3, 11):
+        pytest.skip("obstore needs Python >= 3.11; this Python uploads with boto3 only")
+    cannot_run("obstore is not installed although this Python supports it (pip install obstore)")
+
+
 def _obstore(server, bucket, **kw):
     if not obstore_available():
-        pytest.skip("obstore is not installed (it needs Python >= 3.11)")
+        _no_obstore()
     return ObstoreRemote(bucket, endpoint_url=kw.pop("endpoint", server.endpoint), region="us-east-1", **kw)
 
 
