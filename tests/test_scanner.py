@@ -90,3 +90,27 @@ def test_a_subtree_walk_keeps_paths_relative_to_the_root(tree):
     root, _ = tree
     sc = Scanner(root, Filters(include=("a/*",)))
     assert {f.rel for _d, fs in sc.walk("a") for f in fs} == {"a/b/deep.txt"}
+
+
+def test_a_followed_symlink_retargeted_outside_after_its_check_is_not_queued(tree, caplog):
+    from s3_uploader.config import parse_config
+    from s3_uploader.daemon import Daemon
+    from s3_uploader.remote import MemoryRemote
+    from s3_uploader.scanner import FileStat
+    from s3_uploader.store import Store
+
+    root, outside = tree
+    link = root / "link.txt"
+    os.symlink(root / "top.txt", link)
+    cfg = parse_config(f"[watch]\ndirectory_to_watch = {root}\nfollow_symlinks = true\n[s3]\nbucket = bkt\n"
+                       f"[daemon]\ndb_path = {root.parent / 's.db'}\n")
+    with Store(cfg.daemon.db_path) as store:
+        d = Daemon(cfg, MemoryRemote(), store)
+        st = d.scanner.stat_one("link.txt")  # checked while it pointed inside
+        store.discover_many([("link.txt", "link.txt", st.size, st.mtime_ns, st.ino)])
+        link.unlink()
+        os.symlink(outside / "secret.txt", link)  # retargeted before the job is made
+        with caplog.at_level(logging.WARNING, logger="s3_uploader"):
+            d._make_job("link.txt", FileStat(*st))
+        assert not d.ready and "link.txt" not in d.inflight
+        assert "Symlink leads outside the watched directory, not followed: link.txt" in caplog.text

@@ -680,7 +680,12 @@ class Daemon:
         log.info("File ready (%d bytes): %s", st.size, display(rel))
         path = self.scanner.abspath(rel)
         if self.cfg.watch.follow_symlinks:
-            path = os.path.realpath(path)
+            # resolved now and re-checked: a link retargeted since the check must not lead outside
+            resolved = self.scanner._inside(path)
+            if resolved is None:
+                log.warning("Symlink leads outside the watched directory, not followed: %s", display(rel))
+                return
+            path = resolved
         with self.inflight_lock:
             self.inflight.add(rel)
         self.ready.append(Job(rel, path, rec.key, st, rec.attempts + 1, rec.upload_id, rec.part_size))

@@ -225,30 +225,19 @@ class Store:
         self.close()
 
     # -- transactions -----------------------------------------------------------------------------
-    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def _write(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> sqlite3.Cursor:
+        """Run one write (``many``: once per row of ``params``) in the open group-commit transaction."""
         with self._lock:
             self._check_usable()
             had = self._conn.in_transaction
             try:
                 if not had:
                     self._conn.execute("BEGIN IMMEDIATE")
-                cur = self._conn.execute(sql, params)
+                cur = (self._conn.executemany if many else self._conn.execute)(sql, params)
             except sqlite3.DatabaseError as exc:
                 raise self._failed(exc, had) from None
             self._dirty = True
             return cur
-
-    def _writemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self._lock:
-            self._check_usable()
-            had = self._conn.in_transaction
-            try:
-                if not had:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(sql, rows)
-            except sqlite3.DatabaseError as exc:
-                raise self._failed(exc, had) from None
-            self._dirty = True
 
     def _check_usable(self) -> None:
         if self._broken is not None:
@@ -408,9 +397,9 @@ class Store:
     def discover_many(self, rows: Sequence[Tuple[str, str, int, int, int]]) -> None:
         """Insert brand-new files as pending in one statement batch: (rel, key, size, mtime_ns, inode)."""
         now = self.clock()
-        self._writemany("INSERT OR IGNORE INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
-                        "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                        [(enc(r), enc(_parent(r)), k, s, m, i, now, now) for r, k, s, m, i in rows])
+        self._write("INSERT OR IGNORE INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
+                    "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                    [(enc(r), enc(_parent(r)), k, s, m, i, now, now) for r, k, s, m, i in rows], many=True)
 
     def start_upload(self, rel: str, size: int, mtime_ns: int, inode: int) -> None:
         """pending/failed/parked -> uploading, with the signature of the version about to be read."""
