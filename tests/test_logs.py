@@ -32,7 +32,27 @@ def test_text_lines_start_with_a_timestamp_and_the_level(package_logger):
     logs.setup("INFO", "text", stream=out)
     logs.get("test").info("Uploading %s attempt %d", "a.txt", 1)
     logs.get("test").debug("not shown at INFO")
+    logs.flush()
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO    Uploading a\.txt attempt 1\n", out.getvalue())
+
+
+def test_info_lines_are_written_in_batches_and_a_warning_writes_them_at_once_in_order(package_logger,
+                                                                                     monkeypatch):
+    out = io.StringIO()
+    logs.setup("INFO", "text", stream=out)
+    log = logs.get("test")
+    log.info("one")
+    log.info("two")
+    assert out.getvalue() == ""  # batched: one write for many lines
+    log.warning("three")
+    assert [line.split()[-1] for line in out.getvalue().splitlines()] == ["one", "two", "three"]
+    log.info("four")
+    logs.flush_pending()
+    assert "four" not in out.getvalue()  # not due yet
+    now = logs.time.monotonic()
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now + logs.FLUSH_SECONDS)
+    logs.flush_pending()  # the daemon's tick: a batch older than FLUSH_SECONDS goes out
+    assert out.getvalue().splitlines()[-1].endswith("four")
 
 
 def test_json_format_writes_one_object_per_line_even_for_multiline_messages(package_logger):
@@ -62,6 +82,7 @@ def test_level_and_format_can_change_while_running(package_logger):
     logs.set_level("DEBUG")
     logs.set_format("json")
     log.debug("shown")
+    logs.flush()
     assert json.loads(out.getvalue().splitlines()[-1])["msg"] == "shown"
     assert "hidden" not in out.getvalue()
 
@@ -73,7 +94,7 @@ def test_the_log_file_rotates_at_its_size_and_keeps_the_configured_count(package
     log = logs.get("test")
     for i in range(100):
         log.info("line %03d %s", i, "x" * 40)
-    log.warning("a warning also reaches stderr")
+    log.warning("a warning also reaches stderr")  # and writes the INFO lines before it
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["s3-uploader.log", "s3-uploader.log.1", "s3-uploader.log.2"]
     assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())

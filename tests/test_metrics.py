@@ -79,7 +79,11 @@ def test_failures_by_reason_and_the_age_of_the_oldest_waiting_file_are_exported(
     with running_daemon(workspace.config_path, snapshot=StateSnapshot(interval=0.1)) as d:
         def bucket_gone(*args, **kw):  # as S3 answers when the bucket was deleted under us
             raise MemoryError_("NoSuchBucket", "The specified bucket does not exist")
+
+        async def bucket_gone_async(*args, **kw):  # the same, for the asyncio sender's PUT
+            bucket_gone()
         d.remote.put_object = bucket_gone
+        d.remote.put_object_async = bucket_gone_async
         make_files(workspace.inbox, [("x.bin", b"x" * 10)])
 
         def failed():

@@ -57,6 +57,26 @@ def test_a_wrong_content_md5_is_refused(remote):
     assert remote.head("f/bad.bin") is None
 
 
+def test_a_streamed_body_is_stored_whole_and_a_wrong_md5_refused(remote, tmp_path):
+    from s3_uploader.uploader import FileBody
+    data = os.urandom(3 * MiB + 5)  # streamed in 1 MiB buffers, unsigned payload + Content-MD5
+    p = tmp_path / "big.bin"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        etag = remote.put_object("f/streamed.bin", FileBody(fd, len(data), lambda n: None), len(data),
+                                 hashlib.md5(data).digest(), PutOptions())
+        assert etag == hashlib.md5(data).hexdigest()
+        assert remote.head("f/streamed.bin").size == len(data)
+        with pytest.raises(Exception) as ei:
+            remote.put_object("f/streamed-bad.bin", FileBody(fd, len(data), lambda n: None), len(data),
+                              hashlib.md5(b"other").digest(), PutOptions())
+        assert ei.value.response["Error"]["Code"] in ("BadDigest", "InvalidDigest")
+        assert remote.head("f/streamed-bad.bin") is None
+    finally:
+        os.close(fd)
+
+
 def test_list_folder_lists_only_that_folder(remote):
     for key in ("d/1.txt", "d/2.txt", "d/sub/3.txt", "e/4.txt"):
         remote.put_object(key, b"x", 1, hashlib.md5(b"x").digest(), PutOptions())

@@ -9,7 +9,7 @@ import pytest
 from s3_uploader.remote import MemoryRemote, PutOptions
 from s3_uploader.scanner import FileStat
 from s3_uploader.store import Part, Store
-from s3_uploader.uploader import Job, Settings, Uploader, part_size_for
+from s3_uploader.uploader import FileBody, Job, Settings, Uploader, part_size_for
 
 MiB = 1024 * 1024
 SETTINGS = Settings(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=2,
@@ -94,6 +94,59 @@ def test_a_file_that_changes_while_being_sent_is_not_recorded_as_uploaded(env):
     remote.put_object = put_and_append
     o = up.upload(job)
     assert o.kind == "changed" and "while it was being read" in o.reason
+
+
+def test_a_file_between_one_mib_and_the_threshold_is_streamed_in_one_put_paced_per_mib(tmp_path):
+    store, remote = Store(tmp_path / "s.db"), MemoryRemote()
+    paid = []
+    up = Uploader(remote, store, lambda: SETTINGS, throttle=paid.append)
+    try:
+        data = os.urandom(3 * MiB + 5)
+        p = tmp_path / "clip.mp4"
+        p.write_bytes(data)
+        o = up.upload(job_for(p, "clip.mp4"))
+        assert o.kind == "uploaded" and o.etag == hashlib.md5(data).hexdigest()
+        assert remote.objects["clip.mp4"][0] == data
+        assert remote.calls["put_object"] == 1 and "create_multipart" not in remote.calls
+        assert paid == [MiB, MiB, MiB, 5]  # the limiter paces the stream, not one 3 MiB burst
+    finally:
+        up.close()
+        store.close()
+
+
+def test_a_file_that_shrinks_while_it_is_streamed_is_changed_not_uploaded(env):
+    tmp, store, remote, up = env
+    p = tmp / "clip.mp4"
+    p.write_bytes(os.urandom(3 * MiB))
+    job = job_for(p, "clip.mp4")
+    real_put = remote.put_object
+
+    def truncate_then_put(key, body, length, md5, opts):
+        os.truncate(p, 2 * MiB)  # after the MD5 pass, before the send pass
+        return real_put(key, body, length, md5, opts)
+
+    remote.put_object = truncate_then_put
+    o = up.upload(job)
+    assert o.kind == "changed" and "shrank" in o.reason
+    assert "clip.mp4" not in remote.objects
+
+
+def test_a_streamed_body_rewinds_for_a_retry_and_reads_exact_lengths(tmp_path):
+    data = os.urandom(2 * MiB + 3)
+    p = tmp_path / "b.bin"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        body = FileBody(fd, len(data), lambda n: None)
+        first = body.read(16384)
+        assert first == data[:16384] and body.tell() == 16384 and len(body) == len(data) - 16384
+        assert body.read(MiB + 10) == data[16384:16384 + MiB + 10]  # across a buffer boundary
+        assert body.seek(0) == 0 and body.read() == data  # what an HTTP client does before a retry
+        assert body.read(1) == b""
+        body.seek(-3, 2)
+        assert body.read() == data[-3:]
+    finally:
+        os.close(fd)
 
 
 def test_a_file_that_changed_after_it_was_found_stable_is_not_read(env):

@@ -5,11 +5,12 @@ rclone-style timetable (``08:00,512KiB 19:00,off``) whose entries hold from thei
 the next one, and which overrides ``max_bandwidth`` when set. Before the first entry of a day the
 last entry of the previous day still holds.
 
-The uploader calls :meth:`BandwidthLimiter.throttle` with the size of each PUT body and each part
-before sending it. A call reserves its bytes at once (every caller is served in order, however many
-threads share the bucket) and then waits until the bucket has paid for them. The wait re-reads the
-limit every fraction of a second, so a timetable entry that starts, or a reload that changes the
-limit, applies to transfers already waiting, not only to new ones; ``off`` releases them at once.
+The uploader calls :meth:`BandwidthLimiter.throttle` with the size of each in-memory PUT body, each
+part, and each 1 MiB of a streamed PUT, before sending it. A call reserves its bytes at once (every
+caller is served in order, however many threads share the bucket) and then waits until the bucket
+has paid for them. The wait re-reads the limit every fraction of a second, so a timetable entry
+that starts, or a reload that changes the limit, applies to transfers already waiting, not only to
+new ones; ``off`` releases them at once.
 """
 from __future__ import annotations
 

@@ -267,8 +267,9 @@ OPTIONS: Tuple[Option, ...] = (
            "uploads; empty = the bucket's default."),
     Option("s3", "sse_kms_key_id", STR, "", "KMS key id or ARN, with sse = aws:kms."),
     # --- how it is sent ------------------------------------------------------------------
-    Option("upload", "upload_workers", _int(1, 256), "16", "Files in flight at once (small files are bound by "
-           "round trips, so this is above the core count).", reloadable=False),
+    Option("upload", "upload_workers", _int(1, 256), "64", "Files in flight at once (small files are bound by "
+           "round trips, so this is far above the core count; each holds at most 1 MiB in memory).",
+           reloadable=False),
     Option("upload", "max_pending_uploads", _int(1), "10000", "Files held in memory at once (waiting to be "
            "stable or queued); bounds memory when a million files appear at once.", reloadable=False),
     Option("upload", "max_retries", _int(0), "10", "Failed attempts before a file is parked (still shown by "
@@ -278,8 +279,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("upload", "retry_backoff_max", _duration(0), "5m", "Longest retry delay."),
     Option("upload", "parked_retry_interval", _duration(1), "1h", "How often parked files are tried again "
            "(also: s3-uploader retry)."),
-    Option("upload", "multipart_threshold", _size(5 * 1024**2), "16MiB", "Files this size or larger are sent "
-           "in parts (multipart upload, resumable across restarts)."),
+    Option("upload", "multipart_threshold", _size(5 * 1024**2), "200MiB", "Files this size or larger are sent "
+           "in parts (multipart upload, resumable across restarts); smaller ones in one streamed PUT, which costs "
+           "the server less. Lower it on a slow or flaky link, where resuming saves re-sending."),
     Option("upload", "multipart_chunksize", _size(5 * 1024**2), "16MiB", "Part size for multipart uploads (grown "
            "automatically to keep under 10,000 parts)."),
     Option("upload", "max_concurrency", _int(1, 64), "4", "Parts of one multipart upload in flight at once."),

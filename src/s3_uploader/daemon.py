@@ -9,7 +9,10 @@ Threads, in the order data flows:
 - **scheduler**: owns the :class:`~s3_uploader.stability.Tracker` (at most ``max_pending_uploads``
   files), checks each file when due, and hands ready files to the workers; also brings failed
   files back when their retry is due.
-- **upload workers** (``upload_workers`` of them): upload one file each, record the outcome.
+- **sender**: with the obstore transport, one asyncio loop that keeps up to ``upload_workers``
+  small files (single PUTs of at most 1 MiB) in flight at once (see :mod:`s3_uploader.sender`).
+- **upload workers** (``upload_workers`` of them): upload one file each, record the outcome; every
+  file the sender does not take (streamed and multipart uploads, a bandwidth limit in force).
 - **store committer**: group commit of the database.
 - **cleanup**: a :class:`~s3_uploader.cleanup.Cleaner` pass every ``cleanup_interval`` while
   ``[cleanup]`` is configured (read live, so a reload can switch it on or off).
@@ -30,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
+from . import logs
 from .bandwidth import limiter_from_config
 from .cleanup import Cleaner, CleanupSettings, PassResult
 from .config import Config
@@ -43,7 +47,8 @@ from .retry import Failure, classify, decide_retry
 from .scanner import FileStat, Reporter, Scanner
 from .stability import Observation, Tracker, assess
 from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
-from .uploader import Abandoned, Job, Outcome, Settings, Uploader
+from .sender import AsyncSender
+from .uploader import IN_MEMORY_MAX, Abandoned, Job, Outcome, Settings, Uploader
 from .watcher import Hints, Watcher
 from .writers import WriterProbe
 
@@ -137,6 +142,7 @@ class Daemon:
         self._threads: List[threading.Thread] = []
         self._waiting_logged: Dict[str, str] = {}
         self.watcher: Optional[Watcher] = None
+        self.sender: Optional[AsyncSender] = None
         self.exit_code = 0
         self._store_error: Optional[str] = None
         self._apply_watch_settings(cfg)
@@ -252,6 +258,9 @@ class Daemon:
                                  part_workers=max(up.max_concurrency, min(up.upload_workers * up.max_concurrency,
                                                                           PART_THREADS_CAP)), abandon=self.abandon,
                                  clock=self.clock, throttle=self.limiter.throttle)
+        if hasattr(self.remote, "put_object_async"):
+            self.sender = AsyncSender(self.remote, self.uploader, self._begin_many, self.record_many,
+                                      capacity=up.upload_workers)
         self.probe = WriterProbe(self.root, clock=self.clock)
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
                                is_busy=self._is_inflight, is_being_written=self.probe.is_being_written,
@@ -270,8 +279,10 @@ class Daemon:
         return self.exit_code
 
     def on_tick(self) -> None:
-        """Called by the main thread twice a second: config reload, state snapshot, systemd notify."""
+        """Called by the main thread twice a second: config reload, state snapshot, systemd notify,
+        batched log lines written out."""
         now = self.clock()
+        logs.flush_pending()
         try:
             if self.reloader is not None:
                 self.reloader.tick(now)
@@ -322,6 +333,8 @@ class Daemon:
         self._spawn("scheduler", self._schedule_loop)
         if not self.once:  # always running: cleanup may be switched on by a reload
             self._spawn("cleanup", self._cleanup_loop)
+        if self.sender is not None:
+            self._spawn("sender", self.sender.run)
         for i in range(self.cfg.upload.upload_workers):
             self._spawn(f"upload-{i}", self._worker_loop)
 
@@ -374,6 +387,11 @@ class Daemon:
                 t.join()
         # jobs queued but not started stay pending in the database: they go first at next start
         dropped = 0
+        if self.sender is not None:
+            for job in self.sender.close():
+                dropped += 1
+                with self.inflight_lock:
+                    self.inflight.discard(job.rel)
         while True:
             try:
                 job = self.upload_q.get_nowait()
@@ -383,9 +401,10 @@ class Daemon:
                 dropped += 1
                 with self.inflight_lock:
                     self.inflight.discard(job.rel)
-        workers = [t for t in self._threads if t.name.startswith("upload-")]
-        for _ in workers:
-            self.upload_q.put(None)
+        workers = [t for t in self._threads if t.name.startswith("upload-") or t.name == "sender"]
+        for t in workers:
+            if t.name != "sender":
+                self.upload_q.put(None)
         if self.inflight:
             log.info("Stopping: waiting up to %gs for %d upload(s) in flight", self.cfg.daemon.shutdown_timeout,
                      len(self.inflight))
@@ -395,6 +414,8 @@ class Daemon:
         if any(t.is_alive() for t in workers):
             log.warning("Shutdown timeout: abandoning uploads in flight (multipart uploads resume at next start)")
             self.abandon.set()
+            if self.sender is not None:
+                self.sender.cancel()
             for t in workers:
                 t.join(5.0)
         try:
@@ -647,7 +668,8 @@ class Daemon:
         w = self.cfg.watch
         prev = self.tracker.observation(rel)
         v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks)
-        if v.ready and self.probe.is_being_written(self.scanner.abspath(rel), st.dev, st.ino):
+        path = self.scanner.abspath(rel)
+        if v.ready and self.probe.is_being_written(path, st.dev, st.ino):
             v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks, writer_open=True)
             self._log_wait(rel, "Waiting for writer to close file: %s")
         if not v.ready:
@@ -657,7 +679,7 @@ class Daemon:
             return
         self.tracker.remove(rel)
         self._waiting_logged.pop(rel, None)
-        self._make_job(rel, st)
+        self._make_job(rel, st, path)
 
     def _log_wait(self, rel: str, message: str) -> None:
         """Say why a file waits, once per file and reason (not at every check)."""
@@ -665,7 +687,7 @@ class Daemon:
             self._waiting_logged[rel] = message
             log.info(message, display(rel))
 
-    def _make_job(self, rel: str, st: FileStat) -> None:
+    def _make_job(self, rel: str, st: FileStat, path: str) -> None:
         rec = self.store.get(rel)
         if rec is None:
             return  # forgotten meanwhile (vanished); a new event or scan brings it back
@@ -678,7 +700,6 @@ class Daemon:
             self._park_unsendable(rec, problem)
             return
         log.info("File ready (%d bytes): %s", st.size, display(rel))
-        path = self.scanner.abspath(rel)
         if self.cfg.watch.follow_symlinks:
             # resolved now and re-checked: a link retargeted since the check must not lead outside
             resolved = self.scanner._inside(path)
@@ -688,21 +709,41 @@ class Daemon:
             path = resolved
         with self.inflight_lock:
             self.inflight.add(rel)
-        self.ready.append(Job(rel, path, rec.key, st, rec.attempts + 1, rec.upload_id, rec.part_size))
+        job = Job(rel, path, rec.key, st, rec.attempts + 1, rec.upload_id, rec.part_size)
+        self.ready.append(job._replace(small=True) if self._sendable(job) else job)
 
     def _park_unsendable(self, rec: Record, problem: str) -> None:
         log.error("Cannot upload %s: %s; parked (rename the file to upload it)", display(rec.rel), problem)
         self.store.fail_upload(rec.rel, "invalid", problem, None, park=True)
 
     def _feed_workers(self) -> None:
+        """Hand ready jobs, in order, to the sender (small single PUTs) or the upload workers."""
         limit = self._feed_limit()
-        while self.ready and self.upload_q.qsize() < limit:
-            self.upload_q.put(self.ready.popleft())
+        sender = self.sender
+        while self.ready:
+            if sender is not None and self.ready[0].small and self.limiter.limit() is None:
+                if sender.backlog() >= 2 * sender.capacity:
+                    return
+                sender.submit(self.ready.popleft())
+            else:
+                if self.upload_q.qsize() >= limit:
+                    return
+                self.upload_q.put(self.ready.popleft())
+
+    def _sendable(self, job: Job) -> bool:
+        """Whether the asyncio sender can take ``job``: a single PUT read into memory, no open
+        multipart upload to settle, an ETag that proves the object, and a key obstore keeps as it
+        is. (At hand-over, also no bandwidth limit in force: waiting for it would block the loop.)"""
+        if self.sender is None:
+            return False
+        s = self.upload_settings()
+        return (job.stat.size <= IN_MEMORY_MAX and job.stat.size < s.multipart_threshold and job.upload_id is None
+                and s.put_options.etag_is_md5 and self.remote.async_ok(job.key))  # type: ignore[attr-defined]
 
     def _once_finished(self) -> bool:
         if not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready:
             return False
-        if not self.upload_q.empty():
+        if not self.upload_q.empty() or (self.sender is not None and self.sender.backlog()):
             return False
         with self.inflight_lock:
             if self.inflight:
@@ -769,6 +810,51 @@ class Daemon:
         outcome = self.uploader.upload(job)
         self.record(outcome)
 
+    def _begin_many(self, jobs: List[Job]) -> List[Job]:
+        """The sender's jobs about to start, moved to uploading together; those that cannot be (the
+        row moved on meanwhile) are released. Returns the jobs that may start."""
+        moved = self.store.start_many([(j.rel, j.stat.size, j.stat.mtime_ns, j.stat.ino) for j in jobs])
+        if all(moved):
+            return jobs
+        started = []
+        for job, ok in zip(jobs, moved):
+            if ok:
+                started.append(job)
+            else:
+                log.debug("Not uploading %s: its row is no longer waiting", display(job.rel))
+                with self.inflight_lock:
+                    self.inflight.discard(job.rel)
+        self.wake.set()
+        return started
+
+    def record_many(self, outcomes: List[Outcome]) -> None:
+        """:meth:`record` for the sender's finished jobs, the uploaded ones written together."""
+        try:
+            done = [o for o in outcomes if o.kind == "uploaded"]
+            if done:
+                moved = self.store.finish_many([(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino,
+                                                 o.md5, o.etag, o.job.upload_id is not None) for o in done])
+                now = self.wall()
+                with self.stats.lock:
+                    self.stats.uploaded_files += len(done)
+                    self.stats.uploaded_bytes += sum(o.job.stat.size for o in done)
+                    self.stats.last_upload_at = now
+                    self.stats.upload_seconds.extend(o.seconds for o in done)
+                    if len(self.stats.upload_seconds) > 10000:
+                        del self.stats.upload_seconds[:5000]
+                lost = [o.job.rel for o, ok in zip(done, moved) if not ok]
+                if lost:
+                    raise IllegalTransition(f"{display(lost[0])}: cannot move to uploaded "
+                                            f"({len(lost)} row(s) left uploading)")
+            for o in outcomes:
+                if o.kind != "uploaded":
+                    self.record(o)
+        finally:
+            with self.inflight_lock:
+                for o in outcomes:
+                    self.inflight.discard(o.job.rel)
+            self.wake.set()
+
     def record(self, o: Outcome) -> None:
         """Write an upload's outcome to the database and the counters; schedule a retry if failed."""
         job = o.job
@@ -823,4 +909,5 @@ class Daemon:
 
     # -- reading state for status lines ------------------------------------------------------------
     def queue_depth(self) -> int:
-        return len(self.tracker) + len(self.ready) + self.upload_q.qsize() + self.candidates.qsize()
+        sent = self.sender.queued() if self.sender is not None else 0
+        return len(self.tracker) + len(self.ready) + self.upload_q.qsize() + self.candidates.qsize() + sent

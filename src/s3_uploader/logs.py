@@ -13,7 +13,8 @@ import logging.handlers
 import re
 import sys
 import time
-from typing import Any, Optional, Tuple
+import traceback
+from typing import Any, List, Optional, Tuple
 
 ROOT = "s3_uploader"
 
@@ -65,6 +66,123 @@ def text_formatter() -> logging.Formatter:
     return TextFormatter()
 
 
+# INFO lines wait at most this long to be written (a busy uploader writes three lines per file).
+FLUSH_SECONDS = 0.25
+
+
+class _Batching:
+    """Batched writes for a logging handler: INFO and DEBUG lines go out in batches, one write per
+    batch instead of one per line (a third of a small file's logging cost). A batch is written when
+    a WARNING or worse arrives (after the lines before it, so order is kept), when it is older than
+    :data:`FLUSH_SECONDS` at the next line or at :func:`flush_pending` (the daemon calls it twice a
+    second), when it reaches 256 lines, and at exit. A ``kill -9`` can lose the last quarter second
+    of INFO lines; never a warning or an error."""
+
+    lock: Any
+    terminator: str
+    _pending: List[str]
+    _since: float = 0.0
+
+    def _write_batch(self, lines: List[str]) -> None:
+        raise NotImplementedError
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self.format(record)  # type: ignore[attr-defined]  # logging.Handler's
+        except Exception:
+            self.handleError(record)  # type: ignore[attr-defined]
+            return
+        with self.lock:
+            if not self._pending:
+                self._since = time.monotonic()
+            self._pending.append(msg)
+            if (record.levelno >= logging.WARNING or len(self._pending) >= 256
+                    or time.monotonic() - self._since >= FLUSH_SECONDS):
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush_locked()
+
+    def flush_if_due(self) -> None:
+        with self.lock:
+            if self._pending and time.monotonic() - self._since >= FLUSH_SECONDS:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        try:
+            self._write_batch(lines)
+        except Exception:  # as logging's own handlers: a broken stream never stops the daemon
+            traceback.print_exc(file=sys.__stderr__)
+
+
+class BatchingStreamHandler(_Batching, logging.StreamHandler):
+    """A StreamHandler (stderr) with batched writes."""
+
+    def __init__(self, stream: Any = None) -> None:
+        logging.StreamHandler.__init__(self, stream)
+        self._pending = []
+
+    def _write_batch(self, lines: List[str]) -> None:
+        self.stream.write(self.terminator.join(lines) + self.terminator)
+        self.stream.flush()
+
+
+class BatchingFileHandler(_Batching, logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler with batched writes (the size limit is checked per batch; 0 = never
+    rotated)."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        logging.handlers.RotatingFileHandler.__init__(self, *a, **kw)
+        self._pending = []
+
+    def _write_batch(self, lines: List[str]) -> None:
+        if self.stream is None:
+            self.stream = self._open()
+        if self.maxBytes <= 0:
+            self.stream.write(self.terminator.join(lines) + self.terminator)
+            self.stream.flush()
+            return
+        # as RotatingFileHandler, a file never grows past maxBytes: the batch is split where it must
+        size = self.stream.tell()
+        chunk: List[str] = []
+        for line in lines:
+            n = len((line + self.terminator).encode("utf-8", "replace"))
+            if size > 0 and size + n >= self.maxBytes:
+                if chunk:
+                    self.stream.write("".join(chunk))
+                    chunk = []
+                self.doRollover()
+                if self.stream is None:  # delay=True: reopened by us
+                    self.stream = self._open()
+                size = 0
+            chunk.append(line + self.terminator)
+            size += n
+        self.stream.write("".join(chunk))
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+def flush() -> None:
+    """Write out every batched line now."""
+    for h in logging.getLogger(ROOT).handlers:
+        h.flush()
+
+
+def flush_pending() -> None:
+    """Write out batched lines older than :data:`FLUSH_SECONDS` (the daemon's tick calls this)."""
+    for h in logging.getLogger(ROOT).handlers:
+        f = getattr(h, "flush_if_due", None)
+        if f is not None:
+            f()
+
+
 def setup(level: str = "INFO", fmt: str = "text", log_file: str = "", max_bytes: int = 10 * 1024 * 1024,
           backups: int = 5, stream: Any = None) -> logging.Logger:
     """(Re)configure the package logger; returns it. Safe to call again (handlers are replaced)."""
@@ -79,15 +197,11 @@ def setup(level: str = "INFO", fmt: str = "text", log_file: str = "", max_bytes:
         logger.removeHandler(h)
         h.close()
     formatter = JsonFormatter() if fmt == "json" else text_formatter()
-    err = logging.StreamHandler(stream or sys.stderr)
+    err = BatchingStreamHandler(stream or sys.stderr)
     err.setFormatter(formatter)
     if log_file:
-        fh: logging.Handler
-        if max_bytes > 0:
-            fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
-                                                      encoding="utf-8", delay=True)
-        else:
-            fh = logging.FileHandler(log_file, encoding="utf-8", delay=True)
+        fh = BatchingFileHandler(log_file, maxBytes=max(0, max_bytes), backupCount=backups, encoding="utf-8",
+                                 delay=True)
         fh.setFormatter(formatter)
         logger.addHandler(fh)
         err.setLevel(logging.WARNING)

@@ -83,6 +83,7 @@ class Scanner:
         self.follow_symlinks = follow_symlinks
         self.report = report or Reporter()
         self.chunk = 500
+        self._prefix = os.path.join(str(self.root), "")  # root with one trailing separator
 
     # -- one path (for event hints) ----------------------------------------------------------
     def stat_one(self, rel: str) -> Optional[FileStat]:
@@ -114,7 +115,9 @@ class Scanner:
         return FileStat.from_stat(rel, st)
 
     def abspath(self, rel: str) -> str:
-        return os.path.join(self.root, *rel.split("/"))
+        if os.sep == "/":
+            return self._prefix + rel  # rel is '/'-separated already: no need for os.path.join
+        return os.path.join(self._prefix, *rel.split("/"))
 
     def rel_of(self, path: str) -> Optional[str]:
         """The relative path of absolute ``path`` inside root, or None when it is not inside."""

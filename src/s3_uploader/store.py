@@ -414,6 +414,52 @@ class Store:
                    upload_id=None, part_size=None)
         self._write("DELETE FROM parts WHERE path = ?", (enc(rel),))
 
+    def start_many(self, rows: Sequence[Tuple[str, int, int, int]]) -> List[bool]:
+        """:meth:`start_upload` for many files under one lock: (rel, size, mtime_ns, inode) each.
+        Returns, per row, whether it moved (False: the row was not in a state that may start)."""
+        sql, sources = self._move_sql("uploading", ("size", "mtime_ns", "inode"))
+        now = self.clock()
+        return self._moves(sql, [("uploading", now, s, m, i, enc(r), *sources) for r, s, m, i in rows])
+
+    def finish_many(self, rows: Sequence[Tuple[str, int, int, int, Optional[str], Optional[str], bool]]) -> List[bool]:
+        """:meth:`finish_upload` for many files under one lock: (rel, size, mtime_ns, inode, md5,
+        etag, had_parts) each; a row without parts (a single PUT) skips the parts delete. Returns,
+        per row, whether it moved."""
+        sql, sources = self._move_sql("uploaded", ("size", "mtime_ns", "inode", "md5", "etag", "uploaded_at",
+                                                   "attempts", "next_attempt_at", "last_error", "error_kind",
+                                                   "upload_id", "part_size"))
+        now = self.clock()
+        with self._lock:
+            moved = self._moves(sql, [("uploaded", now, s, m, i, md5, etag, now, 0, None, None, None, None, None,
+                                       enc(r), *sources) for r, s, m, i, md5, etag, _ in rows])
+            parts = [(enc(r[0]),) for r in rows if r[6]]
+            if parts:
+                self._write("DELETE FROM parts WHERE path = ?", parts, many=True)
+        return moved
+
+    @staticmethod
+    def _move_sql(dst: str, fields: Sequence[str]) -> Tuple[str, Tuple[str, ...]]:
+        sources = SOURCES[dst]
+        sets = ", ".join(["state = ?", "updated_at = ?"] + [f"{k} = ?" for k in fields])
+        return f"UPDATE files SET {sets} WHERE path = ? AND state IN ({','.join('?' * len(sources))})", sources
+
+    def _moves(self, sql: str, params: Sequence[Sequence[Any]]) -> List[bool]:
+        """Run the guarded move ``sql`` once per row in the open transaction; which rows moved."""
+        with self._lock:
+            self._check_usable()
+            had = self._conn.in_transaction
+            out = []
+            try:
+                if not had:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                execute = self._conn.execute
+                for p in params:
+                    out.append(execute(sql, p).rowcount == 1)
+            except sqlite3.DatabaseError as exc:
+                raise self._failed(exc, had) from None
+            self._dirty = True
+            return out
+
     def fail_upload(self, rel: str, kind: str, message: str, next_attempt_at: Optional[float], park: bool,
                     count_attempt: bool = True) -> int:
         """uploading/pending -> failed (or parked); returns the attempt count now recorded."""
@@ -456,11 +502,8 @@ class Store:
         return cur.rowcount
 
     def _move(self, rel: str, dst: str, **fields: Any) -> None:
-        sources = SOURCES[dst]
-        sets = ", ".join(["state = ?", "updated_at = ?"] + [f"{k} = ?" for k in fields])
-        q = ",".join("?" * len(sources))
-        cur = self._write(f"UPDATE files SET {sets} WHERE path = ? AND state IN ({q})",
-                          (dst, self.clock(), *fields.values(), enc(rel), *sources))
+        sql, sources = self._move_sql(dst, tuple(fields))
+        cur = self._write(sql, (dst, self.clock(), *fields.values(), enc(rel), *sources))
         if cur.rowcount != 1:
             rec = self.get(rel)
             have = rec.state if rec else "no row"

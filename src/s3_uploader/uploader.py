@@ -25,7 +25,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from .remote import ObjectInfo, PutOptions, Remote, clean_etag, multipart_etag
 from .retry import Failure, classify
@@ -38,8 +38,7 @@ MAX_PARTS = 10000
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """One file to send: where it is, where it goes, and the signature stability approved."""
 
     rel: str
@@ -49,6 +48,7 @@ class Job:
     attempt: int = 1
     upload_id: Optional[str] = None  # an open multipart upload to resume
     part_size: Optional[int] = None
+    small: bool = False  # the daemon's asyncio sender may take it (see daemon._sendable)
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,15 @@ class Outcome:
     failure: Optional[Failure] = None
     reason: str = ""
     bytes_sent: int = 0
+
+
+class SmallRead(NamedTuple):
+    """A small file read whole for one PUT: its bytes, their MD5, the options, when it started."""
+
+    data: bytes
+    md5: bytes
+    put_options: PutOptions
+    started: float
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,87 @@ def _read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
+# Single PUTs up to this size are read into memory (and may go by obstore); larger ones are streamed.
+IN_MEMORY_MAX = 1024 * 1024
+_BUF = 1024 * 1024
+
+
+def _md5_of(fd: int, size: int) -> bytes:
+    h = hashlib.md5()
+    off = 0
+    while off < size:
+        b = _pread(fd, min(_BUF, size - off), off)
+        if not b:
+            raise Changed(f"file shrank while it was being read ({off} of {size} bytes)")
+        h.update(b)
+        off += len(b)
+    return h.digest()
+
+
+class FileBody:
+    """A seekable, read-only view of the first ``size`` bytes of an open file, for streaming a PUT.
+
+    Reads go through ``pread`` a buffer at a time (the HTTP client asks for small blocks), each
+    buffer is paid for with ``throttle`` before it is handed out (so a bandwidth limit paces the
+    stream instead of holding it back and then bursting), and a file that turns out shorter than
+    ``size`` sets ``short`` and raises instead of leaving the server waiting for missing bytes.
+    The HTTP client may ``seek(0)`` to send it again on a retry.
+    """
+
+    def __init__(self, fd: int, size: int, throttle: Callable[[int], None]):
+        self.fd, self.size, self.throttle = fd, size, throttle
+        self.pos = 0  # what the reader has been handed
+        self.short = False
+        self._buf = b""
+        self._buf_at = 0  # file offset of _buf[0]
+
+    def __len__(self) -> int:
+        return self.size - self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = max(0, min(self.size, base + offset))
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.pos >= self.size:
+            return b""
+        if n is None or n < 0:
+            n = self.size - self.pos
+        chunks: List[bytes] = []
+        while n > 0 and self.pos < self.size:
+            rel = self.pos - self._buf_at
+            if not (0 <= rel < len(self._buf)):
+                self._fill()
+                rel = 0
+            out = self._buf[rel:rel + n]
+            self.pos += len(out)
+            n -= len(out)
+            chunks.append(out)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _fill(self) -> None:
+        want = min(_BUF, self.size - self.pos)
+        b = _pread(self.fd, want, self.pos)
+        if len(b) != want:
+            self.short = True
+            raise Changed(f"file shrank while it was being read ({self.pos + len(b)} of {self.size} bytes)")
+        self.throttle(want)
+        self._buf, self._buf_at = b, self.pos
+
+    def close(self) -> None:  # the uploader owns the descriptor
+        pass
+
+
 class Uploader:
     """Uploads files through a :class:`Remote`, recording multipart progress in the :class:`Store`.
 
@@ -175,6 +265,55 @@ class Uploader:
         log.info("Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
         return Outcome("uploaded", job, md5=md5, etag=etag, seconds=secs, bytes_sent=job.stat.size)
 
+    # -- one small file, in two halves around a PUT sent elsewhere (the asyncio sender) ---------
+    def read_small(self, job: Job) -> "Outcome | SmallRead":
+        """The first half of a single PUT of at most :data:`IN_MEMORY_MAX` bytes: log, open, read
+        whole, hash, and check by descriptor that the bytes read are the version declared ready.
+        Returns what to send, or the Outcome when there is nothing to send (same kinds as ``upload``)."""
+        cfg = self.settings()
+        t0 = self.clock()
+        log.info("Uploading %s attempt %d", job.key, job.attempt)
+        try:
+            fd = self._open(job, cfg)
+        except FileNotFoundError:
+            return Outcome("vanished", job, reason="file vanished before it was read")
+        except Changed as exc:
+            return Outcome("changed", job, reason=str(exc))
+        except OSError as exc:
+            return Outcome("failed", job, failure=classify(exc))
+        try:
+            size = job.stat.size
+            data = _read_exact(fd, size)
+            if len(data) != size or os.read(fd, 1):
+                raise Changed(f"size changed while it was being read ({len(data)} of {size} bytes read)")
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
+                raise Changed("changed while it was being read")
+        except Changed as exc:
+            return Outcome("changed", job, reason=str(exc))
+        except OSError as exc:
+            return Outcome("failed", job, failure=classify(exc))
+        finally:
+            os.close(fd)
+        return SmallRead(data, hashlib.md5(data).digest(), cfg.put_options, t0)
+
+    def settle_small(self, job: Job, read: "SmallRead", etag: str) -> Outcome:
+        """The second half: the PUT answered with ``etag``. Uploaded when it is the MD5 sent and the
+        path still shows the version read; otherwise the Outcome that says why not."""
+        md5 = read.md5.hex()
+        if etag != md5:
+            return Outcome("failed", job, failure=classify(
+                _Unconfirmed(f"S3's ETag for {job.key} ({etag}) is not the MD5 sent ({md5})")))
+        try:
+            self._recheck_path(job)
+        except Changed as exc:
+            return Outcome("changed", job, reason=str(exc))
+        except OSError as exc:
+            return Outcome("failed", job, failure=classify(exc))
+        secs = self.clock() - read.started
+        log.info("Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
+        return Outcome("uploaded", job, md5=md5, etag=etag, seconds=secs, bytes_sent=job.stat.size)
+
     def _open(self, job: Job, cfg: Settings) -> int:
         flags = _O_FLAGS | (0 if cfg.follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
         try:
@@ -199,6 +338,11 @@ class Uploader:
         st = os.fstat(fd)
         if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
             raise Changed("changed while it was being read")
+        self._recheck_path(job)
+
+    @staticmethod
+    def _recheck_path(job: Job) -> None:
+        """The path must still lead to the version that was read (not renamed, replaced, touched)."""
         try:
             pst = os.lstat(job.path)  # one system call in the common case (not a link)
             if stat_mod.S_ISLNK(pst.st_mode):
@@ -211,12 +355,26 @@ class Uploader:
     # -- single PUT -------------------------------------------------------------------------------
     def _put_single(self, fd: int, job: Job, cfg: Settings) -> Tuple[str, str]:
         size = job.stat.size
-        data = _read_exact(fd, size)
-        if len(data) != size or os.read(fd, 1):
-            raise Changed(f"size changed while it was being read ({len(data)} of {size} bytes read)")
-        digest = hashlib.md5(data).digest()
-        self.throttle(size)
-        etag = self.remote.put_object(job.key, data, size, digest, cfg.put_options)
+        if size <= IN_MEMORY_MAX:
+            data = _read_exact(fd, size)
+            if len(data) != size or os.read(fd, 1):
+                raise Changed(f"size changed while it was being read ({len(data)} of {size} bytes read)")
+            digest = hashlib.md5(data).digest()
+            self.throttle(size)
+            etag = self.remote.put_object(job.key, data, size, digest, cfg.put_options)
+        else:
+            # Streamed from the file: one pass for the MD5 (Content-MD5 must be known before the
+            # first byte is sent), one to send; memory stays at one buffer per upload.
+            digest = _md5_of(fd, size)
+            body = FileBody(fd, size, self.throttle)
+            try:
+                etag = self.remote.put_object(job.key, body, size, digest, cfg.put_options)
+            except Exception:
+                if body.short:
+                    raise Changed("file shrank while it was being read") from None
+                raise
+            if body.short:
+                raise Changed("file shrank while it was being read")
         md5 = digest.hex()
         if not (cfg.put_options.etag_is_md5 and etag == md5):
             self._confirm_by_head(job, size, md5 if cfg.put_options.etag_is_md5 else None)

@@ -1,0 +1,178 @@
+"""Small files at speed: one asyncio loop keeps many single PUTs in flight through obstore.
+
+A 4 KiB file costs almost nothing to send; what costs is everything around the request. With one
+thread per upload, sixteen threads take turns on one interpreter lock and much of the CPU goes to
+handing it over. Here one thread runs an event loop: obstore's requests run on its own (Rust)
+runtime and come back as awaitables, so the loop keeps up to ``capacity`` requests in flight while
+the Python work per file (open, read, hash, recheck) runs back to back. The database rows of every
+file started, and of every file finished, in one turn of the loop are written under one lock.
+
+The contract is the uploader's, split around the request: :meth:`Uploader.read_small` before it and
+:meth:`Uploader.settle_small` after it, so a file sent here is read, proven, rechecked and recorded
+exactly as one sent by an upload worker. The daemon decides which jobs come here (single PUTs read
+into memory, keys obstore keeps byte for byte, an ETag that proves the object, no bandwidth limit
+in force: the limiter blocks, and the loop must not); everything else goes to the upload workers.
+
+Stopping: :meth:`AsyncSender.close` takes no new work and hands back the jobs not yet started
+(they stay pending in the database); requests in flight finish and are recorded; :meth:`cancel`
+(shutdown's time is up) abandons them, recorded as stopped by shutdown, to be sent at next start.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from typing import Any, Callable, Deque, List, Optional, Set
+
+from .retry import Failure, classify
+from .uploader import Job, Outcome, SmallRead, Uploader
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN = Failure("shutdown", "stopped by shutdown, resumes at next start")
+
+
+class AsyncSender:
+    """Sends small files through ``remote.put_object_async`` on one event loop.
+
+    ``begin(jobs)`` is called with the jobs about to start and returns those that may (the others
+    it has released); ``finish(outcomes)`` records finished ones. Both are called on the loop's
+    thread, with every job started or finished in one turn of the loop.
+    """
+
+    def __init__(self, remote: Any, uploader: Uploader, begin: Callable[[List[Job]], List[Job]],
+                 finish: Callable[[List[Outcome]], None], capacity: int):
+        self.remote = remote
+        self.uploader = uploader
+        self.capacity = max(1, capacity)
+        self._begin = begin
+        self._finish = finish
+        self._lock = threading.Lock()
+        self._queue: Deque[Job] = collections.deque()
+        self._running = 0
+        self._closing = False
+        self._notified = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._wakeup: Optional[asyncio.Event] = None
+        self._tasks: Set["asyncio.Task[None]"] = set()
+        self._outcomes: List[Outcome] = []
+
+    # -- from other threads ----------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; it starts as soon as fewer than ``capacity`` requests are in flight."""
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the sender is closed")
+            self._queue.append(job)
+            self._notify_locked()
+
+    def backlog(self) -> int:
+        """Jobs queued or in flight."""
+        with self._lock:
+            return len(self._queue) + self._running
+
+    def queued(self) -> int:
+        """Jobs waiting for a free slot."""
+        with self._lock:
+            return len(self._queue)
+
+    def close(self) -> List[Job]:
+        """Take no more jobs; return those queued but not started. Requests in flight go on."""
+        with self._lock:
+            self._closing = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            self._notify_locked()
+        return dropped
+
+    def cancel(self) -> None:
+        """Abandon the requests in flight (shutdown ran out of time)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._cancel_all)
+        except RuntimeError:  # the loop has already finished
+            pass
+
+    def _notify_locked(self) -> None:
+        # one wake-up per turn of the loop, however many jobs arrive: each costs a write to a pipe
+        if self._loop is not None and not self._notified:
+            self._notified = True
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:
+                pass
+
+    # -- the loop's thread -------------------------------------------------------------------------
+    def run(self) -> None:
+        """The loop; returns once closed and every request in flight has been recorded."""
+        asyncio.run(self._main())
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _cancel_all(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def _main(self) -> None:
+        self._wakeup = asyncio.Event()
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                self._notified = False
+                n = min(self.capacity - self._running, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(n)]
+                self._running += n
+                idle = self._closing and self._running == 0
+            if idle:
+                return
+            if batch:
+                started = self._begin(batch)
+                if len(started) != len(batch):
+                    with self._lock:
+                        self._running -= len(batch) - len(started)
+                for job in started:
+                    task = asyncio.ensure_future(self._one(job))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if len(started) != len(batch):
+                    continue  # there may be room for more now
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._outcomes:
+                outcomes, self._outcomes = self._outcomes, []
+                try:
+                    self._finish(outcomes)
+                finally:
+                    with self._lock:
+                        self._running -= len(outcomes)
+
+    async def _one(self, job: Job) -> None:
+        try:
+            read = self.uploader.read_small(job)
+            if isinstance(read, Outcome):
+                outcome = read
+            else:
+                outcome = await self._send(job, read)
+        except asyncio.CancelledError:
+            outcome = Outcome("failed", job, failure=SHUTDOWN)
+        except Exception as exc:  # a failure of one file is that file's, never the loop's
+            log.exception("Unexpected error uploading %s", job.key)
+            outcome = Outcome("failed", job, failure=classify(exc))
+        self._outcomes.append(outcome)
+        assert self._wakeup is not None
+        self._wakeup.set()
+
+    async def _send(self, job: Job, read: SmallRead) -> Outcome:
+        try:
+            etag = await self.remote.put_object_async(job.key, read.data, read.md5, read.put_options)
+        except asyncio.CancelledError:
+            return Outcome("failed", job, failure=SHUTDOWN)
+        except Exception as exc:
+            return Outcome("failed", job, failure=classify(exc))
+        return self.uploader.settle_small(job, read, etag)

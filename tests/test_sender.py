@@ -1,0 +1,179 @@
+"""The asyncio sender on its own: capacity, batched bookkeeping, failures, and an ordered stop.
+
+The remote here is MemoryRemote with an awaitable PUT whose answers the test releases, so what is
+in flight at any moment is decided by the test, not by timing. The sender against the real server
+is exercised by every pipeline test (obstore is the default transport)."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from typing import Dict, List
+
+import pytest
+from helpers import wait_for
+
+from s3_uploader.remote import MemoryError_, MemoryRemote, PutOptions
+from s3_uploader.scanner import FileStat
+from s3_uploader.sender import AsyncSender
+from s3_uploader.store import Store
+from s3_uploader.uploader import Job, Outcome, Settings, Uploader
+
+SETTINGS = Settings(multipart_threshold=5 << 20, multipart_chunksize=5 << 20, max_concurrency=2,
+                    put_options=PutOptions(), follow_symlinks=False)
+
+
+class GatedRemote(MemoryRemote):
+    """MemoryRemote whose async PUT waits until the test opens the gate for that key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.gates: Dict[str, threading.Event] = {}
+        self.fail: Dict[str, Exception] = {}
+        self.wrong_etag: set = set()
+
+    def gate(self, key: str) -> threading.Event:
+        return self.gates.setdefault(key, threading.Event())
+
+    async def put_object_async(self, key: str, data: bytes, md5: bytes, opts: PutOptions) -> str:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            gate = self.gate(key)
+            while not gate.is_set():
+                await asyncio.sleep(0.005)
+            if key in self.fail:
+                raise self.fail[key]
+            etag = self.put_object(key, data, len(data), md5, opts)
+            return "0" * 32 if key in self.wrong_etag else etag
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+def rig(tmp_path):
+    root = tmp_path / "inbox"
+    root.mkdir()
+    store = Store(tmp_path / "s.db")
+    remote = GatedRemote()
+    uploader = Uploader(remote, store, lambda: SETTINGS)
+    recorded: List[Outcome] = []
+    batches: List[int] = []
+    refused: set = set()
+
+    def begin(jobs: List[Job]) -> List[Job]:
+        return [j for j in jobs if j.rel not in refused]
+
+    def finish(outcomes: List[Outcome]) -> None:
+        batches.append(len(outcomes))
+        recorded.extend(outcomes)
+
+    def job(name: str, data: bytes = b"") -> Job:
+        p = root / name
+        p.write_bytes(data or name.encode() * 10)
+        st = os.stat(p)
+        return Job(name, str(p), name, FileStat(name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev), small=True)
+
+    sender = AsyncSender(remote, uploader, begin, finish, capacity=3)
+    thread = threading.Thread(target=sender.run, name="test-sender")
+    thread.start()
+    yield sender, remote, job, recorded, batches, refused
+    sender.close()
+    for g in list(remote.gates.values()):
+        g.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    uploader.close()
+    store.close()
+
+
+def kinds(recorded: List[Outcome]) -> Dict[str, str]:
+    return {o.job.rel: o.kind for o in recorded}
+
+
+def test_it_keeps_at_most_capacity_in_flight_and_records_each_file_once(rig):
+    sender, remote, job, recorded, batches, _ = rig
+    jobs = [job(f"f{i}.bin") for i in range(10)]
+    for j in jobs:
+        sender.submit(j)
+    wait_for(lambda: remote.in_flight == 3, what="three requests in flight")
+    assert sender.backlog() == 10 and sender.queued() == 7
+    for j in jobs:
+        remote.gate(j.key).set()
+    wait_for(lambda: len(recorded) == 10, what="every file recorded")
+    assert remote.most_in_flight == 3
+    assert kinds(recorded) == {j.rel: "uploaded" for j in jobs}
+    for o in recorded:
+        assert o.etag == o.md5 == hashlib.md5(remote.objects[o.job.key][0]).hexdigest()
+    assert sum(batches) == 10 and sender.backlog() == 0
+
+
+def test_failures_are_outcomes_of_their_file_and_the_rest_go_on(rig):
+    sender, remote, job, recorded, _, _ = rig
+    ok, down, bad = job("ok.bin"), job("down.bin"), job("bad.bin")
+    remote.fail["down.bin"] = MemoryError_("SlowDown", "reduce your request rate")
+    remote.wrong_etag.add("bad.bin")
+    for j in (ok, down, bad):
+        remote.gate(j.key).set()
+        sender.submit(j)
+    wait_for(lambda: len(recorded) == 3, what="three outcomes")
+    out = {o.job.rel: o for o in recorded}
+    assert out["ok.bin"].kind == "uploaded"
+    assert out["down.bin"].kind == "failed" and out["down.bin"].failure.kind == "throttled"
+    assert out["bad.bin"].kind == "failed" and "not the MD5 sent" in out["bad.bin"].failure.message
+
+
+def test_a_file_changed_or_gone_before_it_is_read_is_not_sent(rig):
+    sender, remote, job, recorded, _, _ = rig
+    changed, gone = job("changed.bin"), job("gone.bin")
+    with open(changed.path, "ab") as f:
+        f.write(b"more")
+    os.unlink(gone.path)
+    sender.submit(changed)
+    sender.submit(gone)
+    wait_for(lambda: len(recorded) == 2, what="two outcomes")
+    assert kinds(recorded) == {"changed.bin": "changed", "gone.bin": "vanished"}
+    assert remote.calls.get("put_object", 0) == 0
+
+
+def test_a_job_begin_refuses_is_neither_sent_nor_recorded(rig):
+    sender, remote, job, recorded, _, refused = rig
+    refused.add("moved-on.bin")
+    a, b = job("moved-on.bin"), job("fine.bin")
+    remote.gate("fine.bin").set()
+    sender.submit(a)
+    sender.submit(b)
+    wait_for(lambda: len(recorded) == 1, what="one outcome")
+    assert kinds(recorded) == {"fine.bin": "uploaded"} and "moved-on.bin" not in remote.objects
+    wait_for(lambda: sender.backlog() == 0, what="the refused job to leave the backlog")
+
+
+def test_close_hands_back_queued_jobs_and_lets_those_in_flight_finish(rig):
+    sender, remote, job, recorded, _, _ = rig
+    jobs = [job(f"f{i}.bin") for i in range(5)]
+    for j in jobs:
+        sender.submit(j)
+    wait_for(lambda: remote.in_flight == 3, what="three in flight")
+    dropped = sender.close()
+    assert [j.rel for j in dropped] == ["f3.bin", "f4.bin"]
+    with pytest.raises(RuntimeError):
+        sender.submit(job("late.bin"))
+    for j in jobs[:3]:
+        remote.gate(j.key).set()
+    wait_for(lambda: len(recorded) == 3, what="the three in flight recorded")
+    assert kinds(recorded) == {"f0.bin": "uploaded", "f1.bin": "uploaded", "f2.bin": "uploaded"}
+
+
+def test_cancel_abandons_requests_in_flight_as_stopped_by_shutdown(rig):
+    sender, remote, job, recorded, _, _ = rig
+    stuck = job("stuck.bin")
+    sender.submit(stuck)
+    wait_for(lambda: remote.in_flight == 1, what="one request in flight")
+    sender.close()
+    sender.cancel()
+    wait_for(lambda: len(recorded) == 1, what="the abandoned request recorded")
+    assert recorded[0].kind == "failed" and recorded[0].failure.kind == "shutdown"
+    assert "stuck.bin" not in remote.objects
