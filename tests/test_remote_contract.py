@@ -77,6 +77,23 @@ def test_a_streamed_body_is_stored_whole_and_a_wrong_md5_refused(remote, tmp_pat
         os.close(fd)
 
 
+def test_boto3_sends_content_md5_and_no_sha256_of_the_body_even_over_http(s3_server, bucket):
+    r = BotoRemote(bucket, endpoint_url=s3_server.endpoint, **_creds(s3_server))
+    seen = []
+    r.client.meta.events.register("before-send.s3.PutObject", lambda request, **kw: seen.append(request.headers))
+    try:
+        data = os.urandom(2000)
+        assert r.put_object("sig/a.bin", data, len(data), hashlib.md5(data).digest(), PutOptions()) == \
+            hashlib.md5(data).hexdigest()
+    finally:
+        r.close()
+    headers = {k.lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in seen[0].items()}
+    assert s3_server.endpoint.startswith("http://")
+    assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert "content-md5" in headers["authorization"].lower()  # the MD5 header is signed
+    assert headers["content-md5"]
+
+
 def test_list_folder_lists_only_that_folder(remote):
     for key in ("d/1.txt", "d/2.txt", "d/sub/3.txt", "e/4.txt"):
         remote.put_object(key, b"x", 1, hashlib.md5(b"x").digest(), PutOptions())

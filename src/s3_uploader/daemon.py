@@ -538,11 +538,17 @@ class Daemon:
         for f in todo:
             while not self.stop_event.is_set():
                 try:
+                    self.candidates.put_nowait(f)
+                    break
+                except queue.Full:
+                    self.wake.set()  # the scheduler drains the queue
+                try:
                     self.candidates.put(f, timeout=0.5)
-                    self.wake.set()
                     break
                 except queue.Full:
                     self.heartbeats["scanner"] = self.clock()
+        if todo:
+            self.wake.set()  # once per slice, not per file
         return len(todo)
 
     def _sweep_vanished(self, scan_started: float) -> None:
@@ -853,7 +859,9 @@ class Daemon:
             with self.inflight_lock:
                 for o in outcomes:
                     self.inflight.discard(o.job.rel)
-            self.wake.set()
+            # the scheduler needs us only to hand over more work, or (once) to see the end
+            if self.ready or self.once or len(outcomes) != len(done):
+                self.wake.set()
 
     def record(self, o: Outcome) -> None:
         """Write an upload's outcome to the database and the counters; schedule a retry if failed."""

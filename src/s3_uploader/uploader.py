@@ -284,9 +284,9 @@ class Uploader:
         try:
             size = job.stat.size
             data = _read_exact(fd, size)
-            if len(data) != size or os.read(fd, 1):
+            if len(data) != size:
                 raise Changed(f"size changed while it was being read ({len(data)} of {size} bytes read)")
-            st = os.fstat(fd)
+            st = os.fstat(fd)  # a file that grew, or was rewritten in place, shows here
             if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
                 raise Changed("changed while it was being read")
         except Changed as exc:
