@@ -77,7 +77,11 @@ def rig(tmp_path):
         st = os.stat(p)
         return Job(name, str(p), name, FileStat(name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev), small=True)
 
-    sender = AsyncSender(remote, uploader, begin, finish, capacity=3)
+    limit = {"on": False}
+    diverted: List[Job] = []
+    sender = AsyncSender(remote, uploader, begin, finish, capacity=3, allowed=lambda: not limit["on"],
+                         divert=diverted.extend)
+    sender.limit, sender.diverted = limit, diverted  # for the tests
     thread = threading.Thread(target=sender.run, name="test-sender")
     thread.start()
     yield sender, remote, job, recorded, batches, refused
@@ -177,3 +181,19 @@ def test_cancel_abandons_requests_in_flight_as_stopped_by_shutdown(rig):
     wait_for(lambda: len(recorded) == 1, what="the abandoned request recorded")
     assert recorded[0].kind == "failed" and recorded[0].failure.kind == "shutdown"
     assert "stuck.bin" not in remote.objects
+
+
+def test_jobs_queued_when_a_bandwidth_limit_starts_go_to_the_workers_not_the_loop(rig):
+    sender, remote, job, recorded, _, _ = rig
+    jobs = [job(f"f{i}.bin") for i in range(5)]
+    for j in jobs:
+        sender.submit(j)
+    wait_for(lambda: remote.in_flight == 3, what="three in flight")
+    sender.limit["on"] = True  # a timetable entry starts: the loop cannot wait for the limiter
+    remote.gate("f0.bin").set()  # a completion wakes the loop
+    wait_for(lambda: len(sender.diverted) == 2, what="the queued jobs handed over")
+    assert [j.rel for j in sender.diverted] == ["f3.bin", "f4.bin"]
+    for j in jobs[1:3]:
+        remote.gate(j.key).set()
+    wait_for(lambda: len(recorded) == 3, what="those in flight finished here")
+    assert sender.backlog() == 0 and "f3.bin" not in remote.objects

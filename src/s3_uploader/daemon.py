@@ -260,7 +260,8 @@ class Daemon:
                                  clock=self.clock, throttle=self.limiter.throttle)
         if hasattr(self.remote, "put_object_async"):
             self.sender = AsyncSender(self.remote, self.uploader, self._begin_many, self.record_many,
-                                      capacity=up.upload_workers)
+                                      capacity=up.upload_workers, allowed=lambda: self.limiter.limit() is None,
+                                      divert=self._divert)
         self.probe = WriterProbe(self.root, clock=self.clock)
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
                                is_busy=self._is_inflight, is_being_written=self.probe.is_being_written,
@@ -815,6 +816,12 @@ class Daemon:
             return
         outcome = self.uploader.upload(job)
         self.record(outcome)
+
+    def _divert(self, jobs: List[Job]) -> None:
+        """Jobs the sender will not start (a bandwidth limit came into force): to the upload
+        workers, which pace every body through the limiter."""
+        for job in jobs:
+            self.upload_q.put(job)
 
     def _begin_many(self, jobs: List[Job]) -> List[Job]:
         """The sender's jobs about to start, moved to uploading together; those that cannot be (the

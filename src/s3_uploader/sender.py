@@ -38,16 +38,21 @@ class AsyncSender:
 
     ``begin(jobs)`` is called with the jobs about to start and returns those that may (the others
     it has released); ``finish(outcomes)`` records finished ones. Both are called on the loop's
-    thread, with every job started or finished in one turn of the loop.
+    thread, with every job started or finished in one turn of the loop. While ``allowed()`` is
+    false (a bandwidth limit came into force), queued jobs are not started here but handed to
+    ``divert(jobs)`` (the upload workers, which wait for the limiter).
     """
 
     def __init__(self, remote: Any, uploader: Uploader, begin: Callable[[List[Job]], List[Job]],
-                 finish: Callable[[List[Outcome]], None], capacity: int):
+                 finish: Callable[[List[Outcome]], None], capacity: int,
+                 allowed: Callable[[], bool] = lambda: True, divert: Optional[Callable[[List[Job]], None]] = None):
         self.remote = remote
         self.uploader = uploader
         self.capacity = max(1, capacity)
         self._begin = begin
         self._finish = finish
+        self._allowed = allowed
+        self._divert = divert
         self._lock = threading.Lock()
         self._queue: Deque[Job] = collections.deque()
         self._running = 0
@@ -123,6 +128,11 @@ class AsyncSender:
         with self._lock:
             self._loop = asyncio.get_running_loop()
         while True:
+            if self._divert is not None and self._queue and not self._allowed():
+                with self._lock:
+                    diverted = list(self._queue)
+                    self._queue.clear()
+                self._divert(diverted)
             with self._lock:
                 self._notified = False
                 n = min(self.capacity - self._running, len(self._queue))
