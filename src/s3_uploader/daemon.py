@@ -135,6 +135,8 @@ class Daemon:
         self.folder_requests: "queue.Queue[str]" = queue.Queue()
         self.upload_q: "queue.Queue[Optional[Job]]" = queue.Queue()
         self.ready: Deque[Job] = collections.deque()
+        # files found ready in this turn of the scheduler, made into jobs together (one row read)
+        self._ready_batch: List[Tuple[str, FileStat, str]] = []
         self.inflight: Set[str] = set()
         self.inflight_lock = threading.Lock()
         self.scan_done = threading.Event()  # once mode: the single scan has finished
@@ -587,6 +589,7 @@ class Daemon:
                 self._sweep_retries(now)
                 next_sweep = now + RETRY_SWEEP_INTERVAL
             self._check_due(now)
+            self._make_jobs()
             self._feed_workers()
             if self.once and self._once_finished():
                 if not once_cleaned:
@@ -636,7 +639,7 @@ class Daemon:
             self._check(rel, st, now)
 
     def _take_candidates(self, now: float) -> None:
-        while not self.tracker.full and len(self.ready) < self.tracker.capacity:
+        while not self.tracker.full and len(self.ready) + len(self._ready_batch) < self.tracker.capacity:
             try:
                 f = self.candidates.get_nowait()
             except queue.Empty:
@@ -686,7 +689,19 @@ class Daemon:
             return
         self.tracker.remove(rel)
         self._waiting_logged.pop(rel, None)
-        self._make_job(rel, st, path)
+        with self.inflight_lock:
+            self.inflight.add(rel)  # from now on no scan, hint or retry takes it up again
+        self._ready_batch.append((rel, st, path))
+        if len(self._ready_batch) >= 256:  # the first uploads need not wait for a whole backlog
+            self._make_jobs()
+
+    def _make_jobs(self) -> None:
+        """Jobs for every file found ready since the last call, with one row read for all."""
+        batch, self._ready_batch = self._ready_batch, []
+        if batch:
+            recs = self.store.get_many([rel for rel, _, _ in batch])
+            for rel, st, path in batch:
+                self._make_job(rel, st, path, recs.get(rel))
 
     def _log_wait(self, rel: str, message: str) -> None:
         """Say why a file waits, once per file and reason (not at every check)."""
@@ -694,30 +709,38 @@ class Daemon:
             self._waiting_logged[rel] = message
             log.info(message, display(rel))
 
-    def _make_job(self, rel: str, st: FileStat, path: str) -> None:
-        rec = self.store.get(rel)
+    def _make_job(self, rel: str, st: FileStat, path: str, rec: Optional[Record]) -> None:
+        """Queue the job for a file found ready (``rec``: its row, None when there is none), or
+        let it go (released from ``inflight``) when there is nothing to send."""
+        job = self._job_for(rel, st, path, rec)
+        if job is None:
+            with self.inflight_lock:
+                self.inflight.discard(rel)
+            return
+        with self.inflight_lock:
+            self.inflight.add(rel)
+        self.ready.append(job._replace(small=True) if self._sendable(job) else job)
+
+    def _job_for(self, rel: str, st: FileStat, path: str, rec: Optional[Record]) -> Optional[Job]:
         if rec is None:
-            return  # forgotten meanwhile (vanished); a new event or scan brings it back
+            return None  # forgotten meanwhile (vanished); a new event or scan brings it back
         if rec.state in DONE_STATES and rec.signature == st.signature:
-            return  # already uploaded (a scan and an event raced)
+            return None  # already uploaded (a scan and an event raced)
         if rec.signature != st.signature or rec.state in DONE_STATES:
             rec = self.store.discover(rel, rec.key, st.size, st.mtime_ns, st.ino)
         problem = key_problem(rec.key)
         if problem is not None:
             self._park_unsendable(rec, problem)
-            return
+            return None
         log.info("File ready (%d bytes): %s", st.size, display(rel))
         if self.cfg.watch.follow_symlinks:
             # resolved now and re-checked: a link retargeted since the check must not lead outside
             resolved = self.scanner._inside(path)
             if resolved is None:
                 log.warning("Symlink leads outside the watched directory, not followed: %s", display(rel))
-                return
+                return None
             path = resolved
-        with self.inflight_lock:
-            self.inflight.add(rel)
-        job = Job(rel, path, rec.key, st, rec.attempts + 1, rec.upload_id, rec.part_size)
-        self.ready.append(job._replace(small=True) if self._sendable(job) else job)
+        return Job(rel, path, rec.key, st, rec.attempts + 1, rec.upload_id, rec.part_size)
 
     def _park_unsendable(self, rec: Record, problem: str) -> None:
         log.error("Cannot upload %s: %s; parked (rename the file to upload it)", display(rec.rel), problem)

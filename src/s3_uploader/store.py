@@ -289,6 +289,16 @@ class Store:
         rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (enc(rel),))
         return _record(rows[0]) if rows else None
 
+    def get_many(self, rels: Sequence[str]) -> Dict[str, Record]:
+        """The rows of ``rels`` that exist, by relative path (one query per 500)."""
+        out: Dict[str, Record] = {}
+        for i in range(0, len(rels), 500):  # stay under SQLite's bound-variable limit
+            raws = [enc(r) for r in rels[i:i + 500]]
+            for row in self._read(f"SELECT {_COLUMNS} FROM files WHERE path IN ({','.join('?' * len(raws))})", raws):
+                rec = _record(row)
+                out[rec.rel] = rec
+        return out
+
     def in_dir(self, rel_dir: str) -> Dict[str, Record]:
         """Every row whose file lives directly in folder ``rel_dir``, by relative path."""
         rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE dir = ?", (enc(rel_dir),))
