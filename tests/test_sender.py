@@ -94,16 +94,22 @@ def rig(tmp_path):
     store.close()
 
 
+def fill(sender, remote, job, n: int) -> List[Job]:
+    """Submit ``n`` jobs and wait until the sender has its capacity (3) of them in flight."""
+    jobs = [job(f"f{i}.bin") for i in range(n)]
+    for j in jobs:
+        sender.submit(j)
+    wait_for(lambda: remote.in_flight == 3, what="three requests in flight")
+    return jobs
+
+
 def kinds(recorded: List[Outcome]) -> Dict[str, str]:
     return {o.job.rel: o.kind for o in recorded}
 
 
 def test_it_keeps_at_most_capacity_in_flight_and_records_each_file_once(rig):
     sender, remote, job, recorded, batches, _ = rig
-    jobs = [job(f"f{i}.bin") for i in range(10)]
-    for j in jobs:
-        sender.submit(j)
-    wait_for(lambda: remote.in_flight == 3, what="three requests in flight")
+    jobs = fill(sender, remote, job, 10)
     assert sender.backlog() == 10 and sender.queued() == 7
     for j in jobs:
         remote.gate(j.key).set()
@@ -157,10 +163,7 @@ def test_a_job_begin_refuses_is_neither_sent_nor_recorded(rig):
 
 def test_close_hands_back_queued_jobs_and_lets_those_in_flight_finish(rig):
     sender, remote, job, recorded, _, _ = rig
-    jobs = [job(f"f{i}.bin") for i in range(5)]
-    for j in jobs:
-        sender.submit(j)
-    wait_for(lambda: remote.in_flight == 3, what="three in flight")
+    jobs = fill(sender, remote, job, 5)
     dropped = sender.close()
     assert [j.rel for j in dropped] == ["f3.bin", "f4.bin"]
     with pytest.raises(RuntimeError):
@@ -185,10 +188,7 @@ def test_cancel_abandons_requests_in_flight_as_stopped_by_shutdown(rig):
 
 def test_jobs_queued_when_a_bandwidth_limit_starts_go_to_the_workers_not_the_loop(rig):
     sender, remote, job, recorded, _, _ = rig
-    jobs = [job(f"f{i}.bin") for i in range(5)]
-    for j in jobs:
-        sender.submit(j)
-    wait_for(lambda: remote.in_flight == 3, what="three in flight")
+    jobs = fill(sender, remote, job, 5)
     sender.limit["on"] = True  # a timetable entry starts: the loop cannot wait for the limiter
     remote.gate("f0.bin").set()  # a completion wakes the loop
     wait_for(lambda: len(sender.diverted) == 2, what="the queued jobs handed over")

@@ -710,15 +710,13 @@ class Daemon:
             log.info(message, display(rel))
 
     def _make_job(self, rel: str, st: FileStat, path: str, rec: Optional[Record]) -> None:
-        """Queue the job for a file found ready (``rec``: its row, None when there is none), or
-        let it go (released from ``inflight``) when there is nothing to send."""
+        """Queue the job for a file found ready and already marked in flight (``rec``: its row, None
+        when there is none), or let it go (released from ``inflight``) when there is nothing to send."""
         job = self._job_for(rel, st, path, rec)
         if job is None:
             with self.inflight_lock:
                 self.inflight.discard(rel)
             return
-        with self.inflight_lock:
-            self.inflight.add(rel)
         self.ready.append(job._replace(small=True) if self._sendable(job) else job)
 
     def _job_for(self, rel: str, st: FileStat, path: str, rec: Optional[Record]) -> Optional[Job]:
@@ -870,14 +868,7 @@ class Daemon:
             if done:
                 moved = self.store.finish_many([(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino,
                                                  o.md5, o.etag, o.job.upload_id is not None) for o in done])
-                now = self.wall()
-                with self.stats.lock:
-                    self.stats.uploaded_files += len(done)
-                    self.stats.uploaded_bytes += sum(o.job.stat.size for o in done)
-                    self.stats.last_upload_at = now
-                    self.stats.upload_seconds.extend(o.seconds for o in done)
-                    if len(self.stats.upload_seconds) > 10000:
-                        del self.stats.upload_seconds[:5000]
+                self._count_uploaded([o for o, ok in zip(done, moved) if ok])
                 lost = [o.job.rel for o, ok in zip(done, moved) if not ok]
                 if lost:
                     raise IllegalTransition(f"{display(lost[0])}: cannot move to uploaded "
@@ -898,13 +889,7 @@ class Daemon:
         job = o.job
         if o.kind == "uploaded":
             self.store.finish_upload(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino, o.md5, o.etag)
-            with self.stats.lock:
-                self.stats.uploaded_files += 1
-                self.stats.uploaded_bytes += job.stat.size
-                self.stats.last_upload_at = self.wall()
-                self.stats.upload_seconds.append(o.seconds)
-                if len(self.stats.upload_seconds) > 10000:
-                    del self.stats.upload_seconds[:5000]
+            self._count_uploaded([o])
         elif o.kind == "changed":
             log.info("File changed while it was being uploaded (%s); will upload again when stable: %s",
                      o.reason, display(job.rel))
@@ -916,6 +901,18 @@ class Daemon:
             self.store.forget(job.rel)
         else:
             self._record_failure(job, o.failure or Failure("internal", "unknown failure"))
+
+    def _count_uploaded(self, done: List[Outcome]) -> None:
+        if not done:
+            return
+        now = self.wall()
+        with self.stats.lock:
+            self.stats.uploaded_files += len(done)
+            self.stats.uploaded_bytes += sum(o.job.stat.size for o in done)
+            self.stats.last_upload_at = now
+            self.stats.upload_seconds.extend(o.seconds for o in done)
+            if len(self.stats.upload_seconds) > 10000:
+                del self.stats.upload_seconds[:5000]
 
     def _record_failure(self, job: Job, failure: Failure) -> None:
         up = self.cfg.upload

@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import traceback
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 ROOT = "s3_uploader"
 
@@ -82,9 +82,7 @@ class _Batching:
     terminator: str
     _pending: List[str]
     _since: float = 0.0
-
-    def _write_batch(self, lines: List[str]) -> None:
-        raise NotImplementedError
+    _write_batch: Callable[[List[str]], None]  # each handler class below: write these lines out
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

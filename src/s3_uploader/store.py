@@ -413,16 +413,14 @@ class Store:
 
     def start_upload(self, rel: str, size: int, mtime_ns: int, inode: int) -> None:
         """pending/failed/parked -> uploading, with the signature of the version about to be read."""
-        self._move(rel, "uploading", size=size, mtime_ns=mtime_ns, inode=inode)
+        if not self.start_many([(rel, size, mtime_ns, inode)])[0]:
+            raise self._illegal(rel, "uploading")
 
     def finish_upload(self, rel: str, size: int, mtime_ns: int, inode: int, md5: Optional[str],
                       etag: Optional[str]) -> None:
         """uploading -> uploaded: S3 confirmed the object and the file did not change while read."""
-        now = self.clock()
-        self._move(rel, "uploaded", size=size, mtime_ns=mtime_ns, inode=inode, md5=md5, etag=etag,
-                   uploaded_at=now, attempts=0, next_attempt_at=None, last_error=None, error_kind=None,
-                   upload_id=None, part_size=None)
-        self._write("DELETE FROM parts WHERE path = ?", (enc(rel),))
+        if not self.finish_many([(rel, size, mtime_ns, inode, md5, etag, True)])[0]:
+            raise self._illegal(rel, "uploaded")
 
     def start_many(self, rows: Sequence[Tuple[str, int, int, int]]) -> List[bool]:
         """:meth:`start_upload` for many files under one lock: (rel, size, mtime_ns, inode) each.
@@ -515,9 +513,11 @@ class Store:
         sql, sources = self._move_sql(dst, tuple(fields))
         cur = self._write(sql, (dst, self.clock(), *fields.values(), enc(rel), *sources))
         if cur.rowcount != 1:
-            rec = self.get(rel)
-            have = rec.state if rec else "no row"
-            raise IllegalTransition(f"{display(rel)}: cannot move {have} -> {dst}")
+            raise self._illegal(rel, dst)
+
+    def _illegal(self, rel: str, dst: str) -> IllegalTransition:
+        rec = self.get(rel)
+        return IllegalTransition(f"{display(rel)}: cannot move {rec.state if rec else 'no row'} -> {dst}")
 
     def add_error(self, rel: Optional[str], kind: str, message: str) -> None:
         cur = self._write("INSERT INTO errors(at, path, kind, message) VALUES(?, ?, ?, ?)",

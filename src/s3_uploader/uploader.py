@@ -135,6 +135,14 @@ IN_MEMORY_MAX = 1024 * 1024
 _BUF = 1024 * 1024
 
 
+def _read_whole(fd: int, size: int) -> bytes:
+    """The ``size`` bytes of a file opened at offset 0; Changed when fewer are there."""
+    data = _read_exact(fd, size)
+    if len(data) != size:
+        raise Changed(f"size changed while it was being read ({len(data)} of {size} bytes read)")
+    return data
+
+
 def _md5_of(fd: int, size: int) -> bytes:
     h = hashlib.md5()
     off = 0
@@ -236,15 +244,9 @@ class Uploader:
     def upload(self, job: Job) -> Outcome:
         cfg = self.settings()
         t0 = self.clock()
-        log.info("Uploading %s attempt %d", job.key, job.attempt)
-        try:
-            fd = self._open(job, cfg)
-        except FileNotFoundError:
-            return Outcome("vanished", job, reason="file vanished before it was read")
-        except Changed as exc:
-            return Outcome("changed", job, reason=str(exc))
-        except OSError as exc:
-            return Outcome("failed", job, failure=classify(exc))
+        fd = self._begin(job, cfg)
+        if isinstance(fd, Outcome):
+            return fd
         try:
             if job.stat.size < cfg.multipart_threshold:
                 md5, etag = self._put_single(fd, job, cfg)
@@ -272,23 +274,12 @@ class Uploader:
         Returns what to send, or the Outcome when there is nothing to send (same kinds as ``upload``)."""
         cfg = self.settings()
         t0 = self.clock()
-        log.info("Uploading %s attempt %d", job.key, job.attempt)
+        fd = self._begin(job, cfg)
+        if isinstance(fd, Outcome):
+            return fd
         try:
-            fd = self._open(job, cfg)
-        except FileNotFoundError:
-            return Outcome("vanished", job, reason="file vanished before it was read")
-        except Changed as exc:
-            return Outcome("changed", job, reason=str(exc))
-        except OSError as exc:
-            return Outcome("failed", job, failure=classify(exc))
-        try:
-            size = job.stat.size
-            data = _read_exact(fd, size)
-            if len(data) != size:
-                raise Changed(f"size changed while it was being read ({len(data)} of {size} bytes read)")
-            st = os.fstat(fd)  # a file that grew, or was rewritten in place, shows here
-            if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
-                raise Changed("changed while it was being read")
+            data = _read_whole(fd, job.stat.size)
+            self._recheck_fd(fd, job)  # a file that grew, or was rewritten in place, shows here
         except Changed as exc:
             return Outcome("changed", job, reason=str(exc))
         except OSError as exc:
@@ -314,6 +305,18 @@ class Uploader:
         log.info("Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
         return Outcome("uploaded", job, md5=md5, etag=etag, seconds=secs, bytes_sent=job.stat.size)
 
+    def _begin(self, job: Job, cfg: Settings) -> "int | Outcome":
+        """Log the attempt and open the file: its descriptor, or the Outcome when it cannot be read."""
+        log.info("Uploading %s attempt %d", job.key, job.attempt)
+        try:
+            return self._open(job, cfg)
+        except FileNotFoundError:
+            return Outcome("vanished", job, reason="file vanished before it was read")
+        except Changed as exc:
+            return Outcome("changed", job, reason=str(exc))
+        except OSError as exc:
+            return Outcome("failed", job, failure=classify(exc))
+
     def _open(self, job: Job, cfg: Settings) -> int:
         flags = _O_FLAGS | (0 if cfg.follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
         try:
@@ -335,10 +338,14 @@ class Uploader:
 
     def _recheck(self, fd: int, job: Job) -> None:
         """The file must still be exactly the version that was read, by descriptor and by path."""
+        self._recheck_fd(fd, job)
+        self._recheck_path(job)
+
+    @staticmethod
+    def _recheck_fd(fd: int, job: Job) -> None:
         st = os.fstat(fd)
         if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
             raise Changed("changed while it was being read")
-        self._recheck_path(job)
 
     @staticmethod
     def _recheck_path(job: Job) -> None:
@@ -356,9 +363,8 @@ class Uploader:
     def _put_single(self, fd: int, job: Job, cfg: Settings) -> Tuple[str, str]:
         size = job.stat.size
         if size <= IN_MEMORY_MAX:
-            data = _read_exact(fd, size)
-            if len(data) != size or os.read(fd, 1):
-                raise Changed(f"size changed while it was being read ({len(data)} of {size} bytes read)")
+            data = _read_whole(fd, size)
+            self._recheck_fd(fd, job)  # grown or rewritten while read: not sent
             digest = hashlib.md5(data).digest()
             self.throttle(size)
             etag = self.remote.put_object(job.key, data, size, digest, cfg.put_options)
