@@ -131,6 +131,7 @@ class FaultProxy:
         self._drop_held = False
         self._delays: Dict[str, float] = {}
         self._hold_after: Dict[str, int] = {}
+        self._hold_part: Dict[str, int] = {}
         self._active: Dict[str, int] = {}
         self._sockets: Set[socket.socket] = set()
         self.set_faults(rate, faults, ops)
@@ -192,16 +193,24 @@ class FaultProxy:
         if on:
             self._break_all()
 
-    def hold(self, op: str, after: int = 0) -> None:
-        """Requests of ``op``, after the next ``after`` of them, wait (bodies read) until :meth:`release`."""
+    def hold(self, op: str, after: int = 0, part_number: Optional[int] = None) -> None:
+        """Requests of ``op``, after the next ``after`` of them, wait (bodies read) until :meth:`release`.
+
+        With ``part_number``, only requests for that part wait, whatever came before: a retried
+        earlier part cannot shift which request is held, as it would with ``after``."""
         with self._lock:
             self._held_ops.add(op)
             self._hold_after[op] = after
+            if part_number is None:
+                self._hold_part.pop(op, None)
+            else:
+                self._hold_part[op] = part_number
 
     def release(self, drop: bool = True) -> None:
         """Let held requests go: dropped (connection reset, the server never sees them) or forwarded."""
         with self._lock:
             self._held_ops.clear()
+            self._hold_part.clear()
             self._drop_held = drop
             self._hold_generation += 1
             self._changed.notify_all()
@@ -344,6 +353,9 @@ class FaultProxy:
         """Wait while ``op`` is held; False when the held request is to be dropped."""
         with self._lock:
             if op not in self._held_ops:
+                return True
+            part = self._hold_part.get(op)
+            if part is not None and ex.part_number != part:
                 return True
             if self._hold_after.get(op, 0) > 0:
                 self._hold_after[op] -= 1

@@ -77,6 +77,15 @@ class DaemonProcess:
             f.seek(self._offset)
             return f.read().decode(errors="replace")
 
+    def wait_until(self, cond: Callable[[], T], timeout: float = 30.0, what: str = "condition",
+                   context: Optional[Callable[[], str]] = None) -> T:
+        """:func:`wait_for` ``cond``; on a timeout the failure shows the daemon's output (and ``context()``)."""
+        try:
+            return wait_for(cond, timeout, what=what)
+        except AssertionError as exc:
+            extra = f"\n--- context ---\n{context()}" if context else ""
+            raise AssertionError(f"{exc}{extra}\n--- daemon output ---\n{self.output()[-4000:]}") from None
+
     def wait_log(self, pattern: str, timeout: float = 30.0, count: int = 1) -> str:
         rx = re.compile(pattern)
 

@@ -9,7 +9,7 @@ from typing import Dict, List
 
 import pytest
 from faultproxy import FaultProxy
-from helpers import get_bytes, list_keys, wait_for, write_config
+from helpers import get_bytes, list_keys, write_config
 
 from s3_uploader.config import load_config
 from s3_uploader.daemon import Daemon
@@ -46,11 +46,13 @@ def recorded_parts(db: Path) -> int:
 
 def kill_after_three_parts(workspace, proxy):
     """Start the daemon, let three parts through, hold the fourth, kill -9 once three are recorded."""
-    proxy.hold("UploadPart", after=3)
+    proxy.hold("UploadPart", part_number=4)
     d = workspace.start()
     db = workspace.state / "state.db"
-    wait_for(lambda: proxy.held() == 1 and recorded_parts(db) == 3, timeout=60,
-             what="three parts recorded and the fourth in flight")
+    d.wait_until(lambda: proxy.held() == 1 and recorded_parts(db) == 3, timeout=60,
+                 what="three parts recorded and the fourth in flight",
+                 context=lambda: f"held {proxy.held()}, parts recorded {recorded_parts(db)}\n"
+                 + "\n".join(map(repr, proxy.select())))
     d.kill()
     proxy.release(drop=True)  # the part in flight never reaches S3
     [upload_id] = {e.upload_id for e in proxy.select("UploadPart")}
