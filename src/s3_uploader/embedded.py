@@ -95,6 +95,10 @@ class LocalS3:
         return [exe, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
                 f"-s3.port={self.port}", f"-s3.config={ident}", "-webdav=false", "-admin.ui=false",
                 "-s3.port.iceberg=0", "-s3.port.lance=0",
+                # every bucket is a collection with volumes of its own; the automatic cap (free disk
+                # / volume size, ~70 on a 70 GB disk) made writes fail with 500 InternalError once a
+                # test session or benchmark had used that many buckets. Volumes are not preallocated.
+                "-volume.max=2000",
                 f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
                 f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
                 f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
