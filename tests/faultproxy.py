@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 ERROR_FAULTS = {
@@ -63,6 +63,7 @@ class Exchange:
     fault: Optional[str] = None  # the fault injected, or None when forwarded untouched
     status: Optional[int] = None  # the status the server answered (None: never reached it)
     done_at: Optional[float] = None  # time.monotonic() when the server's answer came back
+    started_at: float = field(default_factory=time.monotonic)  # when the proxy read the request line
 
     @property
     def reached_server(self) -> bool:
