@@ -80,10 +80,10 @@ def test_failures_by_reason_and_the_age_of_the_oldest_waiting_file_are_exported(
         def bucket_gone(*args, **kw):  # as S3 answers when the bucket was deleted under us
             raise MemoryError_("NoSuchBucket", "The specified bucket does not exist")
 
-        async def bucket_gone_async(*args, **kw):  # the same, for the asyncio sender's PUT
+        def bucket_gone_soon(*args, **kw):  # the same, for the asyncio sender's PUT
             bucket_gone()
         d.remote.put_object = bucket_gone
-        d.remote.put_object_async = bucket_gone_async
+        d.remote.put_object_soon = bucket_gone_soon
         make_files(workspace.inbox, [("x.bin", b"x" * 10)])
 
         def failed():

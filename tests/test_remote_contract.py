@@ -211,3 +211,23 @@ def test_obstore_takes_credentials_from_the_environment_chain(s3_server, bucket,
     assert r.put_object("env/x", data, len(data), hashlib.md5(data).digest(), PutOptions()) == \
         hashlib.md5(data).hexdigest()
     r.close()
+
+
+def test_obstore_asyncio_put_proves_the_object_and_refuses_a_wrong_md5(s3_server, bucket):
+    """The asyncio sender's PUT (``put_object_soon``) answers as ``put_object`` does: the MD5
+    ETag, or BadDigest with the wrong object removed before the answer."""
+    import asyncio
+    r = _obstore(s3_server, bucket, **{k: v for k, v in _creds(s3_server).items() if k != "region"})
+
+    async def put(key, data, md5):
+        answer = asyncio.get_running_loop().create_future()
+        r.put_object_soon(key, data, md5, PutOptions(), lambda etag, exc: answer.set_result((etag, exc)))
+        return await answer
+
+    data = os.urandom(3000)
+    assert asyncio.run(put("f/async.bin", data, hashlib.md5(data).digest())) == (hashlib.md5(data).hexdigest(), None)
+    assert r.head("f/async.bin").size == 3000
+    etag, exc = asyncio.run(put("f/async-bad.bin", b"payload", hashlib.md5(b"other").digest()))
+    assert etag is None and exc.response["Error"]["Code"] == "BadDigest"
+    assert r.head("f/async-bad.bin") is None
+    r.close()

@@ -38,7 +38,22 @@ class GatedRemote(MemoryRemote):
     def gate(self, key: str) -> threading.Event:
         return self.gates.setdefault(key, threading.Event())
 
-    async def put_object_async(self, key: str, data: bytes, md5: bytes, opts: PutOptions) -> str:
+    def put_object_soon(self, key: str, data: bytes, md5: bytes, opts: PutOptions, done) -> "asyncio.Task[str]":
+        """The sender's contract, as ObstoreRemote keeps it: start on the running loop, answer
+        ``done(etag, None)`` or ``done(None, error)`` there, return something to cancel."""
+        task = asyncio.ensure_future(self._put(key, data, md5, opts))
+
+        def settle(t: "asyncio.Task[str]") -> None:
+            if t.cancelled():
+                done(None, asyncio.CancelledError())
+            elif t.exception() is not None:
+                done(None, t.exception())
+            else:
+                done(t.result(), None)
+        task.add_done_callback(settle)
+        return task
+
+    async def _put(self, key: str, data: bytes, md5: bytes, opts: PutOptions) -> str:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:

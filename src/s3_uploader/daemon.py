@@ -260,7 +260,7 @@ class Daemon:
                                  part_workers=max(up.max_concurrency, min(up.upload_workers * up.max_concurrency,
                                                                           PART_THREADS_CAP)), abandon=self.abandon,
                                  clock=self.clock, throttle=self.limiter.throttle)
-        if hasattr(self.remote, "put_object_async"):
+        if hasattr(self.remote, "put_object_soon"):
             self.sender = AsyncSender(self.remote, self.uploader, self._begin_many, self.record_many,
                                       capacity=up.upload_workers, allowed=lambda: self.limiter.limit() is None,
                                       divert=self._divert)

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 
 class RemoteError(Exception):
@@ -299,12 +299,12 @@ class ObstoreConnectionError(ConnectionError):
 def _obstore_key_ok(key: str) -> bool:
     """Whether object_store's path rules keep ``key`` byte for byte. It rejects control characters,
     empty, ``.`` and ``..`` segments, and rewrites a trailing ``/`` and ``\\``; such keys go by boto3."""
-    if not key or _OBSTORE_BAD_CHAR.search(key):
-        return False
-    return all(seg not in ("", ".", "..") for seg in key.split("/"))
+    return _OBSTORE_BAD.search(key) is None
 
 
-_OBSTORE_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")
+# one pass over the key: a control character or backslash, or a segment that is empty, "." or ".."
+# (an empty key is one empty segment)
+_OBSTORE_BAD = re.compile(r"[\x00-\x1f\x7f\\]|(?:^|/)\.{0,2}(?:/|$)")
 
 
 class ObstoreRemote(BotoRemote):
@@ -406,26 +406,39 @@ class ObstoreRemote(BotoRemote):
         return etag
 
     def async_ok(self, key: str) -> bool:
-        """Whether :meth:`put_object_async` can send to ``key``."""
+        """Whether :meth:`put_object_soon` can send to ``key``."""
         return _obstore_key_ok(key)
 
-    async def put_object_async(self, key: str, data: bytes, md5: bytes, opts: PutOptions) -> str:
-        """:meth:`put_object` for bytes on an asyncio loop: the request runs on obstore's own
-        runtime, so one thread keeps many in flight. The same checks, the same errors; only for
-        keys :meth:`async_ok` accepts."""
+    def put_object_soon(self, key: str, data: bytes, md5: bytes, opts: PutOptions,
+                        done: Callable[[Optional[str], Optional[BaseException]], None]) -> Any:
+        """:meth:`put_object` for bytes, started on the running asyncio loop: the request runs on
+        obstore's own runtime, so one thread keeps many in flight. ``done(etag, None)`` or
+        ``done(None, error)`` is called on the loop when it ends, with the same checks and errors
+        as :meth:`put_object` (a cancelled request: ``asyncio.CancelledError``). Returns the
+        request's future (``cancel()`` abandons it). Only for keys :meth:`async_ok` accepts."""
         import asyncio
 
         import obstore
         store, attrs = self._prepare(opts)
-        try:
-            r = await obstore.put_async(store, key, data, attributes=attrs, use_multipart=False)
-        except Exception as exc:
-            raise _obstore_failure(exc) from None
-        etag = clean_etag(r.get("e_tag"))
-        if _wrong_md5(etag, md5, opts):
-            await asyncio.get_running_loop().run_in_executor(None, self.delete, key)
-            raise _bad_digest(key, etag, md5)
-        return etag
+        fut = obstore.put_async(store, key, data, attributes=attrs, use_multipart=False)
+
+        def settle(f: "asyncio.Future[Any]") -> None:
+            if f.cancelled():
+                done(None, asyncio.CancelledError())
+                return
+            exc = f.exception()
+            if exc is not None:
+                done(None, _obstore_failure(exc))
+                return
+            etag = clean_etag(f.result().get("e_tag"))
+            if not _wrong_md5(etag, md5, opts):
+                done(etag, None)
+                return
+            # not the bytes sent: removed (off the loop, it blocks) before the failure is reported
+            removal = asyncio.get_running_loop().run_in_executor(None, self.delete, key)
+            removal.add_done_callback(lambda r: done(None, r.exception() or _bad_digest(key, etag, md5)))
+        fut.add_done_callback(settle)
+        return fut
 
     def _prepare(self, opts: PutOptions) -> Tuple[Any, Optional[Dict[str, str]]]:
         store = self._store(opts)

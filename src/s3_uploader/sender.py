@@ -3,8 +3,9 @@
 A 4 KiB file costs almost nothing to send; what costs is everything around the request. With one
 thread per upload, sixteen threads take turns on one interpreter lock and much of the CPU goes to
 handing it over. Here one thread runs an event loop: obstore's requests run on its own (Rust)
-runtime and come back as awaitables, so the loop keeps up to ``capacity`` requests in flight while
-the Python work per file (open, read, hash, recheck) runs back to back. The database rows of every
+runtime and answer through a callback on the loop (no coroutine or Task per file), so the loop
+keeps up to ``capacity`` requests in flight while the Python work per file (open, read, hash,
+recheck) runs back to back. The database rows of every
 file started, and of every file finished, in one turn of the loop are written under one lock.
 
 The contract is the uploader's, split around the request: :meth:`Uploader.read_small` before it and
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import itertools
 import logging
 import threading
-from typing import Any, Callable, Deque, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .retry import Failure, classify
 from .uploader import Job, Outcome, SmallRead, Uploader
@@ -34,7 +37,7 @@ SHUTDOWN = Failure("shutdown", "stopped by shutdown, resumes at next start")
 
 
 class AsyncSender:
-    """Sends small files through ``remote.put_object_async`` on one event loop.
+    """Sends small files through ``remote.put_object_soon`` on one event loop.
 
     ``begin(jobs)`` is called with the jobs about to start and returns those that may (the others
     it has released); ``finish(outcomes)`` records finished ones. Both are called on the loop's
@@ -60,7 +63,9 @@ class AsyncSender:
         self._notified = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wakeup: Optional[asyncio.Event] = None
-        self._tasks: Set["asyncio.Task[None]"] = set()
+        # token -> the request's handle (anything with cancel()); None while it is being started
+        self._inflight: Dict[int, Any] = {}
+        self._tokens = itertools.count()
         self._outcomes: List[Outcome] = []
 
     # -- from other threads ----------------------------------------------------------------------
@@ -120,8 +125,9 @@ class AsyncSender:
             self._wakeup.set()
 
     def _cancel_all(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
+        for handle in list(self._inflight.values()):
+            if handle is not None:
+                handle.cancel()
 
     async def _main(self) -> None:
         self._wakeup = asyncio.Event()
@@ -147,9 +153,7 @@ class AsyncSender:
                     with self._lock:
                         self._running -= len(batch) - len(started)
                 for job in started:
-                    task = asyncio.ensure_future(self._one(job))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._start(job)
                 if len(started) != len(batch):
                     continue  # there may be room for more now
             await self._wakeup.wait()
@@ -162,27 +166,41 @@ class AsyncSender:
                     with self._lock:
                         self._running -= len(outcomes)
 
-    async def _one(self, job: Job) -> None:
+    # Each file is a read, a request started on obstore's runtime, and a callback when it answers:
+    # no coroutine or Task per file (they cost more event-loop turns than the request itself).
+    def _start(self, job: Job) -> None:
+        token = -1
         try:
             read = self.uploader.read_small(job)
             if isinstance(read, Outcome):
-                outcome = read
-            else:
-                outcome = await self._send(job, read)
-        except asyncio.CancelledError:
-            outcome = Outcome("failed", job, failure=SHUTDOWN)
+                self._done(read)
+                return
+            token = next(self._tokens)
+            self._inflight[token] = None
+            handle = self.remote.put_object_soon(job.key, read.data, read.md5, read.put_options,
+                                                 functools.partial(self._sent, token, job, read))
+            if token in self._inflight:  # not answered at once
+                self._inflight[token] = handle
         except Exception as exc:  # a failure of one file is that file's, never the loop's
+            self._inflight.pop(token, None)
             log.exception("Unexpected error uploading %s", job.key)
+            self._done(Outcome("failed", job, failure=classify(exc)))
+
+    def _sent(self, token: int, job: Job, read: SmallRead, etag: Optional[str], exc: Optional[BaseException]) -> None:
+        self._inflight.pop(token, None)
+        if isinstance(exc, asyncio.CancelledError):
+            outcome = Outcome("failed", job, failure=SHUTDOWN)
+        elif exc is not None:
             outcome = Outcome("failed", job, failure=classify(exc))
+        else:
+            try:
+                outcome = self.uploader.settle_small(job, read, etag or "")
+            except Exception as e:  # as in _start: this file's failure only
+                log.exception("Unexpected error uploading %s", job.key)
+                outcome = Outcome("failed", job, failure=classify(e))
+        self._done(outcome)
+
+    def _done(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
         assert self._wakeup is not None
         self._wakeup.set()
-
-    async def _send(self, job: Job, read: SmallRead) -> Outcome:
-        try:
-            etag = await self.remote.put_object_async(job.key, read.data, read.md5, read.put_options)
-        except asyncio.CancelledError:
-            return Outcome("failed", job, failure=SHUTDOWN)
-        except Exception as exc:
-            return Outcome("failed", job, failure=classify(exc))
-        return self.uploader.settle_small(job, read, etag)
