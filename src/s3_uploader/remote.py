@@ -152,7 +152,9 @@ class BotoRemote(Remote):
     def __init__(self, bucket: str, *, region: str = "", endpoint_url: str = "", profile: str = "",
                  credentials_file: str = "", addressing_style: str = "auto", ca_bundle: str = "",
                  pool_size: int = 10, connect_timeout: float = 10.0, read_timeout: float = 60.0):
-        import boto3
+        # botocore's own session and client: boto3's credential chain and client, without the
+        # import of boto3's resource layer and s3transfer (~0.1 s of CPU at every start), which
+        # nothing here uses
         import botocore.session
         from botocore.config import Config
 
@@ -160,12 +162,11 @@ class BotoRemote(Remote):
 
         self.bucket = bucket
         self.endpoint_url = endpoint_url
-        bs = botocore.session.get_session()
+        session = botocore.session.get_session()
         if credentials_file:
-            bs.set_config_variable("credentials_file", credentials_file)
+            session.set_config_variable("credentials_file", credentials_file)
         if profile:
-            bs.set_config_variable("profile", profile)
-        session = boto3.Session(botocore_session=bs)
+            session.set_config_variable("profile", profile)
         self.session = session  # the credential chain, shared with ObstoreRemote
         self.addressing_style = addressing_style
         self.ca_bundle = ca_bundle
@@ -190,8 +191,8 @@ class BotoRemote(Remote):
             response_checksum_validation="when_required",
             user_agent_extra=f"s3-uploader/{__version__}",
         )
-        self.client = session.client("s3", region_name=region or None, endpoint_url=endpoint_url or None,
-                                     config=cfg, verify=ca_bundle or None)
+        self.client = session.create_client("s3", region_name=region or None, endpoint_url=endpoint_url or None,
+                                            config=cfg, verify=ca_bundle or None)
 
     def check_access(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
