@@ -7,12 +7,11 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 from helpers import cli, get_bytes, list_keys, make_files, wait_for
 
-from s3_uploader.cleanup import Cleaner, CleanupSettings, cleanup_lines, cleanup_status
+from s3_uploader.cleanup import Cleaner, CleanupSettings
 from s3_uploader.config import FreeSpace, load_config
 from s3_uploader.remote import remote_from_config
 from s3_uploader.store import Store

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 
 class RemoteError(Exception):
@@ -437,7 +437,8 @@ class ObstoreRemote(BotoRemote):
                 return
             # not the bytes sent: removed (off the loop, it blocks) before the failure is reported
             removal = asyncio.get_running_loop().run_in_executor(None, self.delete, key)
-            removal.add_done_callback(lambda r: done(None, r.exception() or _bad_digest(key, etag, md5)))
+            removal.add_done_callback(
+                lambda r: done(None, (None if r.cancelled() else r.exception()) or _bad_digest(key, etag, md5)))
         fut.add_done_callback(settle)
         return fut
 

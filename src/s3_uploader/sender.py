@@ -5,8 +5,8 @@ thread per upload, sixteen threads take turns on one interpreter lock and much o
 handing it over. Here one thread runs an event loop: obstore's requests run on its own (Rust)
 runtime and answer through a callback on the loop (no coroutine or Task per file), so the loop
 keeps up to ``capacity`` requests in flight while the Python work per file (open, read, hash,
-recheck) runs back to back. The database rows of every
-file started, and of every file finished, in one turn of the loop are written under one lock.
+recheck) runs back to back. The database rows of every file started, and of every file finished,
+in one turn of the loop are written under one lock.
 
 The contract is the uploader's, split around the request: :meth:`Uploader.read_small` before it and
 :meth:`Uploader.settle_small` after it, so a file sent here is read, proven, rechecked and recorded

@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
-from .remote import ObjectInfo, PutOptions, Remote, clean_etag, multipart_etag
+from .remote import ObjectInfo, PutOptions, Remote, multipart_etag
 from .retry import Failure, classify
 from .scanner import FileStat
 from .store import Part, Store, StoreError, display
