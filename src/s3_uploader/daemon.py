@@ -404,10 +404,10 @@ class Daemon:
                 dropped += 1
                 with self.inflight_lock:
                     self.inflight.discard(job.rel)
-        workers = [t for t in self._threads if t.name.startswith("upload-") or t.name == "sender"]
-        for t in workers:
-            if t.name != "sender":
-                self.upload_q.put(None)
+        workers = [t for t in self._threads if t.name.startswith("upload-")]
+        for _ in workers:
+            self.upload_q.put(None)  # one stop sign per worker; the closed sender ends on its own
+        workers += [t for t in self._threads if t.name == "sender"]
         if self.inflight:
             log.info("Stopping: waiting up to %gs for %d upload(s) in flight", self.cfg.daemon.shutdown_timeout,
                      len(self.inflight))
@@ -733,7 +733,7 @@ class Daemon:
         log.info("File ready (%d bytes): %s", st.size, display(rel))
         if self.cfg.watch.follow_symlinks:
             # resolved now and re-checked: a link retargeted since the check must not lead outside
-            resolved = self.scanner._inside(path)
+            resolved = self.scanner.resolve_inside(path)
             if resolved is None:
                 log.warning("Symlink leads outside the watched directory, not followed: %s", display(rel))
                 return None

@@ -98,7 +98,7 @@ class Scanner:
         if stat_mod.S_ISLNK(st.st_mode):
             if not self.follow_symlinks:
                 return None
-            resolved = self._inside(path)
+            resolved = self.resolve_inside(path)
             if resolved is None:
                 return None
             try:
@@ -138,7 +138,7 @@ class Scanner:
         visited: Set[Tuple[int, int]] = set()
         top = self.abspath(start) if start else str(self.root)
         if start and (any(p.startswith(".") for p in start.split("/")) and self.filters.skip_hidden
-                      or self._inside(top) is None):
+                      or self.resolve_inside(top) is None):
             return
         if start and not self.follow_symlinks and os.path.realpath(top) != os.path.join(self.real_root, *start.split("/")):
             return  # reached through a symlink
@@ -187,7 +187,7 @@ class Scanner:
             if not self.follow_symlinks:
                 self.report(logging.INFO, rel, "Skipping symlink (follow_symlinks = false)")
                 return
-            resolved = self._inside(entry.path)
+            resolved = self.resolve_inside(entry.path)
             if resolved is None:
                 self.report(logging.WARNING, rel, "Symlink leads outside the watched directory, not followed")
                 return
@@ -221,7 +221,7 @@ class Scanner:
         kind = _KIND.get(stat_mod.S_IFMT(mode), "not a regular file")
         self.report(logging.WARNING, rel, f"Skipping {kind} (only regular files are uploaded)")
 
-    def _inside(self, path: str) -> Optional[str]:
+    def resolve_inside(self, path: str) -> Optional[str]:
         """The real path of ``path`` if it lies inside the watched tree, else None."""
         real = os.path.realpath(path)
         if real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep):

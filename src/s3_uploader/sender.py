@@ -28,12 +28,10 @@ import logging
 import threading
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from .retry import Failure, classify
-from .uploader import Job, Outcome, SmallRead, Uploader
+from .retry import classify
+from .uploader import SHUTDOWN, Job, Outcome, SmallRead, Uploader
 
 log = logging.getLogger(__name__)
-
-SHUTDOWN = Failure("shutdown", "stopped by shutdown, resumes at next start")
 
 
 class AsyncSender:

@@ -35,6 +35,9 @@ from .store import Part, Store, StoreError, display
 log = logging.getLogger(__name__)
 
 MAX_PARTS = 10000
+# an upload abandoned because shutdown ran out of time (a worker between parts, or the sender)
+SHUTDOWN = Failure("shutdown", "stopped by shutdown, resumes at next start")
+
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
@@ -256,16 +259,14 @@ class Uploader:
         except Changed as exc:
             return Outcome("changed", job, reason=str(exc))
         except Abandoned:
-            return Outcome("failed", job, failure=Failure("shutdown", "stopped by shutdown, resumes at next start"))
+            return Outcome("failed", job, failure=SHUTDOWN)
         except StoreError:
             raise
         except Exception as exc:  # classified: every failure of one file is that file's, not the daemon's
             return Outcome("failed", job, failure=classify(exc))
         finally:
             os.close(fd)
-        secs = self.clock() - t0
-        log.info("Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
-        return Outcome("uploaded", job, md5=md5, etag=etag, seconds=secs, bytes_sent=job.stat.size)
+        return self._uploaded(job, t0, md5, etag)
 
     # -- one small file, in two halves around a PUT sent elsewhere (the asyncio sender) ---------
     def read_small(self, job: Job) -> "Outcome | SmallRead":
@@ -301,7 +302,10 @@ class Uploader:
             return Outcome("changed", job, reason=str(exc))
         except OSError as exc:
             return Outcome("failed", job, failure=classify(exc))
-        secs = self.clock() - read.started
+        return self._uploaded(job, read.started, md5, etag)
+
+    def _uploaded(self, job: Job, started: float, md5: Optional[str], etag: str) -> Outcome:
+        secs = self.clock() - started
         log.info("Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
         return Outcome("uploaded", job, md5=md5, etag=etag, seconds=secs, bytes_sent=job.stat.size)
 
