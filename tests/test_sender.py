@@ -8,16 +8,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
+import sqlite3
 import threading
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 import pytest
-from helpers import wait_for
+from faultproxy import FaultProxy
+from helpers import get_bytes, wait_for
 
 from s3_uploader.remote import MemoryError_, MemoryRemote, PutOptions
 from s3_uploader.scanner import FileStat
 from s3_uploader.sender import AsyncSender
-from s3_uploader.store import Store
+from s3_uploader.store import Store, StoreError
 from s3_uploader.uploader import Job, Outcome, Settings, Uploader
 
 SETTINGS = Settings(multipart_threshold=5 << 20, multipart_chunksize=5 << 20, max_concurrency=2,
@@ -77,14 +81,20 @@ def rig(tmp_path):
     uploader = Uploader(remote, store, lambda: SETTINGS)
     recorded: List[Outcome] = []
     batches: List[int] = []
-    refused: set = set()
-
-    def begin(jobs: List[Job]) -> List[Job]:
-        return [j for j in jobs if j.rel not in refused]
+    broken = {"on": False}
+    ended: Dict[str, BaseException] = {}
 
     def finish(outcomes: List[Outcome]) -> None:
+        if broken["on"]:
+            raise StoreError("State database s.db cannot be written: the disk is full")
         batches.append(len(outcomes))
         recorded.extend(outcomes)
+
+    def run() -> None:
+        try:
+            sender.run()
+        except BaseException as exc:  # what the daemon's thread guard would see
+            ended["error"] = exc
 
     def job(name: str, data: bytes = b"") -> Job:
         p = root / name
@@ -94,12 +104,13 @@ def rig(tmp_path):
 
     limit = {"on": False}
     diverted: List[Job] = []
-    sender = AsyncSender(remote, uploader, begin, finish, capacity=3, allowed=lambda: not limit["on"],
+    sender = AsyncSender(remote, uploader, finish, capacity=3, allowed=lambda: not limit["on"],
                          divert=diverted.extend)
-    sender.limit, sender.diverted = limit, diverted  # for the tests
-    thread = threading.Thread(target=sender.run, name="test-sender")
+    sender.limit, sender.diverted, sender.broken, sender.ended = limit, diverted, broken, ended  # for the tests
+    thread = threading.Thread(target=run, name="test-sender")
+    sender.thread = thread
     thread.start()
-    yield sender, remote, job, recorded, batches, refused
+    yield sender, remote, job, recorded, batches
     sender.close()
     for g in list(remote.gates.values()):
         g.set()
@@ -123,7 +134,7 @@ def kinds(recorded: List[Outcome]) -> Dict[str, str]:
 
 
 def test_it_keeps_at_most_capacity_in_flight_and_records_each_file_once(rig):
-    sender, remote, job, recorded, batches, _ = rig
+    sender, remote, job, recorded, batches = rig
     jobs = fill(sender, remote, job, 10)
     assert sender.backlog() == 10 and sender.queued() == 7
     for j in jobs:
@@ -137,7 +148,7 @@ def test_it_keeps_at_most_capacity_in_flight_and_records_each_file_once(rig):
 
 
 def test_failures_are_outcomes_of_their_file_and_the_rest_go_on(rig):
-    sender, remote, job, recorded, _, _ = rig
+    sender, remote, job, recorded, _ = rig
     ok, down, bad = job("ok.bin"), job("down.bin"), job("bad.bin")
     remote.fail["down.bin"] = MemoryError_("SlowDown", "reduce your request rate")
     remote.wrong_etag.add("bad.bin")
@@ -152,7 +163,7 @@ def test_failures_are_outcomes_of_their_file_and_the_rest_go_on(rig):
 
 
 def test_a_file_changed_or_gone_before_it_is_read_is_not_sent(rig):
-    sender, remote, job, recorded, _, _ = rig
+    sender, remote, job, recorded, _ = rig
     changed, gone = job("changed.bin"), job("gone.bin")
     with open(changed.path, "ab") as f:
         f.write(b"more")
@@ -164,20 +175,26 @@ def test_a_file_changed_or_gone_before_it_is_read_is_not_sent(rig):
     assert remote.calls.get("put_object", 0) == 0
 
 
-def test_a_job_begin_refuses_is_neither_sent_nor_recorded(rig):
-    sender, remote, job, recorded, _, refused = rig
-    refused.add("moved-on.bin")
-    a, b = job("moved-on.bin"), job("fine.bin")
-    remote.gate("fine.bin").set()
-    sender.submit(a)
-    sender.submit(b)
-    wait_for(lambda: len(recorded) == 1, what="one outcome")
-    assert kinds(recorded) == {"fine.bin": "uploaded"} and "moved-on.bin" not in remote.objects
-    wait_for(lambda: sender.backlog() == 0, what="the refused job to leave the backlog")
+def test_when_recording_fails_the_loop_ends_only_after_the_requests_in_flight_have_answered(rig):
+    """The daemon stops on a database that refuses writes; obstore's runtime must not be left with
+    requests that answer on a closed loop (at interpreter exit that aborts the process)."""
+    sender, remote, job, recorded, _ = rig
+    jobs = fill(sender, remote, job, 3)
+    sender.broken["on"] = True
+    remote.gate(jobs[0].key).set()
+    wait_for(lambda: remote.in_flight == 2, what="the first answer")
+    sender.thread.join(0.3)  # time enough to end, were it not waiting for the two in flight
+    assert sender.thread.is_alive() and remote.in_flight == 2
+    for j in jobs[1:]:
+        remote.gate(j.key).set()
+    sender.thread.join(10)
+    assert not sender.thread.is_alive() and remote.in_flight == 0
+    assert isinstance(sender.ended.get("error"), StoreError) and recorded == []
+    assert set(remote.objects) == {j.key for j in jobs}  # sent, not recorded: sent again at next start
 
 
 def test_close_hands_back_queued_jobs_and_lets_those_in_flight_finish(rig):
-    sender, remote, job, recorded, _, _ = rig
+    sender, remote, job, recorded, _ = rig
     jobs = fill(sender, remote, job, 5)
     dropped = sender.close()
     assert [j.rel for j in dropped] == ["f3.bin", "f4.bin"]
@@ -190,7 +207,7 @@ def test_close_hands_back_queued_jobs_and_lets_those_in_flight_finish(rig):
 
 
 def test_cancel_abandons_requests_in_flight_as_stopped_by_shutdown(rig):
-    sender, remote, job, recorded, _, _ = rig
+    sender, remote, job, recorded, _ = rig
     stuck = job("stuck.bin")
     sender.submit(stuck)
     wait_for(lambda: remote.in_flight == 1, what="one request in flight")
@@ -202,7 +219,7 @@ def test_cancel_abandons_requests_in_flight_as_stopped_by_shutdown(rig):
 
 
 def test_jobs_queued_when_a_bandwidth_limit_starts_go_to_the_workers_not_the_loop(rig):
-    sender, remote, job, recorded, _, _ = rig
+    sender, remote, job, recorded, _ = rig
     jobs = fill(sender, remote, job, 5)
     sender.limit["on"] = True  # a timetable entry starts: the loop cannot wait for the limiter
     remote.gate("f0.bin").set()  # a completion wakes the loop
@@ -212,3 +229,63 @@ def test_jobs_queued_when_a_bandwidth_limit_starts_go_to_the_workers_not_the_loo
         remote.gate(j.key).set()
     wait_for(lambda: len(recorded) == 3, what="those in flight finished here")
     assert sender.backlog() == 0 and "f3.bin" not in remote.objects
+
+
+# -- end to end: the daemon, obstore and the test server, through a proxy that holds or fails PUTs --
+
+@pytest.fixture
+def proxy(s3_server):
+    p = FaultProxy(s3_server.port).start()
+    yield p
+    p.stop()
+
+
+def row_of(db: Path, rel: str) -> Optional[Tuple[str, int, Optional[str], Optional[str]]]:
+    """(state, attempts, md5, error_kind) of a file's row, read as another process would."""
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT state, attempts, md5, error_kind FROM files WHERE path = ?",
+                            (os.fsencode(rel),)).fetchone()
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return None
+    finally:
+        conn.close()
+
+
+def test_a_small_file_in_flight_keeps_its_row_waiting_and_is_recorded_uploaded_in_one_step(
+        workspace, proxy, s3_client):
+    data = os.urandom(3000)
+    (workspace.inbox / "cam").mkdir()
+    (workspace.inbox / "cam" / "a.jpg").write_bytes(data)
+    workspace.config(s3={"endpoint_url": proxy.endpoint})
+    proxy.hold("PutObject")
+    d = workspace.start()
+    db = workspace.state / "state.db"
+    d.wait_until(lambda: proxy.held() == 1, timeout=30, what="the PUT in flight")
+    # the asyncio sender writes nothing when a file starts: a crash now leaves it waiting, sent again
+    assert row_of(db, "cam/a.jpg") == ("pending", 0, None, None)
+    proxy.release(drop=False)
+    d.wait_until(lambda: (row_of(db, "cam/a.jpg") or ("",))[0] == "uploaded", timeout=30, what="the upload recorded")
+    assert row_of(db, "cam/a.jpg") == ("uploaded", 0, hashlib.md5(data).hexdigest(), None)
+    assert get_bytes(s3_client, workspace.bucket, "cam/a.jpg") == data
+    assert d.stop() == 0
+
+
+def test_a_small_file_whose_put_fails_is_recorded_failed_then_uploaded_from_failed_in_one_step(
+        workspace, proxy, s3_client):
+    data = os.urandom(2000)
+    (workspace.inbox / "b.jpg").write_bytes(data)
+    workspace.config(s3={"endpoint_url": proxy.endpoint},
+                     upload={"retry_backoff_base": "2s", "retry_backoff_max": "2s"})
+    proxy.force("PutObject", "auth")  # 403: not retried inside the request, so the attempt fails
+    d = workspace.start()
+    db = workspace.state / "state.db"
+    d.wait_until(lambda: (row_of(db, "b.jpg") or ("",))[0] == "failed", timeout=30, what="the failure recorded")
+    assert row_of(db, "b.jpg") == ("failed", 1, None, "auth")
+    d.wait_until(lambda: (row_of(db, "b.jpg") or ("",))[0] == "uploaded", timeout=30, what="the retry recorded")
+    assert row_of(db, "b.jpg") == ("uploaded", 0, hashlib.md5(data).hexdigest(), None)
+    assert get_bytes(s3_client, workspace.bucket, "b.jpg") == data
+    assert d.stop() == 0
+    assert re.search(r"Uploading b\.jpg attempt 2", d.output())

@@ -43,6 +43,26 @@ def test_illegal_moves_raise_and_change_nothing(store):
     assert store.get("a").state == "pending"
 
 
+def test_a_single_put_is_recorded_in_one_step_only_from_waiting_and_only_for_the_version_sent(store):
+    store.discover_many([(n, n, 1, 1, 1) for n in ("pending", "failed", "parked", "uploading", "other")])
+    store.start_upload("failed", 1, 1, 1)
+    store.fail_upload("failed", "network", "reset", 1001.0, park=False)
+    store.start_upload("parked", 1, 1, 1)
+    store.fail_upload("parked", "auth", "denied", None, park=True)
+    store.start_upload("uploading", 1, 1, 1)
+    moved = store.record_sent([(n, 1, 1, 1, "m" * 32, "m" * 32) for n in ("pending", "failed", "parked", "uploading")]
+                              + [("other", 1, 2, 1, "m" * 32, "m" * 32), ("nobody", 1, 1, 1, "m", "m")])
+    assert moved == [True, True, True, False, False, False]
+    for n in ("pending", "failed", "parked"):
+        r = store.get(n)
+        assert (r.state, r.md5, r.etag, r.attempts, r.last_error, r.uploaded_at) == ("uploaded", "m" * 32, "m" * 32,
+                                                                                      0, None, 1000.0)
+    assert store.get("uploading").state == "uploading"  # a worker's: finish_upload records it
+    assert (store.get("other").state, store.get("other").mtime_ns) == ("pending", 1)  # another version
+    assert store.record_sent([("pending", 1, 1, 1, "n" * 32, "n" * 32)]) == [False]  # recorded once
+    assert store.get("pending").md5 == "m" * 32
+
+
 def test_every_declared_move_has_its_source_listed():
     for src, dsts in TRANSITIONS.items():
         for dst in dsts:

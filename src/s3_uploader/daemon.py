@@ -261,8 +261,7 @@ class Daemon:
                                                                           PART_THREADS_CAP)), abandon=self.abandon,
                                  clock=self.clock, throttle=self.limiter.throttle)
         if hasattr(self.remote, "put_object_soon"):
-            self.sender = AsyncSender(self.remote, self.uploader, self._begin_many, self.record_many,
-                                      capacity=up.upload_workers, allowed=lambda: self.limiter.limit() is None,
+            self.sender = AsyncSender(self.remote, self.uploader, self.record_many, capacity=up.upload_workers, allowed=lambda: self.limiter.limit() is None,
                                       divert=self._divert)
         self.probe = WriterProbe(self.root, clock=self.clock)
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
@@ -844,45 +843,49 @@ class Daemon:
         for job in jobs:
             self.upload_q.put(job)
 
-    def _begin_many(self, jobs: List[Job]) -> List[Job]:
-        """The sender's jobs about to start, moved to uploading together; those that cannot be (the
-        row moved on meanwhile) are released. Returns the jobs that may start."""
-        moved = self.store.start_many([(j.rel, j.stat.size, j.stat.mtime_ns, j.stat.ino) for j in jobs])
-        if all(moved):
-            return jobs
-        started = []
-        for job, ok in zip(jobs, moved):
-            if ok:
-                started.append(job)
-            else:
-                log.debug("Not uploading %s: its row is no longer waiting", display(job.rel))
-                with self.inflight_lock:
-                    self.inflight.discard(job.rel)
-        self.wake.set()
-        return started
-
     def record_many(self, outcomes: List[Outcome]) -> None:
-        """:meth:`record` for the sender's finished jobs, the uploaded ones written together."""
+        """:meth:`record` for the sender's finished jobs. Their rows are still waiting (the sender
+        writes nothing when a file starts): the uploaded ones move to uploaded together, in one step
+        (:meth:`Store.record_sent`); any other outcome is recorded as a worker's would be, after the
+        move to uploading that the worker would have made."""
+        done: List[Outcome] = []
         try:
             done = [o for o in outcomes if o.kind == "uploaded"]
             if done:
-                moved = self.store.finish_many([(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino,
-                                                 o.md5, o.etag, o.job.upload_id is not None) for o in done])
+                moved = self.store.record_sent([(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino,
+                                                 o.md5 or "", o.etag or "") for o in done])
                 self._count_uploaded([o for o, ok in zip(done, moved) if ok])
-                lost = [o.job.rel for o, ok in zip(done, moved) if not ok]
-                if lost:
-                    raise IllegalTransition(f"{display(lost[0])}: cannot move to uploaded "
-                                            f"({len(lost)} row(s) left uploading)")
+                for o, ok in zip(done, moved):
+                    if not ok:
+                        self._moved_on(o.job, "uploaded")
             for o in outcomes:
-                if o.kind != "uploaded":
-                    self.record(o)
+                if o.kind == "uploaded":
+                    continue
+                if o.kind != "vanished":  # forget() takes a waiting row as it is
+                    try:
+                        self.store.start_upload(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino)
+                    except IllegalTransition:
+                        self._moved_on(o.job, o.kind)
+                        continue
+                self.record(o)
         finally:
             with self.inflight_lock:
                 for o in outcomes:
                     self.inflight.discard(o.job.rel)
-            # the scheduler needs us only to hand over more work, or (once) to see the end
-            if self.ready or self.once or len(outcomes) != len(done):
+            # The scheduler is needed to hand over more work (woken when the sender has room for a
+            # whole batch, not after every file: each turn of the scheduler costs more than a file),
+            # after anything but an upload (a retry to schedule), and in 'once' mode to see the end.
+            sender = self.sender
+            room = sender is None or sender.backlog() - len(outcomes) <= sender.capacity
+            if (self.ready and room) or len(outcomes) != len(done) or (self.once and not self.ready and room):
                 self.wake.set()
+
+    def _moved_on(self, job: Job, outcome: str) -> None:
+        """A sender's job whose row no longer describes the version it sent (another path recorded
+        it, or it was rediscovered meanwhile): the row stays as it is, and it decides what happens."""
+        rec = self.store.get(job.rel)
+        log.info("Not recording %s as %s: its row has moved on meanwhile (%s)", display(job.rel), outcome,
+                 f"now {rec.state}" if rec is not None else "gone")
 
     def record(self, o: Outcome) -> None:
         """Write an upload's outcome to the database and the counters; schedule a retry if failed."""

@@ -5,8 +5,9 @@ thread per upload, sixteen threads take turns on one interpreter lock and much o
 handing it over. Here one thread runs an event loop: obstore's requests run on its own (Rust)
 runtime and answer through a callback on the loop (no coroutine or Task per file), so the loop
 keeps up to ``capacity`` requests in flight while the Python work per file (open, read, hash,
-recheck) runs back to back. The database rows of every file started, and of every file finished,
-in one turn of the loop are written under one lock.
+recheck) runs back to back. Nothing is written to the database when a file starts (its row stays
+waiting while the request is in flight: see the one-step move in :mod:`s3_uploader.store`); the
+rows of every file finished in one turn of the loop are written together.
 
 The contract is the uploader's, split around the request: :meth:`Uploader.read_small` before it and
 :meth:`Uploader.settle_small` after it, so a file sent here is read, proven, rechecked and recorded
@@ -37,20 +38,16 @@ log = logging.getLogger(__name__)
 class AsyncSender:
     """Sends small files through ``remote.put_object_soon`` on one event loop.
 
-    ``begin(jobs)`` is called with the jobs about to start and returns those that may (the others
-    it has released); ``finish(outcomes)`` records finished ones. Both are called on the loop's
-    thread, with every job started or finished in one turn of the loop. While ``allowed()`` is
-    false (a bandwidth limit came into force), queued jobs are not started here but handed to
+    ``finish(outcomes)`` records finished jobs; it is called on the loop's thread, with every job
+    finished in one turn of the loop. While ``allowed()`` is false (a bandwidth limit came into force), queued jobs are not started here but handed to
     ``divert(jobs)`` (the upload workers, which wait for the limiter).
     """
 
-    def __init__(self, remote: Any, uploader: Uploader, begin: Callable[[List[Job]], List[Job]],
-                 finish: Callable[[List[Outcome]], None], capacity: int,
+    def __init__(self, remote: Any, uploader: Uploader, finish: Callable[[List[Outcome]], None], capacity: int,
                  allowed: Callable[[], bool] = lambda: True, divert: Optional[Callable[[List[Job]], None]] = None):
         self.remote = remote
         self.uploader = uploader
         self.capacity = max(1, capacity)
-        self._begin = begin
         self._finish = finish
         self._allowed = allowed
         self._divert = divert
@@ -145,24 +142,33 @@ class AsyncSender:
                 idle = self._closing and self._running == 0
             if idle:
                 return
-            if batch:
-                started = self._begin(batch)
-                if len(started) != len(batch):
-                    with self._lock:
-                        self._running -= len(batch) - len(started)
-                for job in started:
-                    self._start(job)
-                if len(started) != len(batch):
-                    continue  # there may be room for more now
+            for job in batch:
+                self._start(job)
             await self._wakeup.wait()
             self._wakeup.clear()
             if self._outcomes:
                 outcomes, self._outcomes = self._outcomes, []
                 try:
                     self._finish(outcomes)
+                except BaseException:
+                    await self._drain()
+                    raise
                 finally:
                     with self._lock:
                         self._running -= len(outcomes)
+
+    async def _drain(self) -> None:
+        """Recording failed (the database refused a write): the loop is about to end with that
+        error. Start nothing more and wait for the requests in flight to answer first (their files
+        stay waiting in the database and are sent again at next start): the loop must not close
+        while obstore's runtime still holds requests that will answer on it."""
+        with self._lock:
+            self._closing = True
+        assert self._wakeup is not None
+        while self._inflight:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        self._outcomes.clear()
 
     # Each file is a read, a request started on obstore's runtime, and a callback when it answers:
     # no coroutine or Task per file (they cost more event-loop turns than the request itself).

@@ -9,6 +9,13 @@ States and the moves allowed between them (anything else raises :class:`IllegalT
        │       v  │            └─> pending (changed after upload: sent again)
        └──── parked
 
+    pending | failed | parked ──> uploaded   (one step: a single PUT of the asyncio sender)
+
+The one-step move is for small files sent by :mod:`s3_uploader.sender`: their request lasts
+milliseconds and a single PUT has nothing to resume, so their row stays waiting while it is in
+flight (a crash leaves it waiting: it is sent again) and moves to uploaded only when S3's answer
+proved the object, and only if the row still describes the version sent (see :meth:`Store.record_sent`).
+
 A move is ``UPDATE ... WHERE path = ? AND state IN (allowed sources)``, so two threads can never
 both move the same row. Writes are grouped: they run inside an open transaction that a committer
 commits every ``commit_interval`` seconds (group commit); ``commit()`` makes everything so far
@@ -46,6 +53,9 @@ TRANSITIONS: Dict[str, Tuple[str, ...]] = {
 SOURCES: Dict[str, Tuple[str, ...]] = {
     dst: tuple(src for src, dsts in TRANSITIONS.items() if dst in dsts) for dst in STATES
 }
+# the one-step move of :meth:`Store.record_sent` (kept out of TRANSITIONS: every other path to
+# uploaded goes through uploading, and finish_upload refuses a row that skipped it)
+ONE_STEP_SOURCES = ("pending", "failed", "parked")
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -444,6 +454,19 @@ class Store:
             if parts:
                 self._write("DELETE FROM parts WHERE path = ?", parts, many=True)
         return moved
+
+    def record_sent(self, rows: Sequence[Tuple[str, int, int, int, str, str]]) -> List[bool]:
+        """The one-step move to uploaded of single PUTs the asyncio sender sent: (rel, size, mtime_ns,
+        inode, md5, etag) each, for rows still waiting (pending, failed or parked) *with that
+        signature* (a row that describes another version, or has moved on, is left as it is).
+        Returns, per row, whether it moved."""
+        now = self.clock()
+        marks = ",".join("?" * len(ONE_STEP_SOURCES))
+        sql = ("UPDATE files SET state = 'uploaded', updated_at = ?, md5 = ?, etag = ?, uploaded_at = ?, "
+               "attempts = 0, next_attempt_at = NULL, last_error = NULL, error_kind = NULL, upload_id = NULL, "
+               f"part_size = NULL WHERE path = ? AND state IN ({marks}) AND size = ? AND mtime_ns = ? AND inode = ?")
+        return self._moves(sql, [(now, md5, etag, now, enc(r), *ONE_STEP_SOURCES, s, m, i)
+                                 for r, s, m, i, md5, etag in rows])
 
     @staticmethod
     def _move_sql(dst: str, fields: Sequence[str]) -> Tuple[str, Tuple[str, ...]]:
