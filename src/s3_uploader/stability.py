@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 Signature = Tuple[int, int, int]  # size, mtime_ns, inode
 
@@ -17,8 +16,8 @@ MIN_CHECK_INTERVAL = 0.2  # seconds; checks closer than this prove nothing more
 WRITER_RECHECK = 2.0  # seconds between checks of a file some process still has open for writing
 
 
-@dataclass(frozen=True)
-class Observation:
+# Observation and Verdict are NamedTuples, as FileStat: one of each is made per check of every file.
+class Observation(NamedTuple):
     """What was seen of a file: the signature, since when unchanged, and in how many checks."""
 
     signature: Signature
@@ -26,8 +25,7 @@ class Observation:
     checks: int
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """The outcome of one check: ready, or when to look again."""
 
     ready: bool

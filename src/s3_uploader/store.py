@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,10 @@ def display(rel: str) -> str:
     return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One file's row (a NamedTuple: rows are read by the thousand, and it builds four times faster
+    than a frozen dataclass)."""
+
     rel: str
     key: str
     state: str

@@ -54,8 +54,9 @@ class Job(NamedTuple):
     small: bool = False  # the daemon's asyncio sender may take it (see daemon._sendable)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """How one upload ended (a NamedTuple: one per file, and cheaper to build than a dataclass)."""
+
     kind: str  # uploaded | changed | vanished | failed
     job: Job
     md5: Optional[str] = None
