@@ -47,6 +47,16 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
         self._stamp: Tuple[int, str] = (-1, "")
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)  # a traceback follows the line: the general path
+        # the same line as the general path (asctime, level, message), without its generic steps
+        msg = record.getMessage()
+        if _CONTROL.search(msg):
+            msg = msg.translate(_ESCAPES)
+        record.message = msg
+        return f"{self.formatTime(record)} {record.levelname:<7} {msg}"
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         # one record, one line: a file name holding a newline must not forge a second log line
         if _CONTROL.search(record.message):
@@ -83,6 +93,16 @@ class _Batching:
     _pending: List[str]
     _since: float = 0.0
     _write_batch: Callable[[List[str]], None]  # each handler class below: write these lines out
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        # logging.Handler.handle holds the handler's lock around emit(), formatting included; the
+        # threads that log per file would queue on it. Here only the append is under the lock.
+        rv = self.filter(record)  # type: ignore[attr-defined]
+        if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may hand back another record
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
