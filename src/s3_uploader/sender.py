@@ -34,12 +34,17 @@ from .uploader import SHUTDOWN, Job, Outcome, SmallRead, Uploader
 
 log = logging.getLogger(__name__)
 
+RECORD_BATCH = 16  # answers recorded together (one call of finish)
+RECORD_DELAY = 0.05  # seconds an answer waits at most to be recorded (the store's commit interval)
+
 
 class AsyncSender:
     """Sends small files through ``remote.put_object_soon`` on one event loop.
 
-    ``finish(outcomes)`` records finished jobs; it is called on the loop's thread, with every job
-    finished in one turn of the loop. While ``allowed()`` is false (a bandwidth limit came into force), queued jobs are not started here but handed to
+    ``finish(outcomes)`` records finished jobs, on the loop's thread, several at a time: when
+    :data:`RECORD_BATCH` have answered, when every request in flight has, or :data:`RECORD_DELAY`
+    after the first unrecorded answer (each call costs more than a row). While ``allowed()`` is
+    false (a bandwidth limit came into force), queued jobs are not started here but handed to
     ``divert(jobs)`` (the upload workers, which wait for the limiter).
     """
 
@@ -61,7 +66,8 @@ class AsyncSender:
         # token -> the request's handle (anything with cancel()); None while it is being started
         self._inflight: Dict[int, Any] = {}
         self._tokens = itertools.count()
-        self._outcomes: List[Outcome] = []
+        self._outcomes: List[Outcome] = []  # answered, not yet recorded
+        self._record_by = 0.0  # loop time by which they are
 
     # -- from other threads ----------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -136,7 +142,8 @@ class AsyncSender:
                 self._divert(diverted)
             with self._lock:
                 self._notified = False
-                n = min(self.capacity - self._running, len(self._queue))
+                # answered files no longer hold a slot, even before they are recorded
+                n = min(self.capacity - self._running + len(self._outcomes), len(self._queue))
                 batch = [self._queue.popleft() for _ in range(n)]
                 self._running += n
                 idle = self._closing and self._running == 0
@@ -146,7 +153,8 @@ class AsyncSender:
                 self._start(job)
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self._outcomes:
+            if self._outcomes and (len(self._outcomes) >= min(RECORD_BATCH, self._running) or self._closing
+                                   or self._loop.time() >= self._record_by):
                 outcomes, self._outcomes = self._outcomes, []
                 try:
                     self._finish(outcomes)
@@ -206,5 +214,8 @@ class AsyncSender:
 
     def _done(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
-        assert self._wakeup is not None
+        assert self._wakeup is not None and self._loop is not None
+        if len(self._outcomes) == 1:  # the first of a batch: recorded at the latest RECORD_DELAY from now
+            self._record_by = self._loop.time() + RECORD_DELAY
+            self._loop.call_at(self._record_by, self._wakeup.set)
         self._wakeup.set()
