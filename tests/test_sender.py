@@ -263,7 +263,9 @@ def test_a_small_file_in_flight_keeps_its_row_waiting_and_is_recorded_uploaded_i
     proxy.hold("PutObject")
     d = workspace.start()
     db = workspace.state / "state.db"
-    d.wait_until(lambda: proxy.held() == 1, timeout=30, what="the PUT in flight")
+    # the row is group-committed within 50 ms of its discovery: wait until another process sees it
+    d.wait_until(lambda: proxy.held() == 1 and row_of(db, "cam/a.jpg") is not None, timeout=30,
+                 what="the PUT in flight and the file's row committed")
     # the asyncio sender writes nothing when a file starts: a crash now leaves it waiting, sent again
     assert row_of(db, "cam/a.jpg") == ("pending", 0, None, None)
     proxy.release(drop=False)
