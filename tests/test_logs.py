@@ -55,6 +55,46 @@ def test_info_lines_are_written_in_batches_and_a_warning_writes_them_at_once_in_
     assert out.getvalue().splitlines()[-1].endswith("four")
 
 
+def test_per_file_lines_are_the_lines_logger_info_writes_through_every_route(package_logger, tmp_path):
+    """logs.per_file (the three lines logged per upload) must write exactly what logger.info would,
+    to the same handlers: text to stderr; file plus warnings-only stderr; JSON; a filter added."""
+    log = logs.get("test")
+
+    def both(msg, *args):
+        logs.per_file(log, msg, *args)
+        log.info(msg, *args)
+        logs.flush()
+
+    out = io.StringIO()
+    logs.setup("INFO", "text", stream=out)
+    both("File ready (%d bytes): %s", 12, "cam/a\nb.jpg")  # a control character is escaped alike
+    fast, slow = out.getvalue().splitlines()
+    assert fast[20:] == slow[20:] == "INFO    File ready (12 bytes): cam/a\\nb.jpg" and fast[:19] <= slow[:19]
+    logs.setup("WARNING", "text", stream=out)
+    logs.per_file(log, "not at WARNING")
+    logs.flush()
+    assert "not at WARNING" not in out.getvalue()
+
+    err = io.StringIO()
+    logs.setup("INFO", "text", log_file=str(tmp_path / "u.log"), stream=err)
+    both("Uploading %s attempt %d", "a.txt", 1)
+    lines = (tmp_path / "u.log").read_text().splitlines()
+    assert [ln[20:] for ln in lines] == ["INFO    Uploading a.txt attempt 1"] * 2 and err.getvalue() == ""
+
+    out = io.StringIO()
+    logs.setup("INFO", "json", stream=out)
+    both("Successfully uploaded %s (%d bytes in %.3f s)", "k", 3, 0.5)
+    objs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [o["msg"] for o in objs] == ["Successfully uploaded k (3 bytes in 0.500 s)"] * 2
+    assert objs[0]["logger"] == objs[1]["logger"] == "s3_uploader.test"
+
+    out = io.StringIO()
+    logs.setup("INFO", "text", stream=out)
+    package_logger.handlers[0].addFilter(lambda r: "secret" not in r.getMessage())
+    both("a %s line", "secret")
+    assert out.getvalue() == ""  # a filter someone added is honoured: per_file took logger.info
+
+
 def test_json_format_writes_one_object_per_line_even_for_multiline_messages(package_logger):
     out = io.StringIO()
     logs.setup("DEBUG", "json", stream=out)

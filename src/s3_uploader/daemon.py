@@ -729,7 +729,7 @@ class Daemon:
         if problem is not None:
             self._park_unsendable(rec, problem)
             return None
-        log.info("File ready (%d bytes): %s", st.size, display(rel))
+        logs.per_file(log, "File ready (%d bytes): %s", st.size, display(rel))
         if self.cfg.watch.follow_symlinks:
             # resolved now and re-checked: a link retargeted since the check must not lead outside
             resolved = self.scanner.resolve_inside(path)

@@ -51,11 +51,14 @@ class TextFormatter(logging.Formatter):
         if record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)  # a traceback follows the line: the general path
         # the same line as the general path (asctime, level, message), without its generic steps
-        msg = record.getMessage()
-        if _CONTROL.search(msg):
-            msg = msg.translate(_ESCAPES)
-        record.message = msg
-        return f"{self.formatTime(record)} {record.levelname:<7} {msg}"
+        record.message = record.getMessage()
+        return self.line(record.created, record.levelname, record.message)
+
+    def line(self, created: float, levelname: str, message: str) -> str:
+        """The line for a message without a traceback (also used by :func:`per_file`)."""
+        if _CONTROL.search(message):
+            message = message.translate(_ESCAPES)
+        return f"{self._time_text(created)} {levelname:<7} {message}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         # one record, one line: a file name holding a newline must not forge a second log line
@@ -64,7 +67,10 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
-        second = int(record.created)
+        return self._time_text(record.created)
+
+    def _time_text(self, created: float) -> str:
+        second = int(created)
         stamp = self._stamp  # one tuple read: safe without a lock across handler threads
         if stamp[0] != second:
             stamp = (second, time.strftime(self.datefmt or "%Y-%m-%d %H:%M:%S", self.converter(second)))
@@ -110,11 +116,15 @@ class _Batching:
         except Exception:
             self.handleError(record)  # type: ignore[attr-defined]
             return
+        self.append(msg, record.levelno)
+
+    def append(self, line: str, levelno: int) -> None:
+        """Queue one formatted line; a warning or worse, a full batch or an old one is written now."""
         with self.lock:
             if not self._pending:
                 self._since = time.monotonic()
-            self._pending.append(msg)
-            if (record.levelno >= logging.WARNING or len(self._pending) >= 256
+            self._pending.append(line)
+            if (levelno >= logging.WARNING or len(self._pending) >= 256
                     or time.monotonic() - self._since >= FLUSH_SECONDS):
                 self._flush_locked()
 
@@ -185,6 +195,33 @@ class BatchingFileHandler(_Batching, logging.handlers.RotatingFileHandler):
     def close(self) -> None:
         self.flush()
         super().close()
+
+
+def per_file(logger: logging.Logger, msg: str, *args: Any) -> None:
+    """``logger.info(msg, *args)`` for the lines logged for every file (three per upload).
+
+    With the handlers :func:`setup` installs in text format, and nothing added to them or to
+    ``logger`` since (no other handler, filter or formatter), the same line goes to the same handlers
+    without a LogRecord and the walk through logging's generic steps: measured, those three lines
+    were 9% of the client's CPU per small file. Anything else takes ``logger.info`` itself.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    root = logger.parent
+    if (root is None or root.name != ROOT or logger.handlers or logger.filters or not logger.propagate
+            or root.filters):
+        logger.info(msg, *args)
+        return
+    handlers = root.handlers
+    for h in handlers:
+        if not isinstance(h, _Batching) or h.filters or type(h.formatter) is not TextFormatter:  # type: ignore[attr-defined]
+            logger.info(msg, *args)
+            return
+    message = msg % args if args else msg
+    now = time.time()
+    for h in handlers:
+        if h.level <= logging.INFO:
+            h.append(h.formatter.line(now, "INFO", message), logging.INFO)  # type: ignore[attr-defined]
 
 
 def flush() -> None:

@@ -27,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
+from .logs import per_file
 from .remote import ObjectInfo, PutOptions, Remote, multipart_etag
 from .retry import Failure, classify
 from .scanner import FileStat
@@ -307,12 +308,12 @@ class Uploader:
 
     def _uploaded(self, job: Job, started: float, md5: Optional[str], etag: str) -> Outcome:
         secs = self.clock() - started
-        log.info("Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
+        per_file(log, "Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
         return Outcome("uploaded", job, md5=md5, etag=etag, seconds=secs, bytes_sent=job.stat.size)
 
     def _begin(self, job: Job, cfg: Settings) -> "int | Outcome":
         """Log the attempt and open the file: its descriptor, or the Outcome when it cannot be read."""
-        log.info("Uploading %s attempt %d", job.key, job.attempt)
+        per_file(log, "Uploading %s attempt %d", job.key, job.attempt)
         try:
             return self._open(job, cfg)
         except FileNotFoundError:
