@@ -5,6 +5,7 @@ import os
 import sqlite3
 
 import pytest
+from helpers import wait_for
 
 from s3_uploader.store import SOURCES, TRANSITIONS, IllegalTransition, Part, Store, StoreError
 
@@ -143,3 +144,25 @@ def test_wal_mode_and_full_sync(tmp_path):
     c = sqlite3.connect(tmp_path / "s.db")
     assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     c.close()
+
+
+def committed_rows(db) -> int:
+    """Rows another connection can see: what has been committed."""
+    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT count(*) FROM files").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_the_committer_commits_each_burst_of_writes_within_the_interval_and_sleeps_between(tmp_path):
+    s = Store(tmp_path / "s.db", commit_interval=0.05).start()
+    try:
+        for burst in range(3):  # after a quiet spell, a new write still gets committed
+            s.discover_many([(f"f{burst}", f"f{burst}", 1, 1, 1)])
+            wait_for(lambda: committed_rows(tmp_path / "s.db") == burst + 1, timeout=5,
+                     what=f"burst {burst} committed")
+            assert not s._written.is_set() or s._dirty  # asleep until the next write (or committing it)
+    finally:
+        s.close()
+    assert committed_rows(tmp_path / "s.db") == 3

@@ -179,6 +179,7 @@ class Store:
         self._lock = threading.RLock()
         self._dirty = False
         self._stop = threading.Event()
+        self._written = threading.Event()  # set by every write: the committer sleeps until one comes
         self._committer: Optional[threading.Thread] = None
         self._broken: Optional[StoreError] = None  # set when a failure lost uncommitted writes
         self._conn = self._open(readonly)
@@ -221,6 +222,7 @@ class Store:
     def close(self) -> None:
         """Commit what is pending, stop the committer and close the connection."""
         self._stop.set()
+        self._written.set()
         if self._committer is not None:
             self._committer.join()
             self._committer = None
@@ -249,6 +251,8 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 raise self._failed(exc, had) from None
             self._dirty = True
+            if not self._written.is_set():
+                self._written.set()
             return cur
 
     def _check_usable(self) -> None:
@@ -280,7 +284,14 @@ class Store:
         self._dirty = False
 
     def _commit_loop(self) -> None:
-        while not self._stop.wait(self.commit_interval):
+        # idle, it sleeps until a write comes (no polling: a daemon watching an uploaded tree writes
+        # nothing for minutes); then waits one commit_interval, so the writes of that window are
+        # committed together
+        while not self._stop.is_set():
+            self._written.wait()
+            if self._stop.wait(self.commit_interval):
+                return  # close() commits what is left
+            self._written.clear()  # a write from now on sets it again; those before are committed below
             if self._dirty:
                 try:
                     self.commit()
@@ -288,6 +299,7 @@ class Store:
                     if self._broken is not None:
                         return  # every writer, and close(), now raise it: the daemon says it and stops
                     log.error("%s", exc)
+                    self._written.set()  # nothing was lost: try again after the next interval
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
         with self._lock:
@@ -491,6 +503,8 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 raise self._failed(exc, had) from None
             self._dirty = True
+            if not self._written.is_set():
+                self._written.set()
             return out
 
     def fail_upload(self, rel: str, kind: str, message: str, next_attempt_at: Optional[float], park: bool,
