@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -453,16 +454,25 @@ def figure_idle(args: argparse.Namespace, tools: Tools, client: Any, scratch: Pa
                            "once_files_s": args.idle_files / m["secs"], "once_cpu_ms_per_file":
                            1000 * m["cpu"] / args.idle_files, "once_rc": m["rc"]}
     # now the daemon, default settings (stable_seconds etc. back to defaults: nothing is waiting)
-    cfg = tools.uploader_config(str(tree), prefix, args.variant_extra, watch={"stable_seconds": "10s",
-                                                                              "stable_checks": "2"})
+    # DEBUG: the daemon's "Scan: ... (N s CPU)" line gives the full scan's own CPU
+    cfg = tools.uploader_config(str(tree), prefix, args.variant_extra + [("daemon", "log_level", "DEBUG")],
+                                watch={"stable_seconds": "10s", "stable_checks": "2"})
     d = Daemon(tools, cfg, scratch / f"{prefix}-run.log")
     try:
         if d.wait_log("Watching", 120) is None:
             raise RuntimeError(f"daemon did not start; see {d.log_path}")
         c_watch = proc_cpu(d.pid)
         out["startup_quiet_s"] = _wait_quiet(d.pid, 600)
-        # the start-up scan compares every file with the database: what each rescan costs
-        out["scan_cpu_s"] = proc_cpu(d.pid) - c_watch
+        # the start-up scan compares every file with the database, as each rescan does: its cost is
+        # the scanner thread's own CPU, which the daemon logs (the process's CPU from "Watching" to
+        # quiet, kept as startup_cpu_s, also holds the watches set up on every folder, once, and
+        # misses what ran before the batched "Watching" line was written)
+        out["startup_cpu_s"] = proc_cpu(d.pid) - c_watch
+        d.wait_log("s CPU)", 30)  # the line is written within half a second (batched logs)
+        scan = re.search(r"Scan: (\d+) files, \d+ to upload, [\d.]+s \(([\d.]+)s CPU\)", d.log_text())
+        if scan is None:
+            raise RuntimeError(f"no 'Scan:' line from the daemon; see {d.log_path}")
+        out["scan_cpu_s"] = float(scan.group(2))
         out["scan_interval_s"] = _default_scan_interval()
         c0, t0 = proc_cpu(d.pid), time.perf_counter()
         rss: List[int] = []
