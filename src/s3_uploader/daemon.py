@@ -261,8 +261,8 @@ class Daemon:
                                                                           PART_THREADS_CAP)), abandon=self.abandon,
                                  clock=self.clock, throttle=self.limiter.throttle)
         if hasattr(self.remote, "put_object_soon"):
-            self.sender = AsyncSender(self.remote, self.uploader, self.record_many, capacity=up.upload_workers, allowed=lambda: self.limiter.limit() is None,
-                                      divert=self._divert)
+            self.sender = AsyncSender(self.remote, self.uploader, self.record_many, capacity=up.upload_workers,
+                                      allowed=lambda: self.limiter.limit() is None, divert=self._divert)
         self.probe = WriterProbe(self.root, clock=self.clock)
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
                                is_busy=self._is_inflight, is_being_written=self.probe.is_being_written,

@@ -214,7 +214,8 @@ def per_file(logger: logging.Logger, msg: str, *args: Any) -> None:
         return
     handlers = root.handlers
     for h in handlers:
-        if not isinstance(h, _Batching) or h.filters or type(h.formatter) is not TextFormatter:  # type: ignore[attr-defined]
+        if (not isinstance(h, _Batching) or h.filters  # type: ignore[attr-defined]
+                or type(h.formatter) is not TextFormatter):  # type: ignore[attr-defined]
             logger.info(msg, *args)
             return
     message = msg % args if args else msg

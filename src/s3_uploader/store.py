@@ -437,37 +437,18 @@ class Store:
 
     def start_upload(self, rel: str, size: int, mtime_ns: int, inode: int) -> None:
         """pending/failed/parked -> uploading, with the signature of the version about to be read."""
-        if not self.start_many([(rel, size, mtime_ns, inode)])[0]:
-            raise self._illegal(rel, "uploading")
+        self._move(rel, "uploading", size=size, mtime_ns=mtime_ns, inode=inode)
 
     def finish_upload(self, rel: str, size: int, mtime_ns: int, inode: int, md5: Optional[str],
                       etag: Optional[str]) -> None:
-        """uploading -> uploaded: S3 confirmed the object and the file did not change while read."""
-        if not self.finish_many([(rel, size, mtime_ns, inode, md5, etag, True)])[0]:
-            raise self._illegal(rel, "uploaded")
-
-    def start_many(self, rows: Sequence[Tuple[str, int, int, int]]) -> List[bool]:
-        """:meth:`start_upload` for many files under one lock: (rel, size, mtime_ns, inode) each.
-        Returns, per row, whether it moved (False: the row was not in a state that may start)."""
-        sql, sources = self._move_sql("uploading", ("size", "mtime_ns", "inode"))
-        now = self.clock()
-        return self._moves(sql, [("uploading", now, s, m, i, enc(r), *sources) for r, s, m, i in rows])
-
-    def finish_many(self, rows: Sequence[Tuple[str, int, int, int, Optional[str], Optional[str], bool]]) -> List[bool]:
-        """:meth:`finish_upload` for many files under one lock: (rel, size, mtime_ns, inode, md5,
-        etag, had_parts) each; a row without parts (a single PUT) skips the parts delete. Returns,
-        per row, whether it moved."""
-        sql, sources = self._move_sql("uploaded", ("size", "mtime_ns", "inode", "md5", "etag", "uploaded_at",
-                                                   "attempts", "next_attempt_at", "last_error", "error_kind",
-                                                   "upload_id", "part_size"))
+        """uploading -> uploaded: S3 confirmed the object and the file did not change while read.
+        The parts recorded for its multipart upload (if any) are forgotten with it."""
         now = self.clock()
         with self._lock:
-            moved = self._moves(sql, [("uploaded", now, s, m, i, md5, etag, now, 0, None, None, None, None, None,
-                                       enc(r), *sources) for r, s, m, i, md5, etag, _ in rows])
-            parts = [(enc(r[0]),) for r in rows if r[6]]
-            if parts:
-                self._write("DELETE FROM parts WHERE path = ?", parts, many=True)
-        return moved
+            self._move(rel, "uploaded", size=size, mtime_ns=mtime_ns, inode=inode, md5=md5, etag=etag,
+                       uploaded_at=now, attempts=0, next_attempt_at=None, last_error=None, error_kind=None,
+                       upload_id=None, part_size=None)
+            self._write("DELETE FROM parts WHERE path = ?", (enc(rel),))
 
     def record_sent(self, rows: Sequence[Tuple[str, int, int, int, str, str]]) -> List[bool]:
         """The one-step move to uploaded of single PUTs the asyncio sender sent: (rel, size, mtime_ns,
