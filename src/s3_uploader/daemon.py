@@ -878,7 +878,7 @@ class Daemon:
             # after anything but an upload (a retry to schedule), and in 'once' mode to see the end.
             sender = self.sender
             room = sender is None or sender.backlog() - len(outcomes) <= sender.capacity
-            if (self.ready and room) or len(outcomes) != len(done) or (self.once and not self.ready and room):
+            if (room and (self.ready or self.once)) or len(outcomes) != len(done):
                 self.wake.set()
 
     def _moved_on(self, job: Job, outcome: str) -> None:

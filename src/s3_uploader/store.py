@@ -250,10 +250,14 @@ class Store:
                 cur = (self._conn.executemany if many else self._conn.execute)(sql, params)
             except sqlite3.DatabaseError as exc:
                 raise self._failed(exc, had) from None
-            self._dirty = True
-            if not self._written.is_set():
-                self._written.set()
+            self._dirtied()
             return cur
+
+    def _dirtied(self) -> None:
+        """A write is in the open transaction: the committer (asleep until one comes) commits it."""
+        self._dirty = True
+        if not self._written.is_set():
+            self._written.set()
 
     def _check_usable(self) -> None:
         if self._broken is not None:
@@ -483,9 +487,7 @@ class Store:
                     out.append(execute(sql, p).rowcount == 1)
             except sqlite3.DatabaseError as exc:
                 raise self._failed(exc, had) from None
-            self._dirty = True
-            if not self._written.is_set():
-                self._written.set()
+            self._dirtied()
             return out
 
     def fail_upload(self, rel: str, kind: str, message: str, next_attempt_at: Optional[float], park: bool,
@@ -533,11 +535,9 @@ class Store:
         sql, sources = self._move_sql(dst, tuple(fields))
         cur = self._write(sql, (dst, self.clock(), *fields.values(), enc(rel), *sources))
         if cur.rowcount != 1:
-            raise self._illegal(rel, dst)
-
-    def _illegal(self, rel: str, dst: str) -> IllegalTransition:
-        rec = self.get(rel)
-        return IllegalTransition(f"{display(rel)}: cannot move {rec.state if rec else 'no row'} -> {dst}")
+            rec = self.get(rel)
+            have = rec.state if rec else "no row"
+            raise IllegalTransition(f"{display(rel)}: cannot move {have} -> {dst}")
 
     def add_error(self, rel: Optional[str], kind: str, message: str) -> None:
         cur = self._write("INSERT INTO errors(at, path, kind, message) VALUES(?, ?, ?, ?)",
