@@ -163,6 +163,8 @@ def cmd_check(cfg: Config, args: Any) -> int:
         ok = False
     else:
         print(f"Watch directory OK: {root}")
+        if cfg.watch.use_events:
+            print(events_line(str(root)))
     db = Path(cfg.daemon.db_path)
     folder = db.parent if not db.exists() else db
     if os.access(folder if folder.exists() else folder.parent, os.W_OK):
@@ -183,6 +185,21 @@ def cmd_check(cfg: Config, args: Any) -> int:
         print(f"S3 bucket {cfg.s3.bucket} cannot be checked ({' '.join(str(exc).split())})")
         ok = False
     return EXIT_OK if ok else EXIT_FAIL
+
+
+def events_line(root: str) -> str:
+    """``check``'s line on filesystem events: the folders to watch against the inotify limit."""
+    from .watcher import watch_limit
+    folders = sum(1 for _ in os.walk(root))
+    limit = watch_limit()
+    if limit is None:
+        return f"Filesystem events: {folders:,} folder(s) to watch"
+    if folders > limit:
+        return (f"Filesystem events: WARNING: {folders:,} folders to watch, over the inotify limit of {limit:,} "
+                f"per user (fs.inotify.max_user_watches): the rest are seen only by rescans; raise it: "
+                f"sysctl -w fs.inotify.max_user_watches={max(2 * limit, 4 * folders)}")
+    return (f"Filesystem events: {folders:,} folder(s) to watch, inotify allows {limit:,} watches per user "
+            f"(fs.inotify.max_user_watches; other programs of the same user share it)")
 
 
 def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:

@@ -49,7 +49,7 @@ from .stability import Observation, Tracker, assess
 from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
 from .sender import AsyncSender
 from .uploader import IN_MEMORY_MAX, Abandoned, Job, Outcome, Settings, Uploader
-from .watcher import Hints, Watcher
+from .watcher import WATCH_LIMIT, Hints, Watcher, inotify_watches, watch_limit
 from .writers import WriterProbe
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ class Stats:
     cleanup_held: int = 0  # held back in the last pass (reasons: store meta 'cleanup.last_pass')
     cleanup_disk_full: bool = False  # below min_free_space with nothing proven in S3 left to delete
     last_cleanup_at: Optional[float] = None
+    events_lost: Dict[str, int] = field(default_factory=dict)  # by reason: overflow, watch_limit
+    unwatched_folders: int = 0  # folders of the last full scan that inotify does not watch
 
     def add(self, **kw: float) -> None:
         with self.lock:
@@ -143,6 +145,7 @@ class Daemon:
         self.heartbeats: Dict[str, float] = {}
         self._threads: List[threading.Thread] = []
         self._waiting_logged: Dict[str, str] = {}
+        self._lost_warned_at = float("-inf")
         self.watcher: Optional[Watcher] = None
         self.sender: Optional[AsyncSender] = None
         self.exit_code = 0
@@ -325,7 +328,7 @@ class Daemon:
     def _start_threads(self) -> None:
         if self.cfg.watch.use_events and not self.once:
             try:
-                self.watcher = Watcher(self.root, self.hints, self.folder_requests.put)
+                self.watcher = Watcher(self.root, self.hints, self.folder_requests.put, self._events_lost)
                 self.watcher.start()
             except Exception as exc:  # inotify limits, unsupported FS: rescans still work
                 log.warning("Filesystem events unavailable (%s); relying on rescans every %gs", exc,
@@ -484,15 +487,20 @@ class Daemon:
     def full_scan(self) -> int:
         """One pass over the whole tree; returns the number of candidate files found."""
         t0, wall0, cpu0 = self.clock(), self.wall(), time.thread_time()
-        files = found = 0
+        files = found = folders = 0
+        last_dir = None
         for rel_dir, listing in self.scanner.walk():
             if self.stop_event.is_set():
                 return found
+            if rel_dir != last_dir:  # a big folder comes in several slices, one after another
+                folders += 1
+                last_dir = rel_dir
             files += len(listing)
             found += self._diff_folder(rel_dir, listing)
             self.heartbeats["scanner"] = self.clock()
         if not self.stop_event.is_set():
             self._sweep_vanished(wall0)
+            self._check_watches(folders)
         secs, cpu = self.clock() - t0, time.thread_time() - cpu0
         with self.stats.lock:
             self.stats.scans += 1
@@ -502,6 +510,45 @@ class Daemon:
         # the scan's own CPU (this thread's): what each periodic rescan costs the box
         log.debug("Scan: %d files, %d to upload, %.2fs (%.2fs CPU)", files, found, secs, cpu)
         return found
+
+    def _events_lost(self, reason: str) -> None:
+        """Watchdog's thread heard the kernel drop events (an inotify queue overflow): rescan the
+        whole tree now. One WARNING a minute at most; every notice counts in the metric."""
+        now = self.clock()
+        self.scan_request.set()
+        with self.stats.lock:
+            self.stats.events_lost[reason] = self.stats.events_lost.get(reason, 0) + 1
+            quiet = now - self._lost_warned_at < 60.0
+            if not quiet:
+                self._lost_warned_at = now
+        if not quiet:
+            log.warning("Filesystem events were lost (inotify queue overflow); rescanning the whole tree now. "
+                        "If this happens often, raise fs.inotify.max_queued_events (now %s)",
+                        _read_sysctl("/proc/sys/fs/inotify/max_queued_events"))
+
+    def _check_watches(self, folders: int) -> None:
+        """After a full scan: are all ``folders`` it walked watched? watchdog skips a folder it cannot
+        watch (the per-user watch limit, permissions) without a word, so count what the kernel
+        holds. Says so once when folders go unwatched (and again if more do), with the sysctl."""
+        if self.watcher is None:
+            return
+        held = inotify_watches()
+        if held is None:
+            return
+        missing = max(0, folders - held)
+        with self.stats.lock:
+            before, self.stats.unwatched_folders = self.stats.unwatched_folders, missing
+            if missing > before:
+                self.stats.events_lost[WATCH_LIMIT] = self.stats.events_lost.get(WATCH_LIMIT, 0) + 1
+        if missing > before:
+            limit = watch_limit()
+            log.warning("Filesystem events: %d of %d folders could not be watched (inotify watch limit "
+                        "fs.inotify.max_user_watches = %s reached, or no permission); changes there are found "
+                        "by the rescan every %gs. Raise the limit: sysctl -w fs.inotify.max_user_watches=%d",
+                        missing, folders, limit if limit is not None else "?", self.cfg.watch.scan_interval,
+                        max(2 * (limit or 0), 4 * folders, 524288))
+        elif before and not missing:
+            log.info("Filesystem events: every folder is watched again (%d)", folders)
 
     def scan_folder(self, rel_dir: str) -> None:
         """Scan one folder's subtree (a folder created or moved in: its files raised no events)."""
@@ -950,3 +997,11 @@ class Daemon:
     def queue_depth(self) -> int:
         sent = self.sender.queued() if self.sender is not None else 0
         return len(self.tracker) + len(self.ready) + self.upload_q.qsize() + self.candidates.qsize() + sent
+
+
+def _read_sysctl(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return "?"

@@ -59,6 +59,7 @@ class DaemonCollector:
             last_upload, scans, last_scan = st.last_upload_at, st.scans, st.last_scan_at
             freed_files = getattr(st, "cleanup_files_freed", 0)
             freed_bytes = getattr(st, "cleanup_bytes_freed", 0)
+            events_lost, unwatched = dict(st.events_lost), st.unwatched_folders
         with d.inflight_lock:
             inflight = len(d.inflight)
 
@@ -89,6 +90,15 @@ class DaemonCollector:
         yield GaugeMetricFamily(f"{PREFIX}_last_scan_timestamp_seconds", "When the last full scan ended "
                                 "(Unix time; 0 = none yet).", value=last_scan or 0.0)
         yield CounterMetricFamily(f"{PREFIX}_scans", "Full scans of the watched directory.", value=scans)
+        lost = CounterMetricFamily(f"{PREFIX}_filesystem_events_lost", "Times filesystem events were lost and a "
+                                   "rescan made up for them, by reason (overflow: the inotify queue overflowed; "
+                                   "watch_limit: more folders went unwatched).", labels=["reason"])
+        for reason in ("overflow", "watch_limit"):
+            lost.add_metric([reason], events_lost.get(reason, 0))
+        yield lost
+        yield GaugeMetricFamily(f"{PREFIX}_unwatched_folders", "Folders of the last full scan that raise no "
+                                "filesystem events (inotify watch limit or permission): only rescans see them.",
+                                value=unwatched)
         yield CounterMetricFamily(f"{PREFIX}_cleanup_freed_files", "Local files deleted or archived by cleanup.",
                                   value=freed_files)
         yield CounterMetricFamily(f"{PREFIX}_cleanup_freed_bytes", "Bytes freed locally by cleanup.",
