@@ -543,8 +543,9 @@ class Daemon:
         if missing > before:
             limit = watch_limit()
             log.warning("Filesystem events: %d of %d folders could not be watched (inotify watch limit "
-                        "fs.inotify.max_user_watches = %s reached, or no permission); changes there are found "
-                        "by the rescan every %gs. Raise the limit: sysctl -w fs.inotify.max_user_watches=%d",
+                        "fs.inotify.max_user_watches = %s reached, no permission, or reached through a "
+                        "symlink); changes there are found by the rescan every %gs. Raise the limit: "
+                        "sysctl -w fs.inotify.max_user_watches=%d",
                         missing, folders, limit if limit is not None else "?", self.cfg.watch.scan_interval,
                         max(2 * (limit or 0), 4 * folders, 524288))
         elif before and not missing:
