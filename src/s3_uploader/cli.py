@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 
 from . import __version__, logs
 from .cleanup import cleanup_lines, cleanup_status
+from .outage import META_OUTAGE
+from .outage import stored as outage_stored
 from .config import Config, ConfigError, load_config, render_example
 from .store import STATES, WAITING_STATES, Store, StoreError, display
 
@@ -221,6 +223,7 @@ def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
         "parked": [{"path": display(r.rel), "kind": r.error_kind, "error": r.last_error, "attempts": r.attempts}
                    for r in store.in_states(("parked",), limit=20)],
         "cleanup": cleanup_status(store),
+        "outage": outage_stored(store.meta(META_OUTAGE)),
     }
     return out
 
@@ -263,6 +266,11 @@ def cmd_status(cfg: Config, args: Any) -> int:
         print("Parked (tried again after parked_retry_interval, or now with 's3-uploader retry'):")
         for p in data["parked"]:
             print(f"  {p['path']}: {p['kind']}: {p['error']}")
+    if data["outage"]:
+        o = data["outage"]
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o["since"])) if o.get("since") else "?"
+        print(f"S3 endpoint {o['endpoint']}: NOT ANSWERING since {since} ({o.get('failures', 0)} failed "
+              f"attempt(s); last: {o.get('error', '')})")
     for line in cleanup_lines(data["cleanup"]):
         print(line)
     if data["last_errors"]:

@@ -25,6 +25,7 @@ Every wait is on an event with a timeout, so a stop request is never stuck behin
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import queue
@@ -47,6 +48,7 @@ from .retry import Failure, classify, decide_retry
 from .scanner import FileStat, Reporter, Scanner
 from .stability import Observation, Tracker, assess
 from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
+from .outage import META_OUTAGE, Outage
 from .sender import AsyncSender
 from .uploader import IN_MEMORY_MAX, Abandoned, Job, Outcome, Settings, Uploader
 from .watcher import WATCH_LIMIT, Hints, Watcher, inotify_watches, watch_limit
@@ -146,6 +148,10 @@ class Daemon:
         self._threads: List[threading.Thread] = []
         self._waiting_logged: Dict[str, str] = {}
         self._lost_warned_at = float("-inf")
+        self._endpoint_down_at_start: Optional[str] = None
+        self._failure_logged: Dict[str, str] = {}  # rel -> failure kind last logged above DEBUG
+        self.outage = Outage(cfg.s3.endpoint_url or "(AWS)", clock=clock, wall=wall, waiting=self._waiting_files,
+                             on_change=self._outage_changed)
         self.watcher: Optional[Watcher] = None
         self.sender: Optional[AsyncSender] = None
         self.exit_code = 0
@@ -217,6 +223,10 @@ class Daemon:
             # manager give up on us after a few restarts, while files pile up with nobody to send them
             log.warning("S3 endpoint %s is not answering (%s); starting anyway: files wait and go when it answers",
                         endpoint, exc.reason)
+            self._endpoint_down_at_start = exc.reason
+        self.store.set_meta(META_OUTAGE, "")  # an outage of the last run is not this one's
+        if self._endpoint_down_at_start:
+            self.outage.begin(self._endpoint_down_at_start)
         n = self.store.recover_interrupted()
         if n:
             log.info("%d upload(s) were interrupted by the last stop; they will be resumed", n)
@@ -289,6 +299,7 @@ class Daemon:
         now = self.clock()
         logs.flush_pending()
         try:
+            self.outage.tick()
             if self.reloader is not None:
                 self.reloader.tick(now)
             if self.metrics is not None or self.service is not None:
@@ -950,6 +961,7 @@ class Daemon:
             self.hints.add(job.rel)
         elif o.kind == "vanished":
             log.warning("File vanished before it was uploaded: %s", display(job.rel))
+            self._failure_logged.pop(job.rel, None)
             self.store.forget(job.rel)
         else:
             self._record_failure(job, o.failure or Failure("internal", "unknown failure"))
@@ -958,6 +970,10 @@ class Daemon:
         if not done:
             return
         now = self.wall()
+        self.outage.succeeded()
+        if self._failure_logged:
+            for o in done:
+                self._failure_logged.pop(o.job.rel, None)
         with self.stats.lock:
             self.stats.uploaded_files += len(done)
             self.stats.uploaded_bytes += sum(o.job.stat.size for o in done)
@@ -980,10 +996,16 @@ class Daemon:
             self.stats.failures[failure.kind] = self.stats.failures.get(failure.kind, 0) + 1
             self.stats.retries += 0 if d.park else 1
             self.stats.last_error = f"{display(job.rel)}: {failure}"
+        # an outage is one state with its own lines (outage.py); any other failure gets its line once
+        # per file and reason: thousands of files failing alike must not flood the log
+        quiet = self.outage.failed(failure) or self._failure_logged.get(job.rel) == failure.kind
+        self._failure_logged[job.rel] = failure.kind
         if d.park:
             when = f"tried again in {d.delay:.0f}s or with 's3-uploader retry'" if next_at else \
                 "it will not be retried until the file changes or 's3-uploader retry'"
             log.error("Upload of %s failed (%s); parked after %d attempt(s), %s", job.key, failure, job.attempt, when)
+        elif quiet:
+            log.debug("Upload of %s failed (%s); retry %d in %.1fs", job.key, failure, job.attempt, d.delay)
         elif failure.kind in ("auth", "no_bucket"):
             log.error("Upload of %s failed: %s problem (%s); retrying in %.0fs", job.key,
                       "credentials/permission" if failure.kind == "auth" else "bucket", failure.message, d.delay)
@@ -993,6 +1015,21 @@ class Daemon:
         else:
             log.warning("Upload of %s failed (%s); retry %d of %d in %.1fs", job.key, failure, job.attempt,
                         up.max_retries, d.delay)
+
+    def _waiting_files(self) -> int:
+        """Files not yet in S3 (for the outage's lines; counts the rows, so only when one is written)."""
+        try:
+            counts = self.store.counts()
+        except StoreError:
+            return 0
+        return sum(counts[s] for s in WAITING_STATES)
+
+    def _outage_changed(self, state: Optional[Dict[str, Any]]) -> None:
+        """Keep the outage where ``status`` (another process) reads it."""
+        try:
+            self.store.set_meta(META_OUTAGE, json.dumps(state) if state else "")
+        except StoreError:
+            pass  # the threads that write rows report a broken database
 
     # -- reading state for status lines ------------------------------------------------------------
     def queue_depth(self) -> int:

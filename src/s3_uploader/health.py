@@ -47,6 +47,17 @@ def health_problem(daemon: Any, now: Optional[float] = None, max_age: Optional[f
     return None
 
 
+def health_note(daemon: Any) -> Optional[str]:
+    """What ``/healthz`` adds to a healthy answer: an outage of the S3 endpoint, which restarting the
+    daemon would not mend (so it does not stop systemd's watchdog pings), but a monitor should see."""
+    outage = getattr(daemon, "outage", None)
+    state = outage.state() if outage is not None else None
+    if state is None:
+        return None
+    return (f"S3 endpoint {state['endpoint']} not answering for {state['seconds']:.0f}s "
+            f"({state['failures']} failed attempts; last: {state['error']})")
+
+
 class StateSnapshot:
     """Files per state and the oldest waiting file, read from the store at most every ``interval`` s."""
 

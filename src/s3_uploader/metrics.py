@@ -19,7 +19,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator, Optional, Tuple
 
-from .health import StateSnapshot, health_problem
+from .health import StateSnapshot, health_note, health_problem
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class DaemonCollector:
             freed_files = getattr(st, "cleanup_files_freed", 0)
             freed_bytes = getattr(st, "cleanup_bytes_freed", 0)
             events_lost, unwatched = dict(st.events_lost), st.unwatched_folders
+        outage = getattr(d, "outage", None)
+        outage_state = outage.state() if outage is not None else None
         with d.inflight_lock:
             inflight = len(d.inflight)
 
@@ -90,6 +92,11 @@ class DaemonCollector:
         yield GaugeMetricFamily(f"{PREFIX}_last_scan_timestamp_seconds", "When the last full scan ended "
                                 "(Unix time; 0 = none yet).", value=last_scan or 0.0)
         yield CounterMetricFamily(f"{PREFIX}_scans", "Full scans of the watched directory.", value=scans)
+        yield CounterMetricFamily(f"{PREFIX}_endpoint_outages", "Outages of the S3 endpoint since the daemon "
+                                  "started (it stopped answering, or answered only throttling or 5xx).",
+                                  value=outage.outages if outage is not None else 0)
+        yield GaugeMetricFamily(f"{PREFIX}_endpoint_down_seconds", "How long the S3 endpoint has not been answering "
+                                "(0 while it answers).", value=outage_state["seconds"] if outage_state else 0.0)
         lost = CounterMetricFamily(f"{PREFIX}_filesystem_events_lost", "Times filesystem events were lost and a "
                                    "rescan made up for them, by reason (overflow: the inotify queue overflowed; "
                                    "watch_limit: more folders went unwatched).", labels=["reason"])
@@ -178,7 +185,8 @@ class MetricsServer:
                     elif path == "/healthz":
                         problem = health_problem(server.daemon)
                         if problem is None:
-                            self._reply(200, b"ok\n")
+                            note = health_note(server.daemon)
+                            self._reply(200, f"ok; degraded: {note}\n".encode("utf-8") if note else b"ok\n")
                         else:
                             self._reply(503, f"unhealthy: {problem}\n".encode("utf-8"))
                     else:
