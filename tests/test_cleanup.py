@@ -561,7 +561,7 @@ def test_a_crash_between_the_quarantine_rename_and_the_unlink_is_finished_by_the
     assert res.freed_files == 1 and world.state("cam/a.bin") == "deleted"
 
 
-def test_a_quarantined_file_whose_name_was_taken_is_put_back_never_over_the_new_file(world, tmp_path):
+def test_a_quarantined_file_whose_name_was_taken_is_finished_and_the_new_file_at_the_name_is_kept(world, tmp_path):
     p = world.file("cam/a.bin", b"abc")
     world.clock.t = T0 + 5
     world.file("cam/b.bin", b"xyz")
