@@ -11,7 +11,8 @@ The contract of :meth:`Uploader.upload`: given a file that stability declared re
 - return ``failed`` with a classified :class:`~s3_uploader.retry.Failure`.
 
 Opening uses ``O_NONBLOCK`` (a FIFO swapped in cannot block us) and, unless symlinks are followed,
-``O_NOFOLLOW``; ``fstat`` of the open descriptor must show a regular file with the ready signature.
+``O_NOFOLLOW`` on the file and on every folder on the way (walked by descriptor from the root);
+``fstat`` of the open descriptor must show a regular file with the ready signature.
 Multipart uploads record their upload id before the first part and each part as it completes, so
 a restart resumes from the parts S3 already holds (checked with ListParts) instead of from zero.
 """
@@ -27,6 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
+from . import tree
 from .logs import per_file
 from .remote import ObjectInfo, PutOptions, Remote, multipart_etag
 from .retry import Failure, classify
@@ -94,6 +96,15 @@ class Abandoned(Exception):
 
 class Changed(Exception):
     """The file is no longer the version that was declared ready."""
+
+
+def _open_below(job: Job, flags: int) -> int:
+    """Open ``job.path`` (the root joined with ``job.rel``) walking from the root by descriptor,
+    never following a symlink below the root; a path not of that form is opened with O_NOFOLLOW."""
+    native = os.path.join(*job.rel.split("/"))
+    if job.path.endswith(os.sep + native):
+        return tree.open_file(job.path[:-len(native) - 1] or os.sep, job.rel, flags)
+    return os.open(job.path, flags | getattr(os, "O_NOFOLLOW", 0))  # pragma: no cover - not built that way
 
 
 def part_size_for(size: int, chunksize: int) -> int:
@@ -324,9 +335,16 @@ class Uploader:
             return Outcome("failed", job, failure=classify(exc))
 
     def _open(self, job: Job, cfg: Settings) -> int:
-        flags = _O_FLAGS | (0 if cfg.follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+        """Open the file (see the module docstring). Unless symlinks are followed, every folder on
+        the way is walked by descriptor with O_NOFOLLOW (:func:`s3_uploader.tree.open_file`): a
+        folder swapped for a symlink since the check cannot lead the open outside the tree."""
         try:
-            fd = os.open(job.path, flags)
+            if cfg.follow_symlinks:  # job.path is the real path, resolved inside the tree just now
+                fd = os.open(job.path, _O_FLAGS)
+            else:
+                fd = _open_below(job, _O_FLAGS)
+        except tree.OutsideTree:
+            raise Changed("a folder on the way was replaced by a symlink") from None
         except OSError as exc:
             if getattr(exc, "errno", None) == 40:  # ELOOP: became a symlink
                 raise Changed("the file was replaced by a symlink") from None
