@@ -280,6 +280,11 @@ class Daemon:
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
                                is_busy=self._is_inflight, is_being_written=self.probe.is_being_written,
                                on_requeue=self.hints.add, stop=self.stop_event)
+        try:  # a pass interrupted between its quarantine rename and the unlink: finish or undo it now,
+            self.cleaner.recover()  # even if cleanup has been switched off since
+        except Exception as exc:
+            log.warning("Cleanup: could not look at files an interrupted pass left hidden (%s); the next pass "
+                        "does", exc)
         log.info("Watching %s -> s3://%s/%s (%s)", self.root, self.cfg.s3.bucket, self.cfg.s3.prefix,
                  "once" if self.once else "daemon")
         self._start_threads()
