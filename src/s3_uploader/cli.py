@@ -163,6 +163,11 @@ def cmd_check(cfg: Config, args: Any) -> int:
         ok = False
     else:
         print(f"Watch directory OK: {root}")
+    if root.is_dir():
+        from .writers import WriterProbe
+        probe = WriterProbe(str(root))
+        # a warning, not a failure: size and mtime stability still decide for what it cannot see
+        print(probe.blind_spot() or f"Writer check OK: {probe.method()}")
     db = Path(cfg.daemon.db_path)
     folder = db.parent if not db.exists() else db
     if os.access(folder if folder.exists() else folder.parent, os.W_OK):

@@ -264,6 +264,7 @@ class Daemon:
             self.sender = AsyncSender(self.remote, self.uploader, self.record_many, capacity=up.upload_workers,
                                       allowed=lambda: self.limiter.limit() is None, divert=self._divert)
         self.probe = WriterProbe(self.root, clock=self.clock)
+        self._say_writer_check()
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
                                is_busy=self._is_inflight, is_being_written=self.probe.is_being_written,
                                on_requeue=self.hints.add, stop=self.stop_event)
@@ -279,6 +280,14 @@ class Daemon:
         if self.once:
             self.exit_code = self._once_result()
         return self.exit_code
+
+    def _say_writer_check(self) -> None:
+        """Say once how open writers are found, and loudly when some of them cannot be seen."""
+        blind = self.probe.blind_spot()
+        if blind is not None:
+            log.warning("%s", blind)
+        else:
+            log.debug("Writer check: %s", self.probe.method())
 
     def on_tick(self) -> None:
         """Called by the main thread twice a second: config reload, state snapshot, systemd notify,
