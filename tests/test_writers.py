@@ -125,7 +125,7 @@ def test_a_file_replaced_since_the_callers_stat_is_reported_busy_to_be_looked_at
     assert probe.is_being_written(path, dev, ino)
 
 
-def test_on_nfs_and_smb_the_probe_does_not_ask_for_leases(tmp_path):
+def test_on_nfs_and_smb_the_probe_does_not_ask_for_leases_and_says_so_once(tmp_path, caplog):
     # NFSv4 and SMB refuse a read lease without a delegation: read as "busy", a file would wait forever
     root = tmp_path / "inbox"
     root.mkdir()
@@ -138,6 +138,10 @@ def test_on_nfs_and_smb_the_probe_does_not_ask_for_leases(tmp_path):
     with open(f, "ab"):
         # the fake /proc holds no process: without a lease nothing can say busy
         assert not probe.is_being_written(*key(f))
+        assert not probe.is_being_written(*key(f))
+    assert "the watched directory is on nfs4" in probe.blind_spot()
+    said = [r.getMessage() for r in caplog.records if "no file leases on the filesystem" in r.getMessage()]
+    assert len(said) == 1 and "(nfs4)" in said[0], said
     local = WriterProbe(str(root), proc=str(fake_proc(tmp_path / "2")), ttl=0)
     with open(f, "ab"):
         assert local.is_being_written(*key(f))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import stat
@@ -23,6 +24,7 @@ import sys
 import time
 from typing import Callable, Dict, FrozenSet, Optional, Tuple
 
+log = logging.getLogger(__name__)
 _ACCMODE = 0o3
 _WRITE_MODES = (os.O_WRONLY, os.O_RDWR)
 CAP_SYS_PTRACE = 19
@@ -94,6 +96,13 @@ class WriterProbe:
         if not self.supported:
             return ("Writer check: none on this platform; a file still open for writing is judged by size and mtime "
                     "stability alone (raise stable_seconds if writers pause longer than it)")
+        fs = self._root_fs()
+        if fs in NO_LEASE_FS:
+            return (f"Writer check: the watched directory is on {fs}, where file leases do not answer for this "
+                    f"machine's writers; /proc is used, which sees only this machine's processes"
+                    f"{'' if self.caps >> CAP_SYS_PTRACE & 1 else ' of this user (no CAP_SYS_PTRACE)'}. A file "
+                    f"written from elsewhere is judged by size and mtime stability alone: keep stable_seconds "
+                    f"longer than its writers pause")
         if (self.leases and self.caps >> CAP_LEASE & 1) or self.caps >> CAP_SYS_PTRACE & 1:
             return None
         if not self.leases:
@@ -107,16 +116,32 @@ class WriterProbe:
                 f"stability alone. To fix: {fix}")
 
     # -- leases -------------------------------------------------------------------------------------
+    def _root_fs(self) -> str:
+        try:
+            return self._fs(os.stat(self.real_root).st_dev)
+        except OSError:
+            return ""
+
+    def _fs(self, dev: int) -> str:
+        if self._fs_of_dev is None:
+            self._fs_of_dev = _filesystems(self.proc)
+        return self._fs_of_dev.get(dev, "")
+
     def _lease_usable(self, dev: int) -> bool:
         if dev in self._no_lease_devs:
             return False
-        if self._fs_of_dev is None:
-            self._fs_of_dev = _filesystems(self.proc)
-        fs = self._fs_of_dev.get(dev, "")
+        fs = self._fs(dev)
         if fs in NO_LEASE_FS:
-            self._no_lease_devs[dev] = fs
+            self._no_lease(dev, fs)
             return False
         return True
+
+    def _no_lease(self, dev: int, why: str) -> None:
+        """No more leases asked on ``dev``; said once, as /proc alone may not see every writer."""
+        self._no_lease_devs[dev] = why
+        if not self.caps >> CAP_SYS_PTRACE & 1:
+            log.warning("Writer check: no file leases on the filesystem of device %d:%d (%s); /proc, used instead, "
+                        "cannot see other users' processes writing there", os.major(dev), os.minor(dev), why)
 
     def _lease_answer(self, path: str, dev: int, ino: int) -> Optional[bool]:
         """True: a writer holds it; False: nobody has it open for writing; None: no lease here (not
@@ -143,7 +168,7 @@ class WriterProbe:
                 if exc.errno == errno.EAGAIN:
                     return True
                 if exc.errno == errno.EINVAL:  # this filesystem has no leases (NFSv3, 9p, ...)
-                    self._no_lease_devs[dev] = "EINVAL"
+                    self._no_lease(dev, self._fs(dev) or "leases refused: EINVAL")
                 return None  # EACCES: not ours and no CAP_LEASE
             # released at once: a writer opening the file now waits for this, not lease-break-time
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
