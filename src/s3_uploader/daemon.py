@@ -745,7 +745,7 @@ class Daemon:
         if note is not None and not self._unsettled_said:
             log.warning("%s", note)
         elif note is None and self._unsettled_said:
-            log.info("The stability tracker has room again (max_pending_uploads = %d)", self.tracker.capacity)
+            log.info("The stability tracker is no longer full of files that do not settle")
         self._unsettled_said = note is not None
 
     def _sweep_retries(self, now: float) -> None:
