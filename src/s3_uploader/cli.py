@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     cmd("run", "Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads the config).")
     cmd("once", "Upload the tree as it is now (waiting for changing files to settle), run one cleanup pass if "
                 "configured, then exit: 0 when every file found is in S3, 1 when any failed.")
-    cmd("check", "Validate the config, the directory, the state database and bucket access; one line each.")
+    cmd("check", "Validate the config, the directory, the writer check, the state database and bucket access; one "
+                 "line each.")
     st = cmd("status", "Show what the state database holds: files per state, the oldest waiting, last errors.")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     cmd("retry", "Make every parked or failed file due for another attempt now (a running daemon picks them up).")
@@ -167,6 +168,11 @@ def cmd_check(cfg: Config, args: Any) -> int:
         print(f"Watch directory OK: {root}")
         if cfg.watch.use_events:
             print(events_line(str(root)))
+    if root.is_dir():
+        from .writers import WriterProbe
+        probe = WriterProbe(str(root))
+        # a warning, not a failure: size and mtime stability still decide for what it cannot see
+        print(probe.blind_spot() or f"Writer check OK: {probe.method()}")
     db = Path(cfg.daemon.db_path)
     folder = db.parent if not db.exists() else db
     if os.access(folder if folder.exists() else folder.parent, os.W_OK):

@@ -8,7 +8,8 @@ Threads, in the order data flows:
 - **watcher** (watchdog's thread): events become hints, which only shorten the wait.
 - **scheduler**: owns the :class:`~s3_uploader.stability.Tracker` (at most ``max_pending_uploads``
   files), checks each file when due, and hands ready files to the workers; also brings failed
-  files back when their retry is due.
+  files back when their retry is due. A file unstable for long (see ``_gives_way``) yields its
+  slot to files waiting for one, so files that never settle cannot starve the rest.
 - **sender**: with the obstore transport, one asyncio loop that keeps up to ``upload_workers``
   small files (single PUTs of at most 1 MiB) in flight at once (see :mod:`s3_uploader.sender`).
 - **upload workers** (``upload_workers`` of them): upload one file each, record the outcome; every
@@ -38,7 +39,7 @@ from . import logs
 from .bandwidth import limiter_from_config
 from .cleanup import Cleaner, CleanupSettings, PassResult
 from .config import Config
-from .health import StateSnapshot
+from .health import StateSnapshot, tracker_note
 from .keys import Filters, KeyMaker, key_problem
 from .metrics import MetricsServer, MetricsUnavailable
 from .notify import SdNotify, ServiceNotifier, watchdog_interval
@@ -46,7 +47,7 @@ from .reload import Reloader, apply_to_daemon
 from .remote import PutOptions, Remote, RemoteError
 from .retry import Failure, classify, decide_retry
 from .scanner import FileStat, Reporter, Scanner
-from .stability import Observation, Tracker, assess
+from .stability import Observation, Tracker, assess, unsettled_after
 from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
 from .outage import META_OUTAGE, Outage
 from .sender import AsyncSender
@@ -57,6 +58,7 @@ from .writers import WriterProbe
 log = logging.getLogger(__name__)
 
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
+UNSETTLED_COUNT_INTERVAL = 5.0  # seconds between counts of unsettled tracked files (a pass over the tracker)
 # Parts in flight across all files. A part is read into memory only while it is sent, so this bounds
 # multipart memory (16 x multipart_chunksize) however many upload_workers there are.
 PART_THREADS_CAP = 16
@@ -139,6 +141,13 @@ class Daemon:
         self.folder_requests: "queue.Queue[str]" = queue.Queue()
         self.upload_q: "queue.Queue[Optional[Job]]" = queue.Queue()
         self.ready: Deque[Job] = collections.deque()
+        # files that gave their tracker slot away (rel -> when), oldest first; at most ``cap`` of them
+        self._gave_way: "collections.OrderedDict[str, float]" = collections.OrderedDict()
+        self._next_candidate: Optional[FileStat] = None  # taken from the queue, waiting for a slot
+        self.unsettled_after: Optional[float] = None  # seconds; None: from stable_seconds (tests set it)
+        self.unsettled = 0  # tracked files unstable for longer than that (health.tracker_note)
+        self._unsettled_counted_at = float("-inf")
+        self._unsettled_said = False
         # files found ready in this turn of the scheduler, made into jobs together (one row read)
         self._ready_batch: List[Tuple[str, FileStat, str]] = []
         self.inflight: Set[str] = set()
@@ -277,6 +286,7 @@ class Daemon:
             self.sender = AsyncSender(self.remote, self.uploader, self.record_many, capacity=up.upload_workers,
                                       allowed=lambda: self.limiter.limit() is None, divert=self._divert)
         self.probe = WriterProbe(self.root, clock=self.clock)
+        self._say_writer_check()
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
                                is_busy=self._is_inflight, is_being_written=self.probe.is_being_written,
                                on_requeue=self.hints.add, stop=self.stop_event)
@@ -297,6 +307,14 @@ class Daemon:
         if self.once:
             self.exit_code = self._once_result()
         return self.exit_code
+
+    def _say_writer_check(self) -> None:
+        """Say once how open writers are found, and loudly when some of them cannot be seen."""
+        blind = self.probe.blind_spot()
+        if blind is not None:
+            log.warning("%s", blind)
+        else:
+            log.debug("Writer check: %s", self.probe.method())
 
     def on_tick(self) -> None:
         """Called by the main thread twice a second: config reload, state snapshot, systemd notify,
@@ -653,6 +671,7 @@ class Daemon:
                 self._sweep_retries(now)
                 next_sweep = now + RETRY_SWEEP_INTERVAL
             self._check_due(now)
+            self._count_unsettled(now)
             self._make_jobs()
             self._feed_workers()
             if self.once and self._once_finished():
@@ -703,15 +722,95 @@ class Daemon:
             self._check(rel, st, now)
 
     def _take_candidates(self, now: float) -> None:
-        while not self.tracker.full and len(self.ready) + len(self._ready_batch) < self.tracker.capacity:
-            try:
-                f = self.candidates.get_nowait()
-            except queue.Empty:
-                return
+        """Track the scanner's candidates while there is room. Candidates that need no slot (already
+        tracked or in flight, resting after giving way) are taken even when the tracker is full; the
+        first that needs one waits in ``_next_candidate``, which tells ``_gives_way`` a slot is wanted."""
+        while len(self.ready) + len(self._ready_batch) < self.tracker.capacity:
+            f, self._next_candidate = self._next_candidate, None
+            if f is None:
+                try:
+                    f = self.candidates.get_nowait()
+                except queue.Empty:
+                    break
             if self._is_inflight(f.rel) or f.rel in self.tracker:
                 continue
+            if f.rel in self._gave_way:
+                if now < self._gave_way[f.rel] + self._unsettled_limit():
+                    continue  # resting after it gave way; _take_back brings it in later
+                del self._gave_way[f.rel]
+            if self.tracker.full:
+                self._next_candidate = f
+                break
             self.tracker.add(f.rel, now)
             self._check(f.rel, f, now)
+        self._take_back(now)
+
+    def _unsettled_limit(self) -> float:
+        if self.unsettled_after is not None:
+            return self.unsettled_after
+        return unsettled_after(self.cfg.watch.stable_seconds)
+
+    def _gives_way(self, rel: str, now: float) -> bool:
+        """Whether ``rel`` (tracked, just found not ready) leaves the tracker to let others in.
+
+        It does when the tracker is full, a file waits for a slot (the scanner's next candidate, or
+        one that gave way and has rested), and it has been tracked for longer than the unsettled limit.
+        It is looked at again after resting as long (``_take_back``; a rescan may also bring it
+        back then): until then the slot goes to others. Without this, ``max_pending_uploads`` logs
+        appended to for ever would hold every slot and no other file would ever be looked at.
+        """
+        if not self.tracker.full:
+            return False
+        limit = self._unsettled_limit()
+        if now - self.tracker.since(rel) <= limit:
+            return False
+        if self._next_candidate is None and not self._rested(now, limit):
+            return False
+        self.tracker.remove(rel)
+        self._log_wait(rel, "Not stable for long; letting other files go first, looking again later: %s")
+        if len(self._gave_way) < self.tracker.capacity:
+            self._gave_way[rel] = now
+        else:  # memory stays bounded by max_pending_uploads; a rescan brings it back
+            self._waiting_logged.pop(rel, None)
+        # the slot goes to the file waiting for it now, before an event about this one takes it back
+        waiting, self._next_candidate = self._next_candidate, None
+        if waiting is not None:
+            self.tracker.add(waiting.rel, now)  # due now: _check_due stats it
+        else:
+            self._take_back(now)
+        return True
+
+    def _rested(self, now: float, limit: float) -> bool:
+        """A file that gave way (and is not tracked again meanwhile, e.g. by an event) has rested
+        long enough to be looked at again."""
+        while self._gave_way:
+            rel, at = next(iter(self._gave_way.items()))
+            if rel in self.tracker or self._is_inflight(rel):
+                del self._gave_way[rel]  # back already: nothing to take back
+                continue
+            return at + limit <= now
+        return False
+
+    def _take_back(self, now: float) -> None:
+        """Track again, oldest first, the files that gave way and have rested, while there is room."""
+        limit = self._unsettled_limit()
+        while not self.tracker.full and self._rested(now, limit):
+            rel, _ = self._gave_way.popitem(last=False)
+            if not self._is_inflight(rel):
+                self.tracker.add(rel, now)  # due now: _check_due stats it (and handles it vanishing)
+
+    def _count_unsettled(self, now: float) -> None:
+        """Refresh ``unsettled`` every few seconds; say it once when the tracker fills with them."""
+        if now - self._unsettled_counted_at < UNSETTLED_COUNT_INTERVAL:
+            return
+        self._unsettled_counted_at = now
+        self.unsettled = self.tracker.unsettled(now, self._unsettled_limit())
+        note = tracker_note(self)
+        if note is not None and not self._unsettled_said:
+            log.warning("%s", note)
+        elif note is None and self._unsettled_said:
+            log.info("The stability tracker is no longer full of files that do not settle")
+        self._unsettled_said = note is not None
 
     def _sweep_retries(self, now: float) -> None:
         room = self.tracker.capacity - len(self.tracker)
@@ -747,9 +846,10 @@ class Daemon:
             v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks, writer_open=True)
             self._log_wait(rel, "Waiting for writer to close file: %s")
         if not v.ready:
-            if prev is None:
+            if prev is None and rel not in self._waiting_logged:  # (not again when it comes back)
                 self._log_wait(rel, "Waiting for file to stabilize: %s")
-            self.tracker.reschedule(rel, v.observation, v.next_check_at)  # type: ignore[arg-type]
+            if not self._gives_way(rel, now):
+                self.tracker.reschedule(rel, v.observation, v.next_check_at)  # type: ignore[arg-type]
             return
         self.tracker.remove(rel)
         self._waiting_logged.pop(rel, None)
@@ -833,7 +933,8 @@ class Daemon:
                 and s.put_options.etag_is_md5 and self.remote.async_ok(job.key))  # type: ignore[attr-defined]
 
     def _once_finished(self) -> bool:
-        if not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready:
+        if (not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready
+                or self._gave_way or self._next_candidate is not None):
             return False
         if not self.upload_q.empty() or (self.sender is not None and self.sender.backlog()):
             return False
