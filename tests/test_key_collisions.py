@@ -11,7 +11,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from helpers import PY, _env, cli, get_bytes, list_keys, make_files, wait_for
+from helpers import PY, _env, cannot_run, cli, get_bytes, list_keys, make_files, wait_for
 
 from s3_uploader.config import ConfigError, parse_config
 from s3_uploader.keys import escape_name, unescape_name
@@ -205,8 +205,14 @@ TRICKY = [b"a%FF.dat", b"a\xff.dat",                      # the pair that shared
           b"caf\xe9 100%.txt", b"sub dir/%zz %", b"sub dir/%ZZ %"]
 
 
+@pytest.mark.parametrize("transport", ["obstore", "boto3"])  # obstore's path rules are its own
 def test_tricky_names_become_distinct_objects_whose_keys_decode_to_their_names_and_hold_their_own_bytes(
-        workspace, s3_client):
+        workspace, s3_client, transport):
+    if transport == "obstore":
+        try:
+            import obstore  # noqa: F401
+        except ImportError:
+            cannot_run("obstore is not installed (Python >= 3.11: pip install obstore)")
     root = os.fsencode(workspace.inbox)
     files = {}
     for i, raw in enumerate(TRICKY):
@@ -216,7 +222,7 @@ def test_tricky_names_become_distinct_objects_whose_keys_decode_to_their_names_a
         with open(path, "wb") as f:
             f.write(data)
         files[os.fsdecode(raw)] = data
-    workspace.config(s3={"prefix": "in"})
+    workspace.config(s3={"prefix": "in", "transport": transport})
     r = once(workspace)
     assert r.returncode == 0, r.stderr[-3000:]
     keys = list_keys(s3_client, workspace.bucket)
@@ -312,3 +318,34 @@ def test_a_long_keyed_file_rechecked_retried_and_reloaded_never_stops_the_daemon
     still_going("after-reload.txt")
     assert "Thread scheduler failed" not in d.output() and "IllegalTransition" not in d.output()
     assert d.stop() == 0
+
+
+def test_a_file_whose_key_an_earlier_versions_row_holds_is_parked_by_the_running_daemon_and_the_rest_goes(
+        workspace, s3_client):
+    # a%FF.dat as the earlier mapping left it: uploaded to the key a%FF.dat (now the key of the bytes a\xff.dat)
+    (workspace.inbox / "a%FF.dat").write_bytes(b"utf-8 name")
+    s3_client.put_object(Bucket=workspace.bucket, Key="a%FF.dat", Body=b"utf-8 name")
+    st_ = os.stat(workspace.inbox / "a%FF.dat")
+    with Store(workspace.state / "state.db") as st:
+        st.discover("a%FF.dat", "a%FF.dat", st_.st_size, st_.st_mtime_ns, st_.st_ino)
+        st.start_upload("a%FF.dat", st_.st_size, st_.st_mtime_ns, st_.st_ino)
+        st.finish_upload("a%FF.dat", st_.st_size, st_.st_mtime_ns, st_.st_ino, None, None)
+    workspace.config(upload={"parked_retry_interval": "1h"})
+    d = workspace.start()
+    d.wait_log("Watching")
+    with open(os.path.join(os.fsencode(workspace.inbox), b"a\xff.dat"), "wb") as f:  # seen by an event
+        f.write(b"latin-1 name")
+    make_files(workspace.inbox, [("other.txt", b"other")])
+    line = r"a\\xff\.dat would go to S3 key a%FF\.dat, which a%FF\.dat already has; parked \(rename one of them\)"
+    d.wait_log(line)
+    d.wait_until(lambda: "other.txt" in list_keys(s3_client, workspace.bucket), what="other.txt uploaded")
+    r = cli("retry", "-c", str(workspace.config_path))  # tried again: still taken, said again, nothing stops
+    assert r.returncode == 0, r.stderr
+    d.wait_log(line, count=2)
+    make_files(workspace.inbox, [("later.txt", b"later")])
+    d.wait_until(lambda: "later.txt" in list_keys(s3_client, workspace.bucket), what="later.txt uploaded")
+    assert get_bytes(s3_client, workspace.bucket, "a%FF.dat") == b"utf-8 name"
+    assert d.stop() == 0
+    got = rows(workspace.state / "state.db")
+    assert (got["a\udcff.dat"].key, got["a\udcff.dat"].state, got["a\udcff.dat"].error_kind) == \
+        (None, "parked", "collision")
