@@ -641,7 +641,8 @@ class Store:
 
     def fail_upload(self, rel: str, kind: str, message: str, next_attempt_at: Optional[float], park: bool,
                     count_attempt: bool = True) -> int:
-        """uploading/pending -> failed (or parked); returns the attempt count now recorded."""
+        """uploading/pending/failed/parked -> failed (or parked); returns the attempt count now
+        recorded. A parked row parked again (a file no retry can send, checked again) is no error."""
         with self._lock:
             rec = self.get(rel)
             if rec is None:
