@@ -614,12 +614,23 @@ class Daemon:
                 continue  # done, or failed/parked with its retry scheduled
             if self._is_inflight(f.rel):
                 continue  # the upload's own re-check catches the change
-            if state in DONE_STATES:
+            if state == "uploaded":
                 log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
-            self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino)
+            # the key of a new file at a deleted/archived path comes from its own mtime; a file
+            # changed in place keeps its stored key (the store decides which)
+            r = self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino,
+                                    retry_at=self._collision_retry_at())
+            if r.key is None:
+                log.error("%s", r.last_error)
+                continue
             todo.append(f)
         if new_rows:
-            self.store.discover_many(new_rows)
+            collided = self.store.discover_many(new_rows, retry_at=self._collision_retry_at())
+            if collided:
+                for r in collided:
+                    log.error("%s", r.last_error)
+                parked = {r.rel for r in collided}
+                todo = [f for f in todo if f.rel not in parked]
         for f in todo:
             while not self.stop_event.is_set():
                 try:
@@ -712,12 +723,20 @@ class Daemon:
             rec = self.store.get(rel)
             if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading"):
                 continue  # already uploaded, or failed with its retry scheduled
+            key = self.keymaker.key_for(rel, st.mtime)
             if rec is None:
-                self.store.discover_many([(rel, self.keymaker.key_for(rel, st.mtime), st.size, st.mtime_ns, st.ino)])
+                collided = self.store.discover_many([(rel, key, st.size, st.mtime_ns, st.ino)],
+                                                    retry_at=self._collision_retry_at())
+                if collided:
+                    log.error("%s", collided[0].last_error)
+                    continue
             elif rec.signature != st.signature and rec.state != "pending":
-                if rec.state in DONE_STATES:
+                if rec.state == "uploaded":
                     log.info("File changed since it was uploaded; will upload again: %s", display(rel))
-                self.store.discover(rel, rec.key, st.size, st.mtime_ns, st.ino)
+                rec = self.store.discover(rel, key, st.size, st.mtime_ns, st.ino, retry_at=self._collision_retry_at())
+                if rec.key is None:
+                    log.error("%s", rec.last_error)
+                    continue
             self.tracker.add(rel, now)
             self._check(rel, st, now)
 
@@ -888,8 +907,14 @@ class Daemon:
             return None  # forgotten meanwhile (vanished); a new event or scan brings it back
         if rec.state in DONE_STATES and rec.signature == st.signature:
             return None  # already uploaded (a scan and an event raced)
-        if rec.signature != st.signature or rec.state in DONE_STATES:
-            rec = self.store.discover(rel, rec.key, st.size, st.mtime_ns, st.ino)
+        if rec.key is None or rec.signature != st.signature or rec.state in DONE_STATES:
+            # changed, a new file at a deleted/archived path (its own key, from its mtime), or
+            # parked for a collision (the other file may be gone or renamed by now)
+            rec = self.store.discover(rel, self.keymaker.key_for(rel, st.mtime), st.size, st.mtime_ns, st.ino,
+                                      retry_at=self._collision_retry_at())
+            if rec.key is None:
+                log.error("%s", rec.last_error)
+                return None
         problem = key_problem(rec.key)
         if problem is not None:
             self._park_unsendable(rec, problem)
@@ -905,8 +930,18 @@ class Daemon:
         return Job(rel, path, rec.key, st, rec.attempts + 1, rec.upload_id, rec.part_size)
 
     def _park_unsendable(self, rec: Record, problem: str) -> None:
+        """Park a file no retry can send (its key is over S3's limit). It may be parked already
+        (checked again after a rescan, a retry or a reload): it is parked again, never an error."""
         log.error("Cannot upload %s: %s; parked (rename the file to upload it)", display(rec.rel), problem)
-        self.store.fail_upload(rec.rel, "invalid", problem, None, park=True)
+        try:
+            self.store.fail_upload(rec.rel, "invalid", problem, None, park=True)
+        except IllegalTransition as exc:  # moved on meanwhile (e.g. vanished): its new state decides
+            log.debug("Not parking: %s", exc)
+
+    def _collision_retry_at(self) -> float:
+        """When a file parked for a collision is checked again: like any parked file (the other
+        file may be renamed or gone by then)."""
+        return self.wall() + self.cfg.upload.parked_retry_interval
 
     def _feed_workers(self) -> None:
         """Hand ready jobs, in order, to the sender (small single PUTs) or the upload workers."""
