@@ -714,6 +714,8 @@ class Daemon:
             if rel in self.tracker:
                 self.tracker.add(rel, now)  # look again now: it may be complete
                 continue
+            if rel in self._gave_way and now < self._gave_way[rel] + self._unsettled_limit():
+                continue  # resting after it gave way (a log still appended to): _take_back brings it in
             if self.tracker.full:
                 self.scan_request.set()  # no room: the rescan will find it
                 continue
