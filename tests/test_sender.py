@@ -166,6 +166,32 @@ def test_failures_are_outcomes_of_their_file_and_the_rest_go_on(rig):
     assert out["bad.bin"].kind == "failed" and "not the MD5 sent" in out["bad.bin"].failure.message
 
 
+def test_on_a_kms_bucket_each_answer_is_proven_by_a_head_off_the_loop_and_nothing_is_deleted(rig):
+    """A bucket with default SSE-KMS answers with ETags that are not the MD5 (our options ask for no
+    encryption). Before: each file failed with "not the MD5 sent" and obstore deleted the object."""
+    sender, remote, job, recorded, _ = rig
+    remote.sse = "aws:kms"
+    loop_thread = sender.thread.ident
+    heads: List[Optional[int]] = []
+    real_head = remote.head
+
+    def head(key):
+        heads.append(threading.get_ident())
+        return real_head(key)
+    remote.head = head
+    jobs = [job(f"k{i}.bin") for i in range(4)]
+    for j in jobs:
+        remote.gate(j.key).set()
+        sender.submit(j)
+    wait_for(lambda: len(recorded) == 4, what="four outcomes")
+    for o in recorded:
+        data, etag, _opts = remote.objects[o.job.key]
+        assert o.kind == "uploaded", o
+        assert o.etag == etag != o.md5 == hashlib.md5(data).hexdigest()
+    assert len(heads) == 4 and loop_thread not in heads  # one HEAD per file, none on the loop
+    assert "delete" not in remote.calls
+
+
 def test_a_file_changed_or_gone_before_it_is_read_is_not_sent(rig):
     sender, remote, job, recorded, _ = rig
     changed, gone = job("changed.bin"), job("gone.bin")
