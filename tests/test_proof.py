@@ -138,6 +138,7 @@ def test_a_bucket_with_default_sse_kms_gets_every_file_uploaded_and_cleaned_up_a
                          upload={"multipart_threshold": "5MiB", "multipart_chunksize": "5MiB"},
                          cleanup={"delete_after": "0.001s", "cleanup_interval": "1s"})
         r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env(), timeout=120)
+        assert proxy.count("DeleteObject") == 0, "an object stored correctly was deleted"
         assert r.returncode == 0, r.stderr[-4000:]
         assert proxy.count("HeadObject", reached=True) >= len(files)  # each proven by a HEAD
         # the pass at the end of 'once' may find the last files a millisecond short of due: a second

@@ -17,6 +17,10 @@ answered (so it is the object that PUT stored, not a later one). Which case appl
 the HEAD response (obstore's PUT answer carries no headers, and the config's ``sse`` does not say
 what the bucket does by default), never from our config.
 
+No checksum is asked of the HEAD (``ChecksumMode``): we send none, so AWS would show only the
+CRC64NVME it computes by default, which the standard library cannot compute at a useful speed, and
+which would prove nothing beyond the Content-MD5 or SHA-256 that S3 checked on the way in.
+
 An ETag is evidence of *wrong* bytes only when the HEAD shows an object that is neither KMS- nor
 SSE-C-encrypted, whose ETag has the form of an MD5 (32 hex digits) and is not ours: then S3 says
 it stores other bytes than we hashed, and the upload is not recorded (it is retried). An object is

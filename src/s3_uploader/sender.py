@@ -11,8 +11,10 @@ rows of every file finished in one turn of the loop are written together.
 
 The contract is the uploader's, split around the request: :meth:`Uploader.read_small` before it and
 :meth:`Uploader.settle_small` after it, so a file sent here is read, proven, rechecked and recorded
-exactly as one sent by an upload worker. The daemon decides which jobs come here (single PUTs read
-into memory, keys obstore keeps byte for byte, an ETag that proves the object, no bandwidth limit
+exactly as one sent by an upload worker. An answer whose ETag is not the MD5 (a bucket with
+default SSE-KMS answers so) is proven by a HEAD, which blocks: it runs on a thread of the loop's
+executor while the file keeps its slot. The daemon decides which jobs come here (single PUTs read
+into memory, keys obstore keeps byte for byte, no ``sse = aws:kms`` configured, no bandwidth limit
 in force: the limiter blocks, and the loop must not); everything else goes to the upload workers.
 
 Stopping: :meth:`AsyncSender.close` takes no new work and hands back the jobs not yet started
