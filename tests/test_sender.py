@@ -192,6 +192,31 @@ def test_on_a_kms_bucket_each_answer_is_proven_by_a_head_off_the_loop_and_nothin
     assert "delete" not in remote.calls
 
 
+def test_a_stop_waits_for_a_head_in_flight_and_a_cancel_abandons_it_as_stopped_by_shutdown(rig):
+    sender, remote, job, recorded, _ = rig
+    remote.sse = "aws:kms"
+    release = threading.Event()
+    real_head = remote.head
+
+    def slow_head(key):
+        release.wait(10)
+        return real_head(key)
+    remote.head = slow_head
+    j = job("held.bin")
+    remote.gate(j.key).set()
+    sender.submit(j)
+    wait_for(lambda: remote.calls.get("put_object") == 1 and sender.backlog() == 1, what="the PUT answered")
+    sender.close()
+    assert not sender.thread.join(0.3) and sender.thread.is_alive()  # the HEAD keeps the loop running
+    assert recorded == []
+    sender.cancel()
+    wait_for(lambda: len(recorded) == 1, what="the abandoned HEAD recorded")
+    assert recorded[0].kind == "failed" and recorded[0].failure.kind == "shutdown"
+    release.set()  # the HEAD's thread ends; the loop's executor is joined when the loop ends
+    sender.thread.join(10)
+    assert not sender.thread.is_alive()
+
+
 def test_a_file_changed_or_gone_before_it_is_read_is_not_sent(rig):
     sender, remote, job, recorded, _ = rig
     changed, gone = job("changed.bin"), job("gone.bin")
