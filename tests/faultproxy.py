@@ -18,7 +18,8 @@ upstream), to the one upstream it was given on 127.0.0.1, and nowhere else. On t
 - answer as AWS does for a bucket with default SSE-KMS (``kms=True``, see :meth:`FaultProxy._as_kms`):
   every ETag the client sees (PUT, UploadPart, Complete, HEAD, GET, ListParts, ListObjectsV2) is an
   opaque value instead of the MD5, stable per object, and every object answer carries
-  ``x-amz-server-side-encryption: aws:kms``.
+  ``x-amz-server-side-encryption: aws:kms``; with ``kms_header`` set to False the same opaque ETags
+  come without that header, as from a server storing other bytes than were sent.
 
 Faults come from a seeded random generator at ``rate`` per eligible request, or from a script of
 forced faults per operation (:meth:`FaultProxy.force`), which always wins. Every request is
@@ -125,6 +126,7 @@ class FaultProxy:
                  timeout_seconds: float = 3.0, kms: bool = False):
         self.upstream = ("127.0.0.1", int(upstream_port))  # fixed: the proxy reaches nothing else
         self.kms = kms
+        self.kms_header = True  # False: opaque ETags on answers that say the object is not encrypted
         self._real_etags: Dict[str, str] = {}  # opaque ETag shown -> the server's, for Complete's part list
         self.rng = random.Random(seed)
         self.timeout_seconds = timeout_seconds
@@ -417,8 +419,8 @@ class FaultProxy:
             elif k.lower().startswith("x-amz-server-side-encryption") or k.lower().startswith("seaweed-"):
                 continue  # the server's own copy of the real ETag, or its own SSE answer
             out.append((k, v))
-        if op in ("PutObject", "UploadPart", "CompleteMultipartUpload", "HeadObject", "GetObject",
-                  "CreateMultipartUpload"):
+        if self.kms_header and op in ("PutObject", "UploadPart", "CompleteMultipartUpload", "HeadObject",
+                                      "GetObject", "CreateMultipartUpload"):
             out.append(("x-amz-server-side-encryption", "aws:kms"))
             out.append(("x-amz-server-side-encryption-aws-kms-key-id",
                         "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000"))

@@ -156,6 +156,32 @@ def test_a_bucket_with_default_sse_kms_gets_every_file_uploaded_and_cleaned_up_a
     assert status["counts"].get("deleted") == len(files) and not status["counts"].get("parked"), status
 
 
+@pytest.mark.parametrize("transport", ["boto3", "obstore"])
+def test_the_same_opaque_etags_on_answers_that_say_the_object_is_not_encrypted_are_never_recorded_as_uploaded(
+        workspace, s3_server, s3_client, transport):
+    """The reverse of the KMS bucket: an ETag that is not the MD5 on an object that is not KMS- or
+    SSE-C-encrypted says S3 stores other bytes; no file is recorded, none is deleted, locally or
+    in the bucket."""
+    if transport == "obstore" and not obstore_available():
+        pytest.skip("obstore is not installed on this Python (it needs 3.11): boto3 is tested")
+    files = make_files(workspace.inbox, [("cam/small.bin", b"s" * 3000), ("cam/streamed.bin", b"m" * (2 * MiB)),
+                                         ("big/clip.mp4", os.urandom(11 * MiB))])
+    with FaultProxy(s3_server.port, kms=True) as proxy:
+        proxy.kms_header = False
+        workspace.config(s3={"endpoint_url": proxy.endpoint, "transport": transport},
+                         upload={"multipart_threshold": "5MiB", "multipart_chunksize": "5MiB", "max_retries": 1,
+                                 "retry_backoff_base": "0.1s", "retry_backoff_max": "0.1s"},
+                         cleanup={"delete_after": "0.001s"})
+        r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env(), timeout=120)
+        assert proxy.count("DeleteObject") == 0
+    assert r.returncode == 1, r.stderr[-4000:]
+    assert "is not encrypted with SSE-KMS or SSE-C" in r.stderr
+    status = json.loads(cli("status", "--json", "-c", str(workspace.config_path)).stdout)
+    assert status["counts"].get("parked") == len(files) and not status["counts"].get("uploaded"), status
+    for rel in files:
+        assert (workspace.inbox / rel).exists()
+
+
 # -- 8c: what each server lists for a multipart object -------------------------------------------
 
 def test_a_multipart_upload_records_the_etag_the_listing_shows_and_an_older_record_is_not_proven_by_size(
