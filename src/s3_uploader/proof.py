@@ -38,7 +38,12 @@ from .remote import ObjectInfo
 # x-amz-server-side-encryption values whose objects' ETags are not the MD5 of their bytes
 ETAG_NOT_MD5 = ("aws:kms", "aws:kms:dsse")
 
-_MD5 = re.compile(r"^[0-9a-f]{32}$")
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def is_md5_form(etag: str) -> bool:
+    """Whether ``etag`` (cleaned: no quotes, lower case) has the form of an MD5: 32 hex digits."""
+    return _MD5.fullmatch(etag) is not None
 
 
 def etag_is_md5(info: ObjectInfo) -> bool:
@@ -57,7 +62,7 @@ def single_put_problem(info: Optional[ObjectInfo], key: str, size: int, md5: str
         return f"S3 shows {info.size} bytes for {key}, {size} were sent"
     if info.etag == md5:
         return None  # the PUT's answer was garbled or empty; the object's own ETag proves it
-    if etag_is_md5(info) and _MD5.match(info.etag):
+    if etag_is_md5(info) and is_md5_form(info.etag):
         return (f"S3's ETag for {key} ({info.etag}) is not the MD5 sent ({md5}) and the object is not "
                 f"encrypted with SSE-KMS or SSE-C")
     if etag and info.etag and info.etag != etag:

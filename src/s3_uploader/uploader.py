@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from .logs import per_file
-from .proof import multipart_problem, single_put_problem
+from .proof import is_md5_form, multipart_problem, single_put_problem
 from .remote import PutOptions, Remote, multipart_etag
 from .retry import Failure, classify
 from .scanner import FileStat
@@ -495,7 +495,7 @@ class Uploader:
         # its size, and the ETag a listing will show (some servers show the whole object's MD5, not
         # Complete's "-N"), which is what is recorded for cleanup to compare with.
         info = self.remote.head(job.key)
-        not_md5 = [n for n in range(1, count + 1) if _is_md5(etags[n]) and etags[n] != digests[n].hex()]
+        not_md5 = [n for n in range(1, count + 1) if is_md5_form(etags[n]) and etags[n] != digests[n].hex()]
         problem = multipart_problem(info, job.key, size, expected, etag, not_md5)
         if problem is not None:
             raise _Unconfirmed(problem)
@@ -574,10 +574,6 @@ class _Unconfirmed(Exception):
     """S3 does not show what was sent; classified as a server failure and retried."""
 
     response = {"Error": {"Code": "Unconfirmed"}}
-
-
-def _is_md5(etag: str) -> bool:
-    return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag)
 
 
 def _first_error(done: Iterable[Future]) -> Optional[BaseException]:
