@@ -154,23 +154,25 @@ def is_due(record: Record, now: float, delete_after: float) -> bool:
 
 
 def etag_matches(record: Record, listed_etag: str) -> Optional[bool]:
-    """Whether the listed ETag proves the recorded upload: True, False, or None when the two cannot
-    be compared (no ETag listed, nothing recorded, or a multipart upload that the server lists with
-    a whole-object MD5, as some S3-compatible servers do: then the size alone decides).
+    """Whether the listed ETag proves the recorded upload: True, False, or None when there is
+    nothing to compare (the server lists no ETag, or the row records none: then the size decides).
 
-    A single-part upload's ETag is the MD5 of its bytes; a multipart one's is ``md5-N``, which only
-    the ETag recorded at completion can match.
+    The upload was proven when it was recorded (see :mod:`s3_uploader.proof`), and the row holds
+    the ETag S3 showed for the object then (for a multipart upload and wherever a HEAD was made,
+    the HEAD's: what a listing shows). The same ETag listed now proves the same object is still
+    there, whatever kind of ETag it is: an MD5, a KMS-encrypted object's opaque value, ``md5-N``,
+    or the whole object's MD5 that rclone shows for a multipart object. The recorded MD5 of a
+    single PUT proves it too. Anything else is False, never "size alone": an object rewritten with
+    the same size must not let a file go (it is uploaded again, which records the ETag the server
+    shows; a row recorded before this rule with Complete's ``md5-N``, on a server that lists the
+    whole object's MD5, is thus uploaded once more, then proven).
     """
     listed = clean_etag(listed_etag)
     stored = clean_etag(record.etag)
     md5 = (record.md5 or "").lower()
     if not listed or not (stored or md5):
         return None
-    if listed == stored or listed == md5:
-        return True
-    if "-" in stored and "-" not in listed:
-        return None
-    return False
+    return listed == stored or listed == md5
 
 
 def object_problem(record: Record, listed: Optional[ObjectInfo]) -> Optional[Tuple[str, str]]:

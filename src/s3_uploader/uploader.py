@@ -30,7 +30,8 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tu
 
 from . import tree
 from .logs import per_file
-from .remote import ObjectInfo, PutOptions, Remote, multipart_etag
+from .proof import is_md5_form, multipart_problem, single_put_problem
+from .remote import PutOptions, Remote, multipart_etag
 from .retry import Failure, classify
 from .scanner import FileStat
 from .store import Part, Store, StoreError, display
@@ -302,13 +303,21 @@ class Uploader:
             os.close(fd)
         return SmallRead(data, hashlib.md5(data).digest(), cfg.put_options, t0)
 
+    @staticmethod
+    def proven_by_answer(read: "SmallRead", etag: str) -> bool:
+        """Whether the PUT's answer alone proves the object (its ETag is the MD5 sent): then
+        :meth:`settle_small` makes no request and may run on an event loop; otherwise it HEADs."""
+        return etag == read.md5.hex()
+
     def settle_small(self, job: Job, read: "SmallRead", etag: str) -> Outcome:
-        """The second half: the PUT answered with ``etag``. Uploaded when it is the MD5 sent and the
-        path still shows the version read; otherwise the Outcome that says why not."""
+        """The second half: the PUT answered with ``etag``. Uploaded when the object is proven (the
+        ETag is the MD5 sent, or a HEAD proves it: see :mod:`s3_uploader.proof`) and the path still
+        shows the version read; otherwise the Outcome that says why not."""
         md5 = read.md5.hex()
-        if etag != md5:
-            return Outcome("failed", job, failure=classify(
-                _Unconfirmed(f"S3's ETag for {job.key} ({etag}) is not the MD5 sent ({md5})")))
+        try:
+            etag = self._prove_single(job, job.stat.size, md5, etag)
+        except Exception as exc:
+            return Outcome("failed", job, failure=classify(exc))
         try:
             self._recheck_path(job)
         except Changed as exc:
@@ -406,20 +415,27 @@ class Uploader:
             if body.short:
                 raise Changed("file shrank while it was being read")
         md5 = digest.hex()
-        if not (cfg.put_options.etag_is_md5 and etag == md5):
-            self._confirm_by_head(job, size, md5 if cfg.put_options.etag_is_md5 else None)
-        return md5, etag
+        return md5, self._prove_single(job, size, md5, etag)
 
-    def _confirm_by_head(self, job: Job, size: int, expect_etag: Optional[str]) -> ObjectInfo:
-        """The response did not prove the object: ask S3 for it (size, and ETag where comparable)."""
+    def _prove_single(self, job: Job, size: int, md5: str, etag: str) -> str:
+        """The ETag to record for a single PUT that S3 answered with ``etag``, once the object is
+        proven; raises :class:`_Unconfirmed` when it is not.
+
+        S3 accepted the PUT, so it checked the body against what we sent with it (Content-MD5, or
+        obstore's signed SHA-256) before storing it: the bytes are ours. An ETag equal to the MD5
+        shows it at no cost. Any other ETag is not taken as wrong on its face (a bucket with default
+        SSE-KMS answers with a non-MD5 ETag whatever we asked for): a HEAD shows the object, its
+        size, and how it is encrypted, which decides whether the ETag had to be the MD5. What is
+        recorded is the ETag the HEAD shows, the one a listing shows later (cleanup's proof).
+        """
+        if etag == md5:
+            return etag
         info = self.remote.head(job.key)
-        if info is None:
-            raise _Unconfirmed(f"S3 does not show {job.key} after the upload")
-        if info.size != size:
-            raise _Unconfirmed(f"S3 shows {info.size} bytes for {job.key}, {size} were sent")
-        if expect_etag is not None and "-" not in info.etag and info.etag and info.etag != expect_etag:
-            raise _Unconfirmed(f"S3's ETag for {job.key} ({info.etag}) is not the MD5 sent ({expect_etag})")
-        return info
+        problem = single_put_problem(info, job.key, size, md5, etag)
+        if problem is not None:
+            raise _Unconfirmed(problem)
+        assert info is not None
+        return info.etag or etag
 
     # -- multipart --------------------------------------------------------------------------------
     def _put_multipart(self, fd: int, job: Job, cfg: Settings) -> Tuple[Optional[str], str]:
@@ -456,8 +472,9 @@ class Uploader:
             d = hashlib.md5(data).digest()
             self.throttle(length)
             etag = self.remote.upload_part(job.key, upload_id, n, data, length, d)
-            if etag and "-" not in etag and etag != d.hex():
-                raise _Unconfirmed(f"part {n} of {job.key}: ETag {etag} is not the MD5 sent")
+            # S3 checked the part against its Content-MD5 before storing it. An ETag that is not the
+            # MD5 is normal for a KMS-encrypted upload, which the object's HEAD shows only once it
+            # is complete: judged there (proof.multipart_problem), not here.
             digests[n], etags[n] = d, etag or d.hex()
             self.store.add_part(job.rel, upload_id, Part(n, length, etags[n], d.hex()))
 
@@ -492,10 +509,17 @@ class Uploader:
                 self.store.set_multipart(job.rel, None, None)
                 raise
         expected = multipart_etag([digests[n] for n in range(1, count + 1)])
-        if not (cfg.put_options.etag_is_md5 and etag == expected):
-            self._confirm_by_head(job, size, None)
+        # Always a HEAD (one request per file of hundreds of MiB): it shows the object is there with
+        # its size, and the ETag a listing will show (some servers show the whole object's MD5, not
+        # Complete's "-N"), which is what is recorded for cleanup to compare with.
+        info = self.remote.head(job.key)
+        not_md5 = [n for n in range(1, count + 1) if is_md5_form(etags[n]) and etags[n] != digests[n].hex()]
+        problem = multipart_problem(info, job.key, size, expected, etag, not_md5)
+        if problem is not None:
+            raise _Unconfirmed(problem)
+        assert info is not None
         self.store.set_multipart(job.rel, None, None)
-        return None, etag or expected
+        return None, info.etag or etag or expected
 
     def _resume(self, job: Job, part_size: int, cfg: Settings) -> Tuple[Optional[str], Dict[int, Part]]:
         """The parts of a recorded multipart upload that S3 still holds, if it can be resumed.
