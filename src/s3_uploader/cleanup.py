@@ -938,12 +938,14 @@ _BUF = 1024 * 1024
 
 def _recorded_digest(rec: Record, size: int, chunksize: int) -> Optional[Tuple[str, Optional[int]]]:
     """What the bytes of the uploaded version hash to, as (hex digest, part size): the MD5 recorded by
-    a single PUT (part size None), or a multipart upload's ETag when this file's size and the
-    configured chunk size give its part count (the part size is not recorded). None: nothing to
+    a single PUT (part size None), or a multipart upload's digest (MD5 of the parts' MD5s, "-N":
+    recorded as its md5; rows recorded before that have it as their ETag) when this file's size and
+    the configured chunk size give its part count (the part size is not recorded). None: nothing to
     compare (then the signature alone decides, as before)."""
-    if rec.md5:
-        return rec.md5.lower(), None
-    etag = clean_etag(rec.etag)
+    md5 = (rec.md5 or "").lower()
+    if md5 and "-" not in md5:
+        return md5, None
+    etag = md5 or clean_etag(rec.etag)
     if "-" in etag:
         try:
             count = int(etag.rsplit("-", 1)[1])

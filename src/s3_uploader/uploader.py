@@ -519,7 +519,10 @@ class Uploader:
             raise _Unconfirmed(problem)
         assert info is not None
         self.store.set_multipart(job.rel, None, None)
-        return None, info.etag or etag or expected
+        # the md5 recorded is the content's own multipart digest (MD5 of the parts' MD5s, "-N"), which
+        # we computed from the bytes sent, whatever the server's ETag is (opaque with SSE-KMS): cleanup
+        # hashes the file the same way before it removes it
+        return expected, info.etag or etag or expected
 
     def _resume(self, job: Job, part_size: int, cfg: Settings) -> Tuple[Optional[str], Dict[int, Part]]:
         """The parts of a recorded multipart upload that S3 still holds, if it can be resumed.
