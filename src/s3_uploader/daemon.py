@@ -37,7 +37,7 @@ from . import logs
 from .bandwidth import limiter_from_config
 from .cleanup import Cleaner, CleanupSettings, PassResult
 from .config import Config
-from .destination import OwnKeys
+from .destination import OwnKeys, follow_destination
 from .health import StateSnapshot
 from .keys import Filters, KeyMaker, key_problem
 from .metrics import MetricsServer, MetricsUnavailable
@@ -218,6 +218,14 @@ class Daemon:
         n = self.store.recover_interrupted()
         if n:
             log.info("%d upload(s) were interrupted by the last stop; they will be resumed", n)
+        # after the access check (a mistyped bucket stops us before any row is rebased) and before the
+        # sweep (which must see the upload ids of the destination we now send to)
+        try:
+            changed = follow_destination(self.store, self.cfg, self.keymaker, self.filters)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        if changed:
+            log.warning("%s", changed)
         self.abort_stale_multipart()
         if self.once:
             self.store.retry_parked(self.wall())  # a manual run tries everything once more
