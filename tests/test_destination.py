@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 import sqlite3
 import time
@@ -45,6 +46,20 @@ def wait_until_due(ws, seconds: float = 1.0) -> None:
     with Store(ws.state / "state.db", readonly=True) as st:
         newest = max(r.uploaded_at for r in st.in_states(("uploaded",), limit=100000))
     wait_for(lambda: time.time() >= newest + seconds + 0.01, timeout=seconds + 5, what="uploads to become due")
+
+
+def recorded_parts(ws) -> int:
+    """Parts committed to the state database, read as another process would."""
+    db = ws.state / "state.db"
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT count(*) FROM parts").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+    finally:
+        conn.close()
 
 
 def recorded(ws) -> Dict[str, str]:
@@ -144,6 +159,35 @@ def test_an_endpoint_change_counts_as_a_new_destination_even_for_another_address
                 f"{proxy.endpoint}: 2 file(s) still present locally will be uploaded again") in r.stderr
         assert proxy.count("PutObject") == 2
     assert recorded(ws)["endpoint"] == proxy.endpoint
+
+
+def test_a_multipart_upload_interrupted_before_a_bucket_change_starts_afresh_in_the_new_bucket(
+        workspace, s3_server, s3_client):
+    ws = workspace
+    data = os.urandom(40 * MiB)
+    (ws.inbox / "big.bin").write_bytes(data)
+    resumable = {"multipart_threshold": "5MiB", "multipart_chunksize": "5MiB", "max_concurrency": 1,
+                 "upload_workers": 1}
+    with FaultProxy(s3_server.port) as proxy:
+        ws.config(s3={"endpoint_url": proxy.endpoint}, upload=resumable)
+        proxy.hold("UploadPart", part_number=4)
+        d = ws.start()
+        d.wait_until(lambda: proxy.held() == 1 and recorded_parts(ws) == 3, timeout=60,
+                     what="three parts recorded and the fourth in flight")
+        d.kill()
+        proxy.release(drop=True)
+        [old_upload] = {e.upload_id for e in proxy.select("UploadPart")}
+
+        new = other_bucket(ws)
+        r = once(ws, s3={"endpoint_url": proxy.endpoint, "bucket": new}, upload=resumable)
+        assert r.returncode == 0, r.stderr
+        assert (f"0 file(s) still present locally will be uploaded again, and 1 waiting file(s) go to the new "
+                f"destination") in r.stderr
+        # the old bucket's upload id is never used (nor aborted) on the new bucket
+        assert [e.op for e in proxy.select(upload_id=old_upload) if e.op != "UploadPart"] == []
+        assert get_bytes(s3_client, new, "big.bin") == data
+    assert [u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=ws.bucket).get("Uploads", [])] == [
+        old_upload]  # left to the old bucket's lifecycle rule
 
 
 def test_a_database_with_no_destination_recorded_records_it_and_sends_nothing_again(workspace):
