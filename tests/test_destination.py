@@ -352,3 +352,22 @@ def test_a_rebase_that_fails_part_way_changes_nothing(tmp_path):
         st.rebase_destination("destination", "new", key_for, present=lambda rel: True)
     assert (st.get("a").key, st.get("b").key, st.meta("destination")) == ("old/a", "old/b", "old")
     st.close()
+
+
+# -- hot reload: bucket, prefix and endpoint are restart-only ---------------------------------------------
+
+def test_a_reloaded_bucket_or_prefix_is_kept_until_the_restart_which_sends_every_file_again(tmp_path, caplog):
+    from s3_uploader.reload import Reloader
+    (tmp_path / "in").mkdir()
+    sections = {"watch": {"directory_to_watch": tmp_path / "in"}, "s3": {"bucket": "a", "prefix": "p"},
+                "daemon": {"db_path": tmp_path / "s.db"}}
+    path = write_config(tmp_path / "c.ini", sections)
+    running = load_config(path)
+    applied = []
+    sections["s3"] = {"bucket": "b", "prefix": "q"}
+    write_config(path, sections)
+    assert Reloader(path, lambda: running, lambda new, changed: applied.append(new)).reload() is False
+    assert applied == []
+    for key in ("bucket", "prefix"):
+        assert (f"Config change to [s3] {key} requires a restart; keeping the running value (after the restart, "
+                f"every file still present locally is uploaded to the new destination)") in caplog.text
