@@ -221,11 +221,9 @@ class Daemon:
         # after the access check (a mistyped bucket stops us before any row is rebased) and before the
         # sweep (which must see the upload ids of the destination we now send to)
         try:
-            changed = follow_destination(self.store, self.cfg, self.keymaker, self.filters)
+            follow_destination(self.store, self.cfg, self.keymaker, self.filters)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
-        if changed:
-            log.warning("%s", changed)
         self.abort_stale_multipart()
         if self.once:
             self.store.retry_parked(self.wall())  # a manual run tries everything once more

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from .config import Config
 from .keys import Filters, KeyMaker
-from .store import Store
+from .store import Store, display
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def recorded_destination(store: Store) -> Optional[str]:
 
 
 def follow_destination(store: Store, cfg: Config, keymaker: KeyMaker, filters: Filters) -> Optional[str]:
-    """Make ``store`` describe the configured destination; returns the start-up line when it changed.
+    """Make ``store`` describe the configured destination; when it changed, log (WARNING) and
+    return the start-up line that says so, else return None.
 
     Nothing recorded: the configured destination is recorded, nothing else changes. Recorded and
     equal: nothing happens. Changed: :meth:`Store.rebase_destination` puts every row whose file may
@@ -124,14 +125,15 @@ def follow_destination(store: Store, cfg: Config, keymaker: KeyMaker, filters: F
 
     result = store.rebase_destination(META_DESTINATION, new.to_json(),
                                       lambda rel, mtime_ns: keymaker.key_for(rel, mtime_ns / 1e9), present)
-    for rel, kept, wanted in result.clashes:
-        log.warning("S3 key %s is already another file's in the state database; %s keeps its key %s in the new "
-                    "destination", wanted, rel, kept)
     was = old.describe() if old is not None else "an unreadable record"
     line = (f"Destination changed from {was} to {new.describe()}: {result.resent} file(s) still present locally "
             f"will be uploaded again")
     if result.waiting:
         line += f", and {result.waiting} waiting file(s) go to the new destination"
+    log.warning("%s", line)
+    for rel, kept, wanted in result.clashes:
+        log.warning("S3 key %s is already another file's in the state database; %s keeps its key %s in the new "
+                    "destination", wanted, display(rel), kept)
     return line
 
 
