@@ -350,6 +350,11 @@ class Store:
             conn.executescript(_SCHEMA)
             if row is None:
                 conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+            # a write that fires a trigger (every row write: state_counts) opens a statement journal,
+            # a temp file by default, which doubled the cost of a row write; in memory it adds a
+            # quarter. Other temp use stays small: every sort we run has a LIMIT (set after the
+            # migrations, whose index builds sort every row)
+            conn.execute("PRAGMA temp_store=MEMORY")
             return conn
         except sqlite3.DatabaseError as exc:
             raise StoreError(_explain(self.path, exc)) from None
