@@ -24,7 +24,7 @@ from inprocess import running_daemon
 from s3_uploader.cli import status_data
 from s3_uploader.config import ConfigError, parse_config
 from s3_uploader.daemon import Daemon
-from s3_uploader.store import STATES, IllegalTransition, Store, StoreError
+from s3_uploader.store import STATES, WAITING_STATES, IllegalTransition, Store, StoreError
 
 DAY = 86400.0
 MINIMAL = "[watch]\ndirectory_to_watch = /data\n[s3]\nbucket = b-1\n"
@@ -294,3 +294,24 @@ def test_a_running_daemon_forgets_rows_deleted_or_archived_over_forget_after_ago
         assert status() == {"pending": 0, "uploading": 0, "uploaded": 2, "failed": 0, "parked": 0, "deleted": 1,
                             "archived": 0}
         assert d.store.get("recent/deleted.mp4").state == "deleted"
+
+
+def test_a_page_of_the_waiting_rows_costs_the_same_with_20000_waiting_as_with_200(tmp_path):
+    """Every rescan pages through the waiting rows (files gone before they were sent); a page must
+    not cost more when a backlog (an outage, a first start) makes them many."""
+    costs = []
+    for rows in (200, 20_000):
+        db = tmp_path / f"{rows}.db"
+        Store(db).close()
+        conn = sqlite3.connect(str(db))
+        conn.executemany("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at) "
+                         "VALUES(?, 'cam', ?, ?, 1, 1, 1, 1, 1)",
+                         [(f"cam/{i:06d}.mp4".encode(), f"cam/{i:06d}.mp4", ("pending", "failed", "deleted")[i % 3])
+                          for i in range(rows)])
+        conn.commit()
+        conn.close()
+        with Store(db) as store:
+            page = store.in_states(WAITING_STATES, after=b"cam/000050.mp4", limit=20)
+            assert [r.rel for r in page] == [f"cam/{i:06d}.mp4" for i in range(51, 81) if i % 3 != 2][:20]
+            costs.append(vm_steps(store, lambda: store.in_states(WAITING_STATES, after=b"cam/000050.mp4", limit=20)))
+    assert costs[1] <= costs[0] + 100, f"{costs[0]} steps with 200 rows, {costs[1]} with 20,000"

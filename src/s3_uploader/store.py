@@ -76,8 +76,8 @@ SOURCES: Dict[str, Tuple[str, ...]] = {
 ONE_STEP_SOURCES = ("pending", "failed", "parked")
 
 # 2: key UNIQUE, NULL while parked for a collision (1 let two rows share a key)
-# 3: rows per state kept by triggers (state_counts); partial indexes for the oldest waiting row and
-#    for forgetting rows deleted or archived long ago
+# 3: rows per state kept by triggers (state_counts); partial indexes for the oldest waiting row, for
+#    paging through the waiting rows, and for forgetting rows deleted or archived long ago
 SCHEMA_VERSION = 3
 _FILES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -128,6 +128,8 @@ CREATE TABLE IF NOT EXISTS errors (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """ + """
 CREATE INDEX IF NOT EXISTS files_waiting ON files(discovered_at)
+    WHERE state IN ('pending', 'uploading', 'failed', 'parked');
+CREATE INDEX IF NOT EXISTS files_waiting_path ON files(path)
     WHERE state IN ('pending', 'uploading', 'failed', 'parked');
 CREATE INDEX IF NOT EXISTS files_gone ON files(updated_at) WHERE state IN ('deleted', 'archived');
 CREATE TABLE IF NOT EXISTS state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
@@ -499,6 +501,12 @@ class Store:
 
     def in_states(self, states: Sequence[str], after: bytes = b"", limit: int = 1000) -> List[Record]:
         """Rows in any of ``states``, in path order after ``after`` (for paging through many)."""
+        if set(states) == set(WAITING_STATES) and self._counted:
+            # every rescan pages through the waiting rows: through files_state each page sorted every
+            # one of them (a backlog of 100,000 took 5 s a sweep, growing with its square)
+            rows = self._read(f"SELECT {_COLUMNS} FROM files INDEXED BY files_waiting_path WHERE {_WAITING_SQL} "
+                              "AND path > ? ORDER BY path LIMIT ?", (after, limit))
+            return [_record(r) for r in rows]
         q = ",".join("?" * len(states))
         rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE state IN ({q}) AND path > ? ORDER BY path LIMIT ?",
                           (*states, after, limit))
