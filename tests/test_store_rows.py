@@ -315,3 +315,17 @@ def test_a_page_of_the_waiting_rows_costs_the_same_with_20000_waiting_as_with_20
             assert [r.rel for r in page] == [f"cam/{i:06d}.mp4" for i in range(51, 81) if i % 3 != 2][:20]
             costs.append(vm_steps(store, lambda: store.in_states(WAITING_STATES, after=b"cam/000050.mp4", limit=20)))
     assert costs[1] <= costs[0] + 100, f"{costs[0]} steps with 200 rows, {costs[1]} with 20,000"
+
+
+def test_once_forgets_them_too_so_runs_from_cron_do_not_grow_the_database(workspace, s3_client):
+    db = workspace.state / "state.db"
+    with Store(db, clock=lambda: time.time() - 40 * DAY) as store:
+        gone(store, "old/deleted.mp4", "deleted")
+    workspace.config(daemon={"forget_after": "30d"})
+    (workspace.inbox / "new.mp4").write_bytes(b"fresh")
+    r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env())
+    assert r.returncode == 0, r.stderr
+    assert "Forgot 1 row(s) of files deleted or archived over 30 day(s) ago" in r.stderr + r.stdout
+    assert "new.mp4" in list_keys(s3_client, workspace.bucket)
+    with Store(db, readonly=True) as store:
+        assert store.get("old/deleted.mp4") is None and store.counts()["uploaded"] == 1
