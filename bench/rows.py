@@ -211,7 +211,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from s3_uploader.embedded import LocalS3
     work = args.work or Path(tempfile.mkdtemp(prefix="rows-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    report: Dict[str, Any] = {"rows": args.rows, "at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    report: Dict[str, Any] = {"rows": args.rows, "at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                              "commit": commit, "old_src": args.old_src}
     db = work / "new.db"
     t = time.perf_counter()
     fill(db, args.rows, args.seed, now)
