@@ -145,9 +145,11 @@ def test_a_version_1_database_whose_rows_share_keys_is_migrated_without_losing_a
     conn.close()
 
     with Store(db, clock=lambda: 99.0) as st:
-        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "2"
+        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "3"  # through 2, on to 3
         got = {r.rel: r for r in st.iter_all()}
         assert len(got) == 5  # every row kept
+        assert st.counts() == {"pending": 1, "uploading": 0, "uploaded": 2, "failed": 0, "parked": 1,
+                               "deleted": 1, "archived": 0}
         # S3 holds the bytes of the one uploaded last: it keeps the key; the deleted one keeps none
         assert (got[latin].key, got[latin].state) == ("a%FF.dat", "uploaded")
         assert (got["a%FF.dat"].key, got["a%FF.dat"].state) == (None, "deleted")

@@ -326,6 +326,10 @@ OPTIONS: Tuple[Option, ...] = (
            "port binds 127.0.0.1. Empty = off.", reloadable=False, example="127.0.0.1:9101"),
     Option("daemon", "shutdown_timeout", _duration(0), "30s", "On SIGTERM, how long in-flight uploads may run "
            "before they are abandoned (resumed at next start)."),
+    Option("daemon", "forget_after", _duration(0), "30d", "Forget (drop from the state database) the rows of "
+           "files deleted or archived by cleanup this long ago, so it does not grow for ever; checked hourly. "
+           "A forgotten row no longer stops a file at another path from being uploaded over its key "
+           "(only a changed prefix can map one there). 0 = keep every row."),
 )
 
 SECTIONS: Tuple[str, ...] = tuple(dict.fromkeys(o.section for o in OPTIONS))

@@ -59,6 +59,7 @@ from .writers import WriterProbe
 log = logging.getLogger(__name__)
 
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
+FORGET_INTERVAL = 3600.0  # seconds between passes that forget rows deleted or archived long ago
 UNSETTLED_COUNT_INTERVAL = 5.0  # seconds between counts of unsettled tracked files (a pass over the tracker)
 # Parts in flight across all files. A part is read into memory only while it is sent, so this bounds
 # multipart memory (16 x multipart_chunksize) however many upload_workers there are.
@@ -287,6 +288,8 @@ class Daemon:
         self.prepare()
         self._start_metrics()
         self.store.start()
+        if self.once:  # no cleanup thread to do it (a run from cron must not grow the database either)
+            self.forget_old_rows()
         up = self.cfg.upload
         self.uploader = Uploader(self.remote, self.store, self.upload_settings,
                                  part_workers=max(up.max_concurrency, min(up.upload_workers * up.max_concurrency,
@@ -997,14 +1000,30 @@ class Daemon:
         config each time (a reload applies within a second); sooner while a backlog is left."""
         last: Optional[float] = None
         hurry = False
+        forget_at = self.clock()  # rows deleted or archived long ago: forgotten at start, then hourly
         while not self.stop_event.is_set():
             now = self.clock()
             self.heartbeats["cleanup"] = now
+            if now >= forget_at:
+                self.forget_old_rows()
+                forget_at = now + FORGET_INTERVAL
             c = CleanupSettings.from_config(self.cfg)
             if c.enabled and (last is None or hurry or now - last >= c.interval):
                 res = self.run_cleanup_pass()
                 last, hurry = self.clock(), res is not None and res.more
             self.stop_event.wait(1.0)
+
+    def forget_old_rows(self) -> int:
+        """Drop the rows of files deleted or archived more than ``forget_after`` ago (0: keep them),
+        a batch per transaction; returns how many. StoreError propagates."""
+        after = self.cfg.daemon.forget_after
+        if not after:
+            return 0
+        n = self.store.forget_done_all(self.wall() - after, stop=self.stop_event)
+        if n:
+            log.info("Forgot %d row(s) of files deleted or archived over %s ago (forget_after)", n,
+                     f"{after / 86400:g} day(s)" if after >= 86400 else f"{after:g}s")
+        return n
 
     def run_cleanup_pass(self) -> Optional[PassResult]:
         """One cleanup pass now, if cleanup is configured; its counters go to ``stats``. A failure is

@@ -33,6 +33,14 @@ changed, two names that an older version mapped to one key) gets a row *without*
 ``error_kind = 'collision'``, ``last_error`` naming both paths and the key; it is never uploaded
 while so, and a CHECK keeps a keyless row out of every state but parked, deleted and archived.
 Discovering it again (a change, a retry) gives it its own key when that key is free by then.
+
+Nothing periodic costs time that grows with the rows (a camera's months are millions of them):
+``state_counts`` holds the number of rows per state, kept by triggers on ``files`` (every insert,
+state move and delete, by any caller: the database keeps it, no caller can forget to), so
+:meth:`Store.counts` reads seven rows; :meth:`Store.oldest_waiting` walks a partial index of the
+waiting rows. Rows deleted or archived long ago are dropped by :meth:`Store.forget_done`, a bounded
+batch at a time over a partial index (``[daemon] forget_after``). A migration that rebuilds
+``files`` must recount (:func:`_recount`): dropping the table drops its triggers.
 """
 from __future__ import annotations
 
@@ -67,7 +75,10 @@ SOURCES: Dict[str, Tuple[str, ...]] = {
 # uploaded goes through uploading, and finish_upload refuses a row that skipped it)
 ONE_STEP_SOURCES = ("pending", "failed", "parked")
 
-SCHEMA_VERSION = 2  # 2: key UNIQUE, NULL while parked for a collision (1 let two rows share a key)
+# 2: key UNIQUE, NULL while parked for a collision (1 let two rows share a key)
+# 3: rows per state kept by triggers (state_counts); partial indexes for the oldest waiting row, for
+#    paging through the waiting rows, and for forgetting rows deleted or archived long ago
+SCHEMA_VERSION = 3
 _FILES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
     path            BLOB PRIMARY KEY,   -- relative path, file system bytes, '/' separators
@@ -115,8 +126,30 @@ CREATE TABLE IF NOT EXISTS errors (
     message TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+""" + """
+CREATE INDEX IF NOT EXISTS files_waiting ON files(discovered_at)
+    WHERE state IN ('pending', 'uploading', 'failed', 'parked');
+CREATE INDEX IF NOT EXISTS files_waiting_path ON files(path)
+    WHERE state IN ('pending', 'uploading', 'failed', 'parked');
+CREATE INDEX IF NOT EXISTS files_gone ON files(updated_at) WHERE state IN ('deleted', 'archived');
+CREATE TABLE IF NOT EXISTS state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS files_counted_insert AFTER INSERT ON files BEGIN
+    INSERT INTO state_counts(state, n) VALUES(NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS files_counted_delete AFTER DELETE ON files BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+END;
+CREATE TRIGGER IF NOT EXISTS files_counted_move AFTER UPDATE OF state ON files
+    WHEN OLD.state IS NOT NEW.state BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+    INSERT INTO state_counts(state, n) VALUES(NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1;
+END;
 """
+# the literal state lists of the partial indexes above: a query uses one only when its WHERE repeats it
+_WAITING_SQL = "state IN ('pending', 'uploading', 'failed', 'parked')"
+_GONE_SQL = "state IN ('deleted', 'archived')"
 ERRORS_KEPT = 200
+FORGET_BATCH = 5000  # rows forgotten per transaction: the store's lock is never held for long
 
 
 class StoreError(Exception):
@@ -229,11 +262,42 @@ def _migrate_v1(conn: sqlite3.Connection, now: float) -> None:
                 log.error("%s", message)
         conn.execute("DROP TABLE files")
         conn.execute("ALTER TABLE files_v2 RENAME TO files")
-        conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("UPDATE meta SET value = '2' WHERE name = 'schema_version'")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Schema 2 -> 3, in one transaction, every row kept: the indexes, ``state_counts`` and its
+    triggers are added and the rows counted once (the last time anything counts them)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(_SCHEMA):
+            conn.execute(statement)
+        _recount(conn)
+        conn.execute("UPDATE meta SET value = '3' WHERE name = 'schema_version'")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _recount(conn: sqlite3.Connection) -> None:
+    """Set ``state_counts`` from the rows themselves (inside the caller's transaction)."""
+    conn.execute("DELETE FROM state_counts")
+    conn.execute("INSERT INTO state_counts(state, n) SELECT state, count(*) FROM files GROUP BY state")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of ``script`` one by one (executescript would commit the open transaction)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf
+            buf = ""
 
 
 _ALL_COLUMNS = ("path, dir, key, state, size, mtime_ns, inode, md5, etag, attempts, next_attempt_at, last_error, "
@@ -254,6 +318,8 @@ class Store:
         self._written = threading.Event()  # set by every write: the committer sleeps until one comes
         self._committer: Optional[threading.Thread] = None
         self._broken: Optional[StoreError] = None  # set when a failure lost uncommitted writes
+        # schema 3's state_counts and indexes exist (false only for a read-only look at an older schema)
+        self._counted = True
         self._conn = self._open(readonly)
 
     # -- opening and closing -------------------------------------------------------------------
@@ -265,6 +331,9 @@ class Store:
                 uri = self.path.absolute().as_uri() + "?mode=ro"
                 conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=10)
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                # a database the daemon has not opened since an upgrade has no counts yet: count rows
+                self._counted = bool(conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'state_counts'").fetchone())
                 return conn
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
@@ -278,9 +347,16 @@ class Store:
                                  f"(schema {row[0]} > {SCHEMA_VERSION}); upgrade s3-uploader")
             if row is not None and int(row[0]) < 2:
                 _migrate_v1(conn, self.clock())
+            if row is not None and int(row[0]) < 3:
+                _migrate_v2(conn)
             conn.executescript(_SCHEMA)
             if row is None:
                 conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+            # a write that fires a trigger (every row write: state_counts) opens a statement journal,
+            # a temp file by default, which doubled the cost of a row write; in memory it adds a
+            # quarter. Other temp use stays small: every sort we run has a LIMIT (set after the
+            # migrations, whose index builds sort every row)
+            conn.execute("PRAGMA temp_store=MEMORY")
             return conn
         except sqlite3.DatabaseError as exc:
             raise StoreError(_explain(self.path, exc)) from None
@@ -425,6 +501,12 @@ class Store:
 
     def in_states(self, states: Sequence[str], after: bytes = b"", limit: int = 1000) -> List[Record]:
         """Rows in any of ``states``, in path order after ``after`` (for paging through many)."""
+        if set(states) == set(WAITING_STATES) and self._counted:
+            # every rescan pages through the waiting rows: through files_state each page sorted every
+            # one of them (a backlog of 100,000 took 5 s a sweep, growing with its square)
+            rows = self._read(f"SELECT {_COLUMNS} FROM files INDEXED BY files_waiting_path WHERE {_WAITING_SQL} "
+                              "AND path > ? ORDER BY path LIMIT ?", (after, limit))
+            return [_record(r) for r in rows]
         q = ",".join("?" * len(states))
         rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE state IN ({q}) AND path > ? ORDER BY path LIMIT ?",
                           (*states, after, limit))
@@ -460,15 +542,21 @@ class Store:
         return rows[0][0] if rows else None
 
     def counts(self) -> Dict[str, int]:
+        """Rows per state (every state present, 0 if none). Reads ``state_counts``, which triggers keep
+        exact, so it costs the same at a million rows as at ten."""
         out = {s: 0 for s in STATES}
-        for state, n in self._read("SELECT state, count(*) FROM files GROUP BY state"):
-            out[state] = n
+        sql = "SELECT state, n FROM state_counts" if self._counted else \
+            "SELECT state, count(*) FROM files GROUP BY state"
+        for state, n in self._read(sql):
+            if n:
+                out[state] = n
         return out
 
     def oldest_waiting(self) -> Optional[Record]:
-        q = ",".join("?" * len(WAITING_STATES))
-        rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE state IN ({q}) ORDER BY discovered_at LIMIT 1",
-                          WAITING_STATES)
+        """The waiting row discovered first (None: every file found is in S3); one index look-up."""
+        # INDEXED BY: without it the planner picks files_state and sorts every waiting row
+        table = "files INDEXED BY files_waiting" if self._counted else "files"
+        rows = self._read(f"SELECT {_COLUMNS} FROM {table} WHERE {_WAITING_SQL} ORDER BY discovered_at LIMIT 1")
         return _record(rows[0]) if rows else None
 
     def last_errors(self, n: int = 10) -> List[Tuple[float, Optional[str], Optional[str], str]]:
@@ -688,6 +776,37 @@ class Store:
             rec = self.get(rel)
             have = rec.state if rec else "no row"
             raise IllegalTransition(f"{display(rel)}: cannot move {have} -> {dst}")
+
+    def forget_done(self, before: float, limit: int = FORGET_BATCH) -> int:
+        """Drop up to ``limit`` rows deleted or archived (moved there: ``updated_at``) before wall time
+        ``before``, oldest first, in one transaction, committed; returns how many (fewer than
+        ``limit``: none are left). Also drops parts no open upload owns. Callers loop until done,
+        so the lock is taken for one batch at a time.
+
+        A forgotten row no longer holds its key: a file elsewhere in the tree that would go to that
+        key (only a changed prefix can make one) is then uploaded over the object, whose only copy
+        was in S3 (``forget_after`` in the README says so).
+        """
+        with self._lock:
+            cur = self._write(f"DELETE FROM files WHERE path IN (SELECT path FROM files INDEXED BY files_gone WHERE {_GONE_SQL} "
+                              "AND updated_at < ? ORDER BY updated_at LIMIT ?)", (before, limit))
+            n = cur.rowcount
+            if n < limit:  # the last batch: parts left by an upload id since replaced (never read again)
+                self._write("DELETE FROM parts WHERE NOT EXISTS (SELECT 1 FROM files WHERE files.path = parts.path "
+                            "AND files.upload_id = parts.upload_id)")
+            self._commit_locked()
+            return n
+
+    def forget_done_all(self, before: float, stop: Optional[threading.Event] = None,
+                        limit: int = FORGET_BATCH) -> int:
+        """:meth:`forget_done` batch after batch until none is left (or ``stop`` is set); how many."""
+        total = 0
+        while stop is None or not stop.is_set():
+            n = self.forget_done(before, limit)
+            total += n
+            if n < limit:
+                break
+        return total
 
     def add_error(self, rel: Optional[str], kind: str, message: str) -> None:
         cur = self._write("INSERT INTO errors(at, path, kind, message) VALUES(?, ?, ?, ?)",
