@@ -399,6 +399,13 @@ class Store:
                 if not had:
                     self._conn.execute("BEGIN IMMEDIATE")
                 cur = (self._conn.executemany if many else self._conn.execute)(sql, params)
+            except sqlite3.IntegrityError as exc:
+                # a constraint refused this one statement (the transaction is intact): a move the
+                # invariants forbid, e.g. a keyless collision row sent towards upload; never a broken
+                # database, so the caller's per-file handling decides, as for any refused move
+                if self._conn.in_transaction:
+                    self._dirtied()  # the open transaction (maybe begun here) is committed as usual
+                raise IllegalTransition(f"the database refused it: {exc}") from None
             except sqlite3.DatabaseError as exc:
                 raise self._failed(exc, had) from None
             self._dirtied()
