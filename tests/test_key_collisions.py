@@ -38,10 +38,10 @@ def test_the_database_refuses_a_second_row_with_a_key_another_row_holds(tmp_path
         for sql in ("UPDATE files SET key = 'k/a.txt' WHERE path = CAST('b.txt' AS BLOB)",
                     "INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at) "
                     "VALUES(CAST('c.txt' AS BLOB), x'', 'k/a.txt', 'uploaded', 1, 1, 3, 0, 0)"):
-            with pytest.raises(StoreError, match="UNIQUE constraint failed: files.key"):
+            with pytest.raises(IllegalTransition, match="UNIQUE constraint failed: files.key"):
                 st._write(sql)
         # a row without a key can never be sent (and so never be cleaned up)
-        with pytest.raises(StoreError, match="CHECK constraint failed"):
+        with pytest.raises(IllegalTransition, match="CHECK constraint failed"):
             st._write("UPDATE files SET key = NULL WHERE path = CAST('b.txt' AS BLOB)")
         assert {r.rel: r.key for r in st.iter_all()} == {"a.txt": "k/a.txt", "b.txt": "k/b.txt"}
 
@@ -66,7 +66,7 @@ def test_a_new_file_whose_key_another_row_holds_is_parked_never_skipped(tmp_path
         assert (rec.key, rec.state, rec.next_attempt_at) == (None, "parked", 5000.0)
         rec = st.discover("c.txt", "new.txt", 1, 1, 7, retry_at=6000.0)
         assert (rec.key, rec.state, rec.next_attempt_at) == (None, "parked", 6000.0)
-        with pytest.raises(StoreError, match="CHECK"):
+        with pytest.raises(IllegalTransition, match="CHECK"):
             st.start_upload("c.txt", 1, 1, 7)  # a keyless row never starts an upload
         # once the other file is gone, the parked one takes its own key
         st.forget("new.txt")
@@ -163,7 +163,7 @@ def test_a_version_1_database_whose_rows_share_keys_is_migrated_without_losing_a
         assert st.parts("z\\y.txt", "up-1") == {}
         assert got["plain.txt"].key == "plain.txt"
         # the constraint is in force from now on
-        with pytest.raises(StoreError, match="UNIQUE"):
+        with pytest.raises(IllegalTransition, match="UNIQUE"):
             st._write("UPDATE files SET key = 'plain.txt' WHERE path = CAST('x\\y.txt' AS BLOB)")
     assert "z\\y.txt would go to S3 key x\\y.txt" in caplog.text
     with Store(db) as st:  # opening it again changes nothing
