@@ -15,7 +15,7 @@ from helpers import PY, _env, cannot_run, cli, get_bytes, list_keys, make_files,
 
 from s3_uploader.config import ConfigError, parse_config
 from s3_uploader.keys import escape_name, unescape_name
-from s3_uploader.store import SCHEMA_VERSION, IllegalTransition, Store, StoreError
+from s3_uploader.store import SCHEMA_VERSION, IllegalTransition, Store
 
 
 def once(workspace) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from inprocess import running_daemon
 from s3_uploader.cli import status_data
 from s3_uploader.config import ConfigError, parse_config
 from s3_uploader.daemon import Daemon
-from s3_uploader.store import STATES, WAITING_STATES, IllegalTransition, Store, StoreError
+from s3_uploader.store import STATES, WAITING_STATES, IllegalTransition, Store
 
 DAY = 86400.0
 MINIMAL = "[watch]\ndirectory_to_watch = /data\n[s3]\nbucket = b-1\n"
