@@ -267,12 +267,19 @@ def test_counts_the_oldest_waiting_file_status_and_an_idle_forget_pass_cost_the_
 def test_a_running_daemon_forgets_rows_deleted_or_archived_over_forget_after_ago_and_status_shows_it(
         workspace, s3_client, aws_env):
     db = workspace.state / "state.db"
+    kept = workspace.inbox / "old" / "kept.mp4"
+    kept.parent.mkdir()
+    kept.write_bytes(b"still here")
+    st = kept.stat()
     with Store(db, clock=lambda: time.time() - 40 * DAY) as store:
         gone(store, "old/deleted.mp4", "deleted")
         gone(store, "old/archived.mp4", "archived")
-        store.discover("old/uploaded.mp4", "old/uploaded.mp4", 1, 1, 1)  # uploaded rows are never forgotten
-        store.start_upload("old/uploaded.mp4", 1, 1, 1)
-        store.finish_upload("old/uploaded.mp4", 1, 1, 1, "m", "m")
+        # uploaded 40 days ago: forgotten once something else deleted the file (a recorder removing
+        # its oldest clips with our cleanup off), kept while the file is there
+        for rel, sig in (("old/uploaded.mp4", (1, 1, 1)), ("old/kept.mp4", (st.st_size, st.st_mtime_ns, st.st_ino))):
+            store.discover(rel, rel, *sig)
+            store.start_upload(rel, *sig)
+            store.finish_upload(rel, *sig, "m", "m")
     with Store(db, clock=lambda: time.time() - 10 * DAY) as store:
         gone(store, "recent/deleted.mp4", "deleted")
     workspace.config()  # forget_after at its default, 30 days
@@ -286,9 +293,11 @@ def test_a_running_daemon_forgets_rows_deleted_or_archived_over_forget_after_ago
     assert (status()["deleted"], status()["archived"]) == (2, 1)
     with running_daemon(workspace.config_path) as d:
         wait_for(lambda: "new.mp4" in list_keys(s3_client, workspace.bucket), what="new.mp4 uploaded")
-        wait_for(lambda: d.store.get("old/deleted.mp4") is None and d.store.get("old/archived.mp4") is None,
-                 what="the rows deleted or archived 40 days ago to be forgotten")
+        wait_for(lambda: d.store.get("old/deleted.mp4") is None and d.store.get("old/archived.mp4") is None
+                 and d.store.get("old/uploaded.mp4") is None,
+                 what="the rows deleted, archived or uploaded-and-gone 40 days ago to be forgotten")
         wait_for(lambda: status()["uploaded"] == 2, what="status to show new.mp4 uploaded")
+        assert d.store.get("old/kept.mp4").state == "uploaded"
         assert status() == {"pending": 0, "uploading": 0, "uploaded": 2, "failed": 0, "parked": 0, "deleted": 1,
                             "archived": 0}
         assert d.store.get("recent/deleted.mp4").state == "deleted"

@@ -327,7 +327,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("daemon", "shutdown_timeout", _duration(0), "30s", "On SIGTERM, how long in-flight uploads may run "
            "before they are abandoned (resumed at next start)."),
     Option("daemon", "forget_after", _duration(0), "30d", "Forget (drop from the state database) the rows of "
-           "files deleted or archived by cleanup this long ago, so it does not grow for ever; checked hourly. "
+           "files deleted or archived by cleanup this long ago, or uploaded this long ago and deleted since by "
+           "something else, so it does not grow for ever; checked hourly. "
            "A forgotten row no longer stops a file at another path from being uploaded over its key "
            "(only a changed prefix can map one there). 0 = keep every row."),
 )

@@ -1019,10 +1019,19 @@ class Daemon:
         after = self.cfg.daemon.forget_after
         if not after:
             return 0
+        ago = f"{after / 86400:g} day(s)" if after >= 86400 else f"{after:g}s"
         n = self.store.forget_done_all(self.wall() - after, stop=self.stop_event)
         if n:
-            log.info("Forgot %d row(s) of files deleted or archived over %s ago (forget_after)", n,
-                     f"{after / 86400:g} day(s)" if after >= 86400 else f"{after:g}s")
+            log.info("Forgot %d row(s) of files deleted or archived over %s ago (forget_after)", n, ago)
+
+        def gone(rel: str) -> bool:
+            return not self._is_inflight(rel) and not os.path.lexists(self.scanner.abspath(rel))
+        if os.path.isdir(self.root):  # an unmounted disk must not read as "every file gone"
+            m = self.store.forget_vanished_uploaded(self.wall() - after, gone, stop=self.stop_event)
+            if m:
+                log.info("Forgot %d row(s) of files uploaded over %s ago and since deleted by something else "
+                         "(forget_after)", m, ago)
+            n += m
         return n
 
     def run_cleanup_pass(self) -> Optional[PassResult]:

@@ -815,6 +815,26 @@ class Store:
                 break
         return total
 
+    def forget_vanished_uploaded(self, before: float, gone: Callable[[str], bool],
+                                 stop: Optional[threading.Event] = None, limit: int = FORGET_BATCH) -> int:
+        """Drop the rows of files uploaded at or before ``before`` whose local file is ``gone(rel)``:
+        something else deleted it (a recorder that removes its oldest clips, with cleanup off), so no
+        pass of ours will ever move the row on. A file that comes back later is a new file. Returns
+        how many; a page at a time, in upload order (the partial index on uploaded_at)."""
+        total, cursor = 0, None
+        while stop is None or not stop.is_set():
+            page = self.uploaded_page("uploaded_at", cursor, limit, uploaded_before=before)
+            if not page:
+                break
+            cursor = (page[-1].uploaded_at, enc(page[-1].rel))
+            vanished = [(enc(r.rel),) for r in page if gone(r.rel)]
+            if vanished:
+                cur = self._write("DELETE FROM files WHERE path = ? AND state = 'uploaded'", vanished, many=True)
+                total += max(cur.rowcount, 0)
+            if len(page) < limit:
+                break
+        return total
+
     def add_error(self, rel: Optional[str], kind: str, message: str) -> None:
         cur = self._write("INSERT INTO errors(at, path, kind, message) VALUES(?, ?, ?, ?)",
                           (self.clock(), enc(rel) if rel is not None else None, kind, message))
