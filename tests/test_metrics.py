@@ -1,6 +1,8 @@
 """Prometheus metrics and /healthz, scraped over HTTP from a daemon uploading to the real test server."""
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -134,8 +136,21 @@ def test_a_metrics_port_in_use_is_one_clear_startup_error(workspace):
     assert "Traceback" not in r.stderr
 
 
-def test_metrics_without_prometheus_client_installed_is_one_clear_startup_error(workspace, tmp_path: Path):
-    # a package of that name that fails to import stands in for one that is not installed
+def test_prometheus_client_is_an_unconditional_requirement_of_a_plain_install():
+    # what `pip install s3-uploader` installs is what the installed distribution's metadata requires
+    # without an extra: metrics_address must work with nothing more (the `metrics` extra is kept, empty)
+    reqs = importlib.metadata.requires("s3-uploader") or []
+    mine = [r for r in reqs if re.match(r"prometheus[-_.]client\b", r, re.IGNORECASE)]
+    plain = [r for r in mine if "extra" not in r.partition(";")[2]]
+    assert plain, (f"prometheus-client is not required by a plain install (requirements: {reqs}); "
+                   "if pyproject.toml says otherwise, reinstall: make venv")
+    assert importlib.metadata.metadata("s3-uploader").get_all("Provides-Extra") is not None
+    assert "metrics" in importlib.metadata.metadata("s3-uploader").get_all("Provides-Extra")
+
+
+def test_a_broken_install_without_prometheus_client_is_one_clear_startup_error(workspace, tmp_path: Path):
+    # prometheus-client is a dependency, so only a broken install (pip --no-deps, a package removed by
+    # hand) lacks it; a package of that name that fails to import stands in for one that is missing
     fake = tmp_path / "fakepkgs" / "prometheus_client"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
@@ -143,5 +158,6 @@ def test_metrics_without_prometheus_client_installed_is_one_clear_startup_error(
     r = cli("run", "-c", str(workspace.config_path),
             env={**workspace.server.env(), "PYTHONPATH": str(fake.parent)}, timeout=60)
     assert r.returncode == 1
-    assert "prometheus-client is not installed" in r.stderr
+    assert "prometheus-client, a dependency of s3-uploader, cannot be imported" in r.stderr
+    assert "reinstall s3-uploader with its dependencies" in r.stderr
     assert "Traceback" not in r.stderr

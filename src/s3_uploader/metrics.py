@@ -1,7 +1,7 @@
 """Prometheus metrics and a health check over HTTP, on ``[daemon] metrics_address``.
 
 ``GET /metrics`` serves the Prometheus text format (via the standard ``prometheus_client`` library,
-an optional dependency: ``pip install 's3-uploader[metrics]'``); ``GET /healthz`` answers 200 ``ok``
+a regular dependency, so a plain ``pip install s3-uploader`` serves it); ``GET /healthz`` answers 200 ``ok``
 when :func:`~s3_uploader.health.health_problem` finds nothing wrong, else 503 with the reason.
 
 Numbers come from the daemon's own counters (read on each scrape: cheap) and from a
@@ -28,16 +28,17 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 
 
 
 class MetricsUnavailable(Exception):
-    """metrics_address is set but the server cannot run (library missing, address in use)."""
+    """metrics_address is set but the server cannot run (address in use, a broken installation)."""
 
 
 def _import_client() -> Any:
     try:
         import prometheus_client
-    except ImportError:
-        raise MetricsUnavailable("metrics_address is set but the Python package prometheus-client is not "
-                                 "installed (pip install 's3-uploader[metrics]', or leave metrics_address "
-                                 "empty)") from None
+    except ImportError as exc:
+        # a dependency of every install: missing only when the install is broken (e.g. pip --no-deps)
+        raise MetricsUnavailable(f"metrics_address is set but prometheus-client, a dependency of s3-uploader, "
+                                 f"cannot be imported ({exc}); the installation is incomplete: reinstall "
+                                 f"s3-uploader with its dependencies, or leave metrics_address empty") from None
     return prometheus_client
 
 
