@@ -204,7 +204,7 @@ def test_connections_past_the_cap_are_answered_503_at_once_without_a_thread_each
     try:
         with running_daemon(workspace.config_path):
             assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
-            before = len(_connection_threads())
+            wait_for(lambda: not _connection_threads(), what="the health check's connection thread to end")
             refused = 0
             for i in range(40):  # one at a time, each taken (served or refused) before the next
                 s = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -214,16 +214,16 @@ def test_connections_past_the_cap_are_answered_503_at_once_without_a_thread_each
                 def taken():
                     got.append(_answer(s))
                     return any(g.startswith(b"HTTP/1.0 503") for g in got) or \
-                        len(_connection_threads()) - before + refused == i + 1
+                        len(_connection_threads()) + refused == i + 1
                 wait_for(taken, timeout=10, what=f"connection {i + 1} to be served or refused")
                 refused += any(g.startswith(b"HTTP/1.0 503") for g in got)
-            threads = len(_connection_threads()) - before
+            threads = len(_connection_threads())
             assert threads <= 16, f"{threads} threads for 40 idle connections"
             assert (threads, refused) == (16, 24)
             assert _status_or_reset(f"http://127.0.0.1:{port}/healthz") in (503, "reset")  # full: refused
             for s in socks:
                 s.close()
-            wait_for(lambda: len(_connection_threads()) == before, what="the closed connections' threads to end")
+            wait_for(lambda: not _connection_threads(), what="the closed connections' threads to end")
             assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
     finally:
         for s in socks:

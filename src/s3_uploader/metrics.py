@@ -42,7 +42,7 @@ REQUEST_TIMEOUT = 5.0
 CONNECTION_MAX_AGE = 30.0
 # How often the accept loop looks at the stop flag and at connections past their age.
 POLL_INTERVAL = 0.25
-# What stop() waits at most for the accept loop and for the connection threads, each.
+# What stop() waits at most, in all, for the accept loop and the connection threads.
 STOP_WAIT = 1.0
 _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
          b"Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections; try later\n")
@@ -252,9 +252,10 @@ class MetricsServer:
 
     def stop(self, wait: float = STOP_WAIT) -> List[str]:
         """Stop serving, whatever the clients do: the accept loop ends (it polls), the listening
-        socket is closed, every open connection is broken. Waits at most ``wait`` seconds for the
-        accept loop and as long again for the connection threads; returns the names of the threads
-        still running then (daemon threads: they cannot hold the process at exit)."""
+        socket is closed, every open connection is broken. Waits at most ``wait`` seconds in all for
+        the accept loop and the connection threads; returns the names of the threads still running
+        then (daemon threads: they cannot hold the process at exit)."""
+        deadline = time.monotonic() + wait
         self._stop.set()
         left: List[threading.Thread] = []
         if self._thread is not None:
@@ -263,7 +264,6 @@ class MetricsServer:
                 left.append(self._thread)
             self._thread = None
         self.httpd.server_close()
-        deadline = time.monotonic() + wait
         for t in self.httpd.break_connections():
             t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
