@@ -14,7 +14,12 @@ upstream), to the one upstream it was given on 127.0.0.1, and nowhere else. On t
 - ``timeout``: say nothing for ``timeout_seconds`` (set it past the client's read timeout), then
   close;
 - an outage (:meth:`FaultProxy.outage`): every connection is reset until switched back;
-- hold one operation (:meth:`FaultProxy.hold`) until released, and delay one (:meth:`FaultProxy.delay`).
+- hold one operation (:meth:`FaultProxy.hold`) until released, and delay one (:meth:`FaultProxy.delay`);
+- answer as AWS does for a bucket with default SSE-KMS (``kms=True``, see :meth:`FaultProxy._as_kms`):
+  every ETag the client sees (PUT, UploadPart, Complete, HEAD, GET, ListParts, ListObjectsV2) is an
+  opaque value instead of the MD5, stable per object, and every object answer carries
+  ``x-amz-server-side-encryption: aws:kms``; with ``kms_header`` set to False the same opaque ETags
+  come without that header, as from a server storing other bytes than were sent.
 
 Faults come from a seeded random generator at ``rate`` per eligible request, or from a script of
 forced faults per operation (:meth:`FaultProxy.force`), which always wins. Every request is
@@ -25,8 +30,10 @@ The proxy is a context manager; :meth:`stop` closes every connection and joins e
 """
 from __future__ import annotations
 
+import hashlib
 import http.client
 import random
+import re
 import socket
 import socketserver
 import struct
@@ -116,8 +123,11 @@ class FaultProxy:
 
     def __init__(self, upstream_port: int, *, seed: int = 0, rate: float = 0.0,
                  faults: Sequence[str] = RANDOM_FAULTS, ops: Iterable[str] = OBJECT_OPS,
-                 timeout_seconds: float = 3.0):
+                 timeout_seconds: float = 3.0, kms: bool = False):
         self.upstream = ("127.0.0.1", int(upstream_port))  # fixed: the proxy reaches nothing else
+        self.kms = kms
+        self.kms_header = True  # False: opaque ETags on answers that say the object is not encrypted
+        self._real_etags: Dict[str, str] = {}  # opaque ETag shown -> the server's, for Complete's part list
         self.rng = random.Random(seed)
         self.timeout_seconds = timeout_seconds
         self.exchanges: List[Exchange] = []
@@ -331,7 +341,11 @@ class FaultProxy:
         if delay and self._stopping.wait(delay):
             return False
         fwd = [(k, v) for k, v in headers if k.lower() not in ("expect", "connection", "keep-alive")]
+        if self.kms and op == "CompleteMultipartUpload":
+            body = self._real_part_etags(body)
         status, reason, rheaders, rbody = self._forward(method, target, fwd, body)
+        if self.kms:
+            rheaders, rbody = self._as_kms(op, rheaders, rbody)
         ex.status, ex.done_at = status, time.monotonic()
         out = _response_head(status, reason, rheaders, method, rbody) + rbody
         if ex.fault == "reset_response":
@@ -387,6 +401,40 @@ class FaultProxy:
         finally:
             conn.close()
 
+    # -- a bucket with default SSE-KMS ----------------------------------------------------------------
+    def _opaque(self, real: str) -> str:
+        """The ETag AWS would show instead of ``real`` (an MD5, or ``md5-N``) for a KMS-encrypted
+        object: 32 hex digits that are not the MD5 (plus the same ``-N``), the same every time."""
+        md5, dash, count = real.partition("-")
+        fake = hashlib.sha256(b"kms:" + md5.encode()).hexdigest()[:32] + dash + count
+        with self._lock:
+            self._real_etags[fake] = real
+        return fake
+
+    def _as_kms(self, op: str, headers: List[Tuple[str, str]], body: bytes) -> Tuple[List[Tuple[str, str]], bytes]:
+        out: List[Tuple[str, str]] = []
+        for k, v in headers:
+            if k.lower() == "etag":
+                v = _ETAG_HEADER.sub(lambda m: self._opaque(m.group(0)), v)
+            elif k.lower().startswith("x-amz-server-side-encryption") or k.lower().startswith("seaweed-"):
+                continue  # the server's own copy of the real ETag, or its own SSE answer
+            out.append((k, v))
+        if self.kms_header and op in ("PutObject", "UploadPart", "CompleteMultipartUpload", "HeadObject",
+                                      "GetObject", "CreateMultipartUpload"):
+            out.append(("x-amz-server-side-encryption", "aws:kms"))
+            out.append(("x-amz-server-side-encryption-aws-kms-key-id",
+                        "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000"))
+        if op in ("CompleteMultipartUpload", "ListParts", "ListObjectsV2", "ListObjects"):
+            body = _ETAG_XML.sub(lambda m: m.group(1) + self._opaque(m.group(2).decode()).encode(), body)
+        return out, body
+
+    def _real_part_etags(self, body: bytes) -> bytes:
+        """Complete's part list as the server gave the parts' ETags (the client has the opaque ones)."""
+        def real(m: "re.Match[bytes]") -> bytes:
+            with self._lock:
+                return m.group(1) + self._real_etags.get(m.group(2).decode(), m.group(2).decode()).encode()
+        return _ETAG_XML.sub(real, body)
+
     def _break_all(self) -> None:
         with self._lock:
             socks = list(self._sockets)
@@ -395,6 +443,11 @@ class FaultProxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+_ETAG_HEADER = re.compile(r"[0-9a-fA-F]{32}(?:-\d+)?")
+# an ETag in an XML body, its quotes written as they come: ", &quot; or &#34;
+_ETAG_XML = re.compile(rb'(<ETag>(?:"|&quot;|&#34;)?)([0-9a-fA-F]{32}(?:-\d+)?)')
 
 
 def _reset(sock: socket.socket) -> None:

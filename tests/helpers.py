@@ -60,12 +60,13 @@ class DaemonProcess:
     """``s3-uploader run`` in a subprocess, its stderr in a file we can wait on."""
 
     def __init__(self, config: Path, env: Optional[Dict[str, str]] = None, log_path: Optional[Path] = None,
-                 command: str = "run"):
+                 command: str = "run", wrapper: Iterable[str] = ()):
         self.config = config
         self.log_path = log_path or config.with_suffix(".stderr.log")
         self._log = open(self.log_path, "ab")
         self._offset = self._log.tell()  # a restarted daemon appends: read only our own lines
-        self.proc = subprocess.Popen([PY, "-m", "s3_uploader", command, "-c", str(config)], env=_env(env),
+        # ``wrapper``: a command that execs the rest (unshare, setpriv), so the pid is the daemon's
+        self.proc = subprocess.Popen([*wrapper, PY, "-m", "s3_uploader", command, "-c", str(config)], env=_env(env),
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     @property

@@ -2,22 +2,26 @@
 SQLite store with the in-memory remote, an injected clock and an injected free-space function."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import List, Optional
 
 import pytest
+from helpers import cannot_run
 
-from s3_uploader.cleanup import (BUSY, CANNOT_STAT, ETAG_DIFFERS, FILE_GONE, FILE_MODIFIED, FORGET, HOLD,
+from s3_uploader.cleanup import (BUSY, CANNOT_STAT, CONTENT_DIFFERS, ETAG_DIFFERS, FILE_GONE, FILE_MODIFIED, FORGET, HOLD,
                                  LIST_FAILED, NOT_DUE, NOT_REGULAR, NOT_UPLOADED, OBJECT_MISSING, OPEN_FOR_WRITING,
                                  OUTSIDE_TREE, REMOVE, REQUEUE, SIZE_DIFFERS, ARCHIVE_EXISTS, Cleaner,
                                  CleanupSettings, LocalState, cleanup_lines, cleanup_status, decide, etag_matches)
 from s3_uploader.config import FreeSpace, parse_config
 from s3_uploader.remote import MemoryRemote, ObjectInfo, PutOptions, multipart_etag
 from s3_uploader.store import Record, Store
+from s3_uploader.tree import QUARANTINE_PREFIX
 
 T0 = 1_800_000_000.0
 DAY = 86400.0
@@ -109,7 +113,7 @@ def test_etags_compare_single_part_by_md5_and_multipart_by_the_recorded_etag():
     multi = rec(md5=None, etag=mp)
     assert etag_matches(multi, mp) is True
     assert etag_matches(multi, "f" * 32 + "-2") is False
-    assert etag_matches(multi, "f" * 32) is None  # a server listing the whole-object MD5: size decides
+    assert etag_matches(multi, "f" * 32) is False  # never size alone: see tests/test_proof.py
     assert etag_matches(rec(md5=None, etag=None), "f" * 32) is None
     kms = rec(md5=md5, etag="a" * 32)  # SSE-KMS: the ETag is not the MD5; the recorded one must match
     assert etag_matches(kms, "a" * 32) is True and etag_matches(kms, "b" * 32) is False
@@ -340,14 +344,14 @@ def test_every_row_is_committed_before_its_file_is_removed(world, tmp_path):
     world.file("a.bin", b"1")
     seen = []
 
-    def probe(path, dev, ino):  # called right before the removal: read with another connection
+    def probe(path, dev, ino):  # called before the removal (at the check and once quarantined): read with another connection
         with Store(tmp_path / "state.db", readonly=True) as other:
             seen.append(other.get("a.bin").state)
         return False
 
     world.cleaner.is_being_written = probe
     world.run()
-    assert seen == ["uploaded"] and world.state("a.bin") == "deleted"
+    assert seen == ["uploaded", "uploaded"] and world.state("a.bin") == "deleted"
 
 
 def test_a_crash_between_delete_and_mark_is_repaired_by_the_next_pass(world):
@@ -446,16 +450,215 @@ def test_archive_copies_across_filesystems_when_a_link_is_refused(world, tmp_pat
     world.settings = CleanupSettings(delete_after=DAY, action="archive", archive_directory=str(arch))
     p = world.file("x/a.mp4", b"footage")
     real_link = os.link
+    refused = []
 
     def link(src, dst, *a, **kw):
-        if str(src) == str(p):
-            raise OSError(18, "Invalid cross-device link")
-        return real_link(src, dst, *a, **kw)
+        refused.append(dst)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", link)
     world.run()
+    monkeypatch.setattr(os, "link", real_link)
+    assert refused, "the archive must have tried a hard link first"
     assert (arch / "x" / "a.mp4").read_bytes() == b"footage" and not p.exists()
     assert sorted(q.name for q in (arch / "x").iterdir()) == ["a.mp4"]
+    assert world.state("x/a.mp4") == "archived"
+
+
+# -- the race between the check and the act (issue 11, item 3) -------------------------------------------
+
+def quarantined(folder: Path) -> List[Path]:
+    return sorted(q for q in folder.iterdir() if q.name.startswith(QUARANTINE_PREFIX))
+
+
+def test_a_folder_swapped_for_a_symlink_between_check_and_delete_leads_nothing_outside_the_tree(world, tmp_path):
+    p = world.file("cam/a.txt", b"abc")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "a.txt").write_bytes(b"abc")  # same name, same bytes: only the tree decides
+
+    def swap(moment, rel):
+        if moment == "act":  # checked, nothing done yet: the folder is moved aside, a link put in
+            (world.root / "cam").rename(world.root / "cam.moved")
+            (world.root / "cam").symlink_to(outside, target_is_directory=True)
+
+    world.cleaner.at = swap
+    res = world.run()
+    assert (outside / "a.txt").read_bytes() == b"abc", "a file outside the watched tree was deleted"
+    assert (world.root / "cam.moved" / "a.txt").read_bytes() == b"abc"
+    assert not p.parent.is_dir() or p.parent.is_symlink()
+    assert res.held == {OUTSIDE_TREE: 1} and res.freed_files == 0
+    assert world.state("cam/a.txt") == "uploaded"
+    assert quarantined(outside) == [] and quarantined(world.root / "cam.moved") == []
+
+
+def test_a_file_replaced_by_rename_between_check_and_delete_keeps_its_new_version_and_queues_it(world):
+    p = world.file("cam/a.log", b"version 1")
+
+    def writer(moment, rel):
+        if moment == "act":  # a writer's atomic replace (write a temporary file, rename it over)
+            tmp = p.with_name(".a.log.tmp")
+            tmp.write_bytes(b"version 2, never uploaded")
+            os.replace(tmp, p)
+
+    world.cleaner.at = writer
+    res = world.run()
+    assert p.read_bytes() == b"version 2, never uploaded"
+    assert quarantined(p.parent) == []
+    row = world.store.get("cam/a.log")
+    assert (row.state, row.size, row.inode) == ("pending", 25, os.lstat(p).st_ino)  # queued: it will be uploaded
+    assert world.requeued == ["cam/a.log"] and res.freed_files == 0 and res.held == {FILE_MODIFIED: 1}
+
+
+def test_a_file_replaced_by_rename_after_the_quarantine_rename_is_kept_and_only_the_proven_one_goes(world):
+    p = world.file("a.log", b"version 1")
+
+    def writer(moment, rel):
+        if moment == "quarantined":  # the name is free now: the writer's new file takes it
+            tmp = p.with_name(".a.log.tmp")
+            tmp.write_bytes(b"version 2")
+            os.replace(tmp, p)
+
+    world.cleaner.at = writer
+    res = world.run()
+    assert p.read_bytes() == b"version 2" and quarantined(world.root) == []
+    assert res.freed_files == 1 and world.state("a.log") == "deleted"
+    assert world.remote.objects["site/a.log"][0] == b"version 1"  # what was deleted is what S3 has
+
+
+def test_a_file_rewritten_in_place_with_its_size_and_mtime_restored_is_kept_because_its_md5_differs(world):
+    p = world.file("a.bin", b"AAAA")
+    st = os.lstat(p)
+    with open(p, "r+b") as f:  # same inode, same size; mtime put back as a copy tool would
+        f.write(b"BBBB")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = os.lstat(p)
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    res = world.run()
+    assert p.read_bytes() == b"BBBB"
+    assert res.held == {CONTENT_DIFFERS: 1} and world.requeued == ["a.bin"]
+    assert world.state("a.bin") == "pending"
+
+
+def test_a_crash_between_the_quarantine_rename_and_the_unlink_is_finished_by_the_next_pass(world, tmp_path):
+    p = world.file("cam/a.bin", b"abc")
+
+    class Crash(Exception):
+        pass
+
+    def crash(moment, rel):
+        if moment == "quarantined":
+            raise Crash()
+
+    world.cleaner.at = crash
+    with pytest.raises(Crash):
+        world.run()
+    assert not p.exists() and len(quarantined(p.parent)) == 1  # hidden, not lost
+    world.store.commit()
+    fresh = Cleaner(world.root, world.store, world.remote, lambda: world.settings)  # as after a restart
+    res = fresh.run_pass(T0 + DAY)
+    assert not p.parent.exists(), "the file was put back, proven, deleted, and its emptied folder removed"
+    assert res.freed_files == 1 and world.state("cam/a.bin") == "deleted"
+
+
+def test_a_quarantined_file_whose_name_was_taken_is_finished_and_the_new_file_at_the_name_is_kept(world, tmp_path):
+    p = world.file("cam/a.bin", b"abc")
+    world.clock.t = T0 + 5
+    world.file("cam/b.bin", b"xyz")
+
+    class Crash(Exception):
+        pass
+
+    def crash(moment, rel):
+        if moment == "quarantined" and rel == "cam/a.bin":
+            p.write_bytes(b"a new file at the same name")
+            raise Crash()
+
+    world.cleaner.at = crash
+    with pytest.raises(Crash):
+        world.run()
+    (q,) = quarantined(p.parent)
+    # the row still records the quarantined file as uploaded (the pass had proven it): finished;
+    # the new file at the name is never touched
+    world.cleaner.at = lambda moment, rel: None
+    res = world.run(T0 + DAY)
+    assert not q.exists() and p.read_bytes() == b"a new file at the same name"
+    assert world.state("cam/a.bin") == "deleted" and world.state("cam/b.bin") == "uploaded"
+    assert res.freed_files == 0
+
+
+def test_a_quarantined_file_that_no_row_describes_is_kept_and_never_uploaded_twice(world, caplog):
+    p = world.file("cam/a.bin", b"abc")
+
+    def writer(moment, rel):
+        if moment == "quarantined":
+            with open(q_of(p), "ab") as f:  # the quarantined file changes: it is not the proven one
+                f.write(b"more")
+            p.write_bytes(b"and a new file takes the name")
+
+    world.cleaner.at = writer
+    with caplog.at_level(logging.WARNING, logger="s3_uploader.cleanup"):
+        res = world.run()
+    (q,) = quarantined(p.parent)
+    assert q.read_bytes() == b"abcmore" and p.read_bytes() == b"and a new file takes the name"
+    assert res.held == {FILE_MODIFIED: 1} and "kept cam/a.bin as" in caplog.text
+    from s3_uploader.keys import Filters
+    from s3_uploader.scanner import Scanner
+    scanner = Scanner(world.root, Filters(skip_hidden=False))
+    assert [f.rel for _, files in scanner.walk() for f in files] == ["cam/a.bin"]
+    assert scanner.stat_one(f"cam/{q.name}") is None
+
+
+def q_of(p: Path) -> Path:
+    (q,) = quarantined(p.parent)
+    return q
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 16 MiB tmpfs (another filesystem than tmp_path's; needs root and mount); unmounted after."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        cannot_run(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    try:
+        if os.lstat(mnt).st_dev == os.lstat(tmp_path).st_dev:
+            cannot_run("the tmpfs is on the same device as the test folder")
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_archive_to_another_filesystem_copies_verifies_and_keeps_the_mtime(world, tmpfs):
+    arch = tmpfs / "archive"
+    world.settings = CleanupSettings(delete_after=DAY, action="archive", archive_directory=str(arch))
+    p = world.file("cam/2026/a.mp4", b"footage" * 1000, mtime=T0 - 50)
+    res = world.run()
+    dest = arch / "cam" / "2026" / "a.mp4"
+    assert res.freed_files == 1 and not p.exists() and world.state("cam/2026/a.mp4") == "archived"
+    assert dest.read_bytes() == b"footage" * 1000 and os.lstat(dest).st_mtime == T0 - 50
+    assert sorted(q.name for q in dest.parent.iterdir()) == ["a.mp4"]
+
+
+def test_archive_to_another_filesystem_keeps_a_source_that_changed_during_the_copy(world, tmpfs):
+    arch = tmpfs / "archive"
+    world.settings = CleanupSettings(delete_after=DAY, action="archive", archive_directory=str(arch))
+    p = world.file("cam/a.log", b"line 1\n")
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)  # a writer that the (injected) probe does not see
+
+    def writer(moment, rel):
+        if moment == "copied":  # the copy is made; the writer appends before the source is removed
+            os.write(fd, b"line 2\n")
+
+    world.cleaner.at = writer
+    try:
+        res = world.run()
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == b"line 1\nline 2\n" and quarantined(p.parent) == []
+    assert not (arch / "cam" / "a.log").exists() and list((arch / "cam").iterdir()) == []
+    assert res.freed_files == 0 and world.state("cam/a.log") == "pending" and world.requeued == ["cam/a.log"]
 
 
 def test_status_lines_show_freed_totals_and_held_back_reasons(world):

@@ -261,3 +261,48 @@ def test_cleanup_switched_on_by_a_config_reload_applies_without_a_restart(worksp
     assert list(workspace.inbox.iterdir()) == []
     assert list_keys(s3_client, workspace.bucket) == {"cam/a.bin": 10}
     assert d.stop() == 0
+
+
+def test_a_file_gone_while_s3_lost_its_object_is_uploaded_when_it_comes_back_with_the_same_signature(
+        workspace, s3_client):
+    make_files(workspace.inbox, [("cam/a.bin", b"precious")])
+    assert once(workspace).returncode == 0
+    saved = workspace.tmp / "saved.bin"
+    os.link(workspace.inbox / "cam" / "a.bin", saved)  # the same inode, size and mtime, to bring back
+    s3_client.delete_object(Bucket=workspace.bucket, Key="cam/a.bin")
+    (workspace.inbox / "cam" / "a.bin").unlink()  # e.g. moved away, or a sub-mount unmounted
+    wait_until_due(workspace, 1)
+    r = once(workspace, delete_after="1s")
+    assert r.returncode == 0, r.stderr
+    assert "is gone and S3 does not prove the upload" in r.stderr
+    with Store(workspace.state / "state.db", readonly=True) as st:
+        assert st.get("cam/a.bin") is None, "the row must not say the file is done"
+    os.link(saved, workspace.inbox / "cam" / "a.bin")  # it comes back, same signature
+    r = once(workspace, delete_after="1h")
+    assert r.returncode == 0, r.stderr
+    assert get_bytes(s3_client, workspace.bucket, "cam/a.bin") == b"precious"
+    assert status(workspace)["counts"]["uploaded"] == 1
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_restored_is_kept_single_put_or_multipart(workspace, s3_client):
+    big = os.urandom(6 * 1024 * 1024)
+    make_files(workspace.inbox, [("a.bin", b"AAAA"), ("big.bin", big)])
+    upload = {"multipart_threshold": "5MiB", "multipart_chunksize": "5MiB"}
+    workspace.config(upload=upload)
+    assert cli("once", "-c", str(workspace.config_path), env=workspace.server.env()).returncode == 0
+    for name, new in (("a.bin", b"BBBB"), ("big.bin", big[:-1] + bytes([big[-1] ^ 1]))):
+        p = workspace.inbox / name
+        st = os.lstat(p)
+        with open(p, "r+b") as f:  # same inode and size; the mtime put back, as `touch -r` or a copy tool would
+            f.write(new)
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+        now = os.lstat(p)
+        assert (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    wait_until_due(workspace, 1)
+    workspace.config(upload=upload, cleanup={"delete_after": "1s"})
+    r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env())
+    assert r.returncode == 0, r.stderr
+    assert "Not deleting a.bin: content differs" in r.stderr and "Not deleting big.bin: content differs" in r.stderr
+    assert (workspace.inbox / "a.bin").read_bytes() == b"BBBB"
+    assert get_bytes(s3_client, workspace.bucket, "a.bin") == b"BBBB"
+    assert get_bytes(s3_client, workspace.bucket, "big.bin") == big[:-1] + bytes([big[-1] ^ 1])

@@ -11,9 +11,13 @@ import os
 import random
 import re
 
+import urllib.request
+
 import pytest
 from faultproxy import RANDOM_FAULTS, FaultProxy
 from helpers import cli, get_bytes, list_keys, make_files, wait_for
+
+from s3_uploader.embedded import free_port
 
 MiB = 1024 * 1024
 FAST = {"multipart_threshold": "5MiB", "multipart_chunksize": "5MiB", "read_timeout": "2s",
@@ -61,7 +65,9 @@ def test_every_file_arrives_intact_through_a_proxy_injecting_faults_at_a_seeded_
 
 
 def test_a_long_outage_parks_nothing_and_every_file_goes_when_the_endpoint_recovers(workspace, proxy, s3_client):
-    workspace.config(s3={"endpoint_url": proxy.endpoint}, upload={**FAST, "max_retries": 2})
+    port = free_port()
+    workspace.config(s3={"endpoint_url": proxy.endpoint}, upload={**FAST, "max_retries": 2},
+                     daemon={"log_level": "DEBUG", "metrics_address": f"127.0.0.1:{port}"})
     d = workspace.start()
     d.wait_log("Watching")
     proxy.outage(True)
@@ -69,20 +75,37 @@ def test_a_long_outage_parks_nothing_and_every_file_goes_when_the_endpoint_recov
                        + [("during-outage/big.mp4", os.urandom(6 * MiB))])
     # more failed attempts than max_retries for every file, each backing off, none parked
     for rel in files:
-        d.wait_log(rf"Upload of {re.escape(rel)} failed .*endpoint problem, not parked: retry \d+", timeout=90)
+        d.wait_log(rf"Upload of {re.escape(rel)} failed .*retry ([3-9]|\d\d+)\b", timeout=90)
     assert list_keys(s3_client, workspace.bucket) == {}
     status = json.loads(cli("status", "--json", "-c", str(workspace.config_path)).stdout)
     assert status["counts"]["parked"] == 0
     assert status["counts"]["failed"] + status["counts"]["uploading"] + status["counts"]["pending"] == len(files)
+    # the outage is a state: status, /healthz and the metrics say so
+    assert status["outage"]["endpoint"] == proxy.endpoint and "network" in status["outage"]["error"]
+    text = cli("status", "-c", str(workspace.config_path)).stdout
+    assert f"S3 endpoint {proxy.endpoint}: NOT ANSWERING since " in text
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+        body = r.read().decode()
+    assert r.status == 200 and body.startswith(f"ok; degraded: S3 endpoint {proxy.endpoint} not answering for "), body
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert "s3_uploader_endpoint_outages_total 1.0" in r.read().decode()
     proxy.outage(False)
     wait_for(lambda: len(list_keys(s3_client, workspace.bucket)) == len(files), timeout=60,
              what="every file to arrive after the outage")
     assert_intact(s3_client, workspace.bucket, files)
+    d.wait_log(r"INFO +S3 endpoint \S+ answers again after \d+s")
+    wait_for(lambda: json.loads(cli("status", "--json", "-c", str(workspace.config_path)).stdout)["outage"] is None,
+             what="status to show the outage over")
     assert d.stop() == 0
     out = d.output()
     assert "parked" not in out.replace("not parked", "")
     attempts = [int(n) for n in re.findall(r"Uploading during-outage/0\.jpg attempt (\d+)", out)]
     assert max(attempts) > 3, attempts
+    # one WARNING when it started, not one per file per attempt: those went to DEBUG
+    warnings = [x for x in out.splitlines() if " WARNING " in x]
+    assert len([x for x in warnings if "is not answering" in x]) == 1, warnings
+    assert len([x for x in warnings if "Upload of" in x]) <= 2, warnings
+    assert len(re.findall(r"DEBUG .*Upload of during-outage/\S+ failed \(network", out)) >= 3 * len(files) - 2
 
 
 def test_wrong_credentials_at_start_are_reported_as_such_with_exit_code_1(workspace):
@@ -105,7 +128,7 @@ def test_a_credential_error_while_running_is_logged_as_such_and_retried_at_the_c
     out = d.output()
     lines = re.findall(r"ERROR.*Upload of secret-fail\.txt failed: credentials/permission problem "
                        r"\(.*SignatureDoesNotMatch.*\); retrying in 1s", out)
-    assert len(lines) == 3, out[-3000:]
+    assert len(lines) == 1, out[-3000:]  # once per file and reason: the next two attempts said nothing new
     # one request per attempt: botocore does not repeat a 403, and the daemon waits retry_backoff_max
     assert proxy.count("PutObject", key="secret-fail.txt") == 4
     assert "parked" not in out
@@ -133,16 +156,19 @@ def test_a_200_response_with_an_error_body_to_complete_is_retried_and_the_object
 def test_an_endpoint_down_at_start_up_does_not_stop_the_daemon_and_files_go_when_it_answers(
         workspace, proxy, s3_client):
     proxy.outage(True)
-    workspace.config(s3={"endpoint_url": proxy.endpoint}, upload=FAST)
+    workspace.config(s3={"endpoint_url": proxy.endpoint}, upload=FAST, daemon={"log_level": "DEBUG"})
     d = workspace.start()
     d.wait_log(r"WARNING S3 endpoint http://127\.0\.0\.1:\d+ is not answering \(.*\); starting anyway", timeout=60)
     files = make_files(workspace.inbox, [("boot/first.jpg", os.urandom(2000)), ("boot/second.jpg", os.urandom(3000))])
-    d.wait_log(r"Upload of boot/first\.jpg failed \(network", timeout=60)
+    d.wait_log(r"DEBUG .*Upload of boot/first\.jpg failed \(network", timeout=60)  # the outage began at start
     assert d.proc.poll() is None
+    status = json.loads(cli("status", "--json", "-c", str(workspace.config_path)).stdout)
+    assert status["outage"]["endpoint"] == proxy.endpoint
     proxy.outage(False)
     wait_for(lambda: len(list_keys(s3_client, workspace.bucket)) == len(files), timeout=60,
              what="the files to arrive once the endpoint answers")
     assert_intact(s3_client, workspace.bucket, files)
+    d.wait_log(r"INFO +S3 endpoint \S+ answers again after")
     assert d.stop() == 0
 
 

@@ -144,8 +144,9 @@ def test_a_file_name_with_a_newline_cannot_forge_a_log_line(workspace, s3_client
     workspace.config()
     r = cli("once", "-c", str(workspace.config_path), env=workspace.server.env())
     assert r.returncode == 0, r.stderr
-    assert "evil\nSuccessfully uploaded forged.txt" in list_keys(s3_client, workspace.bucket)
+    # the key escapes the newline (a control character: see README "File names")
+    assert "evil%0ASuccessfully uploaded forged.txt" in list_keys(s3_client, workspace.bucket)
     messages = [line.split(None, 3)[3] for line in r.stderr.splitlines() if len(line.split(None, 3)) == 4]
     assert sum(m.startswith("Successfully uploaded") for m in messages) == 1
-    assert "Successfully uploaded evil\\nSuccessfully uploaded forged.txt (1 bytes" in r.stderr
+    assert "Successfully uploaded evil%0ASuccessfully uploaded forged.txt (1 bytes" in r.stderr
     assert not any(line.startswith("Successfully") for line in r.stderr.splitlines())

@@ -3,12 +3,15 @@ against the real S3-compatible server. A behaviour the daemon relies on is asser
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 
 import pytest
+from faultproxy import FaultProxy
 from helpers import cannot_run
 
+from s3_uploader.proof import multipart_problem, single_put_problem
 from s3_uploader.remote import (BotoRemote, MemoryRemote, ObstoreRemote, PutOptions, RemoteError, multipart_etag,
                                 obstore_available)
 
@@ -51,8 +54,17 @@ def test_put_returns_the_md5_etag_and_head_confirms_size(remote):
 
 def test_a_wrong_content_md5_is_refused(remote):
     data = b"payload"
+    md5 = hashlib.md5(b"other")
+    if isinstance(remote, ObstoreRemote):
+        # no Content-MD5 to refuse with (the body is checked against its signed SHA-256): the object
+        # is stored, never deleted here, and its answer cannot prove the bytes we hashed
+        etag = remote.put_object("f/bad.bin", data, len(data), md5.digest(), PutOptions())
+        info = remote.head("f/bad.bin")
+        assert etag == info.etag == hashlib.md5(data).hexdigest() and info.sse == ""
+        assert "not the MD5 sent" in single_put_problem(info, "f/bad.bin", len(data), md5.hexdigest(), etag)
+        return
     with pytest.raises(Exception) as ei:
-        remote.put_object("f/bad.bin", data, len(data), hashlib.md5(b"other").digest(), PutOptions())
+        remote.put_object("f/bad.bin", data, len(data), md5.digest(), PutOptions())
     assert ei.value.response["Error"]["Code"] in ("BadDigest", "InvalidDigest")
     assert remote.head("f/bad.bin") is None
 
@@ -213,9 +225,10 @@ def test_obstore_takes_credentials_from_the_environment_chain(s3_server, bucket,
     r.close()
 
 
-def test_obstore_asyncio_put_proves_the_object_and_refuses_a_wrong_md5(s3_server, bucket):
-    """The asyncio sender's PUT (``put_object_soon``) answers as ``put_object`` does: the MD5
-    ETag, or BadDigest with the wrong object removed before the answer."""
+def test_obstore_asyncio_put_answers_as_put_object_does_and_deletes_nothing(s3_server, bucket):
+    """The asyncio sender's PUT (``put_object_soon``) answers as ``put_object`` does: the ETag S3
+    gave, which is the MD5 of the bytes stored, whatever MD5 the caller passed (that one is for
+    the caller's proof); nothing is deleted on the ground of an ETag."""
     import asyncio
     r = _obstore(s3_server, bucket, **{k: v for k, v in _creds(s3_server).items() if k != "region"})
 
@@ -228,6 +241,63 @@ def test_obstore_asyncio_put_proves_the_object_and_refuses_a_wrong_md5(s3_server
     assert asyncio.run(put("f/async.bin", data, hashlib.md5(data).digest())) == (hashlib.md5(data).hexdigest(), None)
     assert r.head("f/async.bin").size == 3000
     etag, exc = asyncio.run(put("f/async-bad.bin", b"payload", hashlib.md5(b"other").digest()))
-    assert etag is None and exc.response["Error"]["Code"] == "BadDigest"
-    assert r.head("f/async-bad.bin") is None
+    assert (etag, exc) == (hashlib.md5(b"payload").hexdigest(), None)
+    assert r.head("f/async-bad.bin").size == len(b"payload")
     r.close()
+
+
+# -- a bucket with default SSE-KMS, as AWS answers for it ---------------------------------------
+
+@pytest.fixture(params=["memory", "boto3", "obstore"])
+def kms_remote(request):
+    """A remote whose every answer is AWS's for a bucket with default SSE-KMS: ``sse`` empty in our
+    options, yet opaque ETags and ``x-amz-server-side-encryption: aws:kms``. The real servers get
+    it from tests/faultproxy.py (``kms=True``) in front of SeaweedFS, which rewrites what each
+    transport sees; the proxy is handed to the test as ``remote.proxy``."""
+    if request.param == "memory":
+        r = MemoryRemote("kms-bucket", sse="aws:kms")
+        r.proxy = None
+        yield r
+        return
+    if request.param == "obstore" and not obstore_available():
+        _no_obstore()
+    server = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("bucket")
+    with FaultProxy(server.port, kms=True) as proxy:
+        cls = ObstoreRemote if request.param == "obstore" else BotoRemote
+        r = cls(bucket, endpoint_url=proxy.endpoint, **_creds(server))
+        r.proxy = proxy
+        yield r
+        r.close()
+
+
+def test_a_kms_bucket_answers_with_etags_that_are_not_the_md5_and_a_head_proves_each_object(kms_remote):
+    r = kms_remote
+    small, streamed = os.urandom(3000), os.urandom(2 * MiB + 3)
+    md5 = hashlib.md5(small).hexdigest()
+    etag = r.put_object("kms/small.bin", small, len(small), hashlib.md5(small).digest(), PutOptions())
+    info = r.head("kms/small.bin")
+    assert etag != md5 and (info.size, info.etag, info.sse) == (3000, etag, "aws:kms")
+    assert single_put_problem(info, "kms/small.bin", 3000, md5, etag) is None
+    etag2 = r.put_object("kms/streamed.bin", io.BytesIO(streamed), len(streamed), hashlib.md5(streamed).digest(),
+                         PutOptions())
+    assert single_put_problem(r.head("kms/streamed.bin"), "kms/streamed.bin", len(streamed),
+                              hashlib.md5(streamed).hexdigest(), etag2) is None
+
+    parts = [os.urandom(5 * MiB), os.urandom(1234)]
+    uid = r.create_multipart("kms/big.bin", PutOptions())
+    answered = [(n, r.upload_part("kms/big.bin", uid, n, p, len(p), hashlib.md5(p).digest()))
+                for n, p in enumerate(parts, 1)]
+    assert all(e != hashlib.md5(p).hexdigest() for (_n, e), p in zip(answered, parts))
+    assert {n: e for n, (_s, e) in r.list_parts("kms/big.bin", uid).items()} == dict(answered)
+    final = r.complete_multipart("kms/big.bin", uid, answered)
+    expected = multipart_etag([hashlib.md5(p).digest() for p in parts])
+    info = r.head("kms/big.bin")
+    assert final != expected and final.endswith("-2") and info.sse == "aws:kms"
+    # AWS and SeaweedFS show Complete's ETag; rclone the whole object's (here made opaque too)
+    assert info.etag == final or "-" not in info.etag
+    assert multipart_problem(info, "kms/big.bin", 5 * MiB + 1234, expected, final, [1, 2]) is None
+    assert {o.key: o.etag for o in r.list_folder("kms/")} == {
+        "kms/small.bin": etag, "kms/streamed.bin": etag2, "kms/big.bin": info.etag}
+    if r.proxy is not None:
+        assert r.proxy.count("DeleteObject") == 0 and r.proxy.count("PutObject") == 2

@@ -67,7 +67,11 @@ class GatedRemote(MemoryRemote):
             if key in self.fail:
                 raise self.fail[key]
             etag = self.put_object(key, data, len(data), md5, opts)
-            return "0" * 32 if key in self.wrong_etag else etag
+            if key in self.wrong_etag:  # stored as other bytes would be: an unencrypted object, another MD5
+                with self._lock:
+                    self.objects[key] = (data, "0" * 32, opts)
+                return "0" * 32
+            return etag
         finally:
             self.in_flight -= 1
 
@@ -160,6 +164,57 @@ def test_failures_are_outcomes_of_their_file_and_the_rest_go_on(rig):
     assert out["ok.bin"].kind == "uploaded"
     assert out["down.bin"].kind == "failed" and out["down.bin"].failure.kind == "throttled"
     assert out["bad.bin"].kind == "failed" and "not the MD5 sent" in out["bad.bin"].failure.message
+
+
+def test_on_a_kms_bucket_each_answer_is_proven_by_a_head_off_the_loop_and_nothing_is_deleted(rig):
+    """A bucket with default SSE-KMS answers with ETags that are not the MD5 (our options ask for no
+    encryption). Before: each file failed with "not the MD5 sent" and obstore deleted the object."""
+    sender, remote, job, recorded, _ = rig
+    remote.sse = "aws:kms"
+    loop_thread = sender.thread.ident
+    heads: List[Optional[int]] = []
+    real_head = remote.head
+
+    def head(key):
+        heads.append(threading.get_ident())
+        return real_head(key)
+    remote.head = head
+    jobs = [job(f"k{i}.bin") for i in range(4)]
+    for j in jobs:
+        remote.gate(j.key).set()
+        sender.submit(j)
+    wait_for(lambda: len(recorded) == 4, what="four outcomes")
+    for o in recorded:
+        data, etag, _opts = remote.objects[o.job.key]
+        assert o.kind == "uploaded", o
+        assert o.etag == etag != o.md5 == hashlib.md5(data).hexdigest()
+    assert len(heads) == 4 and loop_thread not in heads  # one HEAD per file, none on the loop
+    assert "delete" not in remote.calls
+
+
+def test_a_stop_waits_for_a_head_in_flight_and_a_cancel_abandons_it_as_stopped_by_shutdown(rig):
+    sender, remote, job, recorded, _ = rig
+    remote.sse = "aws:kms"
+    release = threading.Event()
+    real_head = remote.head
+
+    def slow_head(key):
+        release.wait(10)
+        return real_head(key)
+    remote.head = slow_head
+    j = job("held.bin")
+    remote.gate(j.key).set()
+    sender.submit(j)
+    wait_for(lambda: remote.calls.get("put_object") == 1 and sender.backlog() == 1, what="the PUT answered")
+    sender.close()
+    assert not sender.thread.join(0.3) and sender.thread.is_alive()  # the HEAD keeps the loop running
+    assert recorded == []
+    sender.cancel()
+    wait_for(lambda: len(recorded) == 1, what="the abandoned HEAD recorded")
+    assert recorded[0].kind == "failed" and recorded[0].failure.kind == "shutdown"
+    release.set()  # the HEAD's thread ends; the loop's executor is joined when the loop ends
+    sender.thread.join(10)
+    assert not sender.thread.is_alive()
 
 
 def test_a_file_changed_or_gone_before_it_is_read_is_not_sent(rig):

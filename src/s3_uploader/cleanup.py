@@ -16,18 +16,24 @@ A file is removed only when all of these hold, checked in the pass itself:
    their key's folder and each folder is listed with ListObjectsV2, so a pass costs one listing
    per folder (at most ``cleanup_prefix_batch_size`` of them, for at most ``cleanup_batch_size``
    candidates), not one request per file;
-3. the path is still the file that was uploaded: a regular file (``lstat``: a symlink is never
-   followed) with the same inode, size and mtime, that no process holds open for writing;
-4. the path lies inside the watched tree (no folder on the way is a symlink).
+3. the file is still the one that was uploaded, proven on the object that is then removed: it is
+   renamed to a hidden quarantine name in its own folder, opened once (``O_NOFOLLOW``), and that
+   descriptor must show a regular file with the recorded inode, size and mtime, that no process
+   holds open for writing, whose bytes hash to the recorded MD5 (or multipart ETag) where one was
+   recorded; only then is it unlinked (or archived) by that name, else it gets its name back;
+4. the path lies inside the watched tree: its folder is reached by descriptor from the root,
+   ``O_DIRECTORY | O_NOFOLLOW`` at every step (:mod:`s3_uploader.tree`), and every rename and
+   unlink is relative to that descriptor.
 
 An object that is missing or different queues the file for upload again (a warning); a file changed
 since its upload is kept and uploaded again. The database is committed before anything is removed,
 and a row is marked removed only after its file is gone, so a crash at any point leaves either the
-file or a confirmed object, never neither.
+file or a confirmed object, never neither; a file left under its quarantine name by a crash is put
+back or finished by the next pass (see :meth:`Cleaner.recover`).
 """
 from __future__ import annotations
 
-import filecmp
+import hashlib
 import json
 import logging
 import os
@@ -38,10 +44,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import tree
 from .config import FreeSpace
 from .keys import key_folder
-from .remote import ObjectInfo, Remote, clean_etag
+from .remote import ObjectInfo, Remote, clean_etag, multipart_etag
 from .store import WAITING_STATES, IllegalTransition, Record, Store, display, enc
+from .uploader import part_size_for
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +76,16 @@ LIST_FAILED = "S3 listing failed"
 ARCHIVE_EXISTS = "archive destination exists"
 CANNOT_REMOVE = "cannot remove"
 CANNOT_STAT = "cannot stat"
+CONTENT_DIFFERS = "content differs"  # same signature, other bytes than the MD5 recorded at upload
 
 META_FILES_FREED = "cleanup.files_freed"
 META_BYTES_FREED = "cleanup.bytes_freed"
 META_REQUEUED = "cleanup.requeued"
 META_LAST_PASS = "cleanup.last_pass"
+# folders where a quarantined file may be left (a pass in progress, or a name taken): a JSON list
+# written (and committed) before the first rename of a pass, and looked through by the next pass
+META_QUARANTINE = "cleanup.quarantine_folders"
+PARTIAL_SUFFIX = ".s3-uploader-partial"  # an archive copy not yet complete
 HELD_EXAMPLES = 20  # held files named in the last pass's record (the counts cover all of them)
 
 
@@ -89,6 +102,7 @@ class CleanupSettings:
     action: str = "delete"  # or "archive"
     archive_directory: str = ""
     interval: float = 300.0
+    multipart_chunksize: int = 16 * 1024 * 1024  # [upload]: to recompute a multipart ETag from the file
 
     @property
     def enabled(self) -> bool:
@@ -101,7 +115,8 @@ class CleanupSettings:
         return cls(delete_after=c.delete_after or 0.0, min_free_space=c.min_free_space or FreeSpace(),
                    batch_size=c.cleanup_batch_size, prefix_batch_size=c.cleanup_prefix_batch_size,
                    remove_empty_dirs=c.remove_empty_dirs, dry_run=c.cleanup_dry_run, action=c.cleanup_action,
-                   archive_directory=c.archive_directory, interval=c.cleanup_interval)
+                   archive_directory=c.archive_directory, interval=c.cleanup_interval,
+                   multipart_chunksize=cfg.upload.multipart_chunksize)
 
 
 @dataclass(frozen=True)
@@ -139,23 +154,25 @@ def is_due(record: Record, now: float, delete_after: float) -> bool:
 
 
 def etag_matches(record: Record, listed_etag: str) -> Optional[bool]:
-    """Whether the listed ETag proves the recorded upload: True, False, or None when the two cannot
-    be compared (no ETag listed, nothing recorded, or a multipart upload that the server lists with
-    a whole-object MD5, as some S3-compatible servers do: then the size alone decides).
+    """Whether the listed ETag proves the recorded upload: True, False, or None when there is
+    nothing to compare (the server lists no ETag, or the row records none: then the size decides).
 
-    A single-part upload's ETag is the MD5 of its bytes; a multipart one's is ``md5-N``, which only
-    the ETag recorded at completion can match.
+    The upload was proven when it was recorded (see :mod:`s3_uploader.proof`), and the row holds
+    the ETag S3 showed for the object then (for a multipart upload and wherever a HEAD was made,
+    the HEAD's: what a listing shows). The same ETag listed now proves the same object is still
+    there, whatever kind of ETag it is: an MD5, a KMS-encrypted object's opaque value, ``md5-N``,
+    or the whole object's MD5 that rclone shows for a multipart object. The recorded MD5 of a
+    single PUT proves it too. Anything else is False, never "size alone": an object rewritten with
+    the same size must not let a file go (it is uploaded again, which records the ETag the server
+    shows; a row recorded before this rule with Complete's ``md5-N``, on a server that lists the
+    whole object's MD5, is thus uploaded once more, then proven).
     """
     listed = clean_etag(listed_etag)
     stored = clean_etag(record.etag)
     md5 = (record.md5 or "").lower()
     if not listed or not (stored or md5):
         return None
-    if listed == stored or listed == md5:
-        return True
-    if "-" in stored and "-" not in listed:
-        return None
-    return False
+    return listed == stored or listed == md5
 
 
 def object_problem(record: Record, listed: Optional[ObjectInfo]) -> Optional[Tuple[str, str]]:
@@ -245,6 +262,11 @@ class Cleaner:
     ``is_busy(rel)`` (the daemon: an upload of it is in flight), ``is_being_written(path, dev, ino)``
     (a writer holds it open), ``on_requeue(rel)`` (the daemon: look at it now), ``stop`` (return
     between files when set).
+
+    Removing a file (see :meth:`_remove`): the folder is reached by descriptor from the root without
+    following a symlink (:mod:`s3_uploader.tree`), the file is renamed to a hidden quarantine name in
+    its own folder, proven there through one descriptor, then unlinked (or archived) by that name;
+    when it is not the proven version it gets its name back (never over a file that took the name).
     """
 
     def __init__(self, root: os.PathLike, store: Store, remote: Remote, settings: Callable[[], CleanupSettings], *,
@@ -265,6 +287,11 @@ class Cleaner:
         self.stop = stop or threading.Event()
         self._cursor: Dict[str, Optional[Tuple[float, bytes]]] = {"age": None, "space": None}
         self._lock = threading.Lock()  # one pass at a time
+        self._leftover: set = set()  # folders where a quarantined file is left (see _recover)
+        # test seam: called with (moment, rel) at "act" (checked, nothing done yet), "quarantined"
+        # (renamed to its hidden name, not yet proven) and "copied" (archive copy made, source not
+        # yet re-checked), so a test can change the tree at exactly those moments
+        self.at: Callable[[str, str], None] = lambda moment, rel: None
 
     # -- the pass -----------------------------------------------------------------------------------
     def run_pass(self, now: float) -> PassResult:
@@ -273,6 +300,8 @@ class Cleaner:
         with self._lock:
             s = self.settings()
             res = PassResult(now, dry_run=s.dry_run, action=s.action)
+            if not s.dry_run and os.path.isdir(self.root):
+                self.recover(s)
             if not s.enabled:
                 self._cursor = {"age": None, "space": None}
                 return res
@@ -304,7 +333,9 @@ class Cleaner:
         chosen, folders, deferred = _take_batch(page, s.prefix_batch_size)
         listings, failed = self._list(folders, chosen)
         res.folders_listed = len(folders)
-        self.store.commit()  # every record acted on below is durable before any file goes
+        if not s.dry_run:  # where this pass may leave a quarantined file if it stops half-way
+            self._note_quarantine(self._leftover | {_parent(r.rel) for r in chosen})
+        self.store.commit()  # every record acted on below (and that note) is durable before any file goes
         last: Optional[Record] = None
         stopped_early = False
         for rec in chosen:
@@ -330,6 +361,8 @@ class Cleaner:
         elif last is not None:
             self._cursor[mode] = _cursor_of(last, order)
         res.more = not at_end and (res.freed_files + res.requeued + res.would_free_files > 0 or deferred)
+        if not s.dry_run:
+            self._note_quarantine(self._leftover)
 
     def _list(self, folders: Sequence[str], chosen: Sequence[Record]) -> Tuple[Dict[str, Dict[str, ObjectInfo]],
                                                                               Dict[str, str]]:
@@ -409,11 +442,21 @@ class Cleaner:
     def _forget(self, rec: Record, d: Decision, res: PassResult, s: CleanupSettings) -> None:
         if s.dry_run:
             return
-        if d.detail:  # the object is not proven either: nothing left to act on, but say so
-            log.warning("Local copy of %s is gone and S3 does not prove the upload (%s)", display(rec.rel), d.detail)
+        if d.detail:
+            # S3 does not prove the upload: the row must not read "done", or the file, should it come
+            # back with the same signature (moved back, a sub-mount remounted), would never be sent.
+            # Dropped instead (uploaded -> pending -> gone): a returning file is a new file.
+            log.warning("Local copy of %s is gone and S3 does not prove the upload (%s); forgetting it, so it "
+                        "is uploaded should it come back", display(rec.rel), d.detail)
             self.store.add_error(rec.rel, "cleanup", f"local file gone and {d.detail}")
-        else:
-            log.info("Local copy of %s is already gone; S3 has %s", display(rec.rel), rec.key)
+            try:
+                self.store.discover(rec.rel, rec.key, rec.size, rec.mtime_ns, rec.inode)
+            except IllegalTransition:
+                return  # the daemon moved it meanwhile
+            self.store.forget(rec.rel)
+            res.forgotten += 1
+            return
+        log.info("Local copy of %s is already gone; S3 has %s", display(rec.rel), rec.key)
         try:
             self.store.mark_removed(rec.rel, "deleted")
             res.forgotten += 1
@@ -441,71 +484,318 @@ class Cleaner:
         if again != local:
             res.hold(rel, FILE_MODIFIED, "changed during the pass")
             return
+        self.at("act", rel)
+        dirs, name = _split(rel)
         try:
-            if s.action == "archive":
-                dest = self._archive(rel, path, s.archive_directory)
-                if dest is None:
-                    res.hold(rel, ARCHIVE_EXISTS, "a different file is already there")
-                    log.warning("Cleanup: keeping %s: a different file is already at %s", display(rel),
-                                os.path.join(s.archive_directory, *rel.split("/")))
-                    return
-            else:
-                os.unlink(path)
-        except OSError as exc:
-            res.hold(rel, CANNOT_REMOVE, exc.strerror or str(exc))
-            log.warning("Cleanup: cannot %s %s (%s)", verb, display(rel), exc.strerror or exc)
+            folder = tree.open_folder(self.root, dirs)
+        except tree.OutsideTree:
+            res.hold(rel, OUTSIDE_TREE, "a folder on the way became a symlink during the pass")
+            log.warning("Cleanup: keeping %s: a folder on the way became a symlink or a file", display(rel))
             return
+        except OSError as exc:
+            res.hold(rel, FILE_MODIFIED if isinstance(exc, FileNotFoundError) else CANNOT_REMOVE,
+                     "its folder is gone" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc)))
+            return
+        with folder:
+            qname = tree.quarantine_name(name)
+            try:
+                # from here on the name holds nothing of ours: a writer that recreates or replaces the
+                # file now makes a new file, which this pass never touches
+                folder.rename(name, qname)
+            except OSError as exc:
+                gone = isinstance(exc, FileNotFoundError)
+                res.hold(rel, FILE_MODIFIED if gone else CANNOT_REMOVE,
+                         "gone during the pass" if gone else (exc.strerror or str(exc)))
+                if not gone:
+                    log.warning("Cleanup: cannot %s %s (%s)", verb, display(rel), exc.strerror or exc)
+                return
+            self.at("quarantined", rel)
+            try:
+                dest = self._finish(folder, qname, name, rec, local.dev, s)
+            except _Keep as keep:
+                self._put_back(folder, qname, name, rel)
+                if keep.requeue is not None and self._named(folder, name, keep.requeue):
+                    self._requeue(rec, keep.requeue, Decision(REQUEUE, keep.reason, keep.detail), res)
+                else:
+                    res.hold(rel, keep.reason, keep.detail)
+                    log.log(keep.level, "Cleanup: keeping %s (%s%s)", display(rel), keep.reason,
+                            f": {keep.detail}" if keep.detail else "")
+                return
+            except OSError as exc:
+                self._put_back(folder, qname, name, rel)
+                res.hold(rel, CANNOT_REMOVE, exc.strerror or str(exc))
+                log.warning("Cleanup: cannot %s %s (%s)", verb, display(rel), exc.strerror or exc)
+                return
         # the file is gone (or archived) only now that S3 holds it; a crash here leaves the row
         # 'uploaded' and the next pass finds the file gone and the object present
-        self.store.mark_removed(rel, "archived" if s.action == "archive" else "deleted")
+        self.store.mark_removed(rel, "archived" if dest else "deleted")
         res.freed_files += 1
         res.freed_bytes += rec.size
-        if s.action == "archive":
+        if dest:
             log.info("Archived %s (%d bytes; S3 has %s)", display(rel), rec.size, rec.key)
         else:
             log.info("Deleted local copy of %s (%d bytes; S3 has %s)", display(rel), rec.size, rec.key)
         if s.remove_empty_dirs:
             self._remove_empty_parents(rel)
 
-    def _archive(self, rel: str, path: str, archive_dir: str) -> Optional[str]:
-        """Move ``path`` to ``archive_dir/rel`` without ever replacing a file there. Returns the
-        destination, or None when a different file already holds it.
+    def _finish(self, folder: tree.Folder, qname: str, name: str, rec: Record, dev: Optional[int],
+                s: CleanupSettings) -> Optional[str]:
+        """Prove that the file now at ``qname`` is the version S3 holds, then delete or archive it.
+        Returns the archive destination, or None when deleted. Raises :class:`_Keep` (nothing was
+        removed) when it is not that version, is open for writing, or the archive holds another file.
 
-        A hard link then an unlink on one filesystem; a copy (fsynced) otherwise. At every moment the
+        The proof is made on one open descriptor of the quarantined file: ``fstat`` (a regular file
+        with the recorded inode, size and mtime, on the device seen at the check) and, where a digest
+        was recorded, the MD5 of its bytes read through that same descriptor (see :func:`_content_problem`).
+        """
+        try:
+            fd = folder.open(qname, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            raise _Keep(FILE_MODIFIED, f"changed during the pass ({exc.strerror or exc})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise _Keep(NOT_REGULAR, "changed during the pass")
+            now = LocalState.from_lstat(st)
+            if now.signature != rec.signature or (dev and st.st_dev != dev):
+                raise _Keep(FILE_MODIFIED, "changed during the pass", requeue=now, level=logging.INFO)
+            if self.is_being_written(os.path.join(folder.path, qname), st.st_dev, st.st_ino):
+                raise _Keep(OPEN_FOR_WRITING, "", level=logging.INFO)
+            problem = _content_problem(fd, rec, s.multipart_chunksize, self.stop)
+            if problem is not None:
+                raise _Keep(CONTENT_DIFFERS, problem, requeue=now)
+            if s.action == "archive":
+                return self._archive(folder, qname, fd, st, rec, s)
+            folder.unlink(qname)
+            return None
+        finally:
+            os.close(fd)
+
+    def _put_back(self, folder: tree.Folder, qname: str, name: str, rel: str) -> None:
+        """Give the quarantined file its name back, never over a file that took the name meanwhile;
+        then it stays under ``qname`` (a WARNING), and every later pass tries again."""
+        try:
+            folder.rename_noreplace(qname, name)
+            return
+        except FileExistsError:
+            why = "another file took its name meanwhile"
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        self._leftover.add(_parent(rel))
+        log.warning("Cleanup: kept %s as %s (%s); it is looked at again at every pass",
+                    display(rel), os.path.join(folder.path, qname), why)
+
+    @staticmethod
+    def _named(folder: tree.Folder, name: str, local: LocalState) -> bool:
+        """Whether ``name`` in ``folder`` is now the file described by ``local``."""
+        try:
+            st = folder.lstat(name)
+        except OSError:
+            return False
+        return (st.st_ino, st.st_size, st.st_mtime_ns) == (local.inode, local.size, local.mtime_ns)
+
+    def _archive(self, folder: tree.Folder, qname: str, fd: int, st: os.stat_result, rec: Record,
+                 s: CleanupSettings) -> str:
+        """Move the proven file (``qname`` in ``folder``, open as ``fd``) to ``archive_directory/rel``
+        without ever replacing a file there, then remove it from the tree. Returns the destination.
+
+        On one filesystem: a hard link, checked to be the same inode, then the unlink. Across
+        filesystems: a copy read from ``fd`` into a temporary name, fsynced, its MD5 compared with the
+        recorded one (when one is recorded), the source re-checked by descriptor and by name after
+        the copy, the copy linked into place; only then the source goes. Every folder created on the
+        way and the destination folder are fsynced before the source is removed. At every moment the
         bytes exist under the watched tree, in the archive, or both.
         """
-        dest = os.path.join(archive_dir, *rel.split("/"))
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        if os.path.lexists(dest):
-            if not _same_file(path, dest):
-                return None
-            os.unlink(path)  # an earlier pass put it there and stopped before removing the original
-            return dest
-        try:
-            os.link(path, dest)  # fails when dest exists: never replaces
-        except OSError:  # another filesystem, or links not supported: copy
-            tmp = dest + ".s3-uploader-partial"
-            shutil.copyfile(path, tmp)
-            shutil.copystat(path, tmp)
-            _fsync(tmp)
+        dirs, name = _split(rec.rel)
+        dest_path = os.path.join(s.archive_directory, *rec.rel.split("/"))
+        with tree.open_folder(s.archive_directory, dirs, create=True) as dest:
             try:
-                os.link(tmp, dest)
+                there = dest.lstat(name)
+            except FileNotFoundError:
+                there = None
+            if there is not None:
+                if not _same_content(fd, st, dest, name, there):
+                    raise _Keep(ARCHIVE_EXISTS, "a different file is already there", level=logging.WARNING)
+                # an earlier pass put it there and stopped before removing the original
+            elif not self._link_into(folder, qname, dest, name, st):
+                self._copy_into(fd, st, rec, dest, name, s, folder, qname)
+            dest.fsync()
+        folder.unlink(qname)
+        return dest_path
+
+    @staticmethod
+    def _link_into(folder: tree.Folder, qname: str, dest: tree.Folder, name: str, st: os.stat_result) -> bool:
+        """Hard-link the quarantined file as ``name`` in ``dest``; False when links cannot be made
+        there (another filesystem, or none supported). Never replaces: FileExistsError is a _Keep."""
+        try:
+            if folder.fd is not None and dest.fd is not None:
+                os.link(qname, name, src_dir_fd=folder.fd, dst_dir_fd=dest.fd, follow_symlinks=False)
+            else:
+                os.link(os.path.join(folder.path, qname), os.path.join(dest.path, name))
+        except FileExistsError:
+            raise _Keep(ARCHIVE_EXISTS, "a different file is already there", level=logging.WARNING) from None
+        except OSError:
+            return False
+        linked = dest.lstat(name)
+        if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):  # the quarantine name was swapped
+            dest.unlink(name)
+            raise _Keep(FILE_MODIFIED, "changed during the pass")
+        return True
+
+    def _copy_into(self, fd: int, st: os.stat_result, rec: Record, dest: tree.Folder, name: str,
+                   s: CleanupSettings, folder: tree.Folder, qname: str) -> None:
+        tmp = name + PARTIAL_SUFFIX
+        if len(os.fsencode(tmp)) > tree.NAME_MAX:
+            tmp = tree.quarantine_name("")
+        try:
+            dest.unlink(tmp)  # a copy an earlier pass left unfinished: ours, never published
+        except FileNotFoundError:
+            pass
+        out = dest.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                digest = _copy_fd(fd, out, st.st_size, rec, s.multipart_chunksize, self.stop)
+                if os.name != "nt":
+                    os.fchmod(out, stat_mod.S_IMODE(st.st_mode))
+                if os.utime in os.supports_fd:
+                    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.fsync(out)
             finally:
-                os.unlink(tmp)
-        _fsync_dir(os.path.dirname(dest))
-        os.unlink(path)
-        return dest
+                os.close(out)
+            if os.name == "nt":
+                os.utime(os.path.join(dest.path, tmp), ns=(st.st_atime_ns, st.st_mtime_ns))
+            want = _recorded_digest(rec, st.st_size, s.multipart_chunksize)
+            if digest is None:
+                raise _Keep(FILE_MODIFIED, "changed while it was copied to the archive")
+            if want is not None and digest != want[0]:
+                raise _Keep(CONTENT_DIFFERS, f"the archive copy's MD5 is {digest}, {want[0]} was uploaded",
+                            requeue=LocalState.from_lstat(st))
+            self.at("copied", rec.rel)
+            after = os.fstat(fd)
+            try:
+                named = folder.lstat(qname)
+            except FileNotFoundError:
+                named = None
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if (after.st_ino, after.st_size, after.st_mtime_ns) != sig or named is None or \
+                    (named.st_ino, named.st_size, named.st_mtime_ns) != sig:
+                raise _Keep(FILE_MODIFIED, "changed while it was copied to the archive",
+                            requeue=LocalState.from_lstat(after), level=logging.INFO)
+            try:
+                tree.move_noreplace(dest, tmp, dest, name)
+            except FileExistsError:
+                raise _Keep(ARCHIVE_EXISTS, "a different file is already there", level=logging.WARNING) from None
+        except BaseException:
+            try:
+                dest.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     def _remove_empty_parents(self, rel: str) -> None:
-        """Remove the folders that holding ``rel`` left empty, deepest first; never the root."""
+        """Remove the folders that holding ``rel`` left empty, deepest first; never the root. Each is
+        removed by name in its parent, reached by descriptor: never a folder outside the tree."""
         parts = rel.split("/")[:-1]
         while parts:
             try:
-                os.rmdir(os.path.join(self.root, *parts))
+                with tree.open_folder(self.root, parts[:-1]) as parent:
+                    parent.rmdir(parts[-1])
             except OSError:
                 return  # not empty (or not ours to remove): the folders above are not empty either
             log.info("Removed empty folder %s", display("/".join(parts)))
             parts.pop()
+
+    # -- quarantined files left by an interrupted pass ------------------------------------------------
+    def recover(self, s: Optional[CleanupSettings] = None) -> None:
+        """Finish or undo what an interrupted pass left in quarantine (run at the start of every
+        pass; callable on its own at start-up). Cheap when nothing is left: one meta read."""
+        s = s or self.settings()
+        raw = self.store.meta(META_QUARANTINE)
+        try:
+            folders = json.loads(raw) if raw else []
+        except ValueError:
+            folders = []
+        self._leftover = set()
+        if folders:
+            self._recover(folders, s)
+            self._note_quarantine(self._leftover)
+
+    def _note_quarantine(self, folders: "set") -> None:
+        value = json.dumps(sorted(folders))
+        if (self.store.meta(META_QUARANTINE) or "[]") != value:
+            self.store.set_meta(META_QUARANTINE, value)
+
+    def _recover(self, folders: Sequence[str], s: CleanupSettings) -> None:
+        """Look in ``folders`` for files a pass renamed to a quarantine name and did not finish
+        (a crash, or a name taken): each gets its name back when it is free (the next pass proves it
+        again); when the name is taken, a file whose row still records it as uploaded (so the pass
+        had proven it) is finished, and any other is kept under its hidden name with a WARNING.
+        Folders where something is left stay in ``_leftover`` for the next pass."""
+        for rel_dir in folders:
+            if self.stop.is_set():
+                self._leftover.add(rel_dir)
+                continue
+            try:
+                folder = tree.open_folder(self.root, rel_dir.split("/") if rel_dir else [])
+            except FileNotFoundError:
+                continue  # the folder is gone, and with it anything quarantined in it
+            except OSError as exc:
+                log.warning("Cleanup: cannot look for interrupted removals in %s (%s)", display(rel_dir) or ".",
+                            exc.strerror or exc)
+                self._leftover.add(rel_dir)
+                continue
+            with folder:
+                for qname in folder.listdir():
+                    if tree.is_quarantine_name(qname):
+                        self._recover_one(folder, rel_dir, qname, s)
+
+    def _recover_one(self, folder: tree.Folder, rel_dir: str, qname: str, s: CleanupSettings) -> None:
+        try:
+            st = folder.lstat(qname)
+        except FileNotFoundError:
+            return
+        if not stat_mod.S_ISREG(st.st_mode):
+            return
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        name = tree.original_name(qname)
+        if name is None:  # a name too long to embed: the row in this folder with its signature
+            name = next((r.rel.rsplit("/", 1)[-1] for r in self.store.in_dir(rel_dir).values()
+                         if r.signature == sig), None)
+            if name is None:
+                self._leftover.add(rel_dir)
+                log.warning("Cleanup: %s was left by an interrupted removal and matches no file; kept",
+                            os.path.join(folder.path, qname))
+                return
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        try:
+            there = folder.lstat(name)
+        except FileNotFoundError:
+            there = None
+        if there is not None and (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+            folder.unlink(qname)  # a put-back by link + unlink that stopped half-way
+            return
+        if there is None:
+            try:
+                folder.rename_noreplace(qname, name)
+                log.info("Cleanup: put %s back after an interrupted removal", display(rel))
+                return
+            except OSError:
+                pass
+        rec = self.store.get(rel)
+        if rec is not None and rec.state == "uploaded" and rec.signature == sig:
+            try:
+                dest = self._finish(folder, qname, name, rec, None, s)
+            except (_Keep, OSError) as exc:
+                self._leftover.add(rel_dir)
+                log.warning("Cleanup: kept %s as %s (%s)", display(rel), os.path.join(folder.path, qname), exc)
+                return
+            self.store.mark_removed(rel, "archived" if dest else "deleted")
+            log.info("Cleanup: finished the interrupted removal of %s (S3 has %s)", display(rel), rec.key)
+            return
+        self._leftover.add(rel_dir)
+        log.warning("Cleanup: kept %s as %s: it was being removed when another file took its name, and the "
+                    "database no longer records it as uploaded; rename it to upload it", display(rel),
+                    os.path.join(folder.path, qname))
 
     # -- free space ---------------------------------------------------------------------------------
     def _disk(self) -> Tuple[int, int]:
@@ -624,33 +914,127 @@ def _safe_rel(rel: str) -> bool:
             and all(p not in ("", ".", "..") for p in rel.split("/")))
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        sa, sb = os.lstat(a), os.lstat(b)
-    except OSError:
-        return False
-    if not (stat_mod.S_ISREG(sa.st_mode) and stat_mod.S_ISREG(sb.st_mode)):
-        return False
-    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+def _split(rel: str) -> Tuple[List[str], str]:
+    parts = rel.split("/")
+    return parts[:-1], parts[-1]
+
+
+def _parent(rel: str) -> str:
+    return rel.rsplit("/", 1)[0] if "/" in rel else ""
+
+
+class _Keep(Exception):
+    """The quarantined file is not removed: it goes back to its name and is held (or, with
+    ``requeue``, the LocalState of what is there, queued to upload again)."""
+
+    def __init__(self, reason: str, detail: str = "", requeue: Optional[LocalState] = None,
+                 level: int = logging.WARNING):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail, self.requeue, self.level = reason, detail, requeue, level
+
+
+_BUF = 1024 * 1024
+
+
+def _recorded_digest(rec: Record, size: int, chunksize: int) -> Optional[Tuple[str, Optional[int]]]:
+    """What the bytes of the uploaded version hash to, as (hex digest, part size): the MD5 recorded by
+    a single PUT (part size None), or a multipart upload's digest (MD5 of the parts' MD5s, "-N":
+    recorded as its md5; rows recorded before that have it as their ETag) when this file's size and
+    the configured chunk size give its part count (the part size is not recorded). None: nothing to
+    compare (then the signature alone decides, as before)."""
+    md5 = (rec.md5 or "").lower()
+    if md5 and "-" not in md5:
+        return md5, None
+    etag = md5 or clean_etag(rec.etag)
+    if "-" in etag:
+        try:
+            count = int(etag.rsplit("-", 1)[1])
+        except ValueError:
+            return None
+        part = part_size_for(size, chunksize)
+        if size > 0 and -(-size // part) == count:
+            return etag, part
+    return None
+
+
+def _digest(fd: int, size: int, part: Optional[int], stop: threading.Event, out: Optional[int] = None) -> Optional[str]:
+    """The MD5 (``part`` None) or multipart ETag of the first ``size`` bytes read through ``fd``,
+    copied to ``out`` too when given. None when the file is shorter; _Keep when ``stop`` is set."""
+    whole = hashlib.md5()
+    parts: List[bytes] = []
+    cur = hashlib.md5()
+    in_part = off = 0
+    while off < size:
+        if stop.is_set():
+            raise _Keep(BUSY, "stopping")
+        n = min(_BUF, size - off, (part - in_part) if part else _BUF)
+        b = _pread(fd, n, off)
+        if not b:
+            return None
+        if out is not None:
+            view = memoryview(b)
+            while view:
+                view = view[os.write(out, view):]
+        (cur if part else whole).update(b)
+        off += len(b)
+        in_part += len(b)
+        if part and in_part == part:
+            parts.append(cur.digest())
+            cur, in_part = hashlib.md5(), 0
+    if part:
+        if in_part:
+            parts.append(cur.digest())
+        return multipart_etag(parts)
+    return whole.hexdigest()
+
+
+def _read_at(fd: int, n: int, off: int) -> bytes:  # pragma: no cover - Windows has no pread
+    os.lseek(fd, off, os.SEEK_SET)
+    return os.read(fd, n)
+
+
+_pread = getattr(os, "pread", _read_at)
+
+
+def _content_problem(fd: int, rec: Record, chunksize: int, stop: threading.Event) -> Optional[str]:
+    """Why the bytes behind ``fd`` are not the ones uploaded, or None when they are (or cannot be
+    compared: no digest recorded). Closes the gap the signature leaves (no st_dev, no ctime: a
+    reused inode, or a rewrite that restored size and mtime, would pass it)."""
+    want = _recorded_digest(rec, rec.size, chunksize)
+    if want is None:
+        return None
+    got = _digest(fd, rec.size, want[1], stop)
+    if got is None:
+        return "shorter than recorded"
+    if got != want[0]:
+        return f"its bytes hash to {got}, {want[0]} was uploaded"
+    return None
+
+
+def _copy_fd(fd: int, out: int, size: int, rec: Record, chunksize: int, stop: threading.Event) -> Optional[str]:
+    """Copy ``size`` bytes from ``fd`` to ``out``; returns the digest (kind as recorded) of what was copied."""
+    want = _recorded_digest(rec, size, chunksize)
+    return _digest(fd, size, want[1] if want else None, stop, out)
+
+
+def _same_content(fd: int, st: os.stat_result, folder: tree.Folder, name: str, there: os.stat_result) -> bool:
+    """Whether ``name`` in ``folder`` (lstat ``there``) is the file open as ``fd`` or a regular file
+    with the same bytes."""
+    if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
         return True
-    return sa.st_size == sb.st_size and filecmp.cmp(a, b, shallow=False)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    if not stat_mod.S_ISREG(there.st_mode) or there.st_size != st.st_size:
+        return False
+    other = folder.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        os.fsync(fd)
+        off = 0
+        while off < st.st_size:
+            a, b = _pread(fd, _BUF, off), _pread(other, _BUF, off)
+            if a != b or not a:
+                return False
+            off += len(a)
+        return True
     finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    if os.name == "nt":
-        return  # folders cannot be opened for fsync on Windows; NTFS journals the link
-    try:
-        _fsync(path)
-    except OSError:
-        pass
+        os.close(other)
 
 
 def _human(n: int) -> str:

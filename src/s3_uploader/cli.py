@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 
 from . import __version__, logs
 from .cleanup import cleanup_lines, cleanup_status
+from .outage import META_OUTAGE
+from .outage import stored as outage_stored
 from .config import Config, ConfigError, load_config, render_example
 from .store import STATES, WAITING_STATES, Store, StoreError, display
 
@@ -44,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     cmd("run", "Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads the config).")
     cmd("once", "Upload the tree as it is now (waiting for changing files to settle), run one cleanup pass if "
                 "configured, then exit: 0 when every file found is in S3, 1 when any failed.")
-    cmd("check", "Validate the config, the directory, the state database and bucket access; one line each.")
+    cmd("check", "Validate the config, the directory, the writer check, the state database and bucket access; one "
+                 "line each.")
     st = cmd("status", "Show what the state database holds: files per state, the oldest waiting, last errors.")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     cmd("retry", "Make every parked or failed file due for another attempt now (a running daemon picks them up).")
@@ -161,6 +164,13 @@ def cmd_check(cfg: Config, args: Any) -> int:
         ok = False
     else:
         print(f"Watch directory OK: {root}")
+        if cfg.watch.use_events:
+            print(events_line(str(root)))
+    if root.is_dir():
+        from .writers import WriterProbe
+        probe = WriterProbe(str(root))
+        # a warning, not a failure: size and mtime stability still decide for what it cannot see
+        print(probe.blind_spot() or f"Writer check OK: {probe.method()}")
     db = Path(cfg.daemon.db_path)
     folder = db.parent if not db.exists() else db
     if os.access(folder if folder.exists() else folder.parent, os.W_OK):
@@ -183,6 +193,21 @@ def cmd_check(cfg: Config, args: Any) -> int:
     return EXIT_OK if ok else EXIT_FAIL
 
 
+def events_line(root: str) -> str:
+    """``check``'s line on filesystem events: the folders to watch against the inotify limit."""
+    from .watcher import watch_limit
+    folders = sum(1 for _ in os.walk(root))
+    limit = watch_limit()
+    if limit is None:
+        return f"Filesystem events: {folders:,} folder(s) to watch"
+    if folders > limit:
+        return (f"Filesystem events: WARNING: {folders:,} folders to watch, over the inotify limit of {limit:,} "
+                f"per user (fs.inotify.max_user_watches): the rest are seen only by rescans; raise it: "
+                f"sysctl -w fs.inotify.max_user_watches={max(2 * limit, 4 * folders)}")
+    return (f"Filesystem events: {folders:,} folder(s) to watch, inotify allows {limit:,} watches per user "
+            f"(fs.inotify.max_user_watches; other programs of the same user share it)")
+
+
 def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
     """Everything ``status`` shows, as plain data (the JSON form)."""
     now = time.time() if now is None else now
@@ -202,6 +227,7 @@ def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
         "parked": [{"path": display(r.rel), "kind": r.error_kind, "error": r.last_error, "attempts": r.attempts}
                    for r in store.in_states(("parked",), limit=20)],
         "cleanup": cleanup_status(store),
+        "outage": outage_stored(store.meta(META_OUTAGE)),
     }
     return out
 
@@ -244,6 +270,11 @@ def cmd_status(cfg: Config, args: Any) -> int:
         print("Parked (tried again after parked_retry_interval, or now with 's3-uploader retry'):")
         for p in data["parked"]:
             print(f"  {p['path']}: {p['kind']}: {p['error']}")
+    if data["outage"]:
+        o = data["outage"]
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o["since"])) if o.get("since") else "?"
+        print(f"S3 endpoint {o['endpoint']}: NOT ANSWERING since {since} ({o.get('failures', 0)} failed "
+              f"attempt(s); last: {o.get('error', '')})")
     for line in cleanup_lines(data["cleanup"]):
         print(line)
     if data["last_errors"]:

@@ -244,7 +244,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("s3", "bucket", STR, "", "The bucket to upload into (required).", reloadable=False, required=True,
            example="my-camera-archive"),
     Option("s3", "prefix", STR, "", "A folder inside the bucket: key = prefix/relative/path. Placeholders "
-           "{hostname}, and from each file's mtime (local time) {yyyy}, {mm}, {dd}.", reloadable=False,
+           "{hostname}, and from each file's mtime (local time) {yyyy}, {mm}, {dd}. Folders separated by single "
+           "'/', none empty, '.' or '..'.", reloadable=False,
            example="{hostname}/{yyyy}-{mm}-{dd}"),
     Option("s3", "region", STR, "", "AWS region; empty = from the AWS config/environment (us-east-1 if none).",
            reloadable=False),
@@ -457,14 +458,31 @@ def _cross_checks(v: Dict[Tuple[str, str], Any]) -> Iterable[str]:
     prefix = v.get(("s3", "prefix"))
     if prefix:
         try:
-            prefix.format(hostname="h", yyyy="2026", mm="01", dd="01")
+            expanded = prefix.format(hostname="h", yyyy="2026", mm="01", dd="01")
         except (KeyError, IndexError, ValueError) as exc:
             yield (f"[s3] prefix = {prefix!r}: expected only the placeholders {{hostname}}, {{yyyy}}, {{mm}}, "
                    f"{{dd}} ({exc})")
+        else:
+            yield from _prefix_problems(prefix, expanded)
     if v.get(("s3", "endpoint_url")):
         ep = v[("s3", "endpoint_url")]
         if not re.match(r"^https?://[^/\s]+/?$", ep):
             yield f"[s3] endpoint_url = {ep!r}: expected http://HOST[:PORT] or https://HOST[:PORT]"
+
+
+def _prefix_problems(prefix: str, expanded: str) -> Iterable[str]:
+    """A prefix whose folders S3 servers would rewrite or refuse: an empty, ``.`` or ``..`` segment
+    (collapsed, resolved or refused by servers, so two prefixes could name one place), a backslash
+    (a folder separator to SeaweedFS) or a control character. A leading or trailing ``/`` is fine:
+    it is dropped. Checked after the placeholders, with sample values."""
+    parts = expanded.strip("/").split("/")
+    bad = [p for p in parts if p in ("", ".", "..")] if expanded.strip("/") else []
+    if bad:
+        shown = ", ".join(repr(p) for p in dict.fromkeys(bad))
+        yield (f"[s3] prefix = {prefix!r}: expected folder names separated by single '/', none of them empty, "
+               f"'.' or '..' (found {shown})")
+    if re.search(r"[\x00-\x1f\x7f\\]", expanded):
+        yield f"[s3] prefix = {prefix!r}: expected no '\\' (use '/' between folders) and no control characters"
 
 
 def _is_within(path: Path, root: Path) -> bool:

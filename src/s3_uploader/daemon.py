@@ -8,7 +8,8 @@ Threads, in the order data flows:
 - **watcher** (watchdog's thread): events become hints, which only shorten the wait.
 - **scheduler**: owns the :class:`~s3_uploader.stability.Tracker` (at most ``max_pending_uploads``
   files), checks each file when due, and hands ready files to the workers; also brings failed
-  files back when their retry is due.
+  files back when their retry is due. A file unstable for long (see ``_gives_way``) yields its
+  slot to files waiting for one, so files that never settle cannot starve the rest.
 - **sender**: with the obstore transport, one asyncio loop that keeps up to ``upload_workers``
   small files (single PUTs of at most 1 MiB) in flight at once (see :mod:`s3_uploader.sender`).
 - **upload workers** (``upload_workers`` of them): upload one file each, record the outcome; every
@@ -25,6 +26,7 @@ Every wait is on an event with a timeout, so a stop request is never stuck behin
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import queue
@@ -38,7 +40,7 @@ from . import logs
 from .bandwidth import limiter_from_config
 from .cleanup import Cleaner, CleanupSettings, PassResult
 from .config import Config
-from .health import StateSnapshot
+from .health import StateSnapshot, tracker_note
 from .keys import Filters, KeyMaker, key_problem
 from .metrics import MetricsServer, MetricsUnavailable
 from .notify import SdNotify, ServiceNotifier, watchdog_interval
@@ -46,16 +48,18 @@ from .reload import Reloader, apply_to_daemon
 from .remote import PutOptions, Remote, RemoteError
 from .retry import Failure, classify, decide_retry
 from .scanner import FileStat, Reporter, Scanner
-from .stability import Observation, Tracker, assess
+from .stability import Observation, Tracker, assess, unsettled_after
 from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
+from .outage import META_OUTAGE, Outage
 from .sender import AsyncSender
 from .uploader import IN_MEMORY_MAX, Abandoned, Job, Outcome, Settings, Uploader
-from .watcher import Hints, Watcher
+from .watcher import WATCH_LIMIT, Hints, Watcher, inotify_watches, watch_limit
 from .writers import WriterProbe
 
 log = logging.getLogger(__name__)
 
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
+UNSETTLED_COUNT_INTERVAL = 5.0  # seconds between counts of unsettled tracked files (a pass over the tracker)
 # Shutdown (see Daemon.shutdown): what threads that were told to stop get, on top of shutdown_timeout.
 INTAKE_STOP_WAIT = 2.0  # scanner, scheduler, cleanup: each looks at the stop flag at least every second
 ABANDON_WAIT = 2.0  # upload workers and the sender once abandoned (between parts, requests cancelled)
@@ -110,6 +114,8 @@ class Stats:
     cleanup_held: int = 0  # held back in the last pass (reasons: store meta 'cleanup.last_pass')
     cleanup_disk_full: bool = False  # below min_free_space with nothing proven in S3 left to delete
     last_cleanup_at: Optional[float] = None
+    events_lost: Dict[str, int] = field(default_factory=dict)  # by reason: overflow, watch_limit
+    unwatched_folders: int = 0  # folders of the last full scan that inotify does not watch
 
     def add(self, **kw: float) -> None:
         with self.lock:
@@ -153,6 +159,13 @@ class Daemon:
         self.folder_requests: "queue.Queue[str]" = queue.Queue()
         self.upload_q: "queue.Queue[Optional[Job]]" = queue.Queue()
         self.ready: Deque[Job] = collections.deque()
+        # files that gave their tracker slot away (rel -> when), oldest first; at most ``cap`` of them
+        self._gave_way: "collections.OrderedDict[str, float]" = collections.OrderedDict()
+        self._next_candidate: Optional[FileStat] = None  # taken from the queue, waiting for a slot
+        self.unsettled_after: Optional[float] = None  # seconds; None: from stable_seconds (tests set it)
+        self.unsettled = 0  # tracked files unstable for longer than that (health.tracker_note)
+        self._unsettled_counted_at = float("-inf")
+        self._unsettled_said = False
         # files found ready in this turn of the scheduler, made into jobs together (one row read)
         self._ready_batch: List[Tuple[str, FileStat, str]] = []
         self.inflight: Set[str] = set()
@@ -161,6 +174,11 @@ class Daemon:
         self.heartbeats: Dict[str, float] = {}
         self._threads: List[threading.Thread] = []
         self._waiting_logged: Dict[str, str] = {}
+        self._lost_warned_at = float("-inf")
+        self._endpoint_down_at_start: Optional[str] = None
+        self._failure_logged: Dict[str, str] = {}  # rel -> failure kind last logged above DEBUG
+        self.outage = Outage(cfg.s3.endpoint_url or "(AWS)", clock=clock, wall=wall, waiting=self._waiting_files,
+                             on_change=self._outage_changed)
         self.watcher: Optional[Watcher] = None
         self.sender: Optional[AsyncSender] = None
         self.exit_code = 0
@@ -232,6 +250,10 @@ class Daemon:
             # manager give up on us after a few restarts, while files pile up with nobody to send them
             log.warning("S3 endpoint %s is not answering (%s); starting anyway: files wait and go when it answers",
                         endpoint, exc.reason)
+            self._endpoint_down_at_start = exc.reason
+        self.store.set_meta(META_OUTAGE, "")  # an outage of the last run is not this one's
+        if self._endpoint_down_at_start:
+            self.outage.begin(self._endpoint_down_at_start)
         n = self.store.recover_interrupted()
         if n:
             log.info("%d upload(s) were interrupted by the last stop; they will be resumed", n)
@@ -282,9 +304,15 @@ class Daemon:
             self.sender = AsyncSender(self.remote, self.uploader, self.record_many, capacity=up.upload_workers,
                                       allowed=lambda: self.limiter.limit() is None, divert=self._divert)
         self.probe = WriterProbe(self.root, clock=self.clock)
+        self._say_writer_check()
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
                                is_busy=self._is_inflight, is_being_written=self.probe.is_being_written,
                                on_requeue=self.hints.add, stop=self.stop_event)
+        try:  # a pass interrupted between its quarantine rename and the unlink: finish or undo it now,
+            self.cleaner.recover()  # even if cleanup has been switched off since
+        except Exception as exc:
+            log.warning("Cleanup: could not look at files an interrupted pass left hidden (%s); the next pass "
+                        "does", exc)
         log.info("Watching %s -> s3://%s/%s (%s)", self.root, self.cfg.s3.bucket, self.cfg.s3.prefix,
                  "once" if self.once else "daemon")
         self._start_threads()
@@ -298,12 +326,21 @@ class Daemon:
             self.exit_code = self._once_result()
         return self.exit_code
 
+    def _say_writer_check(self) -> None:
+        """Say once how open writers are found, and loudly when some of them cannot be seen."""
+        blind = self.probe.blind_spot()
+        if blind is not None:
+            log.warning("%s", blind)
+        else:
+            log.debug("Writer check: %s", self.probe.method())
+
     def on_tick(self) -> None:
         """Called by the main thread twice a second: config reload, state snapshot, systemd notify,
         batched log lines written out."""
         now = self.clock()
         logs.flush_pending()
         try:
+            self.outage.tick()
             if self.reloader is not None:
                 self.reloader.tick(now)
             if self.metrics is not None or self.service is not None:
@@ -343,7 +380,7 @@ class Daemon:
     def _start_threads(self) -> None:
         if self.cfg.watch.use_events and not self.once:
             try:
-                self.watcher = Watcher(self.root, self.hints, self.folder_requests.put)
+                self.watcher = Watcher(self.root, self.hints, self.folder_requests.put, self._events_lost)
                 self.watcher.start()
             except Exception as exc:  # inotify limits, unsupported FS: rescans still work
                 log.warning("Filesystem events unavailable (%s); relying on rescans every %gs", exc,
@@ -591,15 +628,20 @@ class Daemon:
     def full_scan(self) -> int:
         """One pass over the whole tree; returns the number of candidate files found."""
         t0, wall0, cpu0 = self.clock(), self.wall(), time.thread_time()
-        files = found = 0
+        files = found = folders = 0
+        last_dir = None
         for rel_dir, listing in self.scanner.walk():
             if self.stop_event.is_set():
                 return found
+            if rel_dir != last_dir:  # a big folder comes in several slices, one after another
+                folders += 1
+                last_dir = rel_dir
             files += len(listing)
             found += self._diff_folder(rel_dir, listing)
             self.heartbeats["scanner"] = self.clock()
         if not self.stop_event.is_set():
             self._sweep_vanished(wall0)
+            self._check_watches(folders)
         secs, cpu = self.clock() - t0, time.thread_time() - cpu0
         with self.stats.lock:
             self.stats.scans += 1
@@ -609,6 +651,46 @@ class Daemon:
         # the scan's own CPU (this thread's): what each periodic rescan costs the box
         log.debug("Scan: %d files, %d to upload, %.2fs (%.2fs CPU)", files, found, secs, cpu)
         return found
+
+    def _events_lost(self, reason: str) -> None:
+        """Watchdog's thread heard the kernel drop events (an inotify queue overflow): rescan the
+        whole tree now. One WARNING a minute at most; every notice counts in the metric."""
+        now = self.clock()
+        self.scan_request.set()
+        with self.stats.lock:
+            self.stats.events_lost[reason] = self.stats.events_lost.get(reason, 0) + 1
+            quiet = now - self._lost_warned_at < 60.0
+            if not quiet:
+                self._lost_warned_at = now
+        if not quiet:
+            log.warning("Filesystem events were lost (inotify queue overflow); rescanning the whole tree now. "
+                        "If this happens often, raise fs.inotify.max_queued_events (now %s)",
+                        _read_sysctl("/proc/sys/fs/inotify/max_queued_events"))
+
+    def _check_watches(self, folders: int) -> None:
+        """After a full scan: are all ``folders`` it walked watched? watchdog skips a folder it cannot
+        watch (the per-user watch limit, permissions) without a word, so count what the kernel
+        holds. Says so once when folders go unwatched (and again if more do), with the sysctl."""
+        if self.watcher is None:
+            return
+        held = inotify_watches()
+        if held is None:
+            return
+        missing = max(0, folders - held)
+        with self.stats.lock:
+            before, self.stats.unwatched_folders = self.stats.unwatched_folders, missing
+            if missing > before:
+                self.stats.events_lost[WATCH_LIMIT] = self.stats.events_lost.get(WATCH_LIMIT, 0) + 1
+        if missing > before:
+            limit = watch_limit()
+            log.warning("Filesystem events: %d of %d folders could not be watched (inotify watch limit "
+                        "fs.inotify.max_user_watches = %s reached, no permission, or reached through a "
+                        "symlink); changes there are found by the rescan every %gs. Raise the limit: "
+                        "sysctl -w fs.inotify.max_user_watches=%d",
+                        missing, folders, limit if limit is not None else "?", self.cfg.watch.scan_interval,
+                        max(2 * (limit or 0), 4 * folders, 524288))
+        elif before and not missing:
+            log.info("Filesystem events: every folder is watched again (%d)", folders)
 
     def scan_folder(self, rel_dir: str) -> None:
         """Scan one folder's subtree (a folder created or moved in: its files raised no events)."""
@@ -639,12 +721,23 @@ class Daemon:
                 continue  # done, or failed/parked with its retry scheduled
             if self._is_inflight(f.rel):
                 continue  # the upload's own re-check catches the change
-            if state in DONE_STATES:
+            if state == "uploaded":
                 log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
-            self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino)
+            # the key of a new file at a deleted/archived path comes from its own mtime; a file
+            # changed in place keeps its stored key (the store decides which)
+            r = self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino,
+                                    retry_at=self._collision_retry_at())
+            if r.key is None:
+                log.error("%s", r.last_error)
+                continue
             todo.append(f)
         if new_rows:
-            self.store.discover_many(new_rows)
+            collided = self.store.discover_many(new_rows, retry_at=self._collision_retry_at())
+            if collided:
+                for r in collided:
+                    log.error("%s", r.last_error)
+                parked = {r.rel for r in collided}
+                todo = [f for f in todo if f.rel not in parked]
         for f in todo:
             while not self.stop_event.is_set():
                 try:
@@ -696,6 +789,7 @@ class Daemon:
                 self._sweep_retries(now)
                 next_sweep = now + RETRY_SWEEP_INTERVAL
             self._check_due(now)
+            self._count_unsettled(now)
             self._make_jobs()
             self._feed_workers()
             if self.once and self._once_finished():
@@ -727,6 +821,8 @@ class Daemon:
             if rel in self.tracker:
                 self.tracker.add(rel, now)  # look again now: it may be complete
                 continue
+            if rel in self._gave_way and now < self._gave_way[rel] + self._unsettled_limit():
+                continue  # resting after it gave way (a log still appended to): _take_back brings it in
             if self.tracker.full:
                 self.scan_request.set()  # no room: the rescan will find it
                 continue
@@ -736,25 +832,113 @@ class Daemon:
             rec = self.store.get(rel)
             if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading"):
                 continue  # already uploaded, or failed with its retry scheduled
+            key = self.keymaker.key_for(rel, st.mtime)
             if rec is None:
-                self.store.discover_many([(rel, self.keymaker.key_for(rel, st.mtime), st.size, st.mtime_ns, st.ino)])
+                collided = self.store.discover_many([(rel, key, st.size, st.mtime_ns, st.ino)],
+                                                    retry_at=self._collision_retry_at())
+                if collided:
+                    log.error("%s", collided[0].last_error)
+                    continue
             elif rec.signature != st.signature and rec.state != "pending":
-                if rec.state in DONE_STATES:
+                if rec.state == "uploaded":
                     log.info("File changed since it was uploaded; will upload again: %s", display(rel))
-                self.store.discover(rel, rec.key, st.size, st.mtime_ns, st.ino)
+                rec = self.store.discover(rel, key, st.size, st.mtime_ns, st.ino, retry_at=self._collision_retry_at())
+                if rec.key is None:
+                    log.error("%s", rec.last_error)
+                    continue
             self.tracker.add(rel, now)
             self._check(rel, st, now)
 
     def _take_candidates(self, now: float) -> None:
-        while not self.tracker.full and len(self.ready) + len(self._ready_batch) < self.tracker.capacity:
-            try:
-                f = self.candidates.get_nowait()
-            except queue.Empty:
-                return
+        """Track the scanner's candidates while there is room. Candidates that need no slot (already
+        tracked or in flight, resting after giving way) are taken even when the tracker is full; the
+        first that needs one waits in ``_next_candidate``, which tells ``_gives_way`` a slot is wanted."""
+        while len(self.ready) + len(self._ready_batch) < self.tracker.capacity:
+            f, self._next_candidate = self._next_candidate, None
+            if f is None:
+                try:
+                    f = self.candidates.get_nowait()
+                except queue.Empty:
+                    break
             if self._is_inflight(f.rel) or f.rel in self.tracker:
                 continue
+            if f.rel in self._gave_way:
+                if now < self._gave_way[f.rel] + self._unsettled_limit():
+                    continue  # resting after it gave way; _take_back brings it in later
+                del self._gave_way[f.rel]
+            if self.tracker.full:
+                self._next_candidate = f
+                break
             self.tracker.add(f.rel, now)
             self._check(f.rel, f, now)
+        self._take_back(now)
+
+    def _unsettled_limit(self) -> float:
+        if self.unsettled_after is not None:
+            return self.unsettled_after
+        return unsettled_after(self.cfg.watch.stable_seconds)
+
+    def _gives_way(self, rel: str, now: float) -> bool:
+        """Whether ``rel`` (tracked, just found not ready) leaves the tracker to let others in.
+
+        It does when the tracker is full, a file waits for a slot (the scanner's next candidate, or
+        one that gave way and has rested), and it has been tracked for longer than the unsettled limit.
+        It is looked at again after resting as long (``_take_back``; a rescan may also bring it
+        back then): until then the slot goes to others. Without this, ``max_pending_uploads`` logs
+        appended to for ever would hold every slot and no other file would ever be looked at.
+        """
+        if not self.tracker.full:
+            return False
+        limit = self._unsettled_limit()
+        if now - self.tracker.since(rel) <= limit:
+            return False
+        if self._next_candidate is None and not self._rested(now, limit):
+            return False
+        self.tracker.remove(rel)
+        self._log_wait(rel, "Not stable for long; letting other files go first, looking again later: %s")
+        if len(self._gave_way) < self.tracker.capacity:
+            self._gave_way[rel] = now
+        else:  # memory stays bounded by max_pending_uploads; a rescan brings it back
+            self._waiting_logged.pop(rel, None)
+        # the slot goes to the file waiting for it now, before an event about this one takes it back
+        waiting, self._next_candidate = self._next_candidate, None
+        if waiting is not None:
+            self.tracker.add(waiting.rel, now)  # due now: _check_due stats it
+        else:
+            self._take_back(now)
+        return True
+
+    def _rested(self, now: float, limit: float) -> bool:
+        """A file that gave way (and is not tracked again meanwhile, e.g. by an event) has rested
+        long enough to be looked at again."""
+        while self._gave_way:
+            rel, at = next(iter(self._gave_way.items()))
+            if rel in self.tracker or self._is_inflight(rel):
+                del self._gave_way[rel]  # back already: nothing to take back
+                continue
+            return at + limit <= now
+        return False
+
+    def _take_back(self, now: float) -> None:
+        """Track again, oldest first, the files that gave way and have rested, while there is room."""
+        limit = self._unsettled_limit()
+        while not self.tracker.full and self._rested(now, limit):
+            rel, _ = self._gave_way.popitem(last=False)
+            if not self._is_inflight(rel):
+                self.tracker.add(rel, now)  # due now: _check_due stats it (and handles it vanishing)
+
+    def _count_unsettled(self, now: float) -> None:
+        """Refresh ``unsettled`` every few seconds; say it once when the tracker fills with them."""
+        if now - self._unsettled_counted_at < UNSETTLED_COUNT_INTERVAL:
+            return
+        self._unsettled_counted_at = now
+        self.unsettled = self.tracker.unsettled(now, self._unsettled_limit())
+        note = tracker_note(self)
+        if note is not None and not self._unsettled_said:
+            log.warning("%s", note)
+        elif note is None and self._unsettled_said:
+            log.info("The stability tracker is no longer full of files that do not settle")
+        self._unsettled_said = note is not None
 
     def _sweep_retries(self, now: float) -> None:
         room = self.tracker.capacity - len(self.tracker)
@@ -790,9 +974,10 @@ class Daemon:
             v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks, writer_open=True)
             self._log_wait(rel, "Waiting for writer to close file: %s")
         if not v.ready:
-            if prev is None:
+            if prev is None and rel not in self._waiting_logged:  # (not again when it comes back)
                 self._log_wait(rel, "Waiting for file to stabilize: %s")
-            self.tracker.reschedule(rel, v.observation, v.next_check_at)  # type: ignore[arg-type]
+            if not self._gives_way(rel, now):
+                self.tracker.reschedule(rel, v.observation, v.next_check_at)  # type: ignore[arg-type]
             return
         self.tracker.remove(rel)
         self._waiting_logged.pop(rel, None)
@@ -831,8 +1016,14 @@ class Daemon:
             return None  # forgotten meanwhile (vanished); a new event or scan brings it back
         if rec.state in DONE_STATES and rec.signature == st.signature:
             return None  # already uploaded (a scan and an event raced)
-        if rec.signature != st.signature or rec.state in DONE_STATES:
-            rec = self.store.discover(rel, rec.key, st.size, st.mtime_ns, st.ino)
+        if rec.key is None or rec.signature != st.signature or rec.state in DONE_STATES:
+            # changed, a new file at a deleted/archived path (its own key, from its mtime), or
+            # parked for a collision (the other file may be gone or renamed by now)
+            rec = self.store.discover(rel, self.keymaker.key_for(rel, st.mtime), st.size, st.mtime_ns, st.ino,
+                                      retry_at=self._collision_retry_at())
+            if rec.key is None:
+                log.error("%s", rec.last_error)
+                return None
         problem = key_problem(rec.key)
         if problem is not None:
             self._park_unsendable(rec, problem)
@@ -848,8 +1039,18 @@ class Daemon:
         return Job(rel, path, rec.key, st, rec.attempts + 1, rec.upload_id, rec.part_size)
 
     def _park_unsendable(self, rec: Record, problem: str) -> None:
+        """Park a file no retry can send (its key is over S3's limit). It may be parked already
+        (checked again after a rescan, a retry or a reload): it is parked again, never an error."""
         log.error("Cannot upload %s: %s; parked (rename the file to upload it)", display(rec.rel), problem)
-        self.store.fail_upload(rec.rel, "invalid", problem, None, park=True)
+        try:
+            self.store.fail_upload(rec.rel, "invalid", problem, None, park=True)
+        except IllegalTransition as exc:  # moved on meanwhile (e.g. vanished): its new state decides
+            log.debug("Not parking: %s", exc)
+
+    def _collision_retry_at(self) -> float:
+        """When a file parked for a collision is checked again: like any parked file (the other
+        file may be renamed or gone by then)."""
+        return self.wall() + self.cfg.upload.parked_retry_interval
 
     def _feed_workers(self) -> None:
         """Hand ready jobs, in order, to the sender (small single PUTs) or the upload workers."""
@@ -876,7 +1077,8 @@ class Daemon:
                 and s.put_options.etag_is_md5 and self.remote.async_ok(job.key))  # type: ignore[attr-defined]
 
     def _once_finished(self) -> bool:
-        if not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready:
+        if (not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready
+                or self._gave_way or self._next_candidate is not None):
             return False
         if not self.upload_q.empty() or (self.sender is not None and self.sender.backlog()):
             return False
@@ -1009,6 +1211,7 @@ class Daemon:
             self.hints.add(job.rel)
         elif o.kind == "vanished":
             log.warning("File vanished before it was uploaded: %s", display(job.rel))
+            self._failure_logged.pop(job.rel, None)
             self.store.forget(job.rel)
         else:
             self._record_failure(job, o.failure or Failure("internal", "unknown failure"))
@@ -1017,6 +1220,10 @@ class Daemon:
         if not done:
             return
         now = self.wall()
+        self.outage.succeeded()
+        if self._failure_logged:
+            for o in done:
+                self._failure_logged.pop(o.job.rel, None)
         with self.stats.lock:
             self.stats.uploaded_files += len(done)
             self.stats.uploaded_bytes += sum(o.job.stat.size for o in done)
@@ -1039,10 +1246,16 @@ class Daemon:
             self.stats.failures[failure.kind] = self.stats.failures.get(failure.kind, 0) + 1
             self.stats.retries += 0 if d.park else 1
             self.stats.last_error = f"{display(job.rel)}: {failure}"
+        # an outage is one state with its own lines (outage.py); any other failure gets its line once
+        # per file and reason: thousands of files failing alike must not flood the log
+        quiet = self.outage.failed(failure) or self._failure_logged.get(job.rel) == failure.kind
+        self._failure_logged[job.rel] = failure.kind
         if d.park:
             when = f"tried again in {d.delay:.0f}s or with 's3-uploader retry'" if next_at else \
                 "it will not be retried until the file changes or 's3-uploader retry'"
             log.error("Upload of %s failed (%s); parked after %d attempt(s), %s", job.key, failure, job.attempt, when)
+        elif quiet:
+            log.debug("Upload of %s failed (%s); retry %d in %.1fs", job.key, failure, job.attempt, d.delay)
         elif failure.kind in ("auth", "no_bucket"):
             log.error("Upload of %s failed: %s problem (%s); retrying in %.0fs", job.key,
                       "credentials/permission" if failure.kind == "auth" else "bucket", failure.message, d.delay)
@@ -1053,7 +1266,30 @@ class Daemon:
             log.warning("Upload of %s failed (%s); retry %d of %d in %.1fs", job.key, failure, job.attempt,
                         up.max_retries, d.delay)
 
+    def _waiting_files(self) -> int:
+        """Files not yet in S3 (for the outage's lines; counts the rows, so only when one is written)."""
+        try:
+            counts = self.store.counts()
+        except StoreError:
+            return 0
+        return sum(counts[s] for s in WAITING_STATES)
+
+    def _outage_changed(self, state: Optional[Dict[str, Any]]) -> None:
+        """Keep the outage where ``status`` (another process) reads it."""
+        try:
+            self.store.set_meta(META_OUTAGE, json.dumps(state) if state else "")
+        except StoreError:
+            pass  # the threads that write rows report a broken database
+
     # -- reading state for status lines ------------------------------------------------------------
     def queue_depth(self) -> int:
         sent = self.sender.queued() if self.sender is not None else 0
         return len(self.tracker) + len(self.ready) + self.upload_q.qsize() + self.candidates.qsize() + sent
+
+
+def _read_sysctl(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return "?"

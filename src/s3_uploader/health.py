@@ -6,6 +6,10 @@ loops have beaten recently (``Daemon.heartbeats`` holds the monotonic time of ea
 turn; the scanner beats between folders and while it waits). Upload workers are not timed: one
 large file on a slow link may legitimately take hours, and botocore's timeouts bound a hung request.
 
+:func:`tracker_note` is not a health problem but a remark: the stability tracker full of files
+that have not become stable for long (logs appended to for ever). They give way to other files,
+so nothing starves; a restart would not make them settle, so the watchdog must not act on it.
+
 :class:`StateSnapshot` keeps the database-derived numbers (files per state, the oldest file not
 yet uploaded) that status lines and metrics show, refreshed every few seconds rather than on every
 look, because counting a million rows is not free.
@@ -45,6 +49,35 @@ def health_problem(daemon: Any, now: Optional[float] = None, max_age: Optional[f
         if now - beat > max_age:
             return f"the {name} loop has made no progress for {now - beat:.0f}s"
     return None
+
+
+def health_note(daemon: Any) -> Optional[str]:
+    """What ``/healthz`` adds to a healthy answer: an outage of the S3 endpoint, or a stability tracker
+    full of files that never settle, which restarting the daemon would not mend (so they do not stop
+    systemd's watchdog pings), but a monitor should see."""
+    notes = [n for n in (_outage_note(daemon), tracker_note(daemon)) if n]
+    return "; ".join(notes) if notes else None
+
+
+def _outage_note(daemon: Any) -> Optional[str]:
+    outage = getattr(daemon, "outage", None)
+    state = outage.state() if outage is not None else None
+    if state is None:
+        return None
+    return (f"S3 endpoint {state['endpoint']} not answering for {state['seconds']:.0f}s "
+            f"({state['failures']} failed attempts; last: {state['error']})")
+
+
+def tracker_note(daemon: Any) -> Optional[str]:
+    """None unless the daemon's stability tracker is full and holds files unstable for long (the
+    scheduler counts them every few seconds into ``daemon.unsettled``); then one line saying so."""
+    tracker = daemon.tracker
+    n = getattr(daemon, "unsettled", 0)
+    if not n or len(tracker) < tracker.capacity:
+        return None
+    return (f"The stability tracker is full (max_pending_uploads = {tracker.capacity}) and {n} of "
+            f"{len(tracker)} tracked files have not become stable for over {daemon._unsettled_limit():.0f}s; "
+            f"they give way to files waiting behind them and are looked at again later")
 
 
 class StateSnapshot:

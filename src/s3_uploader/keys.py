@@ -56,31 +56,64 @@ def _compile(patterns: Sequence[str], flags: int) -> Optional["re.Pattern[str]"]
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), flags | re.DOTALL)
 
 
+# What a name's characters become in its key. Every character not listed here is kept as it is,
+# so a name made only of ordinary characters (letters in any script, digits, spaces, punctuation)
+# is its own key and existing users' keys do not move. Escaped as %XX (each byte, upper-case hex):
+#
+# - ``%`` followed by two hex digits (``a%FF.dat`` -> ``a%25FF.dat``): otherwise it would read as an
+#   escape. A ``%`` that is not (``100%.txt``) cannot, and stays.
+# - ``\``: SeaweedFS (and other servers built on a file system) turn it into ``/``, so ``x\y.txt``
+#   and the file ``y.txt`` in folder ``x`` would be one object.
+# - control characters U+0000-U+001F and U+007F: XML 1.0 cannot carry most of them, so a listing
+#   (cleanup's proof) shows them only when the server url-encodes it, and some clients and servers
+#   strip or refuse them.
+# - bytes that are not UTF-8 (on POSIX, Python carries them as surrogate escapes U+DC80-U+DCFF;
+#   on Windows, lone surrogates): a key is UTF-8 text.
+#
+# Not escaped, and why: ``/`` is the separator of the relative path, as it is of keys. Empty, ``.``
+# and ``..`` segments, ``//`` and a trailing ``/`` (which servers collapse, refuse or treat as a
+# folder) cannot come from a file's relative path, and a prefix holding them is a config error.
+# Leading and trailing spaces, case and Unicode normalization (NFC vs NFD) are kept byte for byte
+# by AWS, SeaweedFS and ``rclone serve s3`` on Linux (checked against both local servers); a server
+# that folds case or normalizes (one backed by a case-insensitive or normalizing file system) can
+# merge names that differ only so, which no escape of ours could prevent without moving the keys
+# of ordinary names.
+_ESCAPE = re.compile(r"%(?=[0-9A-Fa-f]{2})|[\x00-\x1f\x7f\\\ud800-\udfff]")
+_ESCAPED = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _percent(m: "re.Match[str]") -> str:
+    # os.fsencode gives a surrogate escape back its original byte (POSIX) or a lone surrogate its
+    # UTF-8 form (Windows); the others are ASCII
+    return "".join("%%%02X" % b for b in os.fsencode(m.group()))
+
+
 def escape_name(rel: str) -> str:
-    """A relative path as a valid UTF-8 S3 key part.
+    """A relative path as the name part of its S3 key: injective and reversible (:func:`unescape_name`).
 
-    Names that are valid UTF-8 are returned unchanged. A name that is not (on POSIX, Python carries
-    its undecodable bytes as surrogate escapes) is written with every such byte as ``%XX`` and every
-    ``%`` as ``%25``, so percent-decoding the key gives back the exact original bytes.
+    The name is ``rel`` with each character the comment above lists written as ``%XX`` per byte of
+    the file system's own encoding of it; every other character is kept. A name with none of them
+    (the usual case) is returned as it is.
     """
-    try:
-        rel.encode("utf-8")
+    if _ESCAPE.search(rel) is None:
         return rel
-    except UnicodeEncodeError:
-        pass
-    out = []
-    for ch in rel:
-        if "\udc80" <= ch <= "\udcff":
-            out.append("%%%02X" % (ord(ch) - 0xDC00))
-        elif ch == "%":
-            out.append("%25")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return _ESCAPE.sub(_percent, rel)
 
 
-def is_escaped_name(rel: str) -> bool:
-    return escape_name(rel) != rel
+def unescape_name(name: str) -> str:
+    """The relative path whose :func:`escape_name` is ``name``: each ``%XX`` (two hex digits) is
+    the byte XX, every other character its UTF-8 bytes, and the bytes are the file system's name
+    (``os.fsdecode``). ``unescape_name(escape_name(rel)) == rel`` for every relative path."""
+    if "%" not in name:
+        return name
+    out = bytearray()
+    pos = 0
+    for m in _ESCAPED.finditer(name):
+        out += name[pos:m.start()].encode("utf-8")
+        out.append(int(m.group(1), 16))
+        pos = m.end()
+    out += name[pos:].encode("utf-8")
+    return os.fsdecode(bytes(out))
 
 
 class KeyMaker:

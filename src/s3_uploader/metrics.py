@@ -26,7 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .health import StateSnapshot, health_problem
+from .health import StateSnapshot, health_note, health_problem
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ class DaemonCollector:
             last_upload, scans, last_scan = st.last_upload_at, st.scans, st.last_scan_at
             freed_files = getattr(st, "cleanup_files_freed", 0)
             freed_bytes = getattr(st, "cleanup_bytes_freed", 0)
+            events_lost, unwatched = dict(st.events_lost), st.unwatched_folders
+        outage = getattr(d, "outage", None)
+        outage_state = outage.state() if outage is not None else None
         with d.inflight_lock:
             inflight = len(d.inflight)
 
@@ -111,6 +114,20 @@ class DaemonCollector:
         yield GaugeMetricFamily(f"{PREFIX}_last_scan_timestamp_seconds", "When the last full scan ended "
                                 "(Unix time; 0 = none yet).", value=last_scan or 0.0)
         yield CounterMetricFamily(f"{PREFIX}_scans", "Full scans of the watched directory.", value=scans)
+        yield CounterMetricFamily(f"{PREFIX}_endpoint_outages", "Outages of the S3 endpoint since the daemon "
+                                  "started (it stopped answering, or answered only throttling or 5xx).",
+                                  value=outage.outages if outage is not None else 0)
+        yield GaugeMetricFamily(f"{PREFIX}_endpoint_down_seconds", "How long the S3 endpoint has not been answering "
+                                "(0 while it answers).", value=outage_state["seconds"] if outage_state else 0.0)
+        lost = CounterMetricFamily(f"{PREFIX}_filesystem_events_lost", "Times filesystem events were lost and a "
+                                   "rescan made up for them, by reason (overflow: the inotify queue overflowed; "
+                                   "watch_limit: more folders went unwatched).", labels=["reason"])
+        for reason in ("overflow", "watch_limit"):
+            lost.add_metric([reason], events_lost.get(reason, 0))
+        yield lost
+        yield GaugeMetricFamily(f"{PREFIX}_unwatched_folders", "Folders of the last full scan that raise no "
+                                "filesystem events (inotify watch limit or permission): only rescans see them.",
+                                value=unwatched)
         yield CounterMetricFamily(f"{PREFIX}_cleanup_freed_files", "Local files deleted or archived by cleanup.",
                                   value=freed_files)
         yield CounterMetricFamily(f"{PREFIX}_cleanup_freed_bytes", "Bytes freed locally by cleanup.",
@@ -297,7 +314,8 @@ class MetricsServer:
                     elif path == "/healthz":
                         problem = health_problem(server.daemon)
                         if problem is None:
-                            self._reply(200, b"ok\n")
+                            note = health_note(server.daemon)
+                            self._reply(200, f"ok; degraded: {note}\n".encode("utf-8") if note else b"ok\n")
                         else:
                             self._reply(503, f"unhealthy: {problem}\n".encode("utf-8"))
                     else:

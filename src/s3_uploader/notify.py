@@ -89,7 +89,10 @@ def status_line(daemon: Any, snapshot: StateSnapshot) -> str:
     failed = c.get("failed", 0) + c.get("parked", 0)
     last = daemon.stats.last_upload_at
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "none yet"
-    return (f"{daemon.queue_depth()} queued, {uploading} uploading, {failed} failed, "
+    outage = getattr(daemon, "outage", None)
+    down = outage.state() if outage is not None else None
+    head = f"S3 endpoint not answering for {down['seconds']:.0f}s; " if down else ""
+    return (f"{head}{daemon.queue_depth()} queued, {uploading} uploading, {failed} failed, "
             f"{daemon.stats.uploaded_files} uploaded since start; last upload {when}")
 
 

@@ -9,7 +9,8 @@ file) and :class:`MemoryRemote` (in memory, for unit tests).
 
 Integrity: each PUT and UploadPart carries ``Content-MD5``, which every S3 implementation verifies
 before storing; the returned ETag is then compared with the MD5 we computed, so the response itself
-proves the object (no second request per file). boto3 >= 1.36 would instead add CRC32 checksums by
+proves the object (no second request per file). Where the ETag is not the MD5 (SSE-KMS, SSE-C) a
+HEAD proves it instead; the rules are in :mod:`s3_uploader.proof`. boto3 >= 1.36 would instead add CRC32 checksums by
 default (``when_supported``), which several S3-compatible servers reject or store wrongly, so both
 ``request_checksum_calculation`` and ``response_checksum_validation`` are set to ``when_required``.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import abc
 import base64
 import hashlib
+import os
 import re
 import threading
 import time
@@ -40,6 +42,10 @@ class ObjectInfo:
     size: int
     etag: str  # without quotes
     last_modified: Optional[float] = None
+    # from a HEAD only (a listing does not say): x-amz-server-side-encryption ("" when absent) and
+    # x-amz-server-side-encryption-customer-algorithm (SSE-C); see proof.etag_is_md5
+    sse: str = ""
+    sse_customer: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,10 @@ class PutOptions:
 
     @property
     def etag_is_md5(self) -> bool:
-        """With SSE-KMS, S3's ETag is not the MD5 of the content."""
+        """Whether these options let S3 answer with the MD5 as ETag: not when they ask for SSE-KMS.
+        Only a routing hint (the asyncio sender takes files whose answers prove them without a
+        HEAD): a bucket's default encryption applies whatever we ask, so proof never rests on this
+        but on the response (see :mod:`s3_uploader.proof`)."""
         return not self.sse.startswith("aws:kms")
 
 
@@ -96,7 +105,9 @@ class Remote(abc.ABC):
 
     @abc.abstractmethod
     def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
-        """Store ``body`` (bytes or a readable of ``length`` bytes) at ``key``; return the ETag."""
+        """Store ``body`` (bytes or a readable of ``length`` bytes) at ``key``; return the ETag S3
+        answered (the MD5 of the bytes, unless the object is encrypted with SSE-KMS or SSE-C: the
+        caller proves the object, see :mod:`s3_uploader.proof`)."""
         ...
 
     @abc.abstractmethod
@@ -229,7 +240,8 @@ class BotoRemote(Remote):
                 return None
             raise
         lm = r.get("LastModified")
-        return ObjectInfo(key, int(r["ContentLength"]), clean_etag(r.get("ETag")), lm.timestamp() if lm else None)
+        return ObjectInfo(key, int(r["ContentLength"]), clean_etag(r.get("ETag")), lm.timestamp() if lm else None,
+                          r.get("ServerSideEncryption") or "", r.get("SSECustomerAlgorithm") or "")
 
     def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder,
@@ -318,10 +330,11 @@ class ObstoreRemote(BotoRemote):
     botocore refreshes them. Storage class is sent per object; SSE is part of the store's
     configuration (one store per SSE setting). obstore cannot send ``Content-MD5``; instead every
     request is signed over the SHA-256 of its body (``x-amz-content-sha256``, which S3 verifies
-    before storing), and an ETag that is an MD5 other than the caller's ``md5`` is refused like a
-    wrong Content-MD5: the object is deleted and ``BadDigest`` raised. The uploader then compares
-    the ETag with its MD5 as for boto3 (with SSE-KMS, where the ETag is not the MD5, a HEAD confirms
-    the size). Keys that object_store would rewrite (see :func:`_obstore_key_ok`) go by boto3.
+    before storing). Its answer carries no headers (only the ETag), so it cannot say whether the
+    object is KMS-encrypted: the ETag is returned as it is, and the uploader proves the object as
+    for boto3 (the ETag when it is the MD5, else a HEAD, see :mod:`s3_uploader.proof`). Nothing is
+    ever deleted here on the ground of an ETag. Keys that object_store would rewrite (see
+    :func:`_obstore_key_ok`) go by boto3.
     """
 
     def __init__(self, bucket: str, **kw: Any):
@@ -400,11 +413,7 @@ class ObstoreRemote(BotoRemote):
             r = obstore.put(store, key, body, attributes=attrs, use_multipart=False)
         except Exception as exc:
             raise _obstore_failure(exc) from None
-        etag = clean_etag(r.get("e_tag"))
-        if _wrong_md5(etag, md5, opts):
-            self.delete(key)
-            raise _bad_digest(key, etag, md5)
-        return etag
+        return clean_etag(r.get("e_tag"))
 
     def async_ok(self, key: str) -> bool:
         """Whether :meth:`put_object_soon` can send to ``key``."""
@@ -414,7 +423,7 @@ class ObstoreRemote(BotoRemote):
                         done: Callable[[Optional[str], Optional[BaseException]], None]) -> Any:
         """:meth:`put_object` for bytes, started on the running asyncio loop: the request runs on
         obstore's own runtime, so one thread keeps many in flight. ``done(etag, None)`` or
-        ``done(None, error)`` is called on the loop when it ends, with the same checks and errors
+        ``done(None, error)`` is called on the loop when it ends, with the same answers and errors
         as :meth:`put_object` (a cancelled request: ``asyncio.CancelledError``). Returns the
         request's future (``cancel()`` abandons it). Only for keys :meth:`async_ok` accepts."""
         import asyncio
@@ -431,14 +440,7 @@ class ObstoreRemote(BotoRemote):
             if exc is not None:
                 done(None, _obstore_failure(exc))
                 return
-            etag = clean_etag(f.result().get("e_tag"))
-            if not _wrong_md5(etag, md5, opts):
-                done(etag, None)
-                return
-            # not the bytes sent: removed (off the loop, it blocks) before the failure is reported
-            removal = asyncio.get_running_loop().run_in_executor(None, self.delete, key)
-            removal.add_done_callback(
-                lambda r: done(None, (None if r.cancelled() else r.exception()) or _bad_digest(key, etag, md5)))
+            done(clean_etag(f.result().get("e_tag")), None)
         fut.add_done_callback(settle)
         return fut
 
@@ -447,17 +449,6 @@ class ObstoreRemote(BotoRemote):
         if self._creds is None:
             self._credentials()  # no credentials: botocore's own error, classified as auth
         return store, ({"Storage-Class": opts.storage_class} if opts.storage_class else None)
-
-
-def _wrong_md5(etag: str, md5: bytes, opts: PutOptions) -> bool:
-    """An ETag that is an MD5, and not the caller's: what Content-MD5 would have refused. S3 verified
-    the body against its signed SHA-256, so the object is the bytes given, and they are not the bytes
-    the caller hashed; the caller deletes it."""
-    return opts.etag_is_md5 and len(etag) == 32 and etag != md5.hex()
-
-
-def _bad_digest(key: str, etag: str, md5: bytes) -> "ObstoreError":
-    return ObstoreError(f"the object stored for {key} has MD5 {etag}, not {md5.hex()}", "BadDigest", 400)
 
 
 def _obstore_failure(exc: BaseException) -> BaseException:
@@ -537,12 +528,15 @@ class _MemUpload:
 class MemoryRemote(Remote):
     """A bucket in a dict, with S3's ETag rules and Content-MD5 checks. Thread-safe.
 
-    ``calls`` counts requests by operation name, so tests can assert how many were made.
+    ``calls`` counts requests by operation name, so tests can assert how many were made. ``sse``
+    is the bucket's default encryption: with ``aws:kms`` every object is stored as AWS stores a
+    KMS-encrypted one, its ETags (object and parts) random rather than MD5s, and HEAD says so.
     """
 
-    def __init__(self, bucket: str = "memory-bucket", exists: bool = True):
+    def __init__(self, bucket: str = "memory-bucket", exists: bool = True, sse: str = ""):
         self.bucket = bucket
         self.exists = exists
+        self.sse = sse
         self.objects: Dict[str, Tuple[bytes, str, PutOptions]] = {}
         self.uploads: Dict[str, _MemUpload] = {}
         self.calls: Dict[str, int] = {}
@@ -571,16 +565,20 @@ class MemoryRemote(Remote):
         data = self._read(body, length)
         if hashlib.md5(data).digest() != md5:
             raise MemoryError_("BadDigest", "The Content-MD5 you specified did not match what we received.")
-        etag = hashlib.md5(data).hexdigest()
+        etag = self._etag(hashlib.md5(data).hexdigest())
         with self._lock:
             self.objects[key] = (data, etag, opts)
         return etag
+
+    def _etag(self, md5: str) -> str:
+        """The ETag S3 gives bytes with MD5 ``md5``: the MD5, or with KMS an opaque value."""
+        return hashlib.md5(os.urandom(16)).hexdigest() if self.sse.startswith("aws:kms") else md5
 
     def head(self, key: str) -> Optional[ObjectInfo]:
         with self._lock:
             self._count("head")
             o = self.objects.get(key)
-        return ObjectInfo(key, len(o[0]), o[1]) if o else None
+        return ObjectInfo(key, len(o[0]), o[1], sse=self.sse) if o else None
 
     def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
         with self._lock:
@@ -611,7 +609,7 @@ class MemoryRemote(Remote):
         data = self._read(body, length)
         if hashlib.md5(data).digest() != md5:
             raise MemoryError_("BadDigest")
-        etag = hashlib.md5(data).hexdigest()
+        etag = self._etag(hashlib.md5(data).hexdigest())
         with self._lock:
             up.parts[number] = (data, etag)
         return etag
@@ -629,6 +627,8 @@ class MemoryRemote(Remote):
                 chosen.append(up.parts[n])
             data = b"".join(d for d, _ in chosen)
             etag = multipart_etag([bytes.fromhex(e) for _, e in chosen])
+            if self.sse.startswith("aws:kms"):
+                etag = self._etag("") + etag[32:]  # opaque, but still "-N"
             self.objects[key] = (data, etag, up.opts)
             del self.uploads[upload_id]
             return etag

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from .keys import Filters
+from .tree import is_quarantine_name
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class Scanner:
     # -- one path (for event hints) ----------------------------------------------------------
     def stat_one(self, rel: str) -> Optional[FileStat]:
         """The FileStat of ``rel`` if it is a candidate file now, else None (gone, filtered, not regular)."""
-        if not rel or rel.startswith("../") or not self.filters.file_allowed(rel):
+        if not rel or rel.startswith("../") or not self.filters.file_allowed(rel) or \
+                is_quarantine_name(rel.rsplit("/", 1)[-1]):
             return None
         path = os.path.join(self.root, *rel.split("/"))
         try:
@@ -176,8 +178,9 @@ class Scanner:
                   subdirs: List[Tuple[str, str]], visited: Set[Tuple[int, int]]) -> None:
         name = entry.name
         if entry.is_file(follow_symlinks=False):
-            # the walk never enters hidden folders, so only this name's own dot needs checking
-            if self.filters.name_allowed(name, rel):
+            # the walk never enters hidden folders, so only this name's own dot needs checking; a file
+            # cleanup is removing (its quarantine name) is never one to upload, even with skip_hidden off
+            if self.filters.name_allowed(name, rel) and not is_quarantine_name(name):
                 st = entry.stat(follow_symlinks=False)
                 files.append(FileStat(rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev))
             return

@@ -11,8 +11,10 @@ rows of every file finished in one turn of the loop are written together.
 
 The contract is the uploader's, split around the request: :meth:`Uploader.read_small` before it and
 :meth:`Uploader.settle_small` after it, so a file sent here is read, proven, rechecked and recorded
-exactly as one sent by an upload worker. The daemon decides which jobs come here (single PUTs read
-into memory, keys obstore keeps byte for byte, an ETag that proves the object, no bandwidth limit
+exactly as one sent by an upload worker. An answer whose ETag is not the MD5 (a bucket with
+default SSE-KMS answers so) is proven by a HEAD, which blocks: it runs on a thread of the loop's
+executor while the file keeps its slot. The daemon decides which jobs come here (single PUTs read
+into memory, keys obstore keeps byte for byte, no ``sse = aws:kms`` configured, no bandwidth limit
 in force: the limiter blocks, and the loop must not); everything else goes to the upload workers.
 
 Stopping: :meth:`AsyncSender.close` takes no new work and hands back the jobs not yet started
@@ -204,13 +206,39 @@ class AsyncSender:
             outcome = Outcome("failed", job, failure=SHUTDOWN)
         elif exc is not None:
             outcome = Outcome("failed", job, failure=classify(exc))
+        elif not self.uploader.proven_by_answer(read, etag or ""):
+            # not the MD5 (a bucket with default SSE-KMS answers so): the proof is a HEAD, which
+            # blocks, so it runs on a worker thread; the file keeps its slot and its place in
+            # _inflight (a stop waits for it, a cancel abandons it) until the HEAD answers
+            assert self._loop is not None
+            head = self._loop.run_in_executor(None, self.uploader.settle_small, job, read, etag or "")
+            self._inflight[token] = head
+            head.add_done_callback(functools.partial(self._proven, token, job))
+            return
         else:
-            try:
-                outcome = self.uploader.settle_small(job, read, etag or "")
-            except Exception as e:  # as in _start: this file's failure only
-                log.exception("Unexpected error uploading %s", job.key)
-                outcome = Outcome("failed", job, failure=classify(e))
+            outcome = self._settle(job, read, etag or "")
         self._done(outcome)
+
+    def _proven(self, token: int, job: Job, head: "asyncio.Future[Outcome]") -> None:
+        self._inflight.pop(token, None)
+        if head.cancelled():
+            outcome = Outcome("failed", job, failure=SHUTDOWN)
+        elif head.exception() is not None:
+            outcome = self._failed(job, head.exception())  # type: ignore[arg-type]
+        else:
+            outcome = head.result()
+        self._done(outcome)
+
+    def _settle(self, job: Job, read: SmallRead, etag: str) -> Outcome:
+        try:
+            return self.uploader.settle_small(job, read, etag)
+        except Exception as e:  # as in _start: this file's failure only
+            return self._failed(job, e)
+
+    @staticmethod
+    def _failed(job: Job, exc: BaseException) -> Outcome:
+        log.error("Unexpected error uploading %s", job.key, exc_info=exc)
+        return Outcome("failed", job, failure=classify(exc))
 
     def _done(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)

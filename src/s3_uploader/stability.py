@@ -14,6 +14,14 @@ Signature = Tuple[int, int, int]  # size, mtime_ns, inode
 
 MIN_CHECK_INTERVAL = 0.2  # seconds; checks closer than this prove nothing more
 WRITER_RECHECK = 2.0  # seconds between checks of a file some process still has open for writing
+UNSETTLED_MIN = 60.0  # seconds; see unsettled_after
+
+
+def unsettled_after(stable_seconds: float) -> float:
+    """How long a tracked file may stay unstable before it counts as *unsettled* (a log appended to
+    for ever, a file held open for hours): four stable periods, and never under a minute, so a file
+    that is merely slow to finish keeps its place."""
+    return max(UNSETTLED_MIN, 4 * stable_seconds)
 
 
 # Observation and Verdict are NamedTuples, as FileStat: one of each is made per check of every file.
@@ -71,12 +79,14 @@ def assess(prev: Optional[Observation], signature: Signature, now: float, stable
 class Tracker:
     """The files currently being watched for stability: at most ``capacity`` of them.
 
-    Each has an observation and a due time; ``pop_due(now)`` hands out those whose check is due.
-    Not thread-safe: one scheduler thread owns it.
+    Each has an observation, a due time and the time it was first due (``since``: how long it has
+    been tracked); ``pop_due(now)`` hands out those whose check is due. Not thread-safe: one
+    scheduler thread owns it (``len`` and ``in`` may be read from others).
     """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
+        self._since: Dict[str, float] = {}
         self._obs: Dict[str, Optional[Observation]] = {}
         self._due: Dict[str, float] = {}
         self._heap: List[Tuple[float, int, str]] = []
@@ -101,6 +111,7 @@ class Tracker:
             return True
         if self.full:
             return False
+        self._since[rel] = due_at
         self._obs[rel] = None
         self._schedule(rel, due_at)
         return True
@@ -113,8 +124,17 @@ class Tracker:
         self._schedule(rel, due_at)
 
     def remove(self, rel: str) -> None:
+        self._since.pop(rel, None)
         self._obs.pop(rel, None)
         self._due.pop(rel, None)
+
+    def since(self, rel: str) -> float:
+        """When ``rel`` was first due (it has been tracked since); KeyError when not tracked."""
+        return self._since[rel]
+
+    def unsettled(self, now: float, older_than: float) -> int:
+        """How many files have been tracked (and so not found ready) for longer than ``older_than``."""
+        return sum(1 for t in self._since.values() if now - t > older_than)
 
     def next_due(self) -> Optional[float]:
         self._drop_stale()

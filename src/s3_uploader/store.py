@@ -10,6 +10,8 @@ States and the moves allowed between them (anything else raises :class:`IllegalT
        └──── parked
 
     pending | failed | parked ──> uploaded   (one step: a single PUT of the asyncio sender)
+    parked ──> parked                          (checked again, parked again: same problem, new error)
+    deleted | archived ──> parked              (a new file at the path, whose key is another row's)
 
 The one-step move is for small files sent by :mod:`s3_uploader.sender`: their request lasts
 milliseconds and a single PUT has nothing to resume, so their row stays waiting while it is in
@@ -23,6 +25,14 @@ durable at once, and anything that acts on a recorded upload (cleanup) calls it 
 with ``synchronous=FULL``: a committed upload survives a power cut.
 
 Paths are stored as bytes (the file system's own), so names that are not valid UTF-8 round-trip.
+
+No two rows ever hold the same S3 key: ``key`` has a UNIQUE index, so the database itself refuses a
+second file at an object another file already has (cleanup could otherwise prove one file, delete
+it, and let the other be uploaded over its only copy). A file whose key another row holds (a prefix
+changed, two names that an older version mapped to one key) gets a row *without* a key: parked,
+``error_kind = 'collision'``, ``last_error`` naming both paths and the key; it is never uploaded
+while so, and a CHECK keeps a keyless row out of every state but parked, deleted and archived.
+Discovering it again (a change, a retry) gives it its own key when that key is free by then.
 """
 from __future__ import annotations
 
@@ -46,9 +56,9 @@ TRANSITIONS: Dict[str, Tuple[str, ...]] = {
     "uploading": ("uploaded", "failed", "parked", "pending"),
     "uploaded": ("pending", "deleted", "archived"),
     "failed": ("uploading", "pending", "parked"),
-    "parked": ("uploading", "pending", "failed"),
-    "deleted": ("pending",),
-    "archived": ("pending",),
+    "parked": ("uploading", "pending", "failed", "parked"),
+    "deleted": ("pending", "parked"),
+    "archived": ("pending", "parked"),
 }
 SOURCES: Dict[str, Tuple[str, ...]] = {
     dst: tuple(src for src, dsts in TRANSITIONS.items() if dst in dsts) for dst in STATES
@@ -57,12 +67,13 @@ SOURCES: Dict[str, Tuple[str, ...]] = {
 # uploaded goes through uploading, and finish_upload refuses a row that skipped it)
 ONE_STEP_SOURCES = ("pending", "failed", "parked")
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
+SCHEMA_VERSION = 2  # 2: key UNIQUE, NULL while parked for a collision (1 let two rows share a key)
+_FILES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     path            BLOB PRIMARY KEY,   -- relative path, file system bytes, '/' separators
     dir             BLOB NOT NULL,      -- its folder (for the per-folder rescan diff)
-    key             TEXT NOT NULL,      -- the S3 key, decided once
+    key             TEXT,               -- the S3 key, decided once; UNIQUE (index files_key); NULL
+                                        -- while another row holds the key this file would get
     state           TEXT NOT NULL,
     size            INTEGER NOT NULL,   -- signature of the version this row is about
     mtime_ns        INTEGER NOT NULL,
@@ -77,8 +88,12 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at      REAL NOT NULL,
     uploaded_at     REAL,               -- when S3 confirmed it
     upload_id       TEXT,               -- an open multipart upload (resumable)
-    part_size       INTEGER
+    part_size       INTEGER,
+    CHECK (key IS NOT NULL OR state IN ('parked', 'deleted', 'archived'))  -- keyless: never sent
 ) WITHOUT ROWID;
+"""
+_SCHEMA = _FILES_TABLE.format(name="files") + """
+CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files(key);
 CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
 CREATE INDEX IF NOT EXISTS files_state ON files(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS files_uploaded_at ON files(uploaded_at, path) WHERE state = 'uploaded';
@@ -130,7 +145,7 @@ class Record(NamedTuple):
     than a frozen dataclass)."""
 
     rel: str
-    key: str
+    key: Optional[str]  # None: parked because another row holds the key this file would get
     state: str
     size: int
     mtime_ns: int
@@ -168,6 +183,63 @@ class Part:
     md5: str
 
 
+_INSERT_NEW = ("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at) "
+               "VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING")
+
+
+def collision_message(rel: str, key: str, holder: str, holder_state: str) -> str:
+    """The one line that says why ``rel`` is parked: ``holder`` (in ``holder_state``) has ``key``."""
+    gone = " (its local copy is gone: that object is its only copy)" if holder_state in ("deleted", "archived") \
+        else ""
+    return (f"{display(rel)} would go to S3 key {key}, which {display(holder)} already has{gone}; "
+            f"parked (rename one of them)")
+
+
+def _migrate_v1(conn: sqlite3.Connection, now: float) -> None:
+    """Schema 1 -> 2, in one transaction, every row kept: ``key`` becomes nullable and UNIQUE.
+
+    Schema 1 let two files share a key (the bug this fixes). Of the rows that share one, the row S3
+    most likely holds the bytes of keeps it: the one uploaded last (the last PUT wins) among those
+    uploaded, deleted or archived, else the one discovered first. Each other row loses its key:
+    one still waiting or uploaded (its file is here and S3 may not hold its bytes) is parked for
+    a collision, due at once, so the daemon gives it its own key under the current mapping or
+    says which file holds it; a deleted or archived one (nothing left to send) just keeps no key.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_FILES_TABLE.format(name="files_v2"))
+        conn.execute(f"INSERT INTO files_v2({_ALL_COLUMNS}) SELECT {_ALL_COLUMNS} FROM files")
+        shared = [k for (k,) in conn.execute("SELECT key FROM files_v2 GROUP BY key HAVING count(*) > 1")]
+        for key in shared:
+            rows = conn.execute("SELECT path, state, uploaded_at, discovered_at FROM files_v2 WHERE key = ?",
+                                (key,)).fetchall()
+            done = [r for r in rows if r[1] in DONE_STATES]
+            holder = max(done, key=lambda r: (r[2] or 0.0, r[0])) if done else min(rows, key=lambda r: (r[3], r[0]))
+            for path, state, _, _ in rows:
+                if path == holder[0]:
+                    continue
+                message = collision_message(dec(path), key, dec(holder[0]), holder[1])
+                if state in ("deleted", "archived"):
+                    conn.execute("UPDATE files_v2 SET key = NULL WHERE path = ?", (path,))
+                    continue
+                conn.execute("UPDATE files_v2 SET key = NULL, state = 'parked', error_kind = 'collision', "
+                             "last_error = ?, attempts = 0, next_attempt_at = ?, updated_at = ?, upload_id = NULL, "
+                             "part_size = NULL WHERE path = ?", (message, now, now, path))
+                conn.execute("DELETE FROM parts WHERE path = ?", (path,))
+                log.error("%s", message)
+        conn.execute("DROP TABLE files")
+        conn.execute("ALTER TABLE files_v2 RENAME TO files")
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+_ALL_COLUMNS = ("path, dir, key, state, size, mtime_ns, inode, md5, etag, attempts, next_attempt_at, last_error, "
+                "error_kind, discovered_at, updated_at, uploaded_at, upload_id, part_size")
+
+
 class Store:
     """The state database. Thread-safe: one connection behind a lock, with group commit."""
 
@@ -199,13 +271,16 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
-            conn.executescript(_SCHEMA)
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"State database {self.path} was written by a newer s3-uploader "
                                  f"(schema {row[0]} > {SCHEMA_VERSION}); upgrade s3-uploader")
+            if row is not None and int(row[0]) < 2:
+                _migrate_v1(conn, self.clock())
+            conn.executescript(_SCHEMA)
+            if row is None:
+                conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
             return conn
         except sqlite3.DatabaseError as exc:
             raise StoreError(_explain(self.path, exc)) from None
@@ -405,39 +480,113 @@ class Store:
         return rows[0][0] if rows else default
 
     # -- writing: the state machine ---------------------------------------------------------------
-    def discover(self, rel: str, key: str, size: int, mtime_ns: int, inode: int) -> Record:
+    def discover(self, rel: str, key: str, size: int, mtime_ns: int, inode: int,
+                 retry_at: Optional[float] = None) -> Record:
         """Record a new file as pending, or move a finished/stuck row whose file changed back to
-        pending with the new signature (the key stays: it was decided once). Returns the row."""
+        pending with the new signature. Returns the row.
+
+        ``key`` is the key the file would get now (from its own mtime). A row that holds a key keeps
+        it (it was decided once: a file changed in place goes to the same object), except a deleted
+        or archived row: the file now at its path is a new file and takes ``key`` (under a dated
+        prefix, its own day's). A new row, a deleted/archived one or one parked for a collision
+        whose ``key`` another row holds is (left) parked without a key, due again at ``retry_at``,
+        with ``last_error`` saying which file holds it (:func:`collision_message`): check
+        ``Record.key is None``.
+        """
         now = self.clock()
         raw = enc(rel)
         with self._lock:
             old = self.get(rel)
             if old is None:
-                self._write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
-                            "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                            (raw, enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
-            else:
-                if old.state != "pending":
-                    self._move(rel, "pending")
-                if old.signature != (size, mtime_ns, inode):
-                    # parts sent from another version of the file must never be completed with this
-                    # one's: forget them, and leave the open upload (if any) without a part size, so
-                    # the uploader aborts it and starts afresh (servers such as rclone refuse to
-                    # replace a part with different bytes)
-                    self._write("DELETE FROM parts WHERE path = ?", (raw,))
-                    self._write("UPDATE files SET part_size = NULL WHERE path = ?", (raw,))
-                self._write("UPDATE files SET size=?, mtime_ns=?, inode=?, attempts=0, next_attempt_at=NULL, "
-                            "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
-                            (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
-                             raw))
+                if not self._collided(rel, key, size, mtime_ns, inode, now, retry_at, None):
+                    self._write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
+                                "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                                (raw, enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
+                return self.get(rel)  # type: ignore[return-value]
+            new_key = old.key
+            if old.key is None or old.state in ("deleted", "archived"):
+                new_key = key  # a new file (or one that never had a key): its own key, decided now
+                if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, old):
+                    return self.get(rel)  # type: ignore[return-value]
+            if old.state != "pending":
+                self._move(rel, "pending", key=new_key)
+            if old.signature != (size, mtime_ns, inode):
+                # parts sent from another version of the file must never be completed with this
+                # one's: forget them, and leave the open upload (if any) without a part size, so
+                # the uploader aborts it and starts afresh (servers such as rclone refuse to
+                # replace a part with different bytes)
+                self._write("DELETE FROM parts WHERE path = ?", (raw,))
+                self._write("UPDATE files SET part_size = NULL WHERE path = ?", (raw,))
+            self._write("UPDATE files SET size=?, mtime_ns=?, inode=?, attempts=0, next_attempt_at=NULL, "
+                        "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
+                        (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
+                         raw))
             return self.get(rel)  # type: ignore[return-value]
 
-    def discover_many(self, rows: Sequence[Tuple[str, str, int, int, int]]) -> None:
-        """Insert brand-new files as pending in one statement batch: (rel, key, size, mtime_ns, inode)."""
+    def _collided(self, rel: str, key: str, size: int, mtime_ns: int, inode: int, now: float,
+                  retry_at: Optional[float], old: Optional[Record]) -> bool:
+        """If another row holds ``key``: write ``rel``'s row (new, or ``old``) parked without a key,
+        and return True. Called under the lock."""
+        rows = self._read("SELECT path, state FROM files WHERE key = ? AND path != ?", (key, enc(rel)))
+        if not rows:
+            return False
+        message = collision_message(rel, key, dec(rows[0][0]), rows[0][1])
+        raw = enc(rel)
+        if old is None:
+            self._write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, next_attempt_at, last_error, "
+                        "error_kind, discovered_at, updated_at) VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, "
+                        "'collision', ?, ?)", (raw, enc(_parent(rel)), size, mtime_ns, inode, retry_at, message,
+                                               now, now))
+        else:
+            # without a key it has no upload to resume (one left open is aborted at start-up as
+            # owned by no file)
+            self._write("DELETE FROM parts WHERE path = ?", (raw,))
+            self._move(rel, "parked", key=None, size=size, mtime_ns=mtime_ns, inode=inode, attempts=0,
+                       next_attempt_at=retry_at, last_error=message, error_kind="collision", upload_id=None,
+                       part_size=None,
+                       discovered_at=now if old.state in DONE_STATES else old.discovered_at)
+        self.add_error(rel, "collision", message)
+        return True
+
+    def discover_many(self, rows: Sequence[Tuple[str, str, int, int, int]],
+                      retry_at: Optional[float] = None) -> List[Record]:
+        """Insert brand-new files as pending in one statement batch: (rel, key, size, mtime_ns, inode);
+        rows whose path is known already are left alone. A file whose key another row (or an
+        earlier file of the batch) holds is inserted parked without a key, as :meth:`discover` does;
+        returns those rows (empty: every new file has its key)."""
         now = self.clock()
-        self._write("INSERT OR IGNORE INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
-                    "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                    [(enc(r), enc(_parent(r)), k, s, m, i, now, now) for r, k, s, m, i in rows], many=True)
+        params = [(enc(r), enc(_parent(r)), k, s, m, i, now, now) for r, k, s, m, i in rows]
+        with self._lock:
+            self._check_usable()
+            had = self._conn.in_transaction
+            try:
+                if not had:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # ON CONFLICT(path), not OR IGNORE: OR IGNORE would also skip, silently, a file
+                    # whose key another row holds (a lost file); that one raises here instead
+                    self._conn.executemany(_INSERT_NEW, params)
+                    collided: List[Record] = []
+                except sqlite3.IntegrityError:
+                    collided = self._discover_one_by_one(rows, now, retry_at)
+            except sqlite3.DatabaseError as exc:
+                raise self._failed(exc, had) from None
+            self._dirtied()
+            return collided
+
+    def _discover_one_by_one(self, rows: Sequence[Tuple[str, str, int, int, int]], now: float,
+                             retry_at: Optional[float]) -> List[Record]:
+        """discover_many's slow path, once a key of the batch was found taken (the rows inserted
+        before that one are kept: a failed statement takes back only itself)."""
+        collided = []
+        for rel, key, size, mtime_ns, inode in rows:
+            if self._read("SELECT 1 FROM files WHERE path = ?", (enc(rel),)):
+                continue
+            if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, None):
+                collided.append(self.get(rel))  # type: ignore[arg-type]
+            else:
+                self._conn.execute(_INSERT_NEW, (enc(rel), enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
+        return collided  # type: ignore[return-value]
 
     def start_upload(self, rel: str, size: int, mtime_ns: int, inode: int) -> None:
         """pending/failed/parked -> uploading, with the signature of the version about to be read."""
@@ -492,7 +641,8 @@ class Store:
 
     def fail_upload(self, rel: str, kind: str, message: str, next_attempt_at: Optional[float], park: bool,
                     count_attempt: bool = True) -> int:
-        """uploading/pending -> failed (or parked); returns the attempt count now recorded."""
+        """uploading/pending/failed/parked -> failed (or parked); returns the attempt count now
+        recorded. A parked row parked again (a file no retry can send, checked again) is no error."""
         with self._lock:
             rec = self.get(rel)
             if rec is None:

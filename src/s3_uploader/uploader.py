@@ -11,7 +11,8 @@ The contract of :meth:`Uploader.upload`: given a file that stability declared re
 - return ``failed`` with a classified :class:`~s3_uploader.retry.Failure`.
 
 Opening uses ``O_NONBLOCK`` (a FIFO swapped in cannot block us) and, unless symlinks are followed,
-``O_NOFOLLOW``; ``fstat`` of the open descriptor must show a regular file with the ready signature.
+``O_NOFOLLOW`` on the file and on every folder on the way (walked by descriptor from the root);
+``fstat`` of the open descriptor must show a regular file with the ready signature.
 Multipart uploads record their upload id before the first part and each part as it completes, so
 a restart resumes from the parts S3 already holds (checked with ListParts) instead of from zero.
 """
@@ -28,8 +29,10 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
+from . import tree
 from .logs import per_file
-from .remote import ObjectInfo, PutOptions, Remote, multipart_etag
+from .proof import is_md5_form, multipart_problem, single_put_problem
+from .remote import PutOptions, Remote, multipart_etag
 from .retry import Failure, classify
 from .scanner import FileStat
 from .store import Part, Store, StoreError, display
@@ -97,6 +100,15 @@ class Abandoned(Exception):
 
 class Changed(Exception):
     """The file is no longer the version that was declared ready."""
+
+
+def _open_below(job: Job, flags: int) -> int:
+    """Open ``job.path`` (the root joined with ``job.rel``) walking from the root by descriptor,
+    never following a symlink below the root; a path not of that form is opened with O_NOFOLLOW."""
+    native = os.path.join(*job.rel.split("/"))
+    if job.path.endswith(os.sep + native):
+        return tree.open_file(job.path[:-len(native) - 1] or os.sep, job.rel, flags)
+    return os.open(job.path, flags | getattr(os, "O_NOFOLLOW", 0))  # pragma: no cover - not built that way
 
 
 def part_size_for(size: int, chunksize: int) -> int:
@@ -357,13 +369,21 @@ class Uploader:
             os.close(fd)
         return SmallRead(data, hashlib.md5(data).digest(), cfg.put_options, t0)
 
+    @staticmethod
+    def proven_by_answer(read: "SmallRead", etag: str) -> bool:
+        """Whether the PUT's answer alone proves the object (its ETag is the MD5 sent): then
+        :meth:`settle_small` makes no request and may run on an event loop; otherwise it HEADs."""
+        return etag == read.md5.hex()
+
     def settle_small(self, job: Job, read: "SmallRead", etag: str) -> Outcome:
-        """The second half: the PUT answered with ``etag``. Uploaded when it is the MD5 sent and the
-        path still shows the version read; otherwise the Outcome that says why not."""
+        """The second half: the PUT answered with ``etag``. Uploaded when the object is proven (the
+        ETag is the MD5 sent, or a HEAD proves it: see :mod:`s3_uploader.proof`) and the path still
+        shows the version read; otherwise the Outcome that says why not."""
         md5 = read.md5.hex()
-        if etag != md5:
-            return Outcome("failed", job, failure=classify(
-                _Unconfirmed(f"S3's ETag for {job.key} ({etag}) is not the MD5 sent ({md5})")))
+        try:
+            etag = self._prove_single(job, job.stat.size, md5, etag)
+        except Exception as exc:
+            return Outcome("failed", job, failure=classify(exc))
         try:
             self._recheck_path(job)
         except Changed as exc:
@@ -390,9 +410,16 @@ class Uploader:
             return Outcome("failed", job, failure=classify(exc))
 
     def _open(self, job: Job, cfg: Settings) -> int:
-        flags = _O_FLAGS | (0 if cfg.follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+        """Open the file (see the module docstring). Unless symlinks are followed, every folder on
+        the way is walked by descriptor with O_NOFOLLOW (:func:`s3_uploader.tree.open_file`): a
+        folder swapped for a symlink since the check cannot lead the open outside the tree."""
         try:
-            fd = os.open(job.path, flags)
+            if cfg.follow_symlinks:  # job.path is the real path, resolved inside the tree just now
+                fd = os.open(job.path, _O_FLAGS)
+            else:
+                fd = _open_below(job, _O_FLAGS)
+        except tree.OutsideTree:
+            raise Changed("a folder on the way was replaced by a symlink") from None
         except OSError as exc:
             if getattr(exc, "errno", None) == 40:  # ELOOP: became a symlink
                 raise Changed("the file was replaced by a symlink") from None
@@ -454,20 +481,27 @@ class Uploader:
             if body.short:
                 raise Changed("file shrank while it was being read")
         md5 = digest.hex()
-        if not (cfg.put_options.etag_is_md5 and etag == md5):
-            self._confirm_by_head(job, size, md5 if cfg.put_options.etag_is_md5 else None)
-        return md5, etag
+        return md5, self._prove_single(job, size, md5, etag)
 
-    def _confirm_by_head(self, job: Job, size: int, expect_etag: Optional[str]) -> ObjectInfo:
-        """The response did not prove the object: ask S3 for it (size, and ETag where comparable)."""
+    def _prove_single(self, job: Job, size: int, md5: str, etag: str) -> str:
+        """The ETag to record for a single PUT that S3 answered with ``etag``, once the object is
+        proven; raises :class:`_Unconfirmed` when it is not.
+
+        S3 accepted the PUT, so it checked the body against what we sent with it (Content-MD5, or
+        obstore's signed SHA-256) before storing it: the bytes are ours. An ETag equal to the MD5
+        shows it at no cost. Any other ETag is not taken as wrong on its face (a bucket with default
+        SSE-KMS answers with a non-MD5 ETag whatever we asked for): a HEAD shows the object, its
+        size, and how it is encrypted, which decides whether the ETag had to be the MD5. What is
+        recorded is the ETag the HEAD shows, the one a listing shows later (cleanup's proof).
+        """
+        if etag == md5:
+            return etag
         info = self.remote.head(job.key)
-        if info is None:
-            raise _Unconfirmed(f"S3 does not show {job.key} after the upload")
-        if info.size != size:
-            raise _Unconfirmed(f"S3 shows {info.size} bytes for {job.key}, {size} were sent")
-        if expect_etag is not None and "-" not in info.etag and info.etag and info.etag != expect_etag:
-            raise _Unconfirmed(f"S3's ETag for {job.key} ({info.etag}) is not the MD5 sent ({expect_etag})")
-        return info
+        problem = single_put_problem(info, job.key, size, md5, etag)
+        if problem is not None:
+            raise _Unconfirmed(problem)
+        assert info is not None
+        return info.etag or etag
 
     # -- multipart --------------------------------------------------------------------------------
     def _put_multipart(self, fd: int, job: Job, cfg: Settings) -> Tuple[Optional[str], str]:
@@ -509,8 +543,9 @@ class Uploader:
             d = hashlib.md5(data).digest()
             self.throttle(length)
             etag = self.remote.upload_part(job.key, upload_id, n, data, length, d)
-            if etag and "-" not in etag and etag != d.hex():
-                raise _Unconfirmed(f"part {n} of {job.key}: ETag {etag} is not the MD5 sent")
+            # S3 checked the part against its Content-MD5 before storing it. An ETag that is not the
+            # MD5 is normal for a KMS-encrypted upload, which the object's HEAD shows only once it
+            # is complete: judged there (proof.multipart_problem), not here.
             digests[n], etags[n] = d, etag or d.hex()
             self.store.add_part(job.rel, upload_id, Part(n, length, etags[n], d.hex()))
 
@@ -545,10 +580,20 @@ class Uploader:
                 self.store.set_multipart(job.rel, None, None)
                 raise
         expected = multipart_etag([digests[n] for n in range(1, count + 1)])
-        if not (cfg.put_options.etag_is_md5 and etag == expected):
-            self._confirm_by_head(job, size, None)
+        # Always a HEAD (one request per file of hundreds of MiB): it shows the object is there with
+        # its size, and the ETag a listing will show (some servers show the whole object's MD5, not
+        # Complete's "-N"), which is what is recorded for cleanup to compare with.
+        info = self.remote.head(job.key)
+        not_md5 = [n for n in range(1, count + 1) if is_md5_form(etags[n]) and etags[n] != digests[n].hex()]
+        problem = multipart_problem(info, job.key, size, expected, etag, not_md5)
+        if problem is not None:
+            raise _Unconfirmed(problem)
+        assert info is not None
         self.store.set_multipart(job.rel, None, None)
-        return None, etag or expected
+        # the md5 recorded is the content's own multipart digest (MD5 of the parts' MD5s, "-N"), which
+        # we computed from the bytes sent, whatever the server's ETag is (opaque with SSE-KMS): cleanup
+        # hashes the file the same way before it removes it
+        return expected, info.etag or etag or expected
 
     def _submit_part(self, send: Callable[[int, int], None], n: int, fd: int) -> Future:
         part_fd = os.dup(fd)

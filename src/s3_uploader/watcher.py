@@ -2,8 +2,14 @@
 
 watchdog's observer thread calls our handler; the handler only records the relative path in a
 bounded, de-duplicating :class:`Hints` set and returns. It catches everything, because an exception
-in a handler kills watchdog's observer thread (watchdog #427). Events can be lost (an inotify queue
-overflow is dropped silently, watchdog #654), which is why the periodic rescan is the guarantee.
+in a handler kills watchdog's observer thread (watchdog #427). Events can be lost, which is why the
+periodic rescan is the guarantee; the two ways they are lost are noticed here rather than left to it:
+
+- an inotify queue overflow (the kernel drops events; older watchdog drops the notice too, #654;
+  watchdog 7 logs a warning, which :class:`_LostEventsLog` turns into ``on_lost("overflow")``);
+- folders that could not be watched (``fs.inotify.max_user_watches`` reached, permission): watchdog
+  skips them without a word, so :func:`inotify_watches` counts the watches the kernel actually holds
+  for this process (``/proc/self/fdinfo``) and the daemon compares that with the folders it scanned.
 """
 from __future__ import annotations
 
@@ -11,6 +17,9 @@ import logging
 import os
 import threading
 from typing import Callable, Dict, List, Optional, Tuple
+
+OVERFLOW = "overflow"
+WATCH_LIMIT = "watch_limit"
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +69,14 @@ class Watcher:
     produce no events of their own.
     """
 
-    def __init__(self, root: str, hints: Hints, on_folder: Callable[[str], None]):
+    def __init__(self, root: str, hints: Hints, on_folder: Callable[[str], None],
+                 on_lost: Optional[Callable[[str], None]] = None):
         self.root = os.path.abspath(root)
         self.hints = hints
         self.on_folder = on_folder
+        self.on_lost = on_lost or (lambda reason: None)
         self._observer = None
-        self.events_seen = 0
+        self._lost_log: Optional[_LostEventsLog] = None
 
     def start(self) -> None:
         from watchdog.events import FileSystemEventHandler
@@ -80,15 +91,20 @@ class Watcher:
                 except Exception:  # never let an exception reach watchdog's thread
                     log.exception("Error handling filesystem event %r", event)
 
+        self._lost_log = _LostEventsLog(self.on_lost)
+        self._lost_log.attach()
         obs = Observer()
         obs.name = "watcher"
         obs.daemon = True
-        obs.schedule(Handler(), self.root, recursive=True)
-        obs.start()
+        try:
+            obs.schedule(Handler(), self.root, recursive=True)
+            obs.start()
+        except BaseException:
+            self._lost_log.detach()
+            raise
         self._observer = obs
 
     def _on_event(self, event) -> None:
-        self.events_seen += 1
         kind = event.event_type
         if kind in ("opened", "closed_no_write", "deleted"):
             return
@@ -116,3 +132,66 @@ class Watcher:
             self._observer.stop()
             self._observer.join(timeout=timeout)
             self._observer = None
+        if self._lost_log is not None:
+            self._lost_log.detach()
+            self._lost_log = None
+
+
+class _LostEventsLog(logging.Handler):
+    """Hears watchdog say that the kernel dropped events (its only notice of an inotify queue
+    overflow: no event reaches a handler) and calls ``on_lost("overflow")``. Never raises."""
+
+    LOGGER = "watchdog.observers"
+
+    def __init__(self, on_lost: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.on_lost = on_lost
+        self._logger = logging.getLogger(self.LOGGER)
+
+    def attach(self) -> None:
+        self._logger.addHandler(self)
+        if self._logger.getEffectiveLevel() > logging.WARNING:
+            self._logger.setLevel(logging.WARNING)  # a quieter log level must not hide the notice from us
+
+    def detach(self) -> None:
+        self._logger.removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage().lower()
+            if "overflow" in text or "unable to rebuild" in text:
+                self.on_lost(OVERFLOW)
+        except Exception:  # a handler must never break the thread that logged
+            pass
+
+
+def inotify_watches(pid: str = "self") -> Optional[int]:
+    """How many inotify watches the kernel holds for process ``pid`` (over all its inotify
+    instances), from ``/proc/PID/fdinfo``; None where that cannot be read (not Linux)."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return None
+    total, found = 0, False
+    for fd in fds:
+        try:
+            if os.readlink(f"{fd_dir}/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                total += sum(1 for line in f if line.startswith("inotify wd:"))
+            found = True
+        except OSError:
+            continue  # closed meanwhile
+    return total if found else None
+
+
+def watch_limit() -> Optional[int]:
+    """The per-user inotify watch limit (``fs.inotify.max_user_watches``), None where there is none."""
+    for path in ("/proc/sys/user/max_inotify_watches", "/proc/sys/fs/inotify/max_user_watches"):
+        try:
+            with open(path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+    return None

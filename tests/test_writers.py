@@ -1,0 +1,166 @@
+"""The writer probe (src/s3_uploader/writers.py): read leases first, /proc as the fallback, and a
+clear word about what it cannot see.
+
+The lease tests point the probe at a fake procfs with no processes in it, so a "busy" answer can
+only have come from the kernel's lease check, never from the /proc sweep.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from s3_uploader.writers import CAP_LEASE, CAP_SYS_PTRACE, WriterProbe
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="leases and /proc are Linux's")
+
+
+def fake_proc(tmp_path: Path, cap_eff: int = 0, leases_enable: str = "1", mountinfo: str = "") -> Path:
+    """A procfs with our own status (CapEff), fs.leases-enable, mountinfo, and no process to sweep."""
+    proc = tmp_path / "proc"
+    (proc / "self" / "fd").mkdir(parents=True, exist_ok=True)
+    (proc / "self" / "status").write_text(f"Name:\tpython\nCapEff:\t{cap_eff:016x}\n")
+    (proc / "sys" / "fs").mkdir(parents=True, exist_ok=True)
+    (proc / "sys" / "fs" / "leases-enable").write_text(leases_enable + "\n")
+    (proc / "self" / "mountinfo").write_text(mountinfo)
+    return proc
+
+
+def key(path: Path):
+    st = os.stat(path)
+    return str(path), st.st_dev, st.st_ino
+
+
+def test_a_file_open_for_writing_is_busy_by_its_lease_and_free_once_closed(tmp_path):
+    root = tmp_path / "inbox"
+    root.mkdir()
+    f = root / "log.txt"
+    f.write_bytes(b"first")
+    probe = WriterProbe(str(root), proc=str(fake_proc(tmp_path)), ttl=0)
+    with open(f, "ab") as w:
+        w.write(b" more")
+        w.flush()
+        assert probe.is_being_written(*key(f))
+    assert not probe.is_being_written(*key(f))
+    # read-only openers are not writers
+    with open(f, "rb"):
+        assert not probe.is_being_written(*key(f))
+
+
+def test_the_probe_releases_its_lease_at_once_so_a_writer_opening_the_file_never_waits(tmp_path):
+    # a lease left behind would make the next open for writing wait lease-break-time (45 s)
+    root = tmp_path / "inbox"
+    root.mkdir()
+    f = root / "data.bin"
+    f.write_bytes(b"x")
+    probe = WriterProbe(str(root), proc=str(fake_proc(tmp_path)), ttl=0)
+    for _ in range(200):
+        assert not probe.is_being_written(*key(f))
+        t0 = time.monotonic()
+        with open(f, "ab") as w:
+            w.write(b"y")
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_a_writer_opening_the_file_while_probes_run_is_never_held_and_the_daemon_survives(tmp_path):
+    # the kernel signals a lease holder when a writer opens the file; SIGIO (its default) would kill us
+    root = tmp_path / "inbox"
+    root.mkdir()
+    f = root / "busy.bin"
+    f.write_bytes(b"x")
+    probe = WriterProbe(str(root), proc=str(fake_proc(tmp_path)), ttl=0)
+    stop = threading.Event()
+    slowest = [0.0]
+
+    def writer() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            with open(f, "r+b"):
+                pass
+            slowest[0] = max(slowest[0], time.monotonic() - t0)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        answers = {probe.is_being_written(*key(f)) for _ in range(3000)}
+    finally:
+        stop.set()
+        t.join(10)
+    assert answers == {True, False}  # both seen: the probes really raced the writer's opens
+    assert slowest[0] < 1.0
+
+
+def test_a_fifo_or_a_symlink_is_never_opened_through_and_never_blocks(tmp_path):
+    root = tmp_path / "inbox"
+    root.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"secret")
+    link = root / "link.txt"
+    link.symlink_to(outside)
+    fifo = root / "pipe"
+    os.mkfifo(fifo)
+    probe = WriterProbe(str(root), proc=str(fake_proc(tmp_path)), ttl=0)
+    with open(outside, "ab"):  # a writer outside the tree: not ours to look at, through a link or not
+        st = os.stat(outside)
+        assert not probe.is_being_written(str(link), st.st_dev, st.st_ino)
+    st = os.lstat(fifo)
+    t0 = time.monotonic()
+    assert not probe.is_being_written(str(fifo), st.st_dev, st.st_ino)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_a_file_replaced_since_the_callers_stat_is_reported_busy_to_be_looked_at_again(tmp_path):
+    root = tmp_path / "inbox"
+    root.mkdir()
+    f = root / "a.txt"
+    f.write_bytes(b"old")
+    path, dev, ino = key(f)
+    (root / "new.txt").write_bytes(b"new")
+    os.replace(root / "new.txt", f)
+    probe = WriterProbe(str(root), proc=str(fake_proc(tmp_path)), ttl=0)
+    assert probe.is_being_written(path, dev, ino)
+
+
+def test_on_nfs_and_smb_the_probe_does_not_ask_for_leases_and_says_so_once(tmp_path, caplog):
+    # NFSv4 and SMB refuse a read lease without a delegation: read as "busy", a file would wait forever
+    root = tmp_path / "inbox"
+    root.mkdir()
+    f = root / "a.txt"
+    f.write_bytes(b"a")
+    st = os.stat(f)
+    line = (f"36 25 {os.major(st.st_dev)}:{os.minor(st.st_dev)} / {root} rw,relatime shared:1 - nfs4 "
+            f"server:/export rw,vers=4.2\n")
+    probe = WriterProbe(str(root), proc=str(fake_proc(tmp_path, mountinfo=line)), ttl=0)
+    with open(f, "ab"):
+        # the fake /proc holds no process: without a lease nothing can say busy
+        assert not probe.is_being_written(*key(f))
+        assert not probe.is_being_written(*key(f))
+    assert "the watched directory is on nfs4" in probe.blind_spot()
+    said = [r.getMessage() for r in caplog.records if "no file leases on the filesystem" in r.getMessage()]
+    assert len(said) == 1 and "(nfs4)" in said[0], said
+    local = WriterProbe(str(root), proc=str(fake_proc(tmp_path / "2")), ttl=0)
+    with open(f, "ab"):
+        assert local.is_being_written(*key(f))
+
+
+def test_the_probe_says_when_it_is_blind_to_other_users_and_what_to_change(tmp_path):
+    root = tmp_path / "inbox"
+    root.mkdir()
+
+    def probe(caps: int, leases: str = "1") -> WriterProbe:
+        return WriterProbe(str(root), proc=str(fake_proc(tmp_path / f"{caps}-{leases}", caps, leases)))
+
+    blind = probe(0).blind_spot()
+    assert blind is not None and "cannot see other users' processes" in blind
+    assert "AmbientCapabilities=CAP_LEASE" in blind and "CapabilityBoundingSet=CAP_LEASE" in blind
+    assert probe(0).method() == "file leases on files this user owns, /proc for the rest"
+    assert probe(1 << CAP_LEASE).blind_spot() is None
+    assert probe(1 << CAP_LEASE).method().startswith("file leases (CAP_LEASE")
+    assert probe(1 << CAP_SYS_PTRACE).blind_spot() is None
+    off = probe(1 << CAP_LEASE, leases="0")
+    assert "sysctl fs.leases-enable=1" in off.blind_spot()
+    assert off.method() == "/proc"
