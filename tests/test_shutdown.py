@@ -230,3 +230,40 @@ def test_shutdown_steps_all_run_and_the_first_error_decides_the_exit_code(worksp
     assert "the first shutdown error was in stopping the part threads: first failure" in caplog.text
     with Store(workspace.state / "state.db", readonly=True) as st:  # later steps ran: the final commit
         assert st.counts()["uploaded"] == 1
+
+
+# -- the asyncio sender: a HEAD that proves an answer, abandoned by shutdown --------------------------------
+
+from test_sender import rig  # noqa: E402,F401 - the sender on a MemoryRemote whose answers the test holds
+
+
+def test_a_proof_head_abandoned_by_shutdown_holds_neither_the_sender_loop_nor_the_exit(rig):  # noqa: F811
+    sender, remote, job, recorded, _ = rig
+    remote.sse = "aws:kms"  # answers whose ETag is not the MD5: each is proven by a HEAD
+    release = threading.Event()
+    head_threads = []
+    real_head = remote.head
+
+    def slow_head(key):  # a HEAD on a link that has stalled
+        head_threads.append(threading.current_thread())
+        release.wait(30)
+        return real_head(key)
+    remote.head = slow_head
+    j = job("held.bin")
+    remote.gate(j.key).set()
+    sender.submit(j)
+    try:
+        wait_for(lambda: head_threads, what="the HEAD in flight")
+        sender.close()
+        sender.cancel()  # shutdown's time is up
+        wait_for(lambda: len(recorded) == 1, what="the abandoned HEAD recorded")
+        assert recorded[0].failure.kind == "shutdown"
+        sender.thread.join(5)
+        # today the loop's end waited for its default executor, i.e. for the stalled HEAD
+        assert not sender.thread.is_alive(), "the sender's loop waited for the abandoned HEAD"
+        # and the interpreter joins no daemon thread at exit (it joins every ThreadPoolExecutor's)
+        assert head_threads[0].daemon, "the HEAD runs on a thread the interpreter waits for at exit"
+    finally:
+        release.set()
+        for t in head_threads:
+            t.join(10)

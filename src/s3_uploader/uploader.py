@@ -239,15 +239,18 @@ class FileBody:
         pass
 
 
-class PartThreads:
-    """Up to ``size`` daemon threads that run part uploads; :meth:`submit` returns a Future.
+class DaemonThreads:
+    """Up to ``size`` daemon threads that run calls (part uploads; the sender's HEADs);
+    :meth:`submit` returns a ``concurrent.futures.Future`` (so ``wait()`` and asyncio's
+    ``run_in_executor`` take it).
 
-    Not a ThreadPoolExecutor: the interpreter joins its threads at exit, so one part stuck on a slow
-    link would hold the process long after shutdown gave up on it. These are daemon threads, started
-    as needed, and :meth:`close` waits for them only up to a deadline.
+    Not a ThreadPoolExecutor: the interpreter joins its threads at exit (and ``asyncio.run`` joins
+    the loop's default one), so one request stuck on a slow link would hold the process long after
+    shutdown gave up on it. These are daemon threads, started as needed, and :meth:`close` waits
+    for them only up to a deadline.
     """
 
-    def __init__(self, size: int, name: str = "part"):
+    def __init__(self, size: int, name: str):
         self.size = max(1, size)
         self.name = name
         self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
@@ -260,7 +263,7 @@ class PartThreads:
         f: Future = Future()
         with self._lock:
             if self._closed:
-                raise RuntimeError("the part threads are closed")
+                raise RuntimeError(f"the {self.name} threads are closed")
             self._q.put((f, fn, args))
             if not self._idle.acquire(blocking=False) and len(self._threads) < self.size:
                 t = threading.Thread(target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True)
@@ -316,7 +319,7 @@ class Uploader:
         self.throttle = throttle or (lambda n: None)
         self.abandon = abandon or threading.Event()
         self.clock = clock
-        self._parts = PartThreads(part_workers)
+        self._parts = DaemonThreads(part_workers, name="part")
 
     def close(self, timeout: Optional[float] = None) -> List[str]:
         """Stop the part threads, waiting at most ``timeout`` seconds (None: until the parts queued
