@@ -240,12 +240,18 @@ def test_a_file_whose_key_another_file_has_is_parked_with_one_line_naming_both_a
     make_files(workspace.inbox, [("x.txt", b"the first file's only copy")])
     workspace.config(s3={"prefix": "a"})
     assert once(workspace).returncode == 0
-    # the prefix is changed: the new file a/x.txt would go to a/x.txt, x.txt's object
+    uploaded = time.time()
+    wait_for(lambda: time.time() >= uploaded + 1.1, timeout=5, what="the upload to be 1 s old")
+    workspace.config(s3={"prefix": "a"}, cleanup={"delete_after": "1s"})
+    assert once(workspace).returncode == 0 and not (workspace.inbox / "x.txt").exists()
+    # the prefix is changed (a new destination: files still present go again, removed ones keep their
+    # rows and keys): the new file a/x.txt would go to a/x.txt, where x.txt's only copy is
     make_files(workspace.inbox, [("a/x.txt", b"another file"), ("b.txt", b"b")])
     workspace.config()
     r = once(workspace)
     assert r.returncode == 1
-    line = "a/x.txt would go to S3 key a/x.txt, which x.txt already has; parked (rename one of them)"
+    line = ("a/x.txt would go to S3 key a/x.txt, which x.txt already has (its local copy is gone: that object "
+            "is its only copy); parked (rename one of them)")
     assert r.stderr.count(line) == 1, r.stderr[-3000:]
     assert get_bytes(s3_client, workspace.bucket, "a/x.txt") == b"the first file's only copy"
     assert get_bytes(s3_client, workspace.bucket, "b.txt") == b"b"  # the rest goes on

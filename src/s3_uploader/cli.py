@@ -190,6 +190,9 @@ def cmd_check(cfg: Config, args: Any) -> int:
     except Exception as exc:  # e.g. a profile that does not exist
         print(f"S3 bucket {cfg.s3.bucket} cannot be checked ({' '.join(str(exc).split())})")
         ok = False
+    line = _destination_change(cfg, db)
+    if line:
+        print(line)
     return EXIT_OK if ok else EXIT_FAIL
 
 
@@ -208,13 +211,37 @@ def events_line(root: str) -> str:
             f"(fs.inotify.max_user_watches; other programs of the same user share it)")
 
 
+def _destination_change(cfg: Config, db: Path) -> Optional[str]:
+    """What the next start will do about a destination that differs from the one the database
+    records (None when it is the same, or nothing is recorded). Opens the database read-only."""
+    from .destination import Destination, recorded_destination
+    if not db.exists():
+        return None
+    try:
+        with Store(db, readonly=True) as store:
+            text = recorded_destination(store)
+    except StoreError:
+        return None  # the daemon's own start-up says what is wrong with it
+    if text is None:
+        return None
+    old = Destination.from_json(text)
+    if old == Destination.from_config(cfg):
+        return None
+    was = old.describe() if old is not None else "an unreadable record"
+    return f"Destination changed since the last run (was {was}): the next start uploads every file still present again"
+
+
 def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
     """Everything ``status`` shows, as plain data (the JSON form)."""
     now = time.time() if now is None else now
     counts = store.counts()
     oldest = store.oldest_waiting()
+    from .destination import Destination, recorded_destination
+    text = recorded_destination(store)
+    dest = Destination.from_json(text) if text is not None else None
     out: Dict[str, Any] = {
         "db_path": str(store.path),
+        "destination": dest.describe() if dest is not None else None,
         "counts": counts,
         "total": sum(counts.values()),
         "waiting": sum(counts[s] for s in WAITING_STATES),
@@ -256,6 +283,8 @@ def cmd_status(cfg: Config, args: Any) -> int:
         print(json.dumps(data, indent=2, sort_keys=False))
         return EXIT_OK
     print(f"State database: {data['db_path']}")
+    if data["destination"]:
+        print(f"Destination: {data['destination']}")
     width = max(len(s) for s in STATES)
     for state in STATES:
         print(f"  {state:<{width}}  {data['counts'][state]:>9,}")

@@ -40,6 +40,7 @@ from . import logs
 from .bandwidth import limiter_from_config
 from .cleanup import Cleaner, CleanupSettings, PassResult
 from .config import Config
+from .destination import OwnKeys, follow_destination
 from .health import StateSnapshot, tracker_note
 from .keys import Filters, KeyMaker, key_problem
 from .metrics import MetricsServer, MetricsUnavailable
@@ -257,27 +258,36 @@ class Daemon:
         n = self.store.recover_interrupted()
         if n:
             log.info("%d upload(s) were interrupted by the last stop; they will be resumed", n)
+        # after the access check (a mistyped bucket stops us before any row is rebased) and before the
+        # sweep (which must see the upload ids of the destination we now send to)
+        try:
+            follow_destination(self.store, self.cfg, self.keymaker, self.filters)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
         self.abort_stale_multipart()
         if self.once:
             self.store.retry_parked(self.wall())  # a manual run tries everything once more
         self.store.commit()
 
     def abort_stale_multipart(self) -> int:
-        """Abort the multipart uploads under our prefix that no row owns; returns how many.
+        """Abort the multipart uploads to keys this host can own that no row owns; returns how many.
 
         They are left by a crash between CreateMultipartUpload and recording its id, or by a file
-        that vanished mid-upload, and S3 bills their parts until aborted. Without a fixed prefix
-        (the bucket root, or a prefix that starts with a placeholder) only uploads to keys our own
-        rows go to are touched, so another writer's uploads in a shared bucket are left alone.
+        that vanished mid-upload, and S3 bills their parts until aborted. Only keys this host can
+        own are listed (:class:`~s3_uploader.destination.OwnKeys`): under the prefix up to its
+        first placeholder other than ``{hostname}``, with our hostname filled in, and of our
+        template's shape, so with ``prefix = cams/{hostname}/{yyyy}`` the other hosts' uploads in
+        progress under ``cams/`` are left alone. When that leaves no fixed prefix (the bucket root,
+        or a prefix that starts with a date), only uploads to keys our own rows go to are touched.
         A failure to list (some servers lack the API) is a warning: the lifecycle rule covers it.
         """
-        template = self.keymaker.template
-        prefix = self.keymaker.static_prefix if "{" in template else (template + "/" if template else "")
+        own = OwnKeys(self.keymaker)
+        prefix = own.listing_prefix
         owned = self.store.owned_upload_ids()
         n = 0
         try:
             for up in self.remote.list_multipart_uploads(prefix):
-                if up.upload_id in owned or (not prefix and not self.store.has_key(up.key)):
+                if up.upload_id in owned or not (own.could_own(up.key) or self.store.has_key(up.key)):
                     continue
                 self.remote.abort_multipart(up.key, up.upload_id)
                 log.info("Aborted stale multipart upload of %s (upload id %s, owned by no file)", up.key,

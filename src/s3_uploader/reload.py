@@ -8,8 +8,11 @@ A reload parses and validates the *whole* file. If anything is wrong, every erro
 line each) and the running configuration stays as it was. Otherwise the new configuration is
 applied in one swap of ``daemon.cfg``: options marked ``reloadable`` take their new values; a
 changed restart-only option (directory, bucket, prefix, endpoint, workers, paths) is named in a
-warning and keeps its running value. Uploads in flight are never interrupted: each file reads the
-settings once when it starts, and the next file uses the new ones.
+warning and keeps its running value. A new bucket, prefix or endpoint applies at the restart, where
+the state database follows it (see :mod:`s3_uploader.destination`): changing where keys go while
+uploads run would leave rows proven at one destination and sent to another. Uploads in flight are
+never interrupted: each file reads the settings once when it starts, and the next file uses the
+new ones.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 FILTER_KEYS = ("include", "exclude", "skip_hidden", "follow_symlinks")
+# where the bytes go: a restart with a new value sends every file still present there (destination.py)
+DESTINATION_KEYS = {("s3", "bucket"), ("s3", "prefix"), ("s3", "endpoint_url")}
+DESTINATION_NOTE = " (after the restart, every file still present locally is uploaded to the new destination)"
 
 Signature = Optional[Tuple[int, int, int]]
 _UNKNOWN = object()
@@ -135,7 +141,8 @@ class Reloader:
                 log.error("Config error: %s", e)
             return False
         for opt in kept:
-            log.warning("Config change to %s requires a restart; keeping the running value", _name(opt))
+            log.warning("Config change to %s requires a restart; keeping the running value%s", _name(opt),
+                        DESTINATION_NOTE if (opt.section, opt.key) in DESTINATION_KEYS else "")
         if not applied:
             if kept or not quiet_if_unchanged:
                 log.info("Configuration reloaded: no live setting changed")

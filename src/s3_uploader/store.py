@@ -727,6 +727,11 @@ class Store:
         """Whether any row's file goes to S3 key ``key``."""
         return bool(self._read("SELECT 1 FROM files WHERE key = ? LIMIT 1", (key,)))
 
+    def key_holder(self, key: str) -> Optional[str]:
+        """The relative path of the row that has S3 key ``key`` (None when no row has it)."""
+        rows = self._read("SELECT path FROM files WHERE key = ?", (key,))
+        return dec(rows[0][0]) if rows else None
+
     def iter_all(self, batch: int = 1000) -> Iterator[Record]:
         after = b""
         while True:
@@ -736,6 +741,109 @@ class Store:
             for r in rows:
                 yield _record(r)
             after = rows[-1][0]
+
+    def rebase_destination(self, meta_name: str, meta_value: str, key_for: Callable[[str, int], str],
+                           present: Callable[[str], bool]) -> "Rebased":
+        """Point every row whose file may be sent again at a new destination, and record it as
+        ``meta_name`` = ``meta_value``: all in one transaction (a crash leaves the old state whole,
+        and the next start does it again).
+
+        - ``uploaded`` rows whose file is ``present(rel)`` go back to ``pending``: their proof was
+          about the old destination;
+        - waiting rows (pending, uploading, failed, parked) become ``pending`` with their attempts
+          and errors cleared, and lose their multipart upload id and recorded parts: those belong to
+          the old destination (never aborted on the new one, where they do not exist);
+        - both get the key ``key_for(rel, mtime_ns)``. A key another row already holds (a UNIQUE
+          constraint on ``files.key`` refuses it) is tried again after every other row has moved
+          (a key freed by a row moved later in the pass is then free); a row still refused is
+          parked without a key as a collision (as :meth:`discover` parks one), reported in
+          ``clashes``; a row parked as a collision already whose new key is taken stays so;
+        - ``deleted``/``archived`` rows, and ``uploaded`` rows whose file is gone, stay as they are:
+          there is nothing left to send.
+
+        Returns :class:`Rebased`. Raises StoreError when the database refuses (nothing changed).
+        """
+        now = self.clock()
+        resent = waiting = 0
+        clashes: List[Tuple[bytes, str, str]] = []
+        states = ("uploaded",) + WAITING_STATES
+        rebase_sql = ("UPDATE files SET {key}state = 'pending', md5 = NULL, etag = NULL, uploaded_at = NULL, "
+                      "attempts = 0, next_attempt_at = NULL, last_error = NULL, error_kind = NULL, upload_id = NULL, "
+                      "part_size = NULL, updated_at = ?, discovered_at = coalesce(?, discovered_at) WHERE path = ?")
+        with self._lock:
+            self._commit_locked()  # the transaction below holds this change alone: all of it or none
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                after = b""
+                while True:
+                    # in path order over the primary key (a filter on state would let SQLite pick the
+                    # state index and sort every page: quadratic)
+                    rows = conn.execute("SELECT path, key, state, mtime_ns FROM files WHERE path > ? ORDER BY path "
+                                        "LIMIT 500", (after,)).fetchall()
+                    if not rows:
+                        break
+                    after = rows[-1][0]
+                    for raw, old_key, state, mtime_ns in rows:
+                        if state not in states:
+                            continue
+                        rel = dec(raw)
+                        if state == "uploaded":
+                            if not present(rel):
+                                continue
+                            resent += 1
+                        else:
+                            waiting += 1
+                            conn.execute("DELETE FROM parts WHERE path = ?", (raw,))  # (an uploaded row has none)
+                        new_key = key_for(rel, mtime_ns)
+                        params = (now, now if state == "uploaded" else None, raw)
+                        try:  # one statement per row: the common case costs one UPDATE
+                            conn.execute(rebase_sql.format(key="key = ?, "), (new_key, *params))
+                        except sqlite3.IntegrityError:  # another row holds new_key: try it again at the end
+                            if old_key is None:
+                                continue  # parked as a collision already: it stays so, and is retried as such
+                            conn.execute(rebase_sql.format(key=""), params)
+                            clashes.append((raw, old_key, new_key))
+                while clashes:  # until a round moves none: keys freed by rows rebased after them
+                    left = [c for c in clashes if not self._rekey(c[0], c[2])]
+                    if len(left) == len(clashes):
+                        break
+                    clashes = left
+                for raw, _old, new_key in clashes:  # its old key is the old destination's: never sent there
+                    holder = conn.execute("SELECT path, state FROM files WHERE key = ?", (new_key,)).fetchone()
+                    message = collision_message(dec(raw), new_key, dec(holder[0]), holder[1])
+                    conn.execute("UPDATE files SET key = NULL, state = 'parked', error_kind = 'collision', "
+                                 "last_error = ?, next_attempt_at = ? WHERE path = ?", (message, now, raw))
+                    conn.execute("INSERT INTO errors(at, path, kind, message) VALUES(?, ?, 'collision', ?)",
+                                 (now, raw, message))
+                conn.execute("INSERT INTO meta(name, value) VALUES(?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (meta_name, meta_value))
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.DatabaseError):
+                    raise StoreError(_explain(self.path, exc)) from None
+                raise
+        return Rebased(resent, waiting, [(dec(raw), old, new) for raw, old, new in clashes])
+
+    def _rekey(self, raw: bytes, key: str) -> bool:
+        """Give row ``raw`` the key ``key`` in the open transaction; False when another row holds it
+        (only a constraint refuses it, and only this statement is undone)."""
+        try:
+            self._conn.execute("UPDATE files SET key = ? WHERE path = ?", (key, raw))
+            return True
+        except sqlite3.IntegrityError:
+            return False
+
+
+class Rebased(NamedTuple):
+    """What :meth:`Store.rebase_destination` changed: ``resent`` uploaded rows went back to pending,
+    ``waiting`` rows were rebased, ``clashes`` (rel, old key, key refused) were parked as collisions."""
+
+    resent: int
+    waiting: int
+    clashes: List[Tuple[str, str, str]]
 
 
 def _parent(rel: str) -> str:
