@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,demo,metrics]'
+	$(BIN)/python -m pip install -q -e '.[test,demo]'
 	$(BIN)/python -m compileall -q src
 	touch $(STAMP)
 

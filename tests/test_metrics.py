@@ -1,7 +1,13 @@
 """Prometheus metrics and /healthz, scraped over HTTP from a daemon uploading to the real test server."""
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import re
+import signal
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -134,8 +140,21 @@ def test_a_metrics_port_in_use_is_one_clear_startup_error(workspace):
     assert "Traceback" not in r.stderr
 
 
-def test_metrics_without_prometheus_client_installed_is_one_clear_startup_error(workspace, tmp_path: Path):
-    # a package of that name that fails to import stands in for one that is not installed
+def test_prometheus_client_is_an_unconditional_requirement_of_a_plain_install():
+    # what `pip install s3-uploader` installs is what the installed distribution's metadata requires
+    # without an extra: metrics_address must work with nothing more (the `metrics` extra is kept, empty)
+    reqs = importlib.metadata.requires("s3-uploader") or []
+    mine = [r for r in reqs if re.match(r"prometheus[-_.]client\b", r, re.IGNORECASE)]
+    plain = [r for r in mine if "extra" not in r.partition(";")[2]]
+    assert plain, (f"prometheus-client is not required by a plain install (requirements: {reqs}); "
+                   "if pyproject.toml says otherwise, reinstall: make venv")
+    assert importlib.metadata.metadata("s3-uploader").get_all("Provides-Extra") is not None
+    assert "metrics" in importlib.metadata.metadata("s3-uploader").get_all("Provides-Extra")
+
+
+def test_a_broken_install_without_prometheus_client_is_one_clear_startup_error(workspace, tmp_path: Path):
+    # prometheus-client is a dependency, so only a broken install (pip --no-deps, a package removed by
+    # hand) lacks it; a package of that name that fails to import stands in for one that is missing
     fake = tmp_path / "fakepkgs" / "prometheus_client"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
@@ -143,5 +162,130 @@ def test_metrics_without_prometheus_client_installed_is_one_clear_startup_error(
     r = cli("run", "-c", str(workspace.config_path),
             env={**workspace.server.env(), "PYTHONPATH": str(fake.parent)}, timeout=60)
     assert r.returncode == 1
-    assert "prometheus-client is not installed" in r.stderr
+    assert "prometheus-client, a dependency of s3-uploader, cannot be imported" in r.stderr
+    assert "reinstall s3-uploader with its dependencies" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# -- no client of the metrics port can pile up threads or hold the daemon up ----------------------------------
+
+def _answer(sock: socket.socket) -> bytes:
+    """What the server has sent on ``sock`` so far (b"" while it has sent nothing, or closed)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(4096)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    except OSError:  # reset: closed by the server
+        return b""
+
+
+def _status_or_reset(url: str):
+    """The HTTP status, or "reset" when the server closed the connection before the client read it."""
+    try:
+        return get(url)[0]
+    except (urllib.error.URLError, ConnectionError):
+        return "reset"
+
+
+def _connection_threads():
+    # the server's connection threads ("Thread-N (process_request_thread)" before they had a name)
+    return [t for t in threading.enumerate() if t.name == "metrics-conn" or "process_request" in t.name]
+
+
+def test_connections_past_the_cap_are_answered_503_at_once_without_a_thread_each(workspace, aws_env,
+                                                                                   monkeypatch):
+    from s3_uploader import metrics
+    # idle connections stay open for the whole test (their timeout is another test's subject)
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 60.0, raising=False)
+    port = free_port()
+    workspace.config(daemon={"metrics_address": port})
+    socks = []
+    try:
+        with running_daemon(workspace.config_path):
+            assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
+            wait_for(lambda: not _connection_threads(), what="the health check's connection thread to end")
+            refused = 0
+            for i in range(40):  # one at a time, each taken (served or refused) before the next
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                socks.append(s)
+                got = []
+
+                def taken():
+                    got.append(_answer(s))
+                    return any(g.startswith(b"HTTP/1.0 503") for g in got) or \
+                        len(_connection_threads()) + refused == i + 1
+                wait_for(taken, timeout=10, what=f"connection {i + 1} to be served or refused")
+                refused += any(g.startswith(b"HTTP/1.0 503") for g in got)
+            threads = len(_connection_threads())
+            assert threads <= 16, f"{threads} threads for 40 idle connections"
+            assert (threads, refused) == (16, 24)
+            assert _status_or_reset(f"http://127.0.0.1:{port}/healthz") in (503, "reset")  # full: refused
+            for s in socks:
+                s.close()
+            wait_for(lambda: not _connection_threads(), what="the closed connections' threads to end")
+            assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_connection_that_trickles_its_request_is_closed_after_the_maximum_age(workspace, aws_env, monkeypatch):
+    from s3_uploader import metrics
+    monkeypatch.setattr(metrics, "CONNECTION_MAX_AGE", 1.5, raising=False)
+    port = free_port()
+    workspace.config(daemon={"metrics_address": port})
+    with running_daemon(workspace.config_path):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            t0 = time.monotonic()
+            closed = False
+            for ch in b"GET /metrics HTTP/1.1\r\n":  # one byte every 0.2 s: each read is quick, the whole is not
+                if _peer_closed(s):
+                    closed = True
+                    break
+                try:
+                    s.sendall(bytes([ch]))
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.2)  # the client's pace (what the test is about), not a wait for a result
+            assert closed, "the server kept a trickling connection open for 4.6 s"
+            assert time.monotonic() - t0 < 1.5 + 2.0
+
+
+def _peer_closed(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+def test_idle_and_half_sent_connections_to_the_metrics_port_do_not_hold_up_shutdown(workspace, s3_client):
+    port = free_port()
+    workspace.config(daemon={"metrics_address": port, "shutdown_timeout": "2s"})
+    d = workspace.start()
+    d.wait_log("Serving metrics")
+    assert scrape(port)[("s3_uploader_healthy", ())] == 1  # a plain install serves /metrics
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+    try:
+        socks[0].sendall(b"GET /metr")  # half a request line, then nothing
+        make_files(workspace.inbox, [("last.bin", b"l" * 5000)])
+        d.wait_log(r"Successfully uploaded last\.bin")
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        code = d.proc.wait(2 + 15)  # fails here (TimeoutExpired) when shutdown hangs
+        took = time.monotonic() - t0
+    finally:
+        for s in socks:
+            s.close()
+    assert code == 0, d.output()[-3000:]
+    assert took < 2 + 5, f"shutdown took {took:.1f}s with shutdown_timeout 2s"
+    assert "Stopped" in d.output()
+    # the final commit happened: the upload is in the database as another process reads it
+    r = cli("status", "--json", "-c", str(workspace.config_path), env=workspace.server.env())
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["counts"]["uploaded"] == 1
+    assert list_keys(s3_client, workspace.bucket) == {"last.bin": 5000}

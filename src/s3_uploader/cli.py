@@ -129,16 +129,14 @@ def cmd_run(cfg: Config, args: Any, once: bool = False) -> int:
 
 
 def install_signals(daemon: Any) -> None:
-    """SIGTERM/SIGINT: stop (a second one skips the drain). SIGHUP: reload, where the daemon can."""
-    state = {"stops": 0}
+    """SIGTERM/SIGINT: stop (a second one skips the drain). SIGHUP: reload, where the daemon can.
 
+    The handlers only set flags (``daemon.signal_stop`` appends to a list, ``request_reload`` sets a
+    boolean): a handler runs on the main thread between two bytecodes, possibly while that thread
+    holds a lock (an Event's, logging's) that anything more would take again and deadlock on. The
+    main thread's loop acts on them, and logs them."""
     def on_stop(signum: int, _frame: Any) -> None:
-        state["stops"] += 1
-        if state["stops"] == 1:
-            log.info("Received %s: stopping (again to skip waiting for uploads)", signal.Signals(signum).name)
-            daemon.request_stop()
-        else:
-            daemon.abandon.set()
+        daemon.signal_stop(signum)
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)

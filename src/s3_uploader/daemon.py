@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,11 @@ log = logging.getLogger(__name__)
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
 FORGET_INTERVAL = 3600.0  # seconds between passes that forget rows deleted or archived long ago
 UNSETTLED_COUNT_INTERVAL = 5.0  # seconds between counts of unsettled tracked files (a pass over the tracker)
+# Shutdown (see Daemon.shutdown): what threads that were told to stop get, on top of shutdown_timeout.
+INTAKE_STOP_WAIT = 2.0  # scanner, scheduler, cleanup: each looks at the stop flag at least every second
+ABANDON_WAIT = 2.0  # upload workers and the sender once abandoned (between parts, requests cancelled)
+PARTS_STOP_WAIT = 1.0  # the part threads, after the workers (an abandoned part is not waited for)
+STOP_POLL = 0.1  # how often shutdown's waits look for a second stop signal
 # Parts in flight across all files. A part is read into memory only while it is sent, so this bounds
 # multipart memory (16 x multipart_chunksize) however many upload_workers there are.
 PART_THREADS_CAP = 16
@@ -72,6 +78,13 @@ ENDPOINT_DOWN_CODES = frozenset({
     "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
     "ConnectionError", "ResponseStreamingError", "500", "502", "503", "504", "SlowDown",
     "ServiceUnavailable", "InternalError"})
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class StartupError(Exception):
@@ -131,6 +144,11 @@ class Daemon:
         self._remote = remote
         self._store = store
         self.stop_event = threading.Event()  # stop intake
+        # stop signals received (signal numbers), appended by the signal handler and read by the main
+        # thread: a handler must not call Event.set(), whose lock the interrupted thread may hold
+        self.stop_signals: List[int] = []
+        self.left_behind: List[str] = []  # threads still running when shutdown gave up on them
+        self._stopped = False  # shutdown has finished: errors of threads left behind are not news
         self.abandon = threading.Event()  # drain time is over: in-flight multipart uploads stop between parts
         self.wake = threading.Event()  # wakes the scheduler
         self.scan_request = threading.Event()
@@ -313,7 +331,7 @@ class Daemon:
         self._start_threads()
         self._start_service()
         try:
-            while not self.stop_event.wait(0.5):
+            while not self.stop_event.wait(0.5) and not self.stop_signals:
                 self.on_tick()
         finally:
             self.shutdown()
@@ -396,15 +414,21 @@ class Daemon:
         t.start()
 
     def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        """``target`` for a thread: its failure stops the daemon with exit code 1, said once. A
+        thread left behind by shutdown (see :meth:`shutdown`) that fails afterwards, typically on the
+        closed database, changes nothing: its work resumes at the next start."""
         def run() -> None:
             try:
                 target()
-            except StoreError as exc:
-                self._store_failed(exc)
-                self.request_stop()
-            except Exception:
-                log.exception("Thread %s failed; stopping so the service manager can restart us", name)
-                self.exit_code = 1
+            except Exception as exc:
+                if self._stopped:
+                    log.debug("Thread %s, left behind by shutdown, ended with %r", name, exc)
+                    return
+                if isinstance(exc, StoreError):
+                    self._store_failed(exc)
+                else:
+                    log.exception("Thread %s failed; stopping so the service manager can restart us", name)
+                    self.exit_code = 1
                 self.request_stop()
         return run
 
@@ -417,31 +441,89 @@ class Daemon:
         self.exit_code = 1
 
     def request_stop(self) -> None:
-        """Stop intake; ``run()`` then drains in-flight uploads and returns. Safe from signal handlers."""
+        """Stop intake; ``run()`` then drains in-flight uploads and returns. For threads; a signal
+        handler calls :meth:`signal_stop` instead."""
         self.stop_event.set()
         self.wake.set()
         self.scan_request.set()
+
+    def signal_stop(self, signum: int) -> None:
+        """A stop signal (SIGTERM, SIGINT) arrived. Only records it (safe in a signal handler): the
+        main thread's loop sees it within half a second and shuts down; a second one, before or
+        during shutdown, ends the drain at once (uploads in flight are abandoned, see shutdown)."""
+        self.stop_signals.append(signum)
+
+    def _skip_drain(self) -> bool:
+        return len(self.stop_signals) >= 2
 
     def shutdown(self) -> None:
-        """Ordered shutdown: intake off, in-flight uploads drained against the deadline, state flushed.
+        """Ordered, bounded shutdown. The steps run in order; each runs even if an earlier one failed,
+        and the first failure sets the exit code (1) and is named in the last line:
 
-        Every step runs even if an earlier one fails; the database is closed last.
+        1. intake off: no new work; the scanner, scheduler and cleanup threads get
+           :data:`INTAKE_STOP_WAIT` s to end (each looks at the stop flag at least every second);
+        2. drain: jobs not started are dropped (their files stay pending for the next start); uploads
+           in flight get until ``shutdown_timeout`` after the stop began, or until a second stop
+           signal; then they are abandoned (a multipart upload stops between parts, or stops waiting
+           for a part in flight; the sender's requests are cancelled) and get :data:`ABANDON_WAIT` s;
+        3. the part threads, the metrics server and the systemd notifier stop (about a second each);
+        4. final commit: the database is committed and closed;
+        5. the S3 client is closed.
+
+        A thread still running at its deadline is named in one WARNING line and left behind: every
+        thread the daemon starts is a daemon thread, so none can keep the process from exiting, and
+        what it was doing resumes at the next start (its file's row still says so). The whole stop
+        takes at most ``max(shutdown_timeout, INTAKE_STOP_WAIT) + ABANDON_WAIT + PARTS_STOP_WAIT +
+        metrics.STOP_WAIT`` seconds (shutdown_timeout + 4 s when it is 2 s or more), plus the final
+        commit itself.
+        Deadlines are real time (``time.monotonic``): what the service manager measures.
         """
-        self.stop_event.set()
-        self.wake.set()
-        self.scan_request.set()
+        started = time.monotonic()
+        drain_by = started + self.cfg.daemon.shutdown_timeout
+        if self.stop_signals:
+            log.info("Received %s: stopping (again to skip waiting for uploads)", _signal_name(self.stop_signals[0]))
+            logs.flush()
+        first_error: Optional[str] = None
+        steps: List[Tuple[str, Callable[[], None]]] = [
+            ("stopping intake", self._stop_intake),
+            ("draining uploads", lambda: self._drain(drain_by)),
+            ("stopping the part threads", self._stop_part_threads),
+            ("stopping the metrics server", self._stop_metrics),
+            ("closing the service notifier", self._close_service),
+            ("writing out batched log lines", logs.flush),
+            ("final commit of the state database", lambda: self.store.close()),
+            ("closing the S3 client", self._close_remote),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except StoreError as exc:
+                self._store_failed(exc)
+                first_error = first_error or f"{what}: {exc}"
+            except Exception as exc:
+                log.exception("Shutdown: error %s; going on with the next step", what)
+                first_error = first_error or f"{what}: {exc}"
+        self._stopped = True
+        if first_error is not None:
+            self.exit_code = 1
+            log.error("Stopped in %.1fs; the first shutdown error was in %s", time.monotonic() - started, first_error)
+        else:
+            log.info("Stopped")
+
+    def _stop_intake(self) -> None:
+        self.request_stop()
         if self.service is not None:
             self.service.stopping()
+        by = time.monotonic() + INTAKE_STOP_WAIT
         if self.watcher is not None:
-            self.watcher.stop()
-        for t in self._threads:
-            if t.name in ("scanner", "scheduler", "cleanup"):
-                t.join()
+            self.watcher.stop(timeout=INTAKE_STOP_WAIT)
+        intake = [t for t in self._threads if t.name in ("scanner", "scheduler", "cleanup")]
+        self._join(intake, by, "stopping intake")
+
+    def _drain(self, drain_by: float) -> None:
         # jobs queued but not started stay pending in the database: they go first at next start
-        dropped = 0
         if self.sender is not None:
             for job in self.sender.close():
-                dropped += 1
                 with self.inflight_lock:
                     self.inflight.discard(job.rel)
         while True:
@@ -450,43 +532,68 @@ class Daemon:
             except queue.Empty:
                 break
             if job is not None:
-                dropped += 1
                 with self.inflight_lock:
                     self.inflight.discard(job.rel)
         workers = [t for t in self._threads if t.name.startswith("upload-")]
         for _ in workers:
             self.upload_q.put(None)  # one stop sign per worker; the closed sender ends on its own
         workers += [t for t in self._threads if t.name == "sender"]
-        if self.inflight:
-            log.info("Stopping: waiting up to %gs for %d upload(s) in flight", self.cfg.daemon.shutdown_timeout,
-                     len(self.inflight))
-        deadline = self.clock() + self.cfg.daemon.shutdown_timeout
-        for t in workers:
-            t.join(max(0.0, deadline - self.clock()))
-        if any(t.is_alive() for t in workers):
+        with self.inflight_lock:
+            inflight = len(self.inflight)
+        if inflight and not self._skip_drain():
+            log.info("Stopping: waiting up to %gs for %d upload(s) in flight", max(0.0, drain_by - time.monotonic()),
+                     inflight)
+        if not self._join(workers, drain_by, None, drain=True):
+            return
+        if self._skip_drain():
+            log.warning("Received %s again: abandoning uploads in flight (multipart uploads resume at next start)",
+                        _signal_name(self.stop_signals[-1]))
+        else:
             log.warning("Shutdown timeout: abandoning uploads in flight (multipart uploads resume at next start)")
-            self.abandon.set()
-            if self.sender is not None:
-                self.sender.cancel()
-            for t in workers:
-                t.join(5.0)
-        try:
-            self.uploader.close()
-        except Exception:
-            log.exception("Error closing the uploader")
+        self.abandon.set()
+        if self.sender is not None:
+            self.sender.cancel()
+        self._join(workers, time.monotonic() + ABANDON_WAIT, "abandoning uploads in flight")
+
+    def _stop_part_threads(self) -> None:
+        uploader = getattr(self, "uploader", None)
+        if uploader is not None:
+            self._left(uploader.close(timeout=PARTS_STOP_WAIT), "stopping the part threads")
+
+    def _stop_metrics(self) -> None:
         if self.metrics is not None:
-            self.metrics.stop()
+            self._left(self.metrics.stop(), "stopping the metrics server")
+
+    def _close_service(self) -> None:
         if self.service is not None:
             self.service.close()
-        try:
-            self.store.close()
-        except StoreError as exc:
-            self._store_failed(exc)
+
+    def _close_remote(self) -> None:
         try:
             self.remote.close()
-        except Exception:
+        except Exception:  # nothing is lost with it: not an error of the run
             log.debug("Error closing the S3 client", exc_info=True)
-        log.info("Stopped")
+
+    def _join(self, threads: List[threading.Thread], by: float, what: Optional[str], drain: bool = False) -> List[str]:
+        """Wait for ``threads`` until ``by`` (``time.monotonic``), or with ``drain`` until a second
+        stop signal; returns the names of those still alive, said in a WARNING unless ``what`` is None."""
+        for t in threads:
+            while t.is_alive():
+                logs.flush_pending()  # the main thread's tick, which wrote batched lines out, is over
+                left = by - time.monotonic()
+                if left <= 0 or (drain and self._skip_drain()):
+                    break
+                t.join(min(left, STOP_POLL))
+        alive = [t.name for t in threads if t.is_alive()]
+        if what is not None:
+            self._left(alive, what)
+        return alive
+
+    def _left(self, names: List[str], what: str) -> None:
+        if names:
+            self.left_behind += names
+            log.warning("Shutdown: %s: left behind, still running: %s (daemon threads: they do not hold up the "
+                        "exit; their work resumes at the next start)", what, ", ".join(names))
 
     def _once_result(self) -> int:
         try:

@@ -1,7 +1,7 @@
 """Prometheus metrics and a health check over HTTP, on ``[daemon] metrics_address``.
 
 ``GET /metrics`` serves the Prometheus text format (via the standard ``prometheus_client`` library,
-an optional dependency: ``pip install 's3-uploader[metrics]'``); ``GET /healthz`` answers 200 ``ok``
+a regular dependency, so a plain ``pip install s3-uploader`` serves it); ``GET /healthz`` answers 200 ``ok``
 when :func:`~s3_uploader.health.health_problem` finds nothing wrong, else 503 with the reason.
 
 Numbers come from the daemon's own counters (read on each scrape: cheap) and from a
@@ -9,15 +9,22 @@ Numbers come from the daemon's own counters (read on each scrape: cheap) and fro
 seconds, so a scrape never counts a million rows). Upload durations are drained from
 ``daemon.stats.upload_seconds`` into a histogram at each scrape.
 
-The server is a stdlib ``ThreadingHTTPServer`` on its own thread; :meth:`MetricsServer.stop`
-shuts it down and joins every thread it started.
+The server is a stdlib ``ThreadingHTTPServer`` on its own thread, hardened so that no client can
+hold the daemon up: at most :data:`MAX_CONNECTIONS` connections are served at once (one more is
+answered 503 and closed at once, without a thread); each read and write of a connection times out
+after :data:`REQUEST_TIMEOUT` seconds and a connection is closed after :data:`CONNECTION_MAX_AGE`
+seconds whatever it does (a client sending one byte every few seconds); handler threads are daemon
+threads. :meth:`MetricsServer.stop` cannot hang: it stops the accept loop (which polls), closes the
+listening socket, breaks every open connection and waits for their threads only up to a deadline.
 """
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .health import StateSnapshot, health_note, health_problem
 
@@ -26,18 +33,33 @@ log = logging.getLogger(__name__)
 PREFIX = "s3_uploader"
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
+# Connections served at once: a scraper or two and a health check need a handful; beyond this a
+# connection is answered 503 and closed by the accept loop, so idle clients cannot pile up threads.
+MAX_CONNECTIONS = 16
+# Seconds each read (the request line, the headers) or write of a connection may block.
+REQUEST_TIMEOUT = 5.0
+# Seconds a connection is served at most, however it trickles (a scrape takes milliseconds).
+CONNECTION_MAX_AGE = 30.0
+# How often the accept loop looks at the stop flag and at connections past their age.
+POLL_INTERVAL = 0.25
+# What stop() waits at most, in all, for the accept loop and the connection threads.
+STOP_WAIT = 1.0
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections; try later\n")
+
 
 class MetricsUnavailable(Exception):
-    """metrics_address is set but the server cannot run (library missing, address in use)."""
+    """metrics_address is set but the server cannot run (address in use, a broken installation)."""
 
 
 def _import_client() -> Any:
     try:
         import prometheus_client
-    except ImportError:
-        raise MetricsUnavailable("metrics_address is set but the Python package prometheus-client is not "
-                                 "installed (pip install 's3-uploader[metrics]', or leave metrics_address "
-                                 "empty)") from None
+    except ImportError as exc:
+        # a dependency of every install: missing only when the install is broken (e.g. pip --no-deps)
+        raise MetricsUnavailable(f"metrics_address is set but prometheus-client, a dependency of s3-uploader, "
+                                 f"cannot be imported ({exc}); the installation is incomplete: reinstall "
+                                 f"s3-uploader with its dependencies, or leave metrics_address empty") from None
     return prometheus_client
 
 
@@ -118,6 +140,100 @@ class DaemonCollector:
                                 value=0 if health_problem(d) else 1)
 
 
+class _Server(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that serves at most ``max_connections`` connections at once, each on a
+    daemon thread for at most ``max_age`` seconds, and can break them all (:meth:`break_connections`).
+
+    ``serve(stop)`` is the accept loop: it returns within :data:`POLL_INTERVAL` of ``stop`` being set
+    (unlike ``shutdown()``, which waits for ``serve_forever`` without a deadline).
+    """
+
+    daemon_threads = True  # a connection left behind never holds the process at exit
+    block_on_close = False  # server_close() joins nothing
+    timeout = POLL_INTERVAL  # handle_request() returns after this when no connection comes
+    request_queue_size = 64  # the listen backlog: connections past it wait for SYN-ACK retransmits
+
+    def __init__(self, address: Tuple[str, int], handler: type, max_connections: int, max_age: float):
+        self.max_connections = max_connections
+        self.max_age = max_age
+        self._conn_lock = threading.Lock()
+        # open connection -> (its thread, when it was accepted)
+        self._conns: Dict[socket.socket, Tuple[threading.Thread, float]] = {}
+        super().__init__(address, handler)
+
+    def serve(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.handle_request()
+            self._close_old()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conn_lock:
+            full = len(self._conns) >= self.max_connections
+            if not full:
+                t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                     name="metrics-conn", daemon=True)
+                self._conns[request] = (t, time.monotonic())
+        if full:
+            self._refuse(request)
+            return
+        try:
+            t.start()
+        except RuntimeError:  # no thread to be had: the connection is closed, not served
+            self._forget(request)
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: Any) -> None:
+        with self._conn_lock:
+            self._conns.pop(request, None)
+
+    def _refuse(self, request: socket.socket) -> None:
+        """503 and close, from the accept loop, without blocking: what the client sent is read (so
+        closing does not reset the connection before it reads the answer) as far as it has come."""
+        try:
+            request.setblocking(False)
+            try:
+                request.recv(65536)
+            except OSError:
+                pass
+            request.send(_BUSY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        log.debug("metrics: refused a connection from %s: %d connections open", request, self.max_connections)
+
+    def _close_old(self) -> None:
+        limit = time.monotonic() - self.max_age
+        with self._conn_lock:
+            old = [c for c, (_, at) in self._conns.items() if at < limit]
+        for c in old:
+            _break(c)
+
+    def break_connections(self) -> List[threading.Thread]:
+        """Break every open connection (its thread's read or write ends at once); their threads."""
+        with self._conn_lock:
+            conns = list(self._conns.items())
+        for c, _ in conns:
+            _break(c)
+        return [t for _, (t, _) in conns]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that went away or stalled past the timeout: not worth a traceback on stderr
+        log.debug("metrics: error serving %s", client_address, exc_info=True)
+
+
+def _break(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class MetricsServer:
     """Serves /metrics and /healthz for ``daemon`` on ``address`` (host, port) until :meth:`stop`."""
 
@@ -132,13 +248,11 @@ class MetricsServer:
         self._generate, self._content_type = pc.generate_latest, pc.CONTENT_TYPE_LATEST
         self._drain_lock = threading.Lock()
         try:
-            self.httpd = ThreadingHTTPServer(address, self._handler())
+            self.httpd = _Server(address, self._handler(), MAX_CONNECTIONS, CONNECTION_MAX_AGE)
         except OSError as exc:
             raise MetricsUnavailable(f"cannot serve metrics on {address[0]}:{address[1]} "
                                      f"({exc.strerror or exc})") from None
-        # request threads are joined by server_close(), so stop() leaves nothing running
-        self.httpd.daemon_threads = False
-        self.httpd.block_on_close = True
+        self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -147,18 +261,31 @@ class MetricsServer:
         return str(host), int(port)
 
     def start(self) -> "MetricsServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="metrics-http", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve, args=(self._stop,), name="metrics-http",
+                                        daemon=True)
         self._thread.start()
         log.info("Serving metrics on http://%s:%d/metrics and /healthz", *self.address)
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: float = STOP_WAIT) -> List[str]:
+        """Stop serving, whatever the clients do: the accept loop ends (it polls), the listening
+        socket is closed, every open connection is broken. Waits at most ``wait`` seconds in all for
+        the accept loop and the connection threads; returns the names of the threads still running
+        then (daemon threads: they cannot hold the process at exit)."""
+        deadline = time.monotonic() + wait
+        self._stop.set()
+        left: List[threading.Thread] = []
         if self._thread is not None:
-            self.httpd.shutdown()
-            self._thread.join()
+            self._thread.join(wait)
+            if self._thread.is_alive():
+                left.append(self._thread)
             self._thread = None
         self.httpd.server_close()
+        for t in self.httpd.break_connections():
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                left.append(t)
+        return [t.name for t in left]
 
     def drain_durations(self) -> None:
         """Move the upload durations recorded since the last scrape into the histogram."""
@@ -177,6 +304,8 @@ class MetricsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT  # set on the connection's socket: every read and write is bounded
+
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 path = self.path.split("?", 1)[0]
                 try:

@@ -12,10 +12,11 @@ rows of every file finished in one turn of the loop are written together.
 The contract is the uploader's, split around the request: :meth:`Uploader.read_small` before it and
 :meth:`Uploader.settle_small` after it, so a file sent here is read, proven, rechecked and recorded
 exactly as one sent by an upload worker. An answer whose ETag is not the MD5 (a bucket with
-default SSE-KMS answers so) is proven by a HEAD, which blocks: it runs on a thread of the loop's
-executor while the file keeps its slot. The daemon decides which jobs come here (single PUTs read
-into memory, keys obstore keeps byte for byte, no ``sse = aws:kms`` configured, no bandwidth limit
-in force: the limiter blocks, and the loop must not); everything else goes to the upload workers.
+default SSE-KMS answers so) is proven by a HEAD, which blocks: it runs on one of the sender's own
+daemon threads (:class:`~s3_uploader.uploader.DaemonThreads`) while the file keeps its slot. The
+daemon decides which jobs come here (single PUTs read into memory, keys obstore keeps byte for
+byte, no ``sse = aws:kms`` configured, no bandwidth limit in force: the limiter blocks, and the loop
+must not); everything else goes to the upload workers.
 
 Stopping: :meth:`AsyncSender.close` takes no new work and hands back the jobs not yet started
 (they stay pending in the database); requests in flight finish and are recorded; :meth:`cancel`
@@ -32,7 +33,7 @@ import threading
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .retry import classify
-from .uploader import SHUTDOWN, Job, Outcome, SmallRead, Uploader
+from .uploader import SHUTDOWN, DaemonThreads, Job, Outcome, SmallRead, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class AsyncSender:
         # token -> the request's handle (anything with cancel()); None while it is being started
         self._inflight: Dict[int, Any] = {}
         self._tokens = itertools.count()
+        self._heads = DaemonThreads(self.capacity, name="sender-head")  # HEADs that prove an answer
         self._outcomes: List[Outcome] = []  # answered, not yet recorded
         self._record_by = 0.0  # loop time by which they are
 
@@ -121,7 +123,10 @@ class AsyncSender:
     # -- the loop's thread -------------------------------------------------------------------------
     def run(self) -> None:
         """The loop; returns once closed and every request in flight has been recorded."""
-        asyncio.run(self._main())
+        try:
+            asyncio.run(self._main())
+        finally:
+            self._heads.close(timeout=0)  # a HEAD abandoned in flight ends on its own daemon thread
 
     def _wake(self) -> None:
         if self._wakeup is not None:
@@ -211,7 +216,9 @@ class AsyncSender:
             # blocks, so it runs on a worker thread; the file keeps its slot and its place in
             # _inflight (a stop waits for it, a cancel abandons it) until the HEAD answers
             assert self._loop is not None
-            head = self._loop.run_in_executor(None, self.uploader.settle_small, job, read, etag or "")
+            # daemon threads, not the loop's default executor: asyncio.run and the interpreter's
+            # exit would both wait for a HEAD that shutdown abandoned
+            head = self._loop.run_in_executor(self._heads, self.uploader.settle_small, job, read, etag or "")
             self._inflight[token] = head
             head.add_done_callback(functools.partial(self._proven, token, job))
             return

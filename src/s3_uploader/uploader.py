@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import stat as stat_mod
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from . import tree
 from .logs import per_file
@@ -39,6 +40,8 @@ from .store import Part, Store, StoreError, display
 log = logging.getLogger(__name__)
 
 MAX_PARTS = 10000
+# How often a file waiting for its parts looks at the abandon flag (shutdown's drain time is over).
+ABANDON_POLL = 0.1
 # an upload abandoned because shutdown ran out of time (a worker between parts, or the sender)
 SHUTDOWN = Failure("shutdown", "stopped by shutdown, resumes at next start")
 
@@ -236,11 +239,75 @@ class FileBody:
         pass
 
 
+class DaemonThreads:
+    """Up to ``size`` daemon threads that run calls (part uploads; the sender's HEADs);
+    :meth:`submit` returns a ``concurrent.futures.Future`` (so ``wait()`` and asyncio's
+    ``run_in_executor`` take it).
+
+    Not a ThreadPoolExecutor: the interpreter joins its threads at exit (and ``asyncio.run`` joins
+    the loop's default one), so one request stuck on a slow link would hold the process long after
+    shutdown gave up on it. These are daemon threads, started as needed, and :meth:`close` waits
+    for them only up to a deadline.
+    """
+
+    def __init__(self, size: int, name: str):
+        self.size = max(1, size)
+        self.name = name
+        self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # released by a thread each time it waits for work
+        self._threads: List[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        f: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the {self.name} threads are closed")
+            self._q.put((f, fn, args))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self.size:
+                t = threading.Thread(target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                t.start()
+        return f
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            f, fn, args = item
+            if f.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as exc:  # the caller decides (it waits on the Future)
+                    f.set_exception(exc)
+                else:
+                    f.set_result(result)
+            del item, f, fn, args
+            self._idle.release()
+
+    def close(self, timeout: Optional[float] = None) -> List[str]:
+        """Take no more parts; each thread ends after the parts already queued. Waits at most
+        ``timeout`` seconds (None: until they end); returns the names of the threads still running."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._q.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return [t.name for t in threads if t.is_alive()]
+
+
 class Uploader:
     """Uploads files through a :class:`Remote`, recording multipart progress in the :class:`Store`.
 
     ``throttle(n)`` is called before ``n`` bytes are sent (bandwidth limit); ``abandon`` is set
-    when shutdown's drain time is over.
+    when shutdown's drain time is over: a multipart upload then stops between parts, and one
+    waiting for a part in flight stops waiting (within :data:`ABANDON_POLL`) and leaves that part
+    to end on its own thread; either way the upload id and the parts recorded stay for the next start.
     """
 
     def __init__(self, remote: Remote, store: Store, settings: Callable[[], Settings], part_workers: int = 4,
@@ -252,10 +319,12 @@ class Uploader:
         self.throttle = throttle or (lambda n: None)
         self.abandon = abandon or threading.Event()
         self.clock = clock
-        self._parts = ThreadPoolExecutor(max_workers=max(1, part_workers), thread_name_prefix="part")
+        self._parts = DaemonThreads(part_workers, name="part")
 
-    def close(self) -> None:
-        self._parts.shutdown(wait=True, cancel_futures=True)
+    def close(self, timeout: Optional[float] = None) -> List[str]:
+        """Stop the part threads, waiting at most ``timeout`` seconds (None: until the parts queued
+        are done); returns the names of those still running (a part abandoned in flight)."""
+        return self._parts.close(timeout)
 
     # -- one file -------------------------------------------------------------------------------
     def upload(self, job: Job) -> Outcome:
@@ -461,12 +530,17 @@ class Uploader:
         etags: Dict[int, str] = {n: p.etag for n, p in have.items()}
         todo = [n for n in range(1, count + 1) if n not in have]
 
-        def send(n: int) -> None:
-            if self.abandon.is_set():
-                raise Abandoned()
-            off = (n - 1) * part_size
-            length = min(part_size, size - off)
-            data = _pread(fd, length, off)
+        def send(n: int, part_fd: int) -> None:
+            # part_fd is this part's own descriptor (a dup): the file's may be closed while an
+            # abandoned part is still on its thread, and a closed number can be reused for another file
+            try:
+                if self.abandon.is_set():
+                    raise Abandoned()
+                off = (n - 1) * part_size
+                length = min(part_size, size - off)
+                data = _pread(part_fd, length, off)
+            finally:
+                os.close(part_fd)
             if len(data) != length:
                 raise Changed("file shrank while it was being read")
             d = hashlib.md5(data).digest()
@@ -483,12 +557,12 @@ class Uploader:
             error: Optional[BaseException] = None
             for n in todo:  # at most max_concurrency parts of this file in flight
                 if len(inflight) >= cfg.max_concurrency:
-                    done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+                    done, inflight = self._wait_parts(inflight, FIRST_COMPLETED)
                     error = _first_error(done)
                     if error is not None:
                         break
-                inflight.add(self._parts.submit(send, n))
-            done, _ = wait(inflight)  # parts in flight finish (and are recorded) before deciding
+                inflight.add(self._submit_part(send, n, fd))
+            done, _ = self._wait_parts(inflight, ALL_COMPLETED)  # parts in flight are recorded before deciding
             error = error or _first_error(done)
             if error is not None:
                 raise error
@@ -523,6 +597,24 @@ class Uploader:
         # we computed from the bytes sent, whatever the server's ETag is (opaque with SSE-KMS): cleanup
         # hashes the file the same way before it removes it
         return expected, info.etag or etag or expected
+
+    def _submit_part(self, send: Callable[[int, int], None], n: int, fd: int) -> Future:
+        part_fd = os.dup(fd)
+        try:
+            return self._parts.submit(send, n, part_fd)
+        except BaseException:
+            os.close(part_fd)
+            raise
+
+    def _wait_parts(self, parts: Set[Future], return_when: str) -> Tuple[Set[Future], Set[Future]]:
+        """``wait(parts, return_when)``, but raise Abandoned as soon as ``abandon`` is set while a
+        part is still in flight: however slow the link, shutdown does not wait for its request."""
+        while True:
+            done, pending = wait(parts, timeout=ABANDON_POLL, return_when=return_when)
+            if not pending or (done and return_when == FIRST_COMPLETED):
+                return done, pending
+            if self.abandon.is_set():
+                raise Abandoned()
 
     def _resume(self, job: Job, part_size: int, cfg: Settings) -> Tuple[Optional[str], Dict[int, Part]]:
         """The parts of a recorded multipart upload that S3 still holds, if it can be resumed.

@@ -126,10 +126,11 @@ class Watcher:
     def is_alive(self) -> bool:
         return self._observer is not None and self._observer.is_alive()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the observer, waiting at most ``timeout`` seconds for its thread (a daemon thread)."""
         if self._observer is not None:
             self._observer.stop()
-            self._observer.join(timeout=10)
+            self._observer.join(timeout=timeout)
             self._observer = None
         if self._lost_log is not None:
             self._lost_log.detach()
