@@ -212,7 +212,7 @@ def test_a_stop_waits_for_a_head_in_flight_and_a_cancel_abandons_it_as_stopped_b
     sender.cancel()
     wait_for(lambda: len(recorded) == 1, what="the abandoned HEAD recorded")
     assert recorded[0].kind == "failed" and recorded[0].failure.kind == "shutdown"
-    release.set()  # the HEAD's thread ends; the loop's executor is joined when the loop ends
+    release.set()  # the HEAD's (daemon) thread ends
     sender.thread.join(10)
     assert not sender.thread.is_alive()
 

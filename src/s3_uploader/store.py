@@ -375,7 +375,11 @@ class Store:
         self._stop.set()
         self._written.set()
         if self._committer is not None:
-            self._committer.join()
+            # it is asleep or in a commit, which the final commit below waits for anyway (under the
+            # lock); a deadline here only keeps a wedged thread from hiding that wait
+            self._committer.join(timeout=10.0)
+            if self._committer.is_alive():
+                log.warning("State database: the committer thread did not stop within 10 s; committing anyway")
             self._committer = None
         with self._lock:
             try:
