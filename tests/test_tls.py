@@ -194,7 +194,7 @@ def test_the_system_store_named_by_SSL_CERT_FILE_is_trusted_by_both_paths(tmp_pa
     _assert_once_sends_everything(tmp_path, tls_server, tls_bucket, {"SSL_CERT_FILE": str(pki["ours"][2])})
 
 
-def test_an_untrusted_certificate_stops_once_and_check_with_one_line_naming_the_endpoint(tmp_path, tls_server,
+def test_an_untrusted_certificate_stops_once_check_and_the_daemon_with_one_line_naming_the_endpoint(tmp_path, tls_server,
                                                                                          tls_bucket):
     # before: "S3 bucket ... does not exist or you don't have access (SSL validation failed ...)"
     cfg = _config(tmp_path, tls_server, tls_bucket)
@@ -209,6 +209,14 @@ def test_an_untrusted_certificate_stops_once_and_check_with_one_line_naming_the_
     r = cli("check", "-c", str(cfg), env=tls_server.env())
     assert r.returncode == 1, r.stdout + r.stderr
     assert want in r.stdout and "does not exist" not in r.stdout, r.stdout
+    # the daemon too: unlike an endpoint that does not answer, waiting would not help
+    daemon = DaemonProcess(cfg, env=tls_server.env())
+    try:
+        assert daemon.proc.wait(60) == 1, daemon.output()
+        out = daemon.output()
+        assert out.count(want) == 1 and "does not exist" not in out and "Traceback" not in out, out
+    finally:
+        daemon.close()
     assert _keys(tls_server, tls_bucket) == {}
 
 
