@@ -151,7 +151,7 @@ def cmd_once(cfg: Config, args: Any) -> int:
 
 
 def cmd_check(cfg: Config, args: Any) -> int:
-    from .remote import RemoteError, remote_from_config
+    from .remote import TLS_CODE, RemoteError, remote_from_config
     ok = True
     print(f"Config OK: {cfg.source}")
     root = cfg.watch_root
@@ -185,7 +185,8 @@ def cmd_check(cfg: Config, args: Any) -> int:
         print(f"S3 bucket OK: s3://{cfg.s3.bucket}/{cfg.s3.prefix} ({where})")
         remote.close()
     except RemoteError as exc:
-        print(f"S3 bucket {cfg.s3.bucket} does not exist or you don't have access ({exc.reason})")
+        print(exc.reason if exc.code == TLS_CODE else
+              f"S3 bucket {cfg.s3.bucket} does not exist or you don't have access ({exc.reason})")
         ok = False
     except Exception as exc:  # e.g. a profile that does not exist
         print(f"S3 bucket {cfg.s3.bucket} cannot be checked ({' '.join(str(exc).split())})")

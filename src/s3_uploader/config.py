@@ -257,8 +257,10 @@ OPTIONS: Tuple[Option, ...] = (
            "~/.aws/credentials (same format); empty = the standard location.", reloadable=False),
     Option("s3", "addressing_style", _choice("auto", "path", "virtual"), "auto", "Bucket addressing: path "
            "style suits most S3-compatible servers.", reloadable=False),
-    Option("s3", "ca_bundle", PATH, "", "A PEM bundle to verify the endpoint's TLS certificate; empty = system "
-           "store.", reloadable=False),
+    Option("s3", "ca_bundle", PATH, "", "PEM file of the CAs that the endpoint's TLS "
+           "certificate must chain to, for every request (boto3 and obstore alike); empty = AWS_CA_BUNDLE, then "
+           "ca_bundle in the AWS profile, then the system trust store.", reloadable=False,
+           example="/etc/s3-uploader/private-ca.pem"),
     Option("s3", "transport", _choice("auto", "boto3", "obstore"), "auto", "How single PUTs are sent: obstore "
            "(Rust object_store, far less CPU per small file; Python >= 3.11) or boto3; auto = obstore when "
            "installed. Multipart, HEAD, list and delete always use boto3.", reloadable=False),

