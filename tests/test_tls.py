@@ -277,12 +277,12 @@ def test_a_running_daemon_reports_a_server_certificate_from_an_untrusted_CA_as_t
         # three small ones: three endpoint failures in a row would declare an outage
         after = ["after-1.jpg", "after-2.jpg", "after-3.jpg", "after.mp4"]
         make_files(tmp_path / "inbox", [(n, os.urandom(LARGE if n.endswith(".mp4") else SMALL)) for n in after])
-        want = f"failed (tls: TLS certificate of {server.endpoint} not trusted: "
+        want = f"failed: TLS trust problem (TLS certificate of {server.endpoint} not trusted: "
         for name in after:
-            daemon.wait_log(rf"Upload of {re.escape(name)} failed \(", timeout=60)
+            daemon.wait_log(rf"Upload of {re.escape(name)} failed", timeout=60)
         out = daemon.output()
         for name in after:
-            assert f"Upload of {name} {want}" in out, out[-3000:]
+            assert f"ERROR   Upload of {name} {want}" in out, out[-3000:]
         assert "network:" not in out, out[-3000:]
         assert "is not answering" not in out, out[-3000:]
         status = json.loads(cli("status", "--json", "-c", str(cfg), env=server.env()).stdout)

@@ -1296,9 +1296,10 @@ class Daemon:
             log.error("Upload of %s failed (%s); parked after %d attempt(s), %s", job.key, failure, job.attempt, when)
         elif quiet:
             log.debug("Upload of %s failed (%s); retry %d in %.1fs", job.key, failure, job.attempt, d.delay)
-        elif failure.kind in ("auth", "no_bucket"):
-            log.error("Upload of %s failed: %s problem (%s); retrying in %.0fs", job.key,
-                      "credentials/permission" if failure.kind == "auth" else "bucket", failure.message, d.delay)
+        elif failure.kind in ("auth", "no_bucket", "tls"):
+            what = {"auth": "credentials/permission", "no_bucket": "bucket", "tls": "TLS trust"}[failure.kind]
+            log.error("Upload of %s failed: %s problem (%s); retrying in %.0fs", job.key, what, failure.message,
+                      d.delay)
         elif job.attempt > up.max_retries:  # an outage (network, throttling): waits without being parked
             log.warning("Upload of %s failed (%s); endpoint problem, not parked: retry %d in %.1fs", job.key,
                         failure, job.attempt, d.delay)
