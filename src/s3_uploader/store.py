@@ -44,6 +44,7 @@ batch at a time over a partial index (``[daemon] forget_after``). A migration th
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -228,6 +229,20 @@ def collision_message(rel: str, key: str, holder: str, holder_state: str) -> str
             f"parked (rename one of them)")
 
 
+@contextlib.contextmanager
+def _migration(conn: sqlite3.Connection, version: int) -> Iterator[None]:
+    """One schema step in one transaction, ending at ``version``: all of it or none (a failure
+    leaves the database as it was, and the next start tries again)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(version),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _migrate_v1(conn: sqlite3.Connection, now: float) -> None:
     """Schema 1 -> 2, in one transaction, every row kept: ``key`` becomes nullable and UNIQUE.
 
@@ -238,8 +253,7 @@ def _migrate_v1(conn: sqlite3.Connection, now: float) -> None:
     a collision, due at once, so the daemon gives it its own key under the current mapping or
     says which file holds it; a deleted or archived one (nothing left to send) just keeps no key.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _migration(conn, 2):
         conn.execute(_FILES_TABLE.format(name="files_v2"))
         conn.execute(f"INSERT INTO files_v2({_ALL_COLUMNS}) SELECT {_ALL_COLUMNS} FROM files")
         shared = [k for (k,) in conn.execute("SELECT key FROM files_v2 GROUP BY key HAVING count(*) > 1")]
@@ -262,26 +276,15 @@ def _migrate_v1(conn: sqlite3.Connection, now: float) -> None:
                 log.error("%s", message)
         conn.execute("DROP TABLE files")
         conn.execute("ALTER TABLE files_v2 RENAME TO files")
-        conn.execute("UPDATE meta SET value = '2' WHERE name = 'schema_version'")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _migrate_v2(conn: sqlite3.Connection) -> None:
     """Schema 2 -> 3, in one transaction, every row kept: the indexes, ``state_counts`` and its
     triggers are added and the rows counted once (the last time anything counts them)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _migration(conn, 3):
         for statement in _statements(_SCHEMA):
             conn.execute(statement)
         _recount(conn)
-        conn.execute("UPDATE meta SET value = '3' WHERE name = 'schema_version'")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _recount(conn: sqlite3.Connection) -> None:
