@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import DaemonProcess, write_config  # noqa: E402
+from helpers import DaemonProcess, cannot_run, write_config  # noqa: E402
 
 from s3_uploader.embedded import LocalS3  # noqa: E402
 
@@ -127,3 +128,19 @@ def _close_workspaces(request):
     ws = request.node.funcargs.get("workspace")
     if isinstance(ws, Workspace):
         ws.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 16 MiB tmpfs (another filesystem than tmp_path's; needs root and mount); unmounted after."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        cannot_run(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    try:
+        if os.lstat(mnt).st_dev == os.lstat(tmp_path).st_dev:
+            cannot_run("the tmpfs is on the same device as the test folder")
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

@@ -526,6 +526,27 @@ def test_a_file_replaced_by_rename_after_the_quarantine_rename_is_kept_and_only_
     assert world.remote.objects["site/a.log"][0] == b"version 1"  # what was deleted is what S3 has
 
 
+def test_a_new_file_recorded_at_the_name_while_the_quarantined_one_is_proven_keeps_both_and_its_row(world):
+    """Found by review: while the quarantined file was hashed, a recorder wrote a new file at the
+    freed name and the daemon recorded it (and could send it) to the same key; the pass then
+    unlinked the old file and marked the new file's row deleted. The unlink now happens only if the
+    row still records what was proven, under the store's lock."""
+    p = world.file("a.log", b"version 1")
+
+    def recorder(moment, rel):
+        if moment == "quarantined":
+            p.write_bytes(b"version 2, a new file")
+            st = os.lstat(p)
+            world.store.discover("a.log", "site/a.log", st.st_size, st.st_mtime_ns, st.st_ino)
+
+    world.cleaner.at = recorder
+    res = world.run()
+    assert p.read_bytes() == b"version 2, a new file"
+    assert [q.read_bytes() for q in quarantined(world.root)] == [b"version 1"]  # kept, hidden, said
+    assert res.freed_files == 0
+    assert world.state("a.log") == "pending"  # the new file's row, never marked removed
+
+
 def test_a_file_rewritten_in_place_with_its_size_and_mtime_restored_is_kept_because_its_md5_differs(world):
     p = world.file("a.bin", b"AAAA")
     st = os.lstat(p)
@@ -612,22 +633,6 @@ def test_a_quarantined_file_that_no_row_describes_is_kept_and_never_uploaded_twi
 def q_of(p: Path) -> Path:
     (q,) = quarantined(p.parent)
     return q
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A 16 MiB tmpfs (another filesystem than tmp_path's; needs root and mount); unmounted after."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        cannot_run(f"cannot mount a tmpfs here ({r.stderr.strip()})")
-    try:
-        if os.lstat(mnt).st_dev == os.lstat(tmp_path).st_dev:
-            cannot_run("the tmpfs is on the same device as the test folder")
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_archive_to_another_filesystem_copies_verifies_and_keeps_the_mtime(world, tmpfs):

@@ -74,7 +74,7 @@ def test_a_new_file_whose_key_another_row_holds_is_parked_never_skipped(tmp_path
         assert (rec.key, rec.state, rec.error_kind) == ("new.txt", "pending", None)
 
 
-def test_a_new_file_at_a_deleted_or_archived_path_takes_its_own_key_and_a_changed_file_keeps_its_key(tmp_path):
+def test_a_new_file_at_a_deleted_or_archived_path_and_a_changed_uploaded_file_take_their_own_key(tmp_path):
     with Store(tmp_path / "s.db") as st:
         for rel, key in (("app.log", "2020/09/13/app.log"), ("b.log", "2020/09/13/b.log"),
                          ("c.log", "2020/09/13/c.log")):
@@ -85,8 +85,12 @@ def test_a_new_file_at_a_deleted_or_archived_path_takes_its_own_key_and_a_change
         st.mark_removed("b.log", "archived")
         assert st.discover("app.log", "2020/09/17/app.log", 2, 2, 2).key == "2020/09/17/app.log"
         assert st.discover("b.log", "2020/09/17/b.log", 2, 2, 2).key == "2020/09/17/b.log"
-        # modified in place after its upload: the same object, as documented
-        assert st.discover("c.log", "2020/09/17/c.log", 2, 2, 1).key == "2020/09/13/c.log"
+        # a new version of an uploaded file (changed in place or replaced: inode numbers are reused, so
+        # they cannot be told apart) takes its own day's key; the earlier day's object is never replaced
+        assert st.discover("c.log", "2020/09/17/c.log", 2, 2, 1).key == "2020/09/17/c.log"
+        # a waiting row keeps its key (nothing of it is in S3; an open multipart upload is that key's)
+        st.discover("w.log", "2020/09/13/w.log", 1, 1, 9)
+        assert st.discover("w.log", "2020/09/17/w.log", 2, 2, 9).key == "2020/09/13/w.log"
         # the old day's object of app.log belongs to nobody now, and stays in S3 untouched
         assert not st.has_key("2020/09/13/app.log")
 
@@ -288,6 +292,65 @@ def test_a_reused_path_under_a_dated_prefix_gets_its_own_days_key(workspace, s3_
     assert r.returncode == 0, r.stderr[-3000:]
     assert get_bytes(s3_client, workspace.bucket, "2020/09/13/app.log") == b"monday's log"
     assert get_bytes(s3_client, workspace.bucket, "2020/09/17/app.log") == b"friday's log"
+
+
+@pytest.mark.parametrize("how", ["replaced by another program", "rewritten in place"])
+def test_a_new_version_of_an_uploaded_file_from_another_day_never_replaces_the_earlier_days_object(
+        workspace, s3_client, how):
+    """Found by review: a recorder deleting its own old clip (our cleanup off) and writing a new one
+    at the same name, days later, sent it to the old day's key, over that clip's only copy. A file
+    replaced and a file rewritten in place cannot be told apart (inode numbers are reused), so
+    every new version of an uploaded file takes its own day's key."""
+    day1 = time.mktime((2020, 9, 13, 12, 0, 0, 0, 0, -1))
+    day5 = time.mktime((2020, 9, 17, 12, 0, 0, 0, 0, -1))
+    clip = workspace.inbox / "cam1" / "clip001.mp4"
+    clip.parent.mkdir()
+    clip.write_bytes(b"monday's clip")
+    os.utime(clip, (day1, day1))
+    workspace.config(s3={"prefix": "{yyyy}/{mm}/{dd}"})
+    assert once(workspace).returncode == 0
+    if how == "replaced by another program":
+        clip.unlink()  # the recorder's own ring buffer; the next file may reuse the inode number
+        clip.write_bytes(b"friday's clip, longer")
+    else:
+        with open(clip, "r+b") as f:
+            f.write(b"friday's clip, longer")
+    os.utime(clip, (day5, day5))
+    r = once(workspace)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert get_bytes(s3_client, workspace.bucket, "2020/09/13/cam1/clip001.mp4") == b"monday's clip"
+    assert get_bytes(s3_client, workspace.bucket, "2020/09/17/cam1/clip001.mp4") == b"friday's clip, longer"
+    # and on the same day the same name is the same key (the prefix says so): replaced
+    clip.write_bytes(b"friday's second clip")
+    os.utime(clip, (day5 + 60, day5 + 60))
+    assert once(workspace).returncode == 0
+    assert get_bytes(s3_client, workspace.bucket, "2020/09/17/cam1/clip001.mp4") == b"friday's second clip"
+
+
+def test_a_file_whose_mtime_no_calendar_can_hold_is_uploaded_under_the_nearest_date_and_stops_nothing(
+        workspace, s3_client, tmpfs):
+    """Found by review: under a dated prefix, ``touch -d @99999999999999999`` on a filesystem that
+    stores it (tmpfs, btrfs; ext4 clamps) made time.localtime raise in the scanner: the thread died,
+    and the daemon with it, at every restart."""
+    inbox = tmpfs / "inbox"
+    inbox.mkdir()
+    make_files(inbox, [("bad.txt", b"from the far future"), ("good.txt", b"today")])
+    os.utime(inbox / "bad.txt", (99999999999999999, 99999999999999999))
+    try:
+        time.localtime(os.stat(inbox / "bad.txt").st_mtime)
+        cannot_run("this tmpfs clamps mtimes, so the case cannot be made here")
+    except (OverflowError, OSError, ValueError):
+        pass
+    workspace.config(watch={"directory_to_watch": inbox}, s3={"prefix": "{yyyy}/{mm}/{dd}"})
+    r = once(workspace)
+    assert r.returncode == 0, r.stderr[-3000:]
+    keys = list_keys(s3_client, workspace.bucket)
+    # its mtime is held within 64-bit nanoseconds (the year 2262), and dated from there
+    day = time.strftime("%Y/%m/%d", time.localtime((2 ** 63 - 1) / 1e9))
+    assert keys[f"{day}/bad.txt"] == len(b"from the far future")
+    assert len(keys) == 2
+    assert once(workspace).returncode == 0  # and it is not seen as changed at every scan
+    assert "bad.txt" not in once(workspace).stderr
 
 
 def test_a_long_keyed_file_rechecked_retried_and_reloaded_never_stops_the_daemon(workspace, s3_client):

@@ -48,6 +48,7 @@ from . import tree
 from .config import FreeSpace
 from .keys import key_folder
 from .remote import ObjectInfo, Remote, clean_etag, multipart_etag
+from .scanner import mtime_ns_of, signature_of
 from .store import WAITING_STATES, IllegalTransition, Record, Store, display, enc
 from .uploader import part_size_for
 
@@ -138,7 +139,7 @@ class LocalState:
 
     @classmethod
     def from_lstat(cls, st: os.stat_result) -> "LocalState":
-        return cls(True, True, stat_mod.S_ISREG(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return cls(True, True, stat_mod.S_ISREG(st.st_mode), st.st_size, mtime_ns_of(st), st.st_ino, st.st_dev)
 
 
 @dataclass(frozen=True)
@@ -458,7 +459,7 @@ class Cleaner:
             return
         log.info("Local copy of %s is already gone; S3 has %s", display(rec.rel), rec.key)
         try:
-            self.store.mark_removed(rec.rel, "deleted")
+            self.store.mark_removed(rec.rel, "deleted", rec.signature)
             res.forgotten += 1
         except IllegalTransition:
             pass
@@ -528,7 +529,10 @@ class Cleaner:
                 return
         # the file is gone (or archived) only now that S3 holds it; a crash here leaves the row
         # 'uploaded' and the next pass finds the file gone and the object present
-        self.store.mark_removed(rel, "archived" if dest else "deleted")
+        try:
+            self.store.mark_removed(rel, "archived" if dest else "deleted", rec.signature)
+        except IllegalTransition:  # a new file at the name recorded meanwhile: its row is its own
+            log.info("Cleanup: %s was removed; the row now describes a newer file", display(rel))
         res.freed_files += 1
         res.freed_bytes += rec.size
         if dest:
@@ -566,10 +570,23 @@ class Cleaner:
                 raise _Keep(CONTENT_DIFFERS, problem, requeue=now)
             if s.action == "archive":
                 return self._archive(folder, qname, fd, st, rec, s)
-            folder.unlink(qname)
+            self._unlink_proven(folder, qname, rec)
             return None
         finally:
             os.close(fd)
+
+    def _unlink_proven(self, folder: tree.Folder, qname: str, rec: Record) -> None:
+        """Unlink the quarantined file, if its row still records what was proven: uploaded, with the
+        signature and ETag of ``rec``, and no upload of the path in flight. Checked under the
+        store's lock, so no row moves between the check and the unlink: while the file was being
+        hashed (seconds, for a large clip) a new file may have appeared at the freed name and been
+        recorded, even sent, to the same key; then this one is kept (raises :class:`_Keep`)."""
+        with self.store.locked():
+            cur = self.store.get(rec.rel)
+            if (cur is None or cur.state != "uploaded" or cur.signature != rec.signature or cur.etag != rec.etag
+                    or self.is_busy(rec.rel)):
+                raise _Keep(BUSY, "another file took its name and its row meanwhile", level=logging.WARNING)
+            folder.unlink(qname)
 
     def _put_back(self, folder: tree.Folder, qname: str, name: str, rel: str) -> None:
         """Give the quarantined file its name back, never over a file that took the name meanwhile;
@@ -592,7 +609,7 @@ class Cleaner:
             st = folder.lstat(name)
         except OSError:
             return False
-        return (st.st_ino, st.st_size, st.st_mtime_ns) == (local.inode, local.size, local.mtime_ns)
+        return signature_of(st) == local.signature
 
     def _archive(self, folder: tree.Folder, qname: str, fd: int, st: os.stat_result, rec: Record,
                  s: CleanupSettings) -> str:
@@ -620,7 +637,7 @@ class Cleaner:
             elif not self._link_into(folder, qname, dest, name, st):
                 self._copy_into(fd, st, rec, dest, name, s, folder, qname)
             dest.fsync()
-        folder.unlink(qname)
+        self._unlink_proven(folder, qname, rec)
         return dest_path
 
     @staticmethod
@@ -756,7 +773,7 @@ class Cleaner:
             return
         if not stat_mod.S_ISREG(st.st_mode):
             return
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        sig = signature_of(st)
         name = tree.original_name(qname)
         if name is None:  # a name too long to embed: the row in this folder with its signature
             name = next((r.rel.rsplit("/", 1)[-1] for r in self.store.in_dir(rel_dir).values()
@@ -789,7 +806,10 @@ class Cleaner:
                 self._leftover.add(rel_dir)
                 log.warning("Cleanup: kept %s as %s (%s)", display(rel), os.path.join(folder.path, qname), exc)
                 return
-            self.store.mark_removed(rel, "archived" if dest else "deleted")
+            try:
+                self.store.mark_removed(rel, "archived" if dest else "deleted", rec.signature)
+            except IllegalTransition:
+                pass  # a newer file's row: its own
             log.info("Cleanup: finished the interrupted removal of %s (S3 has %s)", display(rel), rec.key)
             return
         self._leftover.add(rel_dir)

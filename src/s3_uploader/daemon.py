@@ -738,8 +738,8 @@ class Daemon:
                 continue  # the upload's own re-check catches the change
             if state == "uploaded":
                 log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
-            # the key of a new file at a deleted/archived path comes from its own mtime; a file
-            # changed in place keeps its stored key (the store decides which)
+            # a new version of a file in S3 takes the key of its own mtime; a waiting row keeps its
+            # key (the store decides which)
             r = self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino,
                                     retry_at=self._collision_retry_at())
             if r.key is None:

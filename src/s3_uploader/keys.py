@@ -133,9 +133,9 @@ class KeyMaker:
         if not self.template:
             return name
         if "{" in self.template:
-            t = time.localtime(mtime)
-            prefix = self.template.format(hostname=self.hostname, yyyy=f"{t.tm_year:04d}", mm=f"{t.tm_mon:02d}",
-                                          dd=f"{t.tm_mday:02d}").strip("/")
+            year, month, day = local_date(mtime)
+            prefix = self.template.format(hostname=self.hostname, yyyy=f"{year:04d}", mm=f"{month:02d}",
+                                          dd=f"{day:02d}").strip("/")
         else:
             prefix = self.template
         return f"{prefix}/{name}" if prefix else name
@@ -145,6 +145,17 @@ class KeyMaker:
         """The part of the prefix before any placeholder: every key of ours starts with it."""
         head = self.template.split("{", 1)[0]
         return head
+
+
+def local_date(mtime: float) -> "tuple[int, int, int]":
+    """(year, month, day) of ``mtime`` in local time; a time the platform cannot represent (a camera
+    with no clock, a corrupt timestamp: tmpfs and btrfs store any) gives the nearest date that
+    exists, 9999-12-31 or 1970-01-01, so one file's mtime never stops a scan."""
+    try:
+        t = time.localtime(mtime)
+        return t.tm_year, t.tm_mon, t.tm_mday
+    except (OverflowError, OSError, ValueError):
+        return (9999, 12, 31) if mtime > 0 else (1970, 1, 1)
 
 
 def key_problem(key: str) -> Optional[str]:

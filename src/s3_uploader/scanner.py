@@ -42,7 +42,22 @@ class FileStat(NamedTuple):
 
     @classmethod
     def from_stat(cls, rel: str, st: os.stat_result) -> "FileStat":
-        return cls(rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return cls(rel, st.st_size, mtime_ns_of(st), st.st_ino, st.st_dev)
+
+
+_NS_MAX = 2 ** 63 - 1
+
+
+def mtime_ns_of(st: os.stat_result) -> int:
+    """A stat result's mtime in ns, held within SQLite's 64-bit integers (tmpfs and btrfs store a time
+    past the year 2262; ext4 clamps it). Every stage takes a file's mtime through this one rule, so
+    the version found, the version read and the version recorded compare equal."""
+    return max(-_NS_MAX - 1, min(st.st_mtime_ns, _NS_MAX))
+
+
+def signature_of(st: os.stat_result) -> Tuple[int, int, int]:
+    """(size, mtime_ns, inode): the version of a file, as every stage compares it."""
+    return (st.st_size, mtime_ns_of(st), st.st_ino)
 
 
 _KIND = {stat_mod.S_IFIFO: "a FIFO", stat_mod.S_IFSOCK: "a socket", stat_mod.S_IFCHR: "a character device",
@@ -182,7 +197,7 @@ class Scanner:
             # cleanup is removing (its quarantine name) is never one to upload, even with skip_hidden off
             if self.filters.name_allowed(name, rel) and not is_quarantine_name(name):
                 st = entry.stat(follow_symlinks=False)
-                files.append(FileStat(rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev))
+                files.append(FileStat(rel, st.st_size, mtime_ns_of(st), st.st_ino, st.st_dev))
             return
         if entry.is_symlink():
             if self.filters.skip_hidden and name.startswith("."):

@@ -587,10 +587,13 @@ class Store:
         """Record a new file as pending, or move a finished/stuck row whose file changed back to
         pending with the new signature. Returns the row.
 
-        ``key`` is the key the file would get now (from its own mtime). A row that holds a key keeps
-        it (it was decided once: a file changed in place goes to the same object), except a deleted
-        or archived row: the file now at its path is a new file and takes ``key`` (under a dated
-        prefix, its own day's). A new row, a deleted/archived one or one parked for a collision
+        ``key`` is the key the file would get now (from its own mtime). A waiting row keeps the key
+        it holds (nothing of it is in S3 yet, and an open multipart upload belongs to that key). A
+        row whose file is in S3 (uploaded, deleted or archived) and now describes another version
+        takes ``key``: under a dated prefix the new version goes to its own day's key and the
+        earlier day's object, perhaps its only copy, is never replaced (whether the file was changed
+        in place or replaced by another cannot be told apart: inode numbers are reused); without
+        placeholders, or on the same day, ``key`` is the same key. A new row, a deleted/archived one or one parked for a collision
         whose ``key`` another row holds is (left) parked without a key, due again at ``retry_at``,
         with ``last_error`` saying which file holds it (:func:`collision_message`): check
         ``Record.key is None``.
@@ -606,8 +609,9 @@ class Store:
                                 (raw, enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
                 return self.get(rel)  # type: ignore[return-value]
             new_key = old.key
-            if old.key is None or old.state in ("deleted", "archived"):
-                new_key = key  # a new file (or one that never had a key): its own key, decided now
+            if old.key is None or old.state in ("deleted", "archived") or (
+                    old.state == "uploaded" and old.signature != (size, mtime_ns, inode)):
+                new_key = key  # another version (or one that never had a key): its own key, decided now
                 if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, old):
                     return self.get(rel)  # type: ignore[return-value]
             if old.state != "pending":
@@ -759,9 +763,22 @@ class Store:
         """uploading -> pending: the file changed while it was read; it will be checked again."""
         self._move(rel, "pending", size=size, mtime_ns=mtime_ns, inode=inode)
 
-    def mark_removed(self, rel: str, state: str) -> None:
-        """uploaded -> deleted or archived (cleanup), after S3 proved the object."""
-        self._move(rel, state)
+    def mark_removed(self, rel: str, state: str, signature: Optional[Tuple[int, int, int]] = None) -> None:
+        """uploaded -> deleted or archived (cleanup), after S3 proved the object; with ``signature``,
+        only a row that still describes that version (a newer file at the path has a row of its own
+        that must not say it was removed). IllegalTransition otherwise."""
+        if signature is None:
+            self._move(rel, state)
+            return
+        sql, sources = self._move_sql(state, ())
+        sql = sql.replace("WHERE path = ?", "WHERE size = ? AND mtime_ns = ? AND inode = ? AND path = ?")
+        if self._write(sql, (state, self.clock(), *signature, enc(rel), *sources)).rowcount != 1:
+            raise IllegalTransition(f"{display(rel)}: its row no longer describes the version removed")
+
+    def locked(self) -> Any:
+        """The store's lock, for a caller that must act on a row with no write in between (cleanup's
+        unlink of the file a row records). Hold it briefly."""
+        return self._lock
 
     def forget(self, rel: str) -> None:
         """Drop the row of a file that vanished before it was uploaded (nothing to send any more)."""

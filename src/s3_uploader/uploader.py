@@ -34,7 +34,7 @@ from .logs import per_file
 from .proof import is_md5_form, multipart_problem, single_put_problem
 from .remote import PutOptions, Remote, multipart_etag
 from .retry import Failure, classify
-from .scanner import FileStat
+from .scanner import FileStat, signature_of
 from .store import Part, Store, StoreError, display
 
 log = logging.getLogger(__name__)
@@ -431,7 +431,7 @@ class Uploader:
             st = os.fstat(fd)
             if not stat_mod.S_ISREG(st.st_mode):
                 raise Changed("no longer a regular file")
-            if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
+            if signature_of(st) != job.stat.signature:
                 raise Changed("changed after it was found stable")
         except BaseException:
             os.close(fd)
@@ -446,7 +446,7 @@ class Uploader:
     @staticmethod
     def _recheck_fd(fd: int, job: Job) -> None:
         st = os.fstat(fd)
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != job.stat.signature:
+        if signature_of(st) != job.stat.signature:
             raise Changed("changed while it was being read")
 
     @staticmethod
@@ -458,7 +458,7 @@ class Uploader:
                 pst = os.stat(job.path)
         except FileNotFoundError:
             raise Changed("renamed or removed while it was being read") from None
-        if (pst.st_size, pst.st_mtime_ns, pst.st_ino) != job.stat.signature:
+        if signature_of(pst) != job.stat.signature:
             raise Changed("replaced while it was being read")
 
     # -- single PUT -------------------------------------------------------------------------------
