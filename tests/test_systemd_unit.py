@@ -1,5 +1,5 @@
 """contrib/systemd/s3_uploader.service: accepted by systemd-analyze, Type=notify, hardened, reloadable,
-starts on any host, and README.md's ``systemctl edit`` drop-in gives it the real paths."""
+starts on any host, and the ``systemctl edit`` drop-in of docs/operations.md gives it the real paths."""
 from __future__ import annotations
 
 import os
@@ -76,14 +76,14 @@ def test_the_unit_is_a_hardened_notify_service_run_from_the_virtualenv():
     assert int(d["TimeoutStopSec"][0]) > 30
 
 
-README = UNIT.parent.parent.parent / "README.md"
+OPERATIONS = UNIT.parent.parent.parent / "docs" / "operations.md"
 
 
 def readme_drop_in() -> str:
-    """The ``systemctl edit`` drop-in README.md gives (its first ini block that sets ReadWritePaths)."""
-    blocks = README.read_text().split("```ini\n")[1:]
+    """The ``systemctl edit`` drop-in docs/operations.md gives (its first ini block that sets ReadWritePaths)."""
+    blocks = OPERATIONS.read_text().split("```ini\n")[1:]
     found = [b.split("```", 1)[0] for b in blocks if "ReadWritePaths=" in b]
-    assert found, "README.md shows no systemctl edit drop-in setting ReadWritePaths="
+    assert found, "docs/operations.md shows no systemctl edit drop-in setting ReadWritePaths="
     return found[0]
 
 
@@ -97,7 +97,7 @@ def effective(unit_text: str, drop_in: str, key: str) -> List[str]:
 
 
 def test_the_unit_grants_cap_lease_and_no_other_capability():
-    # the writer check's read lease on files of other users needs CAP_LEASE (README, Stability)
+    # the writer check's read lease on files of other users needs CAP_LEASE (docs/how-it-works.md, Stability)
     d = directives(UNIT.read_text())
     assert d["CapabilityBoundingSet"] == ["CAP_LEASE"]
     assert d["AmbientCapabilities"] == ["CAP_LEASE"]

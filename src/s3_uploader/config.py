@@ -4,7 +4,8 @@ Every option is a row of ``OPTIONS``: its section, key, type, default, whether a
 apply a change to it without a restart, and a one-line help. ``parse_config(text)`` turns INI text
 into a :class:`Config` or raises :class:`ConfigError` listing *every* problem at once (section, key,
 the bad value and what was expected); ``load_config(path)`` reads a file and resolves relative paths
-against the file's folder; ``render_example()`` writes ``config.example.ini`` from the same table.
+against the file's folder; ``render_example()`` writes ``config.example.ini`` and ``render_reference()``
+the reference ``docs/configuration.md`` from the same table.
 """
 from __future__ import annotations
 
@@ -538,4 +539,43 @@ def render_example() -> str:
                 lines.append(f"#{o.key} = {o.default}")
                 if o.example is not None:
                     lines.append(f"#   e.g. {o.key} = {o.example}")
+    return "\n".join(lines) + "\n"
+
+
+def render_reference() -> str:
+    """The text of docs/configuration.md: every option of the table as Markdown, one table per section.
+
+    Generated like config.example.ini (``make docs``); a test checks the committed file equals it.
+    """
+    def cell(text: str) -> str:  # a table cell: '|' would end it, '*' could start emphasis
+        return text.replace("|", "\\|").replace("*", "\\*")
+
+    def code(text: str) -> str:
+        return f"`{text}`" if text else "(empty)"
+
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from the config table (src/s3_uploader/config.py, OPTIONS) by `make docs`;",
+        "     do not edit: change the table and regenerate. -->",
+        "",
+        "`config.ini` is INI. `s3-uploader example-config` prints `config.example.ini`, the same keys with "
+        "their help, ready to edit. Durations are seconds or `30s`, `5m`, `2h`, `7d`; sizes are bytes or "
+        "`KB`/`MB`/`GB` (10^3) and `KiB`/`MiB`/`GiB` (2^10). Relative paths are relative to the config file's "
+        "folder. Credentials are never read from this file: they come from the AWS chain (environment, "
+        "`profile`, `credentials_file`, instance or task role).",
+        "",
+        "**Live** keys apply when the file is saved or on SIGHUP (see [Hot reload](operations.md#hot-reload)); "
+        "**restart** keys keep their running value until the daemon restarts. A bad value is an error naming "
+        "the section, the key, the value and what was expected (exit 2). What the keys act on: "
+        "[How it works](how-it-works.md), [Operations](operations.md).",
+    ]
+    for sec in SECTIONS:
+        lines += ["", f"## [{sec}]", "", "| key | default | expects | applies | what it does |",
+                  "|---|---|---|---|---|"]
+        for o in (o for o in OPTIONS if o.section == sec):
+            default = "required" if o.required else code(o.default)
+            applies = "live" if o.reloadable else "restart"
+            text = cell(o.help) + (f" Example: `{o.example}`." if o.example is not None else "")
+            lines.append(f"| `{o.key}` | {default} | {cell(o.type.describe)} | {applies} | {text} |")
     return "\n".join(lines) + "\n"
