@@ -156,7 +156,7 @@ class World:
         self.capacity: Optional[int] = None
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: self.settings,
                                free_space=self.disk, is_busy=lambda rel: rel in self.busy,
-                               is_being_written=lambda path, dev, ino: path in self.writing,
+                               is_being_written=lambda path, dev, ino, fresh: path in self.writing,
                                on_requeue=self.requeued.append)
 
     def disk(self, path: str):
@@ -344,7 +344,7 @@ def test_every_row_is_committed_before_its_file_is_removed(world, tmp_path):
     world.file("a.bin", b"1")
     seen = []
 
-    def probe(path, dev, ino):  # called before the removal (at the check and once quarantined): read with another connection
+    def probe(path, dev, ino, fresh):  # called before the removal (at the check and once quarantined): read with another connection
         with Store(tmp_path / "state.db", readonly=True) as other:
             seen.append(other.get("a.bin").state)
         return False

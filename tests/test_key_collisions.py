@@ -420,3 +420,16 @@ def test_a_file_whose_key_an_earlier_versions_row_holds_is_parked_by_the_running
     got = rows(workspace.state / "state.db")
     assert (got["a\udcff.dat"].key, got["a\udcff.dat"].state, got["a\udcff.dat"].error_kind) == \
         (None, "parked", "collision")
+
+
+def test_a_scan_that_finds_a_file_changed_while_a_worker_uploads_it_leaves_the_row_to_the_worker(tmp_path):
+    """Found by review: the scanner saw a changed signature, was pre-empted, a worker moved the row to
+    uploading, then the scan's discover moved it back to pending; the worker's finish raised
+    IllegalTransition and the worker thread's failure stopped the daemon."""
+    with Store(tmp_path / "s.db") as st:
+        st.discover("a.txt", "a.txt", 1, 1, 1)
+        st.start_upload("a.txt", 1, 1, 1)  # the worker has it
+        rec = st.discover("a.txt", "a.txt", 2, 2, 1)  # the scan's late look at the changed file
+        assert (rec.state, rec.signature) == ("uploading", (1, 1, 1))
+        st.requeue("a.txt", 2, 2, 1)  # the worker's re-check found the change: pending, new signature
+        assert (st.get("a.txt").state, st.get("a.txt").signature) == ("pending", (2, 2, 1))

@@ -336,3 +336,19 @@ def test_once_forgets_them_too_so_runs_from_cron_do_not_grow_the_database(worksp
     assert "new.mp4" in list_keys(s3_client, workspace.bucket)
     with Store(db, readonly=True) as store:
         assert store.get("old/deleted.mp4") is None and store.counts()["uploaded"] == 1
+
+
+def test_retries_scheduled_by_a_clock_that_has_since_gone_back_are_due_now(tmp_path):
+    """Found by review: a box that booted with its clock years ahead scheduled its retries then;
+    after NTP set it back they would wait, unseen, until the clock caught up."""
+    clock = [2_000_000_000.0]  # 2033
+    with Store(tmp_path / "s.db", clock=lambda: clock[0]) as store:
+        for rel, at in (("ahead.mp4", clock[0] + 60), ("soon.mp4", clock[0] + 60)):
+            store.discover(rel, rel, 1, 1, 1)
+            store.fail_upload(rel, "network", "down", at, park=False)
+        clock[0] = 1_800_000_000.0  # NTP: back to 2027
+        store.start_upload("soon.mp4", 1, 1, 1)  # tried again, failed again: scheduled by the right clock
+        store.fail_upload("soon.mp4", "network", "down", clock[0] + 60, park=False)
+        assert store.due_retries(clock[0], 10) == []
+        due = store.due_retries(clock[0], 10, horizon=3 * 3600)
+        assert [r.rel for r in due] == ["ahead.mp4"]

@@ -7,6 +7,7 @@ only have come from the kernel's lease check, never from the /proc sweep.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -164,3 +165,25 @@ def test_the_probe_says_when_it_is_blind_to_other_users_and_what_to_change(tmp_p
     off = probe(1 << CAP_LEASE, leases="0")
     assert "sysctl fs.leases-enable=1" in off.blind_spot()
     assert off.method() == "/proc"
+
+
+def test_a_fresh_look_sees_a_writer_that_opened_the_file_after_the_last_proc_sweep(tmp_path):
+    """Found by review: cleanup's second look (after the quarantine rename) reused the /proc sweep
+    of its first look, up to 0.5 s old, so a writer that opened the file in between was missed."""
+    root = tmp_path / "root"
+    root.mkdir()
+    p = root / "clip.mp4"
+    p.write_bytes(b"x")
+    st = os.stat(p)
+    now = [100.0]
+    probe = WriterProbe(str(root), ttl=0.5, clock=lambda: now[0], leases=False)  # /proc decides
+    assert probe.is_being_written(str(p), st.st_dev, st.st_ino) is False
+    # a writer (another process: our own descriptors are never a writer) opens it within the sweep's life
+    writer = subprocess.Popen([sys.executable, "-c", "import sys; f = open(sys.argv[1], 'ab'); print('open', flush=True); "
+                               "sys.stdin.read()", str(p)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        assert probe.is_being_written(str(p), st.st_dev, st.st_ino) is False  # the cached sweep
+        assert probe.is_being_written(str(p), st.st_dev, st.st_ino, fresh=True) is True
+    finally:
+        writer.communicate("", timeout=30)

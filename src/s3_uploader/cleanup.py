@@ -260,7 +260,7 @@ class Cleaner:
 
     ``settings`` is called at the start of every pass (so a reloaded config applies at the next
     pass). Seams, with real defaults: ``free_space(path) -> (total, used, free)`` (shutil.disk_usage),
-    ``is_busy(rel)`` (the daemon: an upload of it is in flight), ``is_being_written(path, dev, ino)``
+    ``is_busy(rel)`` (the daemon: an upload of it is in flight), ``is_being_written(path, dev, ino, fresh)``
     (a writer holds it open), ``on_requeue(rel)`` (the daemon: look at it now), ``stop`` (return
     between files when set).
 
@@ -273,7 +273,7 @@ class Cleaner:
     def __init__(self, root: os.PathLike, store: Store, remote: Remote, settings: Callable[[], CleanupSettings], *,
                  free_space: Callable[[str], Any] = shutil.disk_usage,
                  is_busy: Optional[Callable[[str], bool]] = None,
-                 is_being_written: Optional[Callable[[str, int, int], bool]] = None,
+                 is_being_written: Optional[Callable[[str, int, int, bool], bool]] = None,
                  on_requeue: Optional[Callable[[str], None]] = None,
                  stop: Optional[threading.Event] = None):
         self.root = str(root)
@@ -283,7 +283,7 @@ class Cleaner:
         self.settings = settings
         self.free_space = free_space
         self.is_busy = is_busy or (lambda rel: False)
-        self.is_being_written = is_being_written or (lambda path, dev, ino: False)
+        self.is_being_written = is_being_written or (lambda path, dev, ino, fresh=False: False)
         self.on_requeue = on_requeue or (lambda rel: None)
         self.stop = stop or threading.Event()
         self._cursor: Dict[str, Optional[Tuple[float, bytes]]] = {"age": None, "space": None}
@@ -466,7 +466,7 @@ class Cleaner:
 
     def _remove(self, rec: Record, local: LocalState, res: PassResult, s: CleanupSettings) -> None:
         rel, path = rec.rel, self.abspath(rec.rel)
-        if self.is_being_written(path, local.dev, local.inode):
+        if self.is_being_written(path, local.dev, local.inode, False):
             res.hold(rel, OPEN_FOR_WRITING)
             log.info("Cleanup: keeping %s (open for writing)", display(rel))
             return
@@ -563,7 +563,7 @@ class Cleaner:
             now = LocalState.from_lstat(st)
             if now.signature != rec.signature or (dev and st.st_dev != dev):
                 raise _Keep(FILE_MODIFIED, "changed during the pass", requeue=now, level=logging.INFO)
-            if self.is_being_written(os.path.join(folder.path, qname), st.st_dev, st.st_ino):
+            if self.is_being_written(os.path.join(folder.path, qname), st.st_dev, st.st_ino, True):
                 raise _Keep(OPEN_FOR_WRITING, "", level=logging.INFO)
             problem = _content_problem(fd, rec, s.multipart_chunksize, self.stop)
             if problem is not None:

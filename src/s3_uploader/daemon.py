@@ -959,7 +959,10 @@ class Daemon:
         room = self.tracker.capacity - len(self.tracker)
         if room <= 0:
             return
-        for rec in self.store.due_retries(self.wall(), room):
+        up = self.cfg.upload
+        # no delay we set is longer than this: a row due later was scheduled by a clock since set back
+        horizon = 2 * max(up.parked_retry_interval, up.retry_backoff_max) + 3600
+        for rec in self.store.due_retries(self.wall(), room, horizon):
             if self._is_inflight(rec.rel) or rec.rel in self.tracker:
                 continue
             # it was proven stable before it failed: the same signature now is enough

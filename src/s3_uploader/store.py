@@ -526,11 +526,18 @@ class Store:
                           (*states, after, limit))
         return [_record(r) for r in rows]
 
-    def due_retries(self, now: float, limit: int) -> List[Record]:
-        """Failed or parked rows whose next attempt is due, soonest first."""
+    def due_retries(self, now: float, limit: int, horizon: Optional[float] = None) -> List[Record]:
+        """Failed or parked rows whose next attempt is due, soonest first; with ``horizon``, also rows
+        scheduled more than ``horizon`` seconds ahead, further than any delay the daemon sets: the
+        wall clock was ahead when they were scheduled and has gone back since (a box that booted
+        with a wrong clock, then NTP), and they would otherwise wait, unseen, until it catches up."""
         rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE state IN ('failed', 'parked') "
                           "AND next_attempt_at IS NOT NULL AND next_attempt_at <= ? "
                           "ORDER BY next_attempt_at LIMIT ?", (now, limit))
+        if horizon is not None and len(rows) < limit:
+            rows += self._read(f"SELECT {_COLUMNS} FROM files WHERE state IN ('failed', 'parked') "
+                               "AND next_attempt_at > ? ORDER BY next_attempt_at DESC LIMIT ?",
+                               (now + horizon, limit - len(rows)))
         return [_record(r) for r in rows]
 
     def uploaded_page(self, order: str, after: Optional[Tuple[float, bytes]] = None, limit: int = 1000,
@@ -587,6 +594,8 @@ class Store:
         """Record a new file as pending, or move a finished/stuck row whose file changed back to
         pending with the new signature. Returns the row.
 
+        A row being uploaded (``uploading``) is returned as it is: its worker owns it.
+
         ``key`` is the key the file would get now (from its own mtime). A waiting row keeps the key
         it holds (nothing of it is in S3 yet, and an open multipart upload belongs to that key). A
         row whose file is in S3 (uploaded, deleted or archived) and now describes another version
@@ -608,6 +617,10 @@ class Store:
                                 "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
                                 (raw, enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
                 return self.get(rel)  # type: ignore[return-value]
+            if old.state == "uploading":
+                # a worker is sending it: the worker's re-check finds the change and requeues it (a
+                # scan that moved it back to pending here made the worker's finish an illegal move)
+                return old
             new_key = old.key
             if old.key is None or old.state in ("deleted", "archived") or (
                     old.state == "uploaded" and old.signature != (size, mtime_ns, inode)):

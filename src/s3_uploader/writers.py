@@ -61,10 +61,14 @@ class WriterProbe:
         self._fs_of_dev: Optional[Dict[int, str]] = None
         self._no_lease_devs: Dict[int, str] = {}  # dev -> why leases are not asked there
 
-    def is_being_written(self, path: str, dev: int, ino: int) -> bool:
+    def is_being_written(self, path: str, dev: int, ino: int, fresh: bool = False) -> bool:
         """True when some process has the file (``path``, expected to be ``dev``/``ino``) open for
         writing, as far as this process can tell (see :meth:`blind_spot`). Never blocks, never
-        follows a symlink, never opens anything outside the watched tree."""
+        follows a symlink, never opens anything outside the watched tree. ``fresh``: where /proc
+        decides, a sweep made now, not one up to ``ttl`` old (cleanup's last look before an unlink:
+        a writer that opened the file a moment ago must be seen)."""
+        if fresh:
+            self._cache = None
         if os.name == "nt":
             return _windows_locked(path)
         if not self.supported:
