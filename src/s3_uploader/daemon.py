@@ -50,7 +50,7 @@ from .remote import TLS_CODE, PutOptions, Remote, RemoteError
 from .retry import Failure, classify, decide_retry
 from .scanner import FileStat, Reporter, Scanner
 from .stability import Observation, Tracker, assess, unsettled_after
-from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
+from .store import DONE_STATES, DatabaseClaim, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
 from .outage import META_OUTAGE, Outage
 from .sender import AsyncSender
 from .uploader import IN_MEMORY_MAX, Abandoned, Job, Outcome, Settings, Uploader
@@ -178,6 +178,7 @@ class Daemon:
         self._waiting_logged: Dict[str, str] = {}
         self._lost_warned_at = float("-inf")
         self._endpoint_down_at_start: Optional[str] = None
+        self._claim: Optional[DatabaseClaim] = None  # one daemon per state database
         self._failure_logged: Dict[str, str] = {}  # rel -> failure kind last logged above DEBUG
         self.outage = Outage(cfg.s3.endpoint_url or "(AWS)", clock=clock, wall=wall, waiting=self._waiting_files,
                              on_change=self._outage_changed)
@@ -232,6 +233,7 @@ class Daemon:
             raise StartupError(f"Watch directory cannot be read (permission denied): {root}")
         if self._store is None:
             try:
+                self._claim = DatabaseClaim(self.cfg.daemon.db_path)
                 self._store = Store(self.cfg.daemon.db_path, clock=self.wall)
             except StoreError as exc:
                 raise StartupError(str(exc)) from None
@@ -494,6 +496,7 @@ class Daemon:
             ("closing the service notifier", self._close_service),
             ("writing out batched log lines", logs.flush),
             ("final commit of the state database", lambda: self.store.close()),
+            ("releasing the state database", lambda: self._claim and self._claim.release()),
             ("closing the S3 client", self._close_remote),
         ]
         for what, step in steps:

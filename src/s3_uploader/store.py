@@ -1029,6 +1029,45 @@ class Rebased(NamedTuple):
     clashes: List[Tuple[str, str, str]]
 
 
+class DatabaseClaim:
+    """One daemon (``run`` or ``once``) per state database at a time, held by a lock on the file
+    ``<db_path>.lock`` (flock; an exclusive byte lock on Windows) that the operating system drops
+    when the process ends, ``kill -9`` included. Two daemons on one database would each act on
+    rows the other is moving (a manual ``once`` finishing a running pass's cleanup, say), so the
+    second is refused with one line naming the first one's pid. ``status`` and ``check`` read
+    without it."""
+
+    def __init__(self, db_path: os.PathLike):
+        self.path = Path(str(db_path) + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a+")
+        except OSError as exc:
+            raise StoreError(f"State database lock {self.path} cannot be opened: {exc.strerror or exc}") from None
+        try:
+            if os.name == "nt":
+                import msvcrt
+                self._file.seek(0)
+                msvcrt.locking(self._file.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            else:
+                import fcntl
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "?"
+            self._file.close()
+            raise StoreError(f"State database {db_path} is in use by another s3-uploader (pid {holder}); one "
+                             f"process per database: stop that one, or give this one its own db_path") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # the lock goes with the descriptor
+
+
 def _parent(rel: str) -> str:
     return rel.rpartition("/")[0]
 
