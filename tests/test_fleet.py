@@ -15,7 +15,8 @@ def local_epoch(y: int, m: int, d: int, hh: int = 12) -> float:
     return time.mktime((y, m, d, hh, 0, 0, 0, 0, -1))
 
 
-def test_placeholders_come_from_the_host_and_each_files_mtime_and_the_key_is_kept(workspace, s3_client):
+def test_placeholders_come_from_the_host_and_each_files_mtime_and_a_new_version_gets_its_own_days_key(
+        workspace, s3_client):
     host = socket.gethostname().split(".")[0]
     make_files(workspace.inbox, [("cam1/a.mp4", b"first"), ("b.jpg", b"bee")])
     os.utime(workspace.inbox / "cam1/a.mp4", (local_epoch(2025, 12, 31), local_epoch(2025, 12, 31)))
@@ -27,14 +28,15 @@ def test_placeholders_come_from_the_host_and_each_files_mtime_and_the_key_is_kep
     first_key = f"fleet/{host}/2025/12/31/cam1/a.mp4"
     assert list_keys(s3_client, workspace.bucket) == {first_key: 5, f"fleet/{host}/2026/02/03/b.jpg": 3}
 
-    # the file is rewritten on another day: uploaded again, to the key it was given the first time
+    # the file is rewritten on another day: uploaded again, to that day's key; the first day's
+    # object, perhaps its only copy, stays
     (workspace.inbox / "cam1/a.mp4").write_bytes(b"second version")
     os.utime(workspace.inbox / "cam1/a.mp4", (local_epoch(2026, 3, 4), local_epoch(2026, 3, 4)))
     r = cli("once", "-c", str(workspace.config_path), env=env)
     assert r.returncode == 0, r.stderr
-    assert list_keys(s3_client, workspace.bucket, f"fleet/{host}/2026/03/") == {}
-    assert get_bytes(s3_client, workspace.bucket, first_key) == b"second version"
+    assert get_bytes(s3_client, workspace.bucket, f"fleet/{host}/2026/03/04/cam1/a.mp4") == b"second version"
+    assert get_bytes(s3_client, workspace.bucket, first_key) == b"first"
     # ls lists under the fixed part of the prefix, before the first placeholder
     r = cli("ls", "-c", str(workspace.config_path), env=env)
     assert r.returncode == 0, r.stderr
-    assert "2 object(s), 17 bytes under s3://" in r.stdout
+    assert "3 object(s), 22 bytes under s3://" in r.stdout
