@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from helpers import cli, get_bytes, list_keys, make_files, wait_for
 
@@ -38,14 +39,19 @@ def test_a_file_still_being_appended_to_is_uploaded_only_once_it_stops_changing(
     d.wait_log("Watching")
     path = workspace.inbox / "recording.mp4"
     chunks = []
-    # reopen for every append (no writer holds it open): only stability can hold it back
+    # reopen for every append (no writer holds it open): only stability can hold it back. The writer
+    # appends every 0.25 s for 3 s, twice stable_seconds, so a daemon that did not wait for the file to
+    # settle would upload it while it grows, which the check after each append catches.
+    started = time.monotonic()
     for i in range(12):
         chunk = os.urandom(1000)
         chunks.append(chunk)
         with open(path, "ab") as f:
             f.write(chunk)
-        wait_for(lambda: True, 0.1)  # a writer's pace; the assertion below is what matters
+        next_append = started + (i + 1) * 0.25
+        wait_for(lambda: time.monotonic() >= next_append, 5, interval=0.01, what="the writer's next append")
         assert "recording.mp4" not in list_keys(s3_client, workspace.bucket), "uploaded while still growing"
+    assert time.monotonic() - started >= 3.0
     d.wait_log(r"Successfully uploaded recording\.mp4 \(12000 bytes")
     assert get_bytes(s3_client, workspace.bucket, "recording.mp4") == b"".join(chunks)
     out = d.output()
@@ -83,8 +89,11 @@ def test_a_restart_sends_nothing_twice_and_a_modified_file_is_sent_again(workspa
     d.wait_log(r"Successfully uploaded d1/f1\.txt \(11 bytes")
     assert get_bytes(s3_client, workspace.bucket, "d1/f1.txt") == b"version two"
     assert d.stop() == 0
+    # the restarted daemon must have compared the whole tree with its database before it is stopped
+    # ("Watching" comes before its scanner starts): its first full scan finds 30 files, none to send
+    workspace.config(daemon={"log_level": "DEBUG"})
     d2 = workspace.start()
-    d2.wait_log("Watching")
+    d2.wait_log(r"Scan: 30 files, 0 to upload")
     assert d2.stop() == 0
     assert "Uploading" not in d2.output()
 

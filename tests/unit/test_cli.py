@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from helpers import cli, write_config
 import signal
+
+from helpers import cli, write_config
+
 from s3_uploader.cli import install_signals
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 from s3_uploader.config import (OPTIONS, ConfigError, FreeSpace, load_config, parse_config, parse_duration,
                                 parse_schedule, parse_size, render_example)
-from helpers import cli
 
 MINIMAL = "[watch]\ndirectory_to_watch = /data\n[s3]\nbucket = b-1\n"
 

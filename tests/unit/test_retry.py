@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import errno
 
+import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
-from s3_uploader.retry import backoff_delay, classify, decide_retry
-import pytest
-from s3_uploader.retry import Failure
+from s3_uploader.retry import Failure, backoff_delay, classify, decide_retry
 
 
 def client_error(code: str, status: int = 400) -> ClientError:

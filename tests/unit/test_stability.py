@@ -1,8 +1,7 @@
 """The pure stability decision and the bounded tracker, driven by an injected clock."""
 from __future__ import annotations
 
-from s3_uploader.stability import MIN_CHECK_INTERVAL, Tracker, assess, check_interval
-from s3_uploader.stability import unsettled_after
+from s3_uploader.stability import MIN_CHECK_INTERVAL, Tracker, assess, check_interval, unsettled_after
 
 SIG = (100, 1_000_000_000, 42)
 

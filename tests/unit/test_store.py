@@ -1,24 +1,24 @@
-"""The SQLite state machine: legal moves, illegal ones refused, durability across reopen."""
+"""The SQLite state machine: legal moves, illegal ones refused, durability across reopen, keys no two
+rows share, counts kept exact by triggers, and old rows forgotten at a cost that does not grow."""
 from __future__ import annotations
 
 import os
 import sqlite3
-
-import pytest
-from helpers import Clock, wait_for
-
-from s3_uploader.store import SOURCES, TRANSITIONS, IllegalTransition, Part, Store, StoreError
-from s3_uploader.store import SCHEMA_VERSION
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
+
+import pytest
+from helpers import Clock, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from s3_uploader.cli import status_data
 from s3_uploader.config import ConfigError, parse_config
 from s3_uploader.daemon import Daemon
-from s3_uploader.store import STATES, WAITING_STATES
+from s3_uploader.store import (SCHEMA_VERSION, SOURCES, STATES, TRANSITIONS, WAITING_STATES, IllegalTransition, Part,
+                               Store, StoreError)
 
 
 @pytest.fixture
@@ -143,9 +143,15 @@ def test_forget_only_drops_rows_that_never_reached_s3(store):
 
 def test_wal_mode_and_full_sync(tmp_path):
     s = Store(tmp_path / "s.db")
-    s.close()
+    try:
+        # synchronous is a setting of each connection: ask the store's own (2 is FULL: a commit is on
+        # disk before it returns, so a committed upload survives a power cut; NORMAL, 1, would not be)
+        assert s._read("PRAGMA synchronous") == [(2,)]
+        assert s._read("PRAGMA journal_mode") == [("wal",)]
+    finally:
+        s.close()
     c = sqlite3.connect(tmp_path / "s.db")
-    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # WAL is kept in the file itself
     c.close()
 
 

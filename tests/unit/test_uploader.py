@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Dict, List
 
 import pytest
 
@@ -10,7 +11,6 @@ from s3_uploader.remote import MemoryRemote, PutOptions
 from s3_uploader.scanner import FileStat
 from s3_uploader.store import Part, Store
 from s3_uploader.uploader import FileBody, Job, Settings, Uploader, part_size_for
-from typing import Dict, List
 
 MiB = 1024 * 1024
 SETTINGS = Settings(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=2,
