@@ -84,6 +84,8 @@ def outside(tmp_path) -> Path:
     return d
 
 
+# -- special files -------------------------------------------------------------------------------------
+
 def test_a_fifo_without_a_writer_hangs_nothing_and_is_reported_once(workspace, s3_client):
     good = make_files(workspace.inbox, GOOD)
     os.mkfifo(workspace.inbox / "pipe")
@@ -170,6 +172,8 @@ def test_an_unreadable_file_gets_a_clear_permission_error_and_is_parked_while_th
     assert "permission denied" in st["parked"][0]["error"]
 
 
+# -- files that change under the reader -------------------------------------------------------------------
+
 def start_held_after_first_part(workspace, proxy, name, size):
     """A multipart upload of ``name`` with its second part held at the proxy."""
     data = os.urandom(size)
@@ -208,6 +212,8 @@ def test_a_file_that_vanishes_while_being_sent_is_logged_and_nothing_half_sent_r
     assert d.stop() == 0
     assert status(workspace)["total"] == 0
 
+
+# -- odd but valid files ------------------------------------------------------------------------------------
 
 def test_a_sparse_file_is_uploaded_byte_identical_holes_as_zeros(workspace, s3_client):
     path = workspace.inbox / "sparse.img"
@@ -264,6 +270,8 @@ def test_a_zero_byte_file_is_uploaded(workspace, s3_client):
     assert r.returncode == 0, r.stderr[-3000:]
     assert list_keys(s3_client, workspace.bucket) == {"empty.flag": 0}
 
+
+# -- the state database ------------------------------------------------------------------------------------
 
 @pytest.fixture
 def tiny_state_disk(workspace):

@@ -33,6 +33,8 @@ def _job(path, rel):
     return Job(rel, str(path), rel, FileStat(rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev))
 
 
+# -- the daemon against AWS's answers for a KMS bucket ----------------------------------------------
+
 @pytest.mark.parametrize("transport", ["boto3", "obstore"])
 def test_a_bucket_with_default_sse_kms_gets_every_file_uploaded_and_cleaned_up_and_no_object_deleted(
         workspace, s3_server, s3_client, transport):
@@ -93,6 +95,8 @@ def test_the_same_opaque_etags_on_answers_that_say_the_object_is_not_encrypted_a
     for rel in files:
         assert (workspace.inbox / rel).exists()
 
+
+# -- 8c: what each server lists for a multipart object -------------------------------------------
 
 def test_a_multipart_upload_records_the_etag_the_listing_shows_and_an_older_record_is_not_proven_by_size(
         s3_server, bucket, tmp_path):

@@ -152,6 +152,8 @@ def test_a_broken_install_without_prometheus_client_is_one_clear_startup_error(w
     assert "Traceback" not in r.stderr
 
 
+# -- no client of the metrics port can pile up threads or hold the daemon up ----------------------------------
+
 def _answer(sock: socket.socket) -> bytes:
     """What the server has sent on ``sock`` so far (b"" while it has sent nothing, or closed)."""
     sock.setblocking(False)

@@ -106,6 +106,8 @@ def test_a_second_stop_signal_ends_the_drain_at_once(workspace, proxy, s3_client
     assert d.stop() == 0
 
 
+# -- in-process: threads that will not stop, steps that fail ----------------------------------------------
+
 def _daemon(workspace, **daemon_cfg) -> Daemon:
     workspace.config(watch={"use_events": "false"}, daemon={"shutdown_timeout": "1s", **daemon_cfg})
     return Daemon(load_config(workspace.config_path))

@@ -23,6 +23,8 @@ MD5 = hashlib.md5(b"ours").hexdigest()
 OTHER = hashlib.md5(b"other").hexdigest()
 
 
+# -- the rules ------------------------------------------------------------------------------------
+
 def test_only_kms_and_sse_c_objects_have_etags_that_are_not_their_md5():
     assert etag_is_md5(ObjectInfo("k", 1, MD5)) and etag_is_md5(ObjectInfo("k", 1, MD5, sse="AES256"))
     assert not etag_is_md5(ObjectInfo("k", 1, MD5, sse="aws:kms"))
@@ -75,6 +77,8 @@ def test_cleanup_proves_by_the_recorded_etag_or_md5_and_never_by_size_alone():
     assert etag_matches(_rec(None, "f" * 32), "f" * 32) is True  # the HEAD's ETag, recorded since
     assert etag_matches(_rec(None, mp), "") is None  # nothing listed to compare: the size decides
 
+
+# -- the uploader on a KMS bucket, in memory ----------------------------------------------------------
 
 @pytest.fixture
 def kms_uploader(tmp_path):

@@ -374,6 +374,8 @@ def gone(store: Store, rel: str, state: str) -> None:
     store.mark_removed(rel, state)
 
 
+# -- forgetting --------------------------------------------------------------------------------------------
+
 def test_rows_deleted_or_archived_longer_than_forget_after_ago_are_forgotten_and_the_rest_kept(tmp_path):
     clock = Clock(0.0)
     with Store(tmp_path / "state.db", clock=clock) as store:
@@ -418,6 +420,8 @@ def test_forget_after_zero_keeps_every_row_and_the_default_is_30_days(tmp_path):
             Daemon(cfg, store=store).forget_old_rows()
             assert {r.rel for r in store.iter_all()} == left  # a.mp4 deleted 40 days ago, b.mp4 now
 
+
+# -- counts through every kind of move ----------------------------------------------------------------------
 
 NAMES = ("a", "b", "c", "d", "e")
 
@@ -516,6 +520,8 @@ def test_a_version_2_database_is_migrated_keeping_every_row_and_counted_once(tmp
         store.finish_upload("f0", 1, 1, 1, "m", "m")
         assert store.counts() == counted(store)
 
+
+# -- what runs every few seconds costs the same at any size ----------------------------------------------
 
 def fill(db: Path, rows: int) -> None:
     """``rows`` rows, as months of a camera leave them: nearly all deleted, some uploaded, a few waiting,
