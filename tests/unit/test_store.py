@@ -1,0 +1,638 @@
+"""The SQLite state machine: legal moves, illegal ones refused, durability across reopen, keys no two
+rows share, counts kept exact by triggers, and old rows forgotten at a cost that does not grow."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from helpers import Clock, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from s3_uploader.cli import status_data
+from s3_uploader.config import ConfigError, parse_config
+from s3_uploader.daemon import Daemon
+from s3_uploader.store import (SCHEMA_VERSION, SOURCES, STATES, TRANSITIONS, WAITING_STATES, IllegalTransition, Part,
+                               Store, StoreError)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "state.db", clock=Clock())
+    yield s
+    s.close()
+
+
+def test_the_happy_path_pending_uploading_uploaded(store):
+    store.discover_many([("cam/a.mp4", "pre/cam/a.mp4", 10, 111, 7)])
+    assert store.get("cam/a.mp4").state == "pending"
+    store.start_upload("cam/a.mp4", 10, 111, 7)
+    store.finish_upload("cam/a.mp4", 10, 111, 7, "md5hex", "md5hex")
+    r = store.get("cam/a.mp4")
+    assert (r.state, r.key, r.md5, r.uploaded_at) == ("uploaded", "pre/cam/a.mp4", "md5hex", 1000.0)
+    assert store.counts()["uploaded"] == 1
+
+
+def test_illegal_moves_raise_and_change_nothing(store):
+    store.discover_many([("a", "a", 1, 1, 1)])
+    with pytest.raises(IllegalTransition):
+        store.finish_upload("a", 1, 1, 1, None, None)  # pending -> uploaded skips uploading
+    with pytest.raises(IllegalTransition):
+        store.mark_removed("a", "deleted")  # never delete what is not uploaded
+    assert store.get("a").state == "pending"
+
+
+def test_a_single_put_is_recorded_in_one_step_only_from_waiting_and_only_for_the_version_sent(store):
+    store.discover_many([(n, n, 1, 1, 1) for n in ("pending", "failed", "parked", "uploading", "other")])
+    store.start_upload("failed", 1, 1, 1)
+    store.fail_upload("failed", "network", "reset", 1001.0, park=False)
+    store.start_upload("parked", 1, 1, 1)
+    store.fail_upload("parked", "auth", "denied", None, park=True)
+    store.start_upload("uploading", 1, 1, 1)
+    moved = store.record_sent([(n, 1, 1, 1, "m" * 32, "m" * 32) for n in ("pending", "failed", "parked", "uploading")]
+                              + [("other", 1, 2, 1, "m" * 32, "m" * 32), ("nobody", 1, 1, 1, "m", "m")])
+    assert moved == [True, True, True, False, False, False]
+    for n in ("pending", "failed", "parked"):
+        r = store.get(n)
+        assert (r.state, r.md5, r.etag, r.attempts, r.last_error, r.uploaded_at) == ("uploaded", "m" * 32, "m" * 32,
+                                                                                      0, None, 1000.0)
+    assert store.get("uploading").state == "uploading"  # a worker's: finish_upload records it
+    assert (store.get("other").state, store.get("other").mtime_ns) == ("pending", 1)  # another version
+    assert store.record_sent([("pending", 1, 1, 1, "n" * 32, "n" * 32)]) == [False]  # recorded once
+    assert store.get("pending").md5 == "m" * 32
+
+
+def test_every_declared_move_has_its_source_listed():
+    for src, dsts in TRANSITIONS.items():
+        for dst in dsts:
+            assert src in SOURCES[dst]
+
+
+def test_failure_counts_attempts_and_records_the_error(store):
+    store.discover_many([("a", "a", 1, 1, 1)])
+    store.start_upload("a", 1, 1, 1)
+    assert store.fail_upload("a", "throttled", "SlowDown", 1005.0, park=False) == 1
+    store.start_upload("a", 1, 1, 1)
+    assert store.fail_upload("a", "throttled", "SlowDown", 1010.0, park=True) == 2
+    r = store.get("a")
+    assert (r.state, r.attempts, r.last_error, r.error_kind) == ("parked", 2, "SlowDown", "throttled")
+    assert [e[3] for e in store.last_errors()] == ["SlowDown", "SlowDown"]
+    assert store.due_retries(1009.0, 10) == []
+    assert [r.rel for r in store.due_retries(1010.0, 10)] == ["a"]
+
+
+def test_a_changed_uploaded_file_goes_back_to_pending_with_the_key_of_its_new_version(store):
+    store.discover_many([("a", "k/a", 1, 1, 1)])
+    store.start_upload("a", 1, 1, 1)
+    store.finish_upload("a", 1, 1, 1, "m", "m")
+    r = store.discover("a", "k2/a", 2, 2, 1)  # (under a static prefix the caller's key is the same)
+    assert r.state == "pending" and r.signature == (2, 2, 1) and r.key == "k2/a"
+
+
+def test_interrupted_uploads_are_recovered_as_pending_keeping_the_multipart_id(store):
+    store.discover_many([("big", "big", 100, 1, 1)])
+    store.start_upload("big", 100, 1, 1)
+    store.set_multipart("big", "uid-1", 50)
+    store.add_part("big", "uid-1", Part(1, 50, "e1", "m1"))
+    assert store.recover_interrupted() == 1
+    r = store.get("big")
+    assert r.state == "pending" and r.upload_id == "uid-1"
+    assert store.parts("big", "uid-1") == {1: Part(1, 50, "e1", "m1")}
+    assert store.owned_upload_ids() == {"uid-1": "big"}
+
+
+def test_committed_state_survives_reopen_and_uncommitted_is_visible_to_the_writer(tmp_path):
+    path = tmp_path / "s.db"
+    s = Store(path)
+    s.discover_many([("a", "a", 1, 1, 1)])
+    assert s.get("a") is not None
+    s.commit()
+    s.close()
+    with Store(path, readonly=True) as r:
+        assert r.get("a").state == "pending"
+
+
+def test_non_utf8_names_round_trip(store):
+    rel = os.fsdecode(b"caf\xe9.txt")
+    store.discover_many([(rel, "caf%E9.txt", 1, 1, 1)])
+    assert store.get(rel).rel == rel
+    assert list(store.in_dir("")) == [rel]
+
+
+def test_a_corrupt_database_is_one_clear_error(tmp_path):
+    p = tmp_path / "bad.db"
+    p.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="is corrupt"):
+        Store(p)
+    assert p.read_bytes().startswith(b"this is not sqlite")  # left in place
+
+
+def test_forget_only_drops_rows_that_never_reached_s3(store):
+    store.discover_many([("a", "a", 1, 1, 1), ("b", "b", 1, 1, 1)])
+    store.start_upload("b", 1, 1, 1)
+    store.finish_upload("b", 1, 1, 1, None, "e")
+    store.forget("a")
+    store.forget("b")
+    assert store.get("a") is None and store.get("b").state == "uploaded"
+
+
+def test_wal_mode_and_full_sync(tmp_path):
+    s = Store(tmp_path / "s.db")
+    try:
+        # synchronous is a setting of each connection: ask the store's own (2 is FULL: a commit is on
+        # disk before it returns, so a committed upload survives a power cut; NORMAL, 1, would not be)
+        assert s._read("PRAGMA synchronous") == [(2,)]
+        assert s._read("PRAGMA journal_mode") == [("wal",)]
+    finally:
+        s.close()
+    c = sqlite3.connect(tmp_path / "s.db")
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # WAL is kept in the file itself
+    c.close()
+
+
+def committed_rows(db) -> int:
+    """Rows another connection can see: what has been committed."""
+    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT count(*) FROM files").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_the_committer_commits_each_burst_of_writes_within_the_interval_and_sleeps_between(tmp_path):
+    s = Store(tmp_path / "s.db", commit_interval=0.05).start()
+    try:
+        for burst in range(3):  # after a quiet spell, a new write still gets committed
+            s.discover_many([(f"f{burst}", f"f{burst}", 1, 1, 1)])
+            wait_for(lambda: committed_rows(tmp_path / "s.db") == burst + 1, timeout=5,
+                     what=f"burst {burst} committed")
+            assert not s._written.is_set() or s._dirty  # asleep until the next write (or committing it)
+    finally:
+        s.close()
+    assert committed_rows(tmp_path / "s.db") == 3
+
+
+class _FullOnCommit:
+    """A connection whose COMMIT fails the way SQLite's can on a full disk: transaction rolled back."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            self._conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *args)
+
+
+def test_a_commit_that_lost_writes_makes_the_store_refuse_every_later_write(tmp_path):
+    store = Store(tmp_path / "s.db")
+    store.discover_many([("kept.txt", "kept.txt", 1, 1, 1)])
+    store.commit()
+    real = store._conn
+    store._conn = _FullOnCommit(real)
+    store.discover_many([("lost.txt", "lost.txt", 1, 1, 2)])
+    with pytest.raises(StoreError, match="the disk is full"):
+        store.commit()
+    # lost.txt's row is gone: acting as if it were there would skip the file, so nothing goes on
+    with pytest.raises(StoreError, match="the disk is full"):
+        store.discover("later.txt", "later.txt", 1, 1, 3)
+    with pytest.raises(StoreError, match="the disk is full"):
+        store.close()  # still closes the connection
+    with pytest.raises(sqlite3.ProgrammingError):
+        real.execute("SELECT 1")
+    with Store(tmp_path / "s.db", readonly=True) as ro:
+        assert [r.rel for r in ro.iter_all()] == ["kept.txt"]
+
+
+def test_the_database_refuses_a_second_row_with_a_key_another_row_holds(tmp_path):
+    with Store(tmp_path / "s.db") as st:
+        st.discover("a.txt", "k/a.txt", 1, 1, 1)
+        st.discover("b.txt", "k/b.txt", 1, 1, 2)
+        for sql in ("UPDATE files SET key = 'k/a.txt' WHERE path = CAST('b.txt' AS BLOB)",
+                    "INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at) "
+                    "VALUES(CAST('c.txt' AS BLOB), x'', 'k/a.txt', 'uploaded', 1, 1, 3, 0, 0)"):
+            with pytest.raises(IllegalTransition, match="UNIQUE constraint failed: files.key"):
+                st._write(sql)
+        # a row without a key can never be sent (and so never be cleaned up)
+        with pytest.raises(IllegalTransition, match="CHECK constraint failed"):
+            st._write("UPDATE files SET key = NULL WHERE path = CAST('b.txt' AS BLOB)")
+        assert {r.rel: r.key for r in st.iter_all()} == {"a.txt": "k/a.txt", "b.txt": "k/b.txt"}
+
+
+def test_a_new_file_whose_key_another_row_holds_is_parked_never_skipped(tmp_path):
+    with Store(tmp_path / "s.db", clock=lambda: 1000.0) as st:
+        assert st.discover_many([("a%FF.dat", "a%FF.dat", 3, 1, 1), ("x/y.txt", "x/y.txt", 3, 1, 2)]) == []
+        # INSERT OR IGNORE used to drop these two without a word: lost files
+        collided = st.discover_many([("new.txt", "new.txt", 1, 1, 3), ("b\udcff.dat", "a%FF.dat", 4, 1, 4),
+                                     ("twin1", "same", 1, 1, 5), ("twin2", "same", 1, 1, 6),
+                                     ("x/y.txt", "elsewhere", 9, 9, 9)], retry_at=4600.0)
+        assert [(r.rel, r.key, r.state, r.error_kind, r.next_attempt_at) for r in collided] == [
+            ("b\udcff.dat", None, "parked", "collision", 4600.0), ("twin2", None, "parked", "collision", 4600.0)]
+        assert collided[0].last_error == ("b\\xff.dat would go to S3 key a%FF.dat, which a%FF.dat already has; "
+                                          "parked (rename one of them)")
+        got = {r.rel: (r.key, r.state) for r in st.iter_all()}
+        assert got == {"a%FF.dat": ("a%FF.dat", "pending"), "x/y.txt": ("x/y.txt", "pending"),
+                       "new.txt": ("new.txt", "pending"), "b\udcff.dat": (None, "parked"),
+                       "twin1": ("same", "pending"), "twin2": (None, "parked")}
+        # discover (one file) does the same, and parking again (a retry that finds it taken) is no error
+        rec = st.discover("c.txt", "new.txt", 1, 1, 7, retry_at=5000.0)
+        assert (rec.key, rec.state, rec.next_attempt_at) == (None, "parked", 5000.0)
+        rec = st.discover("c.txt", "new.txt", 1, 1, 7, retry_at=6000.0)
+        assert (rec.key, rec.state, rec.next_attempt_at) == (None, "parked", 6000.0)
+        with pytest.raises(IllegalTransition, match="CHECK"):
+            st.start_upload("c.txt", 1, 1, 7)  # a keyless row never starts an upload
+        # once the other file is gone, the parked one takes its own key
+        st.forget("new.txt")
+        rec = st.discover("c.txt", "new.txt", 1, 1, 7)
+        assert (rec.key, rec.state, rec.error_kind) == ("new.txt", "pending", None)
+
+
+def test_a_new_file_at_a_deleted_or_archived_path_and_a_changed_uploaded_file_take_their_own_key(tmp_path):
+    with Store(tmp_path / "s.db") as st:
+        for rel, key in (("app.log", "2020/09/13/app.log"), ("b.log", "2020/09/13/b.log"),
+                         ("c.log", "2020/09/13/c.log")):
+            st.discover(rel, key, 1, 1, 1)
+            st.start_upload(rel, 1, 1, 1)
+            st.finish_upload(rel, 1, 1, 1, "m", "e")
+        st.mark_removed("app.log", "deleted")
+        st.mark_removed("b.log", "archived")
+        assert st.discover("app.log", "2020/09/17/app.log", 2, 2, 2).key == "2020/09/17/app.log"
+        assert st.discover("b.log", "2020/09/17/b.log", 2, 2, 2).key == "2020/09/17/b.log"
+        # a new version of an uploaded file (changed in place or replaced: inode numbers are reused, so
+        # they cannot be told apart) takes its own day's key; the earlier day's object is never replaced
+        assert st.discover("c.log", "2020/09/17/c.log", 2, 2, 1).key == "2020/09/17/c.log"
+        # a waiting row keeps its key (nothing of it is in S3; an open multipart upload is that key's)
+        st.discover("w.log", "2020/09/13/w.log", 1, 1, 9)
+        assert st.discover("w.log", "2020/09/17/w.log", 2, 2, 9).key == "2020/09/13/w.log"
+        # the old day's object of app.log belongs to nobody now, and stays in S3 untouched
+        assert not st.has_key("2020/09/13/app.log")
+
+
+def test_a_parked_or_failed_row_parked_again_does_not_raise(tmp_path):
+    with Store(tmp_path / "s.db") as st:
+        st.discover("long.txt", "k" * 2000, 1, 1, 1)
+        st.fail_upload("long.txt", "invalid", "too long", None, park=True)
+        st.fail_upload("long.txt", "invalid", "too long", None, park=True)  # IllegalTransition before
+        st.discover("f.txt", "f.txt", 1, 1, 2)
+        st.fail_upload("f.txt", "network", "reset", 5.0, park=False)
+        st.fail_upload("f.txt", "invalid", "bad", None, park=True)
+        assert {r.rel: r.state for r in st.iter_all()} == {"long.txt": "parked", "f.txt": "parked"}
+        st.discover("g.txt", "g.txt", 1, 1, 3)
+        st.start_upload("g.txt", 1, 1, 3)
+        st.finish_upload("g.txt", 1, 1, 3, "m", "e")
+        with pytest.raises(IllegalTransition):
+            st.fail_upload("g.txt", "invalid", "bad", None, park=True)  # an uploaded row is not parked
+
+
+_V1_FILES = """
+CREATE TABLE files (
+    path BLOB PRIMARY KEY, dir BLOB NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, md5 TEXT, etag TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL, last_error TEXT, error_kind TEXT, discovered_at REAL NOT NULL, updated_at REAL NOT NULL,
+    uploaded_at REAL, upload_id TEXT, part_size INTEGER) WITHOUT ROWID;
+CREATE INDEX files_dir ON files(dir);
+CREATE TABLE parts (path BLOB NOT NULL, upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, size INTEGER NOT NULL,
+    etag TEXT NOT NULL, md5 TEXT NOT NULL, PRIMARY KEY (path, upload_id, part_number)) WITHOUT ROWID;
+CREATE TABLE errors (id INTEGER PRIMARY KEY, at REAL NOT NULL, path BLOB, kind TEXT, message TEXT NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES('schema_version', '1');
+"""
+
+
+def _v1_row(conn, rel, key, state, discovered, uploaded=None, upload_id=None):
+    conn.execute("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at, "
+                 "uploaded_at, upload_id) VALUES(?, x'', ?, ?, 1, 1, 1, ?, ?, ?, ?)",
+                 (os.fsencode(rel), key, state, discovered, discovered, uploaded, upload_id))
+
+
+def test_a_version_1_database_whose_rows_share_keys_is_migrated_without_losing_a_row(tmp_path, caplog):
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(str(db))
+    conn.executescript(_V1_FILES)
+    latin = os.fsdecode(b"a\xff.dat")
+    # the bug as it happened: a%FF.dat uploaded and deleted, then the other file uploaded over its object
+    _v1_row(conn, "a%FF.dat", "a%FF.dat", "deleted", 1.0, uploaded=10.0)
+    _v1_row(conn, latin, "a%FF.dat", "uploaded", 2.0, uploaded=20.0)
+    # before it happened: both still waiting, one with a multipart upload open
+    _v1_row(conn, "x\\y.txt", "x\\y.txt", "pending", 3.0)
+    _v1_row(conn, "z\\y.txt", "x\\y.txt", "pending", 4.0, upload_id="up-1")
+    conn.execute("INSERT INTO parts VALUES(?, 'up-1', 1, 5, 'e', 'm')", (b"z\\y.txt",))
+    _v1_row(conn, "plain.txt", "plain.txt", "uploaded", 5.0, uploaded=30.0)
+    conn.commit()
+    conn.close()
+
+    with Store(db, clock=lambda: 99.0) as st:
+        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "3"  # through 2, on to 3
+        got = {r.rel: r for r in st.iter_all()}
+        assert len(got) == 5  # every row kept
+        assert st.counts() == {"pending": 1, "uploading": 0, "uploaded": 2, "failed": 0, "parked": 1,
+                               "deleted": 1, "archived": 0}
+        # S3 holds the bytes of the one uploaded last: it keeps the key; the deleted one keeps none
+        assert (got[latin].key, got[latin].state) == ("a%FF.dat", "uploaded")
+        assert (got["a%FF.dat"].key, got["a%FF.dat"].state) == (None, "deleted")
+        # of two waiting files, the earlier one keeps the key; the later is parked, due now, with the reason
+        assert (got["x\\y.txt"].key, got["x\\y.txt"].state) == ("x\\y.txt", "pending")
+        z = got["z\\y.txt"]
+        assert (z.key, z.state, z.error_kind, z.next_attempt_at, z.upload_id) == (None, "parked", "collision", 99.0,
+                                                                                   None)
+        assert z.last_error == ("z\\y.txt would go to S3 key x\\y.txt, which x\\y.txt already has; "
+                                "parked (rename one of them)")
+        assert st.parts("z\\y.txt", "up-1") == {}
+        assert got["plain.txt"].key == "plain.txt"
+        # the constraint is in force from now on
+        with pytest.raises(IllegalTransition, match="UNIQUE"):
+            st._write("UPDATE files SET key = 'plain.txt' WHERE path = CAST('x\\y.txt' AS BLOB)")
+    assert "z\\y.txt would go to S3 key x\\y.txt" in caplog.text
+    with Store(db) as st:  # opening it again changes nothing
+        assert {r.rel: r.key for r in st.iter_all()} == {r: g.key for r, g in got.items()}
+
+
+DAY = 86400.0
+
+
+MINIMAL = "[watch]\ndirectory_to_watch = /data\n[s3]\nbucket = b-1\n"
+
+
+def counted(store: Store) -> Dict[str, int]:
+    """Rows per state, counted the slow way (what ``counts()`` did before schema 3)."""
+    out = {s: 0 for s in STATES}
+    for state, n in store._read("SELECT state, count(*) FROM files GROUP BY state"):
+        out[state] = n
+    return out
+
+
+def gone(store: Store, rel: str, state: str) -> None:
+    """Take ``rel`` from nothing to ``state`` (deleted or archived) the way the daemon does."""
+    store.discover(rel, rel, 1, 1, 1)
+    store.start_upload(rel, 1, 1, 1)
+    store.finish_upload(rel, 1, 1, 1, "m", "m")
+    store.mark_removed(rel, state)
+
+
+# -- forgetting --------------------------------------------------------------------------------------------
+
+def test_rows_deleted_or_archived_longer_than_forget_after_ago_are_forgotten_and_the_rest_kept(tmp_path):
+    clock = Clock(0.0)
+    with Store(tmp_path / "state.db", clock=clock) as store:
+        for i in range(5):
+            gone(store, f"old/deleted-{i}.mp4", "deleted")
+        gone(store, "old/archived.mp4", "archived")
+        store.discover("old/uploaded.mp4", "old/uploaded.mp4", 1, 1, 1)  # uploaded long ago, file still here
+        store.start_upload("old/uploaded.mp4", 1, 1, 1)
+        store.finish_upload("old/uploaded.mp4", 1, 1, 1, "m", "m")
+        store.discover("old/pending.mp4", "old/pending.mp4", 1, 1, 1)
+        store.discover("old/parked.mp4", "old/parked.mp4", 1, 1, 1)
+        store.fail_upload("old/parked.mp4", "auth", "denied", None, park=True)
+        clock.t = 29 * DAY
+        gone(store, "recent/deleted.mp4", "deleted")
+        clock.t = 31 * DAY
+
+        # in bounded batches: each one its own committed transaction, the last one short
+        assert [store.forget_done(clock.t - 30 * DAY, limit=2) for _ in range(4)] == [2, 2, 2, 0]
+        left = {r.rel: r.state for r in store.iter_all()}
+        assert left == {"old/uploaded.mp4": "uploaded", "old/pending.mp4": "pending", "old/parked.mp4": "parked",
+                        "recent/deleted.mp4": "deleted"}
+        assert store.counts() == counted(store) == {"pending": 1, "uploading": 0, "uploaded": 1, "failed": 0,
+                                                     "parked": 1, "deleted": 1, "archived": 0}
+        # what forgetting gives up, as documented: the key is free again for a file at another path
+        store.discover("elsewhere.mp4", "old/deleted-0.mp4", 1, 1, 1)
+        assert store.get("elsewhere.mp4").key == "old/deleted-0.mp4"
+    with Store(tmp_path / "state.db") as store:  # committed: a reopen sees the same
+        assert store.get("old/archived.mp4") is None and store.counts() == counted(store)
+
+
+def test_forget_after_zero_keeps_every_row_and_the_default_is_30_days(tmp_path):
+    assert parse_config(MINIMAL).daemon.forget_after == 30 * DAY
+    with pytest.raises(ConfigError, match=r"\[daemon\] forget_after.*'soon'.*duration"):
+        parse_config(MINIMAL + "[daemon]\nforget_after = soon\n")
+    for text, left in (("0", {"a.mp4", "b.mp4"}), ("30d", {"b.mp4"})):
+        db = tmp_path / f"state-{text}.db"
+        with Store(db, clock=lambda: time.time() - 40 * DAY) as store:
+            gone(store, "a.mp4", "deleted")
+        with Store(db) as store:
+            gone(store, "b.mp4", "deleted")
+            cfg = parse_config(MINIMAL + f"[daemon]\nforget_after = {text}\n")
+            Daemon(cfg, store=store).forget_old_rows()
+            assert {r.rel for r in store.iter_all()} == left  # a.mp4 deleted 40 days ago, b.mp4 now
+
+
+# -- counts through every kind of move ----------------------------------------------------------------------
+
+NAMES = ("a", "b", "c", "d", "e")
+
+
+OPS = st.one_of(
+    st.tuples(st.just("discover"), st.sampled_from(NAMES), st.sampled_from(NAMES), st.integers(1, 3)),
+    st.tuples(st.just("discover_many"), st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(NAMES)),
+                                                 max_size=4)),
+    st.tuples(st.just("start"), st.sampled_from(NAMES), st.integers(1, 3)),
+    st.tuples(st.just("finish"), st.sampled_from(NAMES), st.integers(1, 3)),
+    st.tuples(st.just("sent"), st.sampled_from(NAMES), st.integers(1, 3)),
+    st.tuples(st.just("fail"), st.sampled_from(NAMES), st.booleans()),
+    st.tuples(st.just("requeue"), st.sampled_from(NAMES), st.integers(1, 3)),
+    st.tuples(st.just("remove"), st.sampled_from(NAMES), st.sampled_from(("deleted", "archived"))),
+    st.tuples(st.just("forget"), st.sampled_from(NAMES)),
+    st.tuples(st.just("recover")),
+    st.tuples(st.just("retry")),
+    st.tuples(st.just("forget_done"), st.integers(1, 3)),
+    st.tuples(st.just("tick")),
+    st.tuples(st.just("reopen")),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(OPS, max_size=40))
+def test_counts_stay_exact_through_every_kind_of_move(ops):
+    """Random sequences of every store operation (keys drawn from a small pool, so collisions come up;
+    moves that are illegal are refused as they would be): after each one, the counts the triggers
+    keep equal a count of the rows."""
+    clock = Clock(0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "state.db"
+        store = Store(db, clock=clock)
+        try:
+            for op in ops:
+                kind, args = op[0], op[1:]
+                try:
+                    if kind == "discover":
+                        rel, key, size = args
+                        store.discover(rel, key, size, 1, 1, retry_at=clock.t)
+                    elif kind == "discover_many":
+                        store.discover_many([(rel, key, 1, 1, 1) for rel, key in args[0]], retry_at=clock.t)
+                    elif kind == "start":
+                        store.start_upload(args[0], args[1], 1, 1)
+                    elif kind == "finish":
+                        store.finish_upload(args[0], args[1], 1, 1, "m", "m")
+                    elif kind == "sent":
+                        store.record_sent([(args[0], args[1], 1, 1, "m", "m")])
+                    elif kind == "fail":
+                        store.fail_upload(args[0], "network", "reset", clock.t + 1, park=args[1])
+                    elif kind == "requeue":
+                        store.requeue(args[0], args[1], 1, 1)
+                    elif kind == "remove":
+                        store.mark_removed(args[0], args[1])
+                    elif kind == "forget":
+                        store.forget(args[0])
+                    elif kind == "recover":
+                        store.recover_interrupted()
+                    elif kind == "retry":
+                        store.retry_parked()
+                    elif kind == "forget_done":
+                        store.forget_done(clock.t - 5.0, limit=args[0])
+                    elif kind == "tick":
+                        clock.t += 3.0
+                    elif kind == "reopen":
+                        store.close()
+                        store = Store(db, clock=clock)
+                except IllegalTransition:  # a move the machine or the schema refuses: that statement only
+                    assert store._broken is None
+                assert store.counts() == counted(store), f"after {op}"
+        finally:
+            store.close()
+
+
+def test_a_version_2_database_is_migrated_keeping_every_row_and_counted_once(tmp_path):
+    db = tmp_path / "state.db"
+    with Store(db, clock=Clock()) as store:
+        store.discover_many([(f"f{i}", f"f{i}", 1, 1, 1) for i in range(6)])
+        gone(store, "x", "deleted")
+        store.start_upload("f0", 1, 1, 1)
+    # what schema 2 was: no state_counts, no triggers, none of schema 3's indexes
+    conn = sqlite3.connect(str(db))
+    conn.executescript("DROP TRIGGER files_counted_insert; DROP TRIGGER files_counted_delete; "
+                       "DROP TRIGGER files_counted_move; DROP TABLE state_counts; DROP INDEX files_waiting; "
+                       "DROP INDEX files_gone; UPDATE meta SET value = '2' WHERE name = 'schema_version';")
+    conn.close()
+    expected = {"pending": 5, "uploading": 1, "uploaded": 0, "failed": 0, "parked": 0, "deleted": 1, "archived": 0}
+    # ``status`` before the daemon has opened it since the upgrade: counted the old way, nothing written
+    with Store(db, readonly=True) as store:
+        assert store.counts() == expected and store.oldest_waiting().state in ("pending", "uploading")
+        assert status_data(store)["total"] == 7
+    with Store(db, clock=Clock()) as store:
+        assert store.meta("schema_version") == "3"
+        assert len(list(store.iter_all())) == 7
+        assert store.counts() == counted(store) == expected
+        store.finish_upload("f0", 1, 1, 1, "m", "m")
+        assert store.counts() == counted(store)
+
+
+# -- what runs every few seconds costs the same at any size ----------------------------------------------
+
+def fill(db: Path, rows: int) -> None:
+    """``rows`` rows, as months of a camera leave them: nearly all deleted, some uploaded, a few waiting,
+    one parked, plus the errors table at its bound."""
+    with Store(db, clock=Clock()) as store:
+        for i in range(300):
+            store.add_error(f"cam/{i}.mp4", "network", "reset")
+        store.discover("cam/parked.mp4", "cam/parked.mp4", 1, 1, 1)
+        store.fail_upload("cam/parked.mp4", "auth", "denied", None, park=True)
+        store.commit()
+    conn = sqlite3.connect(str(db))
+    params = []
+    for i in range(rows):
+        state = "pending" if i % 1000 == 7 else "uploaded" if i % 10 == 0 else "deleted"
+        rel = f"cam{i % 4}/2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}/{i:08d}.mp4".encode()
+        params.append((rel, rel.rpartition(b"/")[0], rel.decode(), state, 10 + i, 1000.0 - i, 1000.0 - i))
+    conn.executemany("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at) "
+                     "VALUES(?, ?, ?, ?, ?, 1, 1, ?, ?)", [(p, d, k, s, z, t, u) for p, d, k, s, z, t, u in params])
+    conn.commit()
+    conn.close()
+
+
+def vm_steps(store: Store, fn) -> int:
+    """SQLite virtual-machine instructions ``fn`` runs."""
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0
+
+    store._conn.set_progress_handler(tick, 1)
+    try:
+        fn()
+    finally:
+        store._conn.set_progress_handler(None, 0)
+    return steps[0]
+
+
+def test_counts_the_oldest_waiting_file_status_and_an_idle_forget_pass_cost_the_same_at_20000_rows_as_at_200(
+        tmp_path):
+    costs: List[Dict[str, int]] = []
+    for rows in (200, 20_000):
+        db = tmp_path / f"{rows}.db"
+        fill(db, rows)
+        with Store(db, clock=Clock(1000.0)) as store:
+            assert store.counts() == counted(store) and sum(store.counts().values()) == rows + 1
+            costs.append({
+                "counts": vm_steps(store, store.counts),
+                "oldest_waiting": vm_steps(store, store.oldest_waiting),
+                "forget pass, nothing due": vm_steps(store, lambda: store.forget_done(-1e18)),
+            })
+        with Store(db, readonly=True) as store:  # what ``status`` runs, in its own process
+            costs[-1]["status"] = vm_steps(store, lambda: status_data(store))
+            oldest = store._read("SELECT path FROM files NOT INDEXED WHERE state IN ('pending', 'uploading', "
+                                 "'failed', 'parked') ORDER BY discovered_at LIMIT 1")[0][0]
+            assert store.oldest_waiting().rel == oldest.decode()
+    small, big = costs
+    for what in small:
+        # a B-tree one level deeper costs no extra instruction; a few dozen rows' worth of work would
+        assert big[what] <= small[what] + 100, f"{what}: {small[what]} steps at 200 rows, {big[what]} at 20,000"
+
+
+def test_a_page_of_the_waiting_rows_costs_the_same_with_20000_waiting_as_with_200(tmp_path):
+    """Every rescan pages through the waiting rows (files gone before they were sent); a page must
+    not cost more when a backlog (an outage, a first start) makes them many."""
+    costs = []
+    for rows in (200, 20_000):
+        db = tmp_path / f"{rows}.db"
+        Store(db).close()
+        conn = sqlite3.connect(str(db))
+        conn.executemany("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at) "
+                         "VALUES(?, 'cam', ?, ?, 1, 1, 1, 1, 1)",
+                         [(f"cam/{i:06d}.mp4".encode(), f"cam/{i:06d}.mp4", ("pending", "failed", "deleted")[i % 3])
+                          for i in range(rows)])
+        conn.commit()
+        conn.close()
+        with Store(db) as store:
+            page = store.in_states(WAITING_STATES, after=b"cam/000050.mp4", limit=20)
+            assert [r.rel for r in page] == [f"cam/{i:06d}.mp4" for i in range(51, 81) if i % 3 != 2][:20]
+            costs.append(vm_steps(store, lambda: store.in_states(WAITING_STATES, after=b"cam/000050.mp4", limit=20)))
+    assert costs[1] <= costs[0] + 100, f"{costs[0]} steps with 200 rows, {costs[1]} with 20,000"
+
+
+def test_a_scan_that_finds_a_file_changed_while_a_worker_uploads_it_leaves_the_row_to_the_worker(tmp_path):
+    """Found by review: the scanner saw a changed signature, was pre-empted, a worker moved the row to
+    uploading, then the scan's discover moved it back to pending; the worker's finish raised
+    IllegalTransition and the worker thread's failure stopped the daemon."""
+    with Store(tmp_path / "s.db") as st:
+        st.discover("a.txt", "a.txt", 1, 1, 1)
+        st.start_upload("a.txt", 1, 1, 1)  # the worker has it
+        rec = st.discover("a.txt", "a.txt", 2, 2, 1)  # the scan's late look at the changed file
+        assert (rec.state, rec.signature) == ("uploading", (1, 1, 1))
+        st.requeue("a.txt", 2, 2, 1)  # the worker's re-check found the change: pending, new signature
+        assert (st.get("a.txt").state, st.get("a.txt").signature) == ("pending", (2, 2, 1))
+
+
+def test_retries_scheduled_by_a_clock_that_has_since_gone_back_are_due_now(tmp_path):
+    """Found by review: a box that booted with its clock years ahead scheduled its retries then;
+    after NTP set it back they would wait, unseen, until the clock caught up."""
+    clock = [2_000_000_000.0]  # 2033
+    with Store(tmp_path / "s.db", clock=lambda: clock[0]) as store:
+        for rel, at in (("ahead.mp4", clock[0] + 60), ("soon.mp4", clock[0] + 60)):
+            store.discover(rel, rel, 1, 1, 1)
+            store.fail_upload(rel, "network", "down", at, park=False)
+        clock[0] = 1_800_000_000.0  # NTP: back to 2027
+        store.start_upload("soon.mp4", 1, 1, 1)  # tried again, failed again: scheduled by the right clock
+        store.fail_upload("soon.mp4", "network", "down", clock[0] + 60, park=False)
+        assert store.due_retries(clock[0], 10) == []
+        due = store.due_retries(clock[0], 10, horizon=3 * 3600)
+        assert [r.rel for r in due] == ["ahead.mp4"]
