@@ -48,7 +48,7 @@ from . import tree
 from .config import FreeSpace
 from .keys import key_folder
 from .remote import ObjectInfo, Remote, clean_etag, multipart_etag
-from .store import WAITING_STATES, IllegalTransition, Record, Store, display, enc
+from .store import WAITING_STATES, IllegalTransition, Record, Store, StoreError, display, enc
 from .uploader import part_size_for
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ ARCHIVE_EXISTS = "archive destination exists"
 CANNOT_REMOVE = "cannot remove"
 CANNOT_STAT = "cannot stat"
 CONTENT_DIFFERS = "content differs"  # same signature, other bytes than the MD5 recorded at upload
+INTERNAL = "internal error"  # a bug while handling this candidate (logged with its traceback)
 
 META_FILES_FREED = "cleanup.files_freed"
 META_BYTES_FREED = "cleanup.bytes_freed"
@@ -349,9 +350,15 @@ class Cleaner:
             if self.is_busy(rec.rel):
                 res.hold(rec.rel, BUSY)
                 continue
-            local = self._local(rec.rel)
-            d = decide(rec, listings[folder].get(rec.key), local, now, s, for_space=(mode == "space"))
-            self._act(rec, local, d, res, s)
+            try:
+                local = self._local(rec.rel)
+                d = decide(rec, listings[folder].get(rec.key), local, now, s, for_space=(mode == "space"))
+                self._act(rec, local, d, res, s)
+            except StoreError:
+                raise
+            except Exception as exc:  # a bug with one candidate is that candidate's: the pass goes on
+                log.exception("Cleanup: internal error with %s (a bug); keeping it, the pass goes on", display(rec.rel))
+                res.hold(rec.rel, INTERNAL, f"{type(exc).__name__}: {exc}")
         # the cursor moves past what was examined; at the end of the list the next pass starts over
         at_end = not deferred and len(page) < s.batch_size and not stopped_early
         if at_end:
@@ -524,6 +531,9 @@ class Cleaner:
                 res.hold(rel, CANNOT_REMOVE, exc.strerror or str(exc))
                 log.warning("Cleanup: cannot %s %s (%s)", verb, display(rel), exc.strerror or exc)
                 return
+            except Exception:  # a bug: the file gets its name back before the pass says so (run_pass's loop)
+                self._put_back(folder, qname, name, rel)
+                raise
         # the file is gone (or archived) only now that S3 holds it; a crash here leaves the row
         # 'uploaded' and the next pass finds the file gone and the object present
         self.store.mark_removed(rel, "archived" if dest else "deleted")
