@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import queue
+import stat as stat_mod
 import threading
 import time
 from dataclasses import dataclass, field
@@ -678,11 +679,30 @@ class Daemon:
                     if not self.filters.file_allowed(r.rel):
                         log.info("File no longer matches include/exclude; not uploading: %s", display(r.rel))
                         self.store.forget(r.rel)
-                    elif not os.path.lexists(self.scanner.abspath(r.rel)):
-                        log.warning("File vanished before it was uploaded: %s", display(r.rel))
-                        self.store.forget(r.rel)
+                    else:
+                        self._forget_if_gone(r.rel)
                 except Exception as exc:
                     self._set_aside(r.rel, "looking for the vanished file", exc)
+
+    def _forget_if_gone(self, rel: str) -> None:
+        """Forget the waiting row of ``rel`` when there is no file to send at its path any more: it is
+        gone, or something that is not a regular file (a FIFO, a socket, a folder, a symlink not
+        followed) took its place, so no scan will ever bring that row up to date. A path that cannot
+        be looked at now (e.g. a folder without permission) keeps its row."""
+        path = self.scanner.abspath(rel)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            log.warning("File vanished before it was uploaded: %s", display(rel))
+            self.store.forget(rel)
+            return
+        except OSError:
+            return
+        if stat_mod.S_ISREG(st.st_mode) or (stat_mod.S_ISLNK(st.st_mode) and self.scanner.stat_one(rel) is not None):
+            return
+        log.warning("File was replaced by something that is not a regular file before it was uploaded; not "
+                    "uploading: %s", display(rel))
+        self.store.forget(rel)
 
     def _is_inflight(self, rel: str) -> bool:
         with self.inflight_lock:
@@ -933,9 +953,8 @@ class Daemon:
             self.tracker.remove(rel)
             self._waiting_logged.pop(rel, None)
             rec = self.store.get(rel)
-            if rec is not None and rec.state in WAITING_STATES and not os.path.lexists(self.scanner.abspath(rel)):
-                log.warning("File vanished before it was uploaded: %s", display(rel))
-                self.store.forget(rel)
+            if rec is not None and rec.state in WAITING_STATES:
+                self._forget_if_gone(rel)
             return
         self._check(rel, st, now)
 
