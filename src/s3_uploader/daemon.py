@@ -676,19 +676,20 @@ class Daemon:
                 if r.discovered_at >= scan_started or self._is_inflight(r.rel):
                     continue
                 try:
-                    if not self.filters.file_allowed(r.rel):
-                        log.info("File no longer matches include/exclude; not uploading: %s", display(r.rel))
-                        self.store.forget(r.rel)
-                    else:
-                        self._forget_if_gone(r.rel)
+                    self._forget_if_gone(r.rel)
                 except Exception as exc:
                     self._set_aside(r.rel, "looking for the vanished file", exc)
 
     def _forget_if_gone(self, rel: str) -> None:
-        """Forget the waiting row of ``rel`` when there is no file to send at its path any more: it is
-        gone, or something that is not a regular file (a FIFO, a socket, a folder, a symlink not
-        followed) took its place, so no scan will ever bring that row up to date. A path that cannot
-        be looked at now (e.g. a folder without permission) keeps its row."""
+        """Forget the waiting row of ``rel`` when there is no file to send at its path any more: it no
+        longer matches include/exclude, it is gone, or something that is not a regular file (a FIFO,
+        a socket, a folder, a symlink not followed) took its place, so no scan will ever bring that
+        row up to date. A path that cannot be looked at now (e.g. a folder without permission) keeps
+        its row."""
+        if not self.filters.file_allowed(rel):
+            log.info("File no longer matches include/exclude; not uploading: %s", display(rel))
+            self.store.forget(rel)
+            return
         path = self.scanner.abspath(rel)
         try:
             st = os.lstat(path)
@@ -718,9 +719,9 @@ class Daemon:
         the file's row, if it has one still waiting, is marked failed with kind ``internal`` (retried
         with backoff like any failure, parked after ``max_retries``); a file with no row yet whose
         stat ``st`` is known gets one, parked without a key (so ``status`` shows it and ``once`` does
-        not report success without it), checked again after ``parked_retry_interval``; with ``scheduled`` (the
-        scheduler's steps) the file is let go of: untracked and no longer in flight, so nothing waits
-        for it. Never raises anything else: the loop that called it goes on with the next file.
+        not report success without it), checked again after ``parked_retry_interval``. With
+        ``scheduled`` (the scheduler's steps) the file is let go of: untracked and no longer in
+        flight, so nothing waits for it. Never raises anything else: the loop that called it goes on.
         """
         if isinstance(exc, StoreError):
             raise exc
@@ -814,6 +815,11 @@ class Daemon:
             return
         st = self.scanner.stat_one(rel)
         if st is None:
+            # nothing to send there: a waiting row (e.g. one cleanup queued again, of a file that no
+            # longer matches include/exclude) must not wait for ever
+            rec = self.store.get(rel)
+            if rec is not None and rec.state in WAITING_STATES:
+                self._forget_if_gone(rel)
             return
         rec = self.store.get(rel)
         if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading"):

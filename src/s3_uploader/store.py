@@ -676,10 +676,10 @@ class Store:
         due again at ``retry_at`` (a file whose handling hit a bug before it got its row: it is shown
         by ``status`` instead of being silently missing). Returns False when a row exists already."""
         now = self.clock()
-        cur = self._write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, next_attempt_at, last_error, "
-                          "error_kind, discovered_at, updated_at) VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, ?, ?, ?) "
-                          "ON CONFLICT(path) DO NOTHING", (enc(rel), enc(_parent(rel)), size, mtime_ns, inode, retry_at,
-                                                          message, kind, now, now))
+        cur = self._write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, next_attempt_at, "
+                          "last_error, error_kind, discovered_at, updated_at) "
+                          "VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING",
+                          (enc(rel), enc(_parent(rel)), size, mtime_ns, inode, retry_at, message, kind, now, now))
         if cur.rowcount != 1:
             return False
         self.add_error(rel, kind, message)
