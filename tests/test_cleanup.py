@@ -526,6 +526,27 @@ def test_a_file_replaced_by_rename_after_the_quarantine_rename_is_kept_and_only_
     assert world.remote.objects["site/a.log"][0] == b"version 1"  # what was deleted is what S3 has
 
 
+def test_a_new_file_at_the_name_that_the_daemon_records_during_the_quarantine_is_kept_and_the_pass_goes_on(world):
+    # found by the model-based test: the daemon's event about the new file moved the row to pending
+    # (same key, the new version) while the pass proved and removed the old one, and the pass's
+    # uploaded -> deleted then raised IllegalTransition and stopped the pass
+    p = world.file("a.log", b"version 1")
+    q = world.file("b.log", b"other")
+
+    def writer(moment, rel):
+        if moment == "quarantined" and rel == "a.log":
+            p.write_bytes(b"version 2")
+            st = os.lstat(p)
+            world.store.discover("a.log", "site/a.log", st.st_size, st.st_mtime_ns, st.st_ino)
+
+    world.cleaner.at = writer
+    res = world.run()
+    assert p.read_bytes() == b"version 2" and quarantined(world.root) == []
+    assert world.state("a.log") == "pending", "the row is the new file's, to be uploaded"
+    assert world.remote.objects["site/a.log"][0] == b"version 1"  # what was deleted is what S3 has
+    assert not q.exists() and res.freed_files == 2, "the pass went on to the next file"
+
+
 def test_a_file_rewritten_in_place_with_its_size_and_mtime_restored_is_kept_because_its_md5_differs(world):
     p = world.file("a.bin", b"AAAA")
     st = os.lstat(p)

@@ -148,6 +148,7 @@ class UploaderModel(RuleBasedStateMachine):
         self.fault_all: Optional[str] = None
         self.fault_keys: Dict[str, str] = {}
         self.exclude_bin = False
+        self.lost: Set[str] = set()  # keys whose object the test took out of the bucket
         self.cleanup = "off"
         self.crashed = False
         self.bugs = Bugs()
@@ -327,6 +328,17 @@ class UploaderModel(RuleBasedStateMachine):
         else:
             self.fault_keys[key] = mode
 
+    @rule(rel=st.sampled_from(PATHS))
+    def lose(self, rel: str) -> None:
+        """The bucket loses an object (someone deleted it, a lifecycle rule): cleanup must notice."""
+        rel = LONG if rel == "long" else rel
+        r = self.rows().get(rel)
+        if r is not None and r.state in ("deleted", "archived"):
+            return  # its only copy: losing it is not the daemon's to prevent
+        key = escape_name(rel)
+        if self.remote.objects.pop(key, None) is not None:
+            self.lost.add(key)
+
     @rule()
     def retry(self) -> None:
         if self.db.exists():
@@ -426,9 +438,12 @@ class UploaderModel(RuleBasedStateMachine):
                 # a multipart upload is proven by its ETag (md5-N), recorded at completion; a single PUT by its MD5
                 assert r.etag and (r.md5 or "-" in r.etag) and r.uploaded_at, f"{r.state} without its proof: {r}"
                 obj = self.remote.objects.get(r.key)
-                assert obj is not None, f"{r.state} but the remote holds nothing at its key: {r}"
                 if r.state == "deleted":  # its only copy: exactly the bytes recorded
-                    assert obj[1] == r.etag, f"deleted but the remote holds other bytes: {r}"
+                    assert obj is not None and obj[1] == r.etag, f"deleted but the remote does not hold it: {r}"
+                    continue
+                assert obj is not None or r.key in self.lost, f"{r.state} but the remote holds nothing: {r}"
+                if obj is None:
+                    continue
                 elif _signature(self.path(rel)) == r.signature:
                     # (a crash between a changed file's PUT and the commit of its row leaves S3 a
                     # version newer than the row's; the file then no longer has the row's signature)

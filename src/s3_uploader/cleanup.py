@@ -536,7 +536,12 @@ class Cleaner:
                 raise
         # the file is gone (or archived) only now that S3 holds it; a crash here leaves the row
         # 'uploaded' and the next pass finds the file gone and the object present
-        self.store.mark_removed(rel, "archived" if dest else "deleted")
+        try:
+            self.store.mark_removed(rel, "archived" if dest else "deleted")
+        except IllegalTransition:
+            # a new file took the name meanwhile and the daemon recorded it (the row is that file's
+            # now, to be uploaded to the same key): the proven one is removed all the same
+            log.info("Cleanup: %s's row has moved on to a new file at its path; that file is kept", display(rel))
         res.freed_files += 1
         res.freed_bytes += rec.size
         if dest:
