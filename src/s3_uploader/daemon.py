@@ -66,6 +66,10 @@ from .writers import WriterProbe
 log = logging.getLogger(__name__)
 
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
+# A file at the path of a row in these states is always a new file, even with the row's signature:
+# cleanup removed the proven one first, and a file created at once can get its inode back within
+# the same timestamp tick (same size, mtime and inode)
+REMOVED_STATES = ("deleted", "archived")
 UNSETTLED_COUNT_INTERVAL = 5.0  # seconds between counts of unsettled tracked files (a pass over the tracker)
 # Parts in flight across all files. A part is read into memory only while it is sent, so this bounds
 # multipart memory (16 x multipart_chunksize) however many upload_workers there are.
@@ -618,7 +622,7 @@ class Daemon:
                     todo.append(f)
                     continue
                 state, sig = rec[0], rec[1:]
-                if sig == f.signature:
+                if sig == f.signature and state not in REMOVED_STATES:
                     if state in ("pending", "uploading"):
                         todo.append(f)
                     continue  # done, or failed/parked with its retry scheduled
@@ -822,7 +826,8 @@ class Daemon:
                 self._forget_if_gone(rel)
             return
         rec = self.store.get(rel)
-        if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading"):
+        if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading") \
+                and rec.state not in REMOVED_STATES:
             return  # already uploaded, or failed with its retry scheduled
         key = self.keymaker.key_for(rel, st.mtime)
         if rec is None:
@@ -831,7 +836,7 @@ class Daemon:
             if collided:
                 log.error("%s", collided[0].last_error)
                 return
-        elif rec.signature != st.signature and rec.state != "pending":
+        elif (rec.signature != st.signature or rec.state in REMOVED_STATES) and rec.state != "pending":
             if rec.state == "uploaded":
                 log.info("File changed since it was uploaded; will upload again: %s", display(rel))
             rec = self.store.discover(rel, key, st.size, st.mtime_ns, st.ino, retry_at=self._collision_retry_at())
@@ -1017,7 +1022,7 @@ class Daemon:
     def _job_for(self, rel: str, st: FileStat, path: str, rec: Optional[Record]) -> Optional[Job]:
         if rec is None:
             return None  # forgotten meanwhile (vanished); a new event or scan brings it back
-        if rec.state in DONE_STATES and rec.signature == st.signature:
+        if rec.state == "uploaded" and rec.signature == st.signature:
             return None  # already uploaded (a scan and an event raced)
         if rec.key is None or rec.signature != st.signature or rec.state in DONE_STATES:
             # changed, a new file at a deleted/archived path (its own key, from its mtime), or
