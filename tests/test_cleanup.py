@@ -14,6 +14,7 @@ from typing import List, Optional
 import pytest
 from helpers import cannot_run
 
+from s3_uploader import cleanup as cleanup_mod
 from s3_uploader.cleanup import (BUSY, CANNOT_STAT, CONTENT_DIFFERS, ETAG_DIFFERS, FILE_GONE, FILE_MODIFIED, FORGET, HOLD,
                                  LIST_FAILED, NOT_DUE, NOT_REGULAR, NOT_UPLOADED, OBJECT_MISSING, OPEN_FOR_WRITING,
                                  OUTSIDE_TREE, REMOVE, REQUEUE, SIZE_DIFFERS, ARCHIVE_EXISTS, Cleaner,
@@ -545,6 +546,30 @@ def test_a_new_file_at_the_name_that_the_daemon_records_during_the_quarantine_is
     assert world.state("a.log") == "pending", "the row is the new file's, to be uploaded"
     assert world.remote.objects["site/a.log"][0] == b"version 1"  # what was deleted is what S3 has
     assert not q.exists() and res.freed_files == 2, "the pass went on to the next file"
+
+
+def test_a_gone_file_whose_path_the_daemon_takes_up_again_during_the_pass_keeps_its_new_row(world, monkeypatch):
+    # found by the model-based test: the file is gone and S3 lost its object, so the pass forgets its
+    # row; meanwhile a new file at the path was found and its upload started. The pass moved that
+    # row (uploading -> pending) and deleted it, and the upload's outcome then had no row to go to
+    # (IllegalTransition in the upload worker: before containment, the daemon stopped)
+    p = world.file("a.log", b"version 1")
+    p.unlink()
+    world.remote.objects.clear()
+    real = cleanup_mod.decide
+
+    def daemon_takes_it_up(record, *a, **kw):
+        d = real(record, *a, **kw)
+        p.write_bytes(b"version 2!")
+        st = os.lstat(p)
+        world.store.discover("a.log", "site/a.log", st.st_size, st.st_mtime_ns, st.st_ino)
+        world.store.start_upload("a.log", st.st_size, st.st_mtime_ns, st.st_ino)
+        return d
+
+    monkeypatch.setattr(cleanup_mod, "decide", daemon_takes_it_up)
+    res = world.run()
+    assert world.state("a.log") == "uploading", "the new file's upload keeps its row"
+    assert res.forgotten == 0 and p.read_bytes() == b"version 2!"
 
 
 def test_a_file_rewritten_in_place_with_its_size_and_mtime_restored_is_kept_because_its_md5_differs(world):

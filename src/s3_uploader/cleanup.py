@@ -454,12 +454,10 @@ class Cleaner:
             log.warning("Local copy of %s is gone and S3 does not prove the upload (%s); forgetting it, so it "
                         "is uploaded should it come back", display(rec.rel), d.detail)
             self.store.add_error(rec.rel, "cleanup", f"local file gone and {d.detail}")
-            try:
-                self.store.discover(rec.rel, rec.key, rec.size, rec.mtime_ns, rec.inode)
-            except IllegalTransition:
-                return  # the daemon moved it meanwhile
-            self.store.forget(rec.rel)
-            res.forgotten += 1
+            # only the row examined: the daemon may have taken up a new file at the path meanwhile
+            # (its row moved on, maybe in flight), which must keep its row
+            if self.store.forget_uploaded(rec.rel, rec.size, rec.mtime_ns, rec.inode):
+                res.forgotten += 1
             return
         log.info("Local copy of %s is already gone; S3 has %s", display(rec.rel), rec.key)
         try:

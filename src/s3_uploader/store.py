@@ -670,6 +670,19 @@ class Store:
         self._write("DELETE FROM files WHERE path = ? AND state IN ('pending', 'failed', 'parked', 'uploading')",
                     (raw,))
 
+    def forget_uploaded(self, rel: str, size: int, mtime_ns: int, inode: int) -> bool:
+        """Drop the uploaded row of a file that is gone and that S3 does not prove (cleanup), only if
+        the row is still uploaded with that signature: a row that has moved on meanwhile (a new file
+        at the path, in flight) is left as it is. Returns whether it was dropped."""
+        raw = enc(rel)
+        with self._lock:
+            cur = self._write("DELETE FROM files WHERE path = ? AND state = 'uploaded' AND size = ? AND mtime_ns = ? "
+                              "AND inode = ?", (raw, size, mtime_ns, inode))
+            if cur.rowcount != 1:
+                return False
+            self._write("DELETE FROM parts WHERE path = ?", (raw,))
+            return True
+
     def park_new(self, rel: str, size: int, mtime_ns: int, inode: int, kind: str, message: str,
                  retry_at: Optional[float]) -> bool:
         """Record a file that has no row yet as parked without a key, with ``kind`` and ``message``,
