@@ -587,3 +587,29 @@ def test_a_new_file_with_the_signature_of_the_one_cleanup_removed_is_uploaded(wo
     assert get_bytes(s3_client, workspace.bucket, "cam/a.txt") == b"new bytes"
     with Store(workspace.state / "state.db", readonly=True) as store:
         assert store.get("cam/a.txt").state == "uploaded"
+
+
+def test_a_listing_taken_before_cleanup_removed_a_file_does_not_bring_its_row_back(tmp_path):
+    # (the fix above first took any file listed at a deleted row's path for a new one: a rescan's
+    # listing made just before cleanup removed the proven file then moved its row back to pending,
+    # and the row, which holds the key of the object that is the file's only copy, was forgotten)
+    from s3_uploader.config import parse_config
+
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    p = root / "sub" / "d.txt"
+    p.write_bytes(b"proven")
+    cfg = parse_config(f"[watch]\ndirectory_to_watch = {root}\n[s3]\nbucket = b\n"
+                       f"[daemon]\ndb_path = {tmp_path / 's.db'}\n")
+    with Store(cfg.daemon.db_path) as store:
+        d = Daemon(cfg, MemoryRemote(), store)
+        listed = d.scanner.stat_one("sub/d.txt")  # the rescan's listing
+        md5 = hashlib.md5(b"proven").hexdigest()
+        store.discover("sub/d.txt", "sub/d.txt", listed.size, listed.mtime_ns, listed.ino)
+        store.start_upload("sub/d.txt", listed.size, listed.mtime_ns, listed.ino)
+        store.finish_upload("sub/d.txt", listed.size, listed.mtime_ns, listed.ino, md5, md5)
+        p.unlink()  # cleanup removes the proven file, then marks its row
+        store.mark_removed("sub/d.txt", "deleted")
+        d._diff_folder("sub", [listed])
+        assert store.get("sub/d.txt").state == "deleted"
+        assert d.candidates.empty()

@@ -68,7 +68,9 @@ log = logging.getLogger(__name__)
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
 # A file at the path of a row in these states is always a new file, even with the row's signature:
 # cleanup removed the proven one first, and a file created at once can get its inode back within
-# the same timestamp tick (same size, mtime and inode)
+# the same timestamp tick (same size, mtime and inode). It is looked at again after the row is read:
+# a listing or stat taken before cleanup removed the proven file must not bring that file's row back
+# (as pending, to be forgotten when found gone: the row that holds its key, whose object is its only copy)
 REMOVED_STATES = ("deleted", "archived")
 UNSETTLED_COUNT_INTERVAL = 5.0  # seconds between counts of unsettled tracked files (a pass over the tracker)
 # Parts in flight across all files. A part is read into memory only while it is sent, so this bounds
@@ -628,6 +630,11 @@ class Daemon:
                     continue  # done, or failed/parked with its retry scheduled
                 if self._is_inflight(f.rel):
                     continue  # the upload's own re-check catches the change
+                if state in REMOVED_STATES:
+                    fresh = self.scanner.stat_one(f.rel)  # looked at after the row was read
+                    if fresh is None:
+                        continue  # the listing saw the file cleanup has removed since: its row stays
+                    f = fresh
                 if state == "uploaded":
                     log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
                 # the key of a new file at a deleted/archived path comes from its own mtime; a file
@@ -829,6 +836,10 @@ class Daemon:
         if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading") \
                 and rec.state not in REMOVED_STATES:
             return  # already uploaded, or failed with its retry scheduled
+        if rec is not None and rec.state in REMOVED_STATES:
+            st = self.scanner.stat_one(rel)  # after the row was read: not the file cleanup removed since
+            if st is None:
+                return
         key = self.keymaker.key_for(rel, st.mtime)
         if rec is None:
             collided = self.store.discover_many([(rel, key, st.size, st.mtime_ns, st.ino)],
@@ -1024,6 +1035,10 @@ class Daemon:
             return None  # forgotten meanwhile (vanished); a new event or scan brings it back
         if rec.state == "uploaded" and rec.signature == st.signature:
             return None  # already uploaded (a scan and an event raced)
+        if rec.state in REMOVED_STATES:
+            fresh = self.scanner.stat_one(rel)  # after the row was read: not the file cleanup removed since
+            if fresh is None or fresh.signature != st.signature:
+                return None  # a rescan finds whatever is there now
         if rec.key is None or rec.signature != st.signature or rec.state in DONE_STATES:
             # changed, a new file at a deleted/archived path (its own key, from its mtime), or
             # parked for a collision (the other file may be gone or renamed by now)
