@@ -38,7 +38,8 @@ Unreadable files: the tests run as root, who reads anything, so the daemon's thr
 ``CAP_DAC_OVERRIDE`` and ``CAP_DAC_READ_SEARCH`` (dropped from the effective set of the thread that
 starts it, which its threads inherit); the test thread keeps them.
 
-CI runs a bounded number of examples; ``S3U_MODEL_EXAMPLES=500`` (and ``S3U_MODEL_STEPS``) run longer.
+CI runs 40 examples of up to 20 steps (about 10 s here); ``S3U_MODEL_EXAMPLES=500 S3U_MODEL_STEPS=30``
+run longer (about 3 min).
 """
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ PATHS = ["a.txt", "b.bin", "sub/c.txt", "sub/deeper/d.txt", "e%41.txt", "long"]
 BIG = 5 * 1024 * 1024 + 1  # over multipart_threshold (5 MiB): two parts
 FAULTS = [None, "throttled", "server", "permanent"]
 CLEANUP = ["off", "age", "space"]
-EXAMPLES = int(os.environ.get("S3U_MODEL_EXAMPLES", "12"))
-STEPS = int(os.environ.get("S3U_MODEL_STEPS", "14"))
+EXAMPLES = int(os.environ.get("S3U_MODEL_EXAMPLES", "40"))
+STEPS = int(os.environ.get("S3U_MODEL_STEPS", "20"))
 
 
 # -- running the daemon without root's power to read anything ---------------------------------------
@@ -340,6 +341,7 @@ class UploaderModel(RuleBasedStateMachine):
         key = escape_name(rel)
         if self.remote.objects.pop(key, None) is not None:
             self.lost.add(key)
+            _event("lose: an object taken out of the bucket")
 
     @rule()
     def retry(self) -> None:
@@ -351,14 +353,18 @@ class UploaderModel(RuleBasedStateMachine):
     def configure(self, mode: str, exclude_bin: bool) -> None:
         self.cleanup, self.exclude_bin = mode, exclude_bin
 
-    @rule()
-    def settle(self) -> None:
-        """``once`` to the end; then the eventual invariants."""
+    @rule(cleanup=st.sampled_from(CLEANUP))
+    def settle(self, cleanup: Optional[str] = None) -> None:
+        """``once`` to the end (with its cleanup pass, when ``cleanup`` says so); then the eventual
+        invariants."""
+        if cleanup is not None:
+            self.cleanup = cleanup
         d, _ = self._start(run=False)
         code = self._run(d)
         self.check_after_run(clean=True)
         waiting = self.check_settled()
         _event(f"settle: {waiting} file(s) parked")
+        _event(f"settle: cleanup {self.cleanup}")
         assert code == (1 if waiting else 0), f"once exited {code} with {waiting} file(s) not in S3"
 
     OPS = st.tuples(st.sampled_from(["create", "big", "append", "rewrite", "truncate", "delete", "rename", "unreadable",
@@ -392,12 +398,13 @@ class UploaderModel(RuleBasedStateMachine):
                     self.op(name, rel, data, other)
             if crash_after is not None:
                 puts = self.remote.calls.get("put_object", 0)
-                _until(lambda: self.remote.calls.get("put_object", 0) >= puts + crash_after or _quiet(d), 5)
+                _until(lambda: self.remote.calls.get("put_object", 0) >= puts + crash_after or _quiet(d), 1.5)
                 store.crash()
                 self.crashed = True
             else:
-                # after a scan and once idle, or after 5 s: a stop at any moment is as good
-                _until(lambda: d.stats.scans >= 1 and _quiet(d), 5)
+                # after a scan and once idle, or after 1.5 s (files retried for ever under a fault
+                # never leave it idle): a stop at any moment is as good
+                _until(lambda: d.stats.scans >= 1 and _quiet(d), 1.5)
         finally:
             d.request_stop()
             t.join(60)
