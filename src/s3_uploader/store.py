@@ -732,7 +732,8 @@ class Store:
         marks = ",".join("?" * len(ONE_STEP_SOURCES))
         sql = ("UPDATE files SET state = 'uploaded', updated_at = ?, md5 = ?, etag = ?, uploaded_at = ?, "
                "attempts = 0, next_attempt_at = NULL, last_error = NULL, error_kind = NULL, upload_id = NULL, "
-               f"part_size = NULL WHERE path = ? AND state IN ({marks}) AND size = ? AND mtime_ns = ? AND inode = ?")
+               f"part_size = NULL WHERE path = ? AND state IN ({marks}) AND size = ? AND mtime_ns = ? AND inode = ? "
+               "AND key IS NOT NULL")
         return self._moves(sql, [(now, md5, etag, now, enc(r), *ONE_STEP_SOURCES, s, m, i)
                                  for r, s, m, i, md5, etag in rows])
 
@@ -753,7 +754,10 @@ class Store:
                     self._conn.execute("BEGIN IMMEDIATE")
                 execute = self._conn.execute
                 for p in params:
-                    out.append(execute(sql, p).rowcount == 1)
+                    try:
+                        out.append(execute(sql, p).rowcount == 1)
+                    except sqlite3.IntegrityError:  # a move the schema forbids (a keyless row sent): not moved
+                        out.append(False)
             except sqlite3.DatabaseError as exc:
                 raise self._failed(exc, had) from None
             self._dirtied()

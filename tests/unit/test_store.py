@@ -636,3 +636,14 @@ def test_retries_scheduled_by_a_clock_that_has_since_gone_back_are_due_now(tmp_p
         assert store.due_retries(clock[0], 10) == []
         due = store.due_retries(clock[0], 10, horizon=3 * 3600)
         assert [r.rel for r in due] == ["ahead.mp4"]
+
+
+def test_a_keyless_collision_row_is_never_recorded_as_sent(tmp_path):
+    """Found by the counts property test: the asyncio sender's one-step record of a PUT on a row
+    parked for a collision (no key) was refused by the schema and raised StoreError, which stops the
+    daemon; it is a row that did not move."""
+    with Store(tmp_path / "s.db") as st:
+        st.discover_many([("b", "a", 1, 1, 1), ("a", "a", 1, 1, 2)])
+        assert st.get("a").key is None
+        assert st.record_sent([("a", 1, 1, 2, "m", "e")]) == [False]
+        assert st.get("a").state == "parked"
