@@ -39,10 +39,11 @@ import logging
 import os
 import shutil
 import stat as stat_mod
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import tree
 from .config import FreeSpace
@@ -270,7 +271,7 @@ class Cleaner:
     when it is not the proven version it gets its name back (never over a file that took the name).
     """
 
-    def __init__(self, root: os.PathLike, store: Store, remote: Remote, settings: Callable[[], CleanupSettings], *,
+    def __init__(self, root: Union[str, os.PathLike], store: Store, remote: Remote, settings: Callable[[], CleanupSettings], *,
                  free_space: Callable[[str], Any] = shutil.disk_usage,
                  is_busy: Optional[Callable[[str], bool]] = None,
                  is_being_written: Optional[Callable[[str, int, int, bool], bool]] = None,
@@ -283,7 +284,8 @@ class Cleaner:
         self.settings = settings
         self.free_space = free_space
         self.is_busy = is_busy or (lambda rel: False)
-        self.is_being_written = is_being_written or (lambda path, dev, ino, fresh=False: False)
+        self.is_being_written: Callable[[str, int, int, bool], bool] = (
+            is_being_written or (lambda path, dev, ino, fresh: False))
         self.on_requeue = on_requeue or (lambda rel: None)
         self.stop = stop or threading.Event()
         self._cursor: Dict[str, Optional[Tuple[float, bytes]]] = {"age": None, "space": None}
@@ -345,7 +347,7 @@ class Cleaner:
                 break
             last = rec
             res.examined += 1
-            folder = key_folder(rec.key)
+            folder = key_folder(_key(rec))
             if folder in failed:
                 res.hold(rec.rel, LIST_FAILED, failed[folder])
                 continue
@@ -353,7 +355,7 @@ class Cleaner:
                 res.hold(rec.rel, BUSY)
                 continue
             local = self._local(rec.rel)
-            d = decide(rec, listings[folder].get(rec.key), local, now, s, for_space=(mode == "space"))
+            d = decide(rec, listings[folder].get(_key(rec)), local, now, s, for_space=(mode == "space"))
             self._act(rec, local, d, res, s)
         # the cursor moves past what was examined; at the end of the list the next pass starts over
         at_end = not deferred and len(page) < s.batch_size and not stopped_early
@@ -372,7 +374,7 @@ class Cleaner:
         rely on it: an object counts as missing only after a complete listing)."""
         wanted: Dict[str, set] = {f: set() for f in folders}
         for r in chosen:
-            wanted[key_folder(r.key)].add(r.key)
+            wanted[key_folder(_key(r))].add(_key(r))
         listings: Dict[str, Dict[str, ObjectInfo]] = {}
         failed: Dict[str, str] = {}
         for folder in folders:
@@ -433,7 +435,7 @@ class Cleaner:
         else:
             log.warning("Not deleting %s: %s (%s); uploading it again", display(rec.rel), d.reason, d.detail)
         try:
-            self.store.discover(rec.rel, rec.key, local.size, local.mtime_ns, local.inode)
+            self.store.discover(rec.rel, _key(rec), local.size, local.mtime_ns, local.inode)
         except IllegalTransition:
             return  # the daemon moved it meanwhile (found changed by a scan): it is queued already
         res.requeued += 1
@@ -451,7 +453,7 @@ class Cleaner:
                         "is uploaded should it come back", display(rec.rel), d.detail)
             self.store.add_error(rec.rel, "cleanup", f"local file gone and {d.detail}")
             try:
-                self.store.discover(rec.rel, rec.key, rec.size, rec.mtime_ns, rec.inode)
+                self.store.discover(rec.rel, _key(rec), rec.size, rec.mtime_ns, rec.inode)
             except IllegalTransition:
                 return  # the daemon moved it meanwhile
             self.store.forget(rec.rel)
@@ -672,7 +674,7 @@ class Cleaner:
         try:
             try:
                 digest = _copy_fd(fd, out, st.st_size, rec, s.multipart_chunksize, self.stop)
-                if os.name != "nt":
+                if sys.platform != "win32":  # no fchmod there
                     os.fchmod(out, stat_mod.S_IMODE(st.st_mode))
                 if os.utime in os.supports_fd:
                     os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -907,6 +909,13 @@ def cleanup_lines(c: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _key(rec: Record) -> str:
+    """The key of a row cleanup acts on. Cleanup takes only uploaded rows, and the files table's
+    CHECK lets a row lack a key only when parked, deleted or archived."""
+    assert rec.key is not None, rec.rel
+    return rec.key
+
+
 def _take_batch(page: Sequence[Record], max_folders: int) -> Tuple[List[Record], List[str], bool]:
     """The leading rows of ``page`` whose keys fall in at most ``max_folders`` folders, the folders
     in first-seen order, and whether rows were left for a later pass."""
@@ -914,7 +923,7 @@ def _take_batch(page: Sequence[Record], max_folders: int) -> Tuple[List[Record],
     seen = set()
     chosen: List[Record] = []
     for r in page:
-        f = key_folder(r.key)
+        f = key_folder(_key(r))
         if f not in seen:
             if len(folders) >= max_folders:
                 return chosen, folders, True

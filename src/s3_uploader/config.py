@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Tuple, Union
 
 
 class ConfigError(Exception):
@@ -588,7 +588,7 @@ def _closest(key: str, candidates: List[str]) -> Optional[str]:
     return m[0] if m else None
 
 
-def load_config(path: os.PathLike) -> Config:
+def load_config(path: Union[str, os.PathLike]) -> Config:
     """Read and parse the file at ``path``; raise ConfigError (one line) when it cannot be read."""
     p = Path(path)
     try:

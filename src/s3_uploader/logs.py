@@ -94,7 +94,8 @@ class _Batching:
     second), when it reaches 256 lines, and at exit. A ``kill -9`` can lose the last quarter second
     of INFO lines; never a warning or an error."""
 
-    lock: Any
+    lock: Any  # these three are logging.Handler's (each class below is one too)
+    level: int
     terminator: str
     _pending: List[str]
     _since: float = 0.0
@@ -212,17 +213,18 @@ def per_file(logger: logging.Logger, msg: str, *args: Any) -> None:
             or root.filters):
         logger.info(msg, *args)
         return
-    handlers = root.handlers
-    for h in handlers:
-        if (not isinstance(h, _Batching) or h.filters  # type: ignore[attr-defined]
-                or type(h.formatter) is not TextFormatter):  # type: ignore[attr-defined]
+    batching: List[Tuple[_Batching, TextFormatter]] = []
+    for h in root.handlers:
+        fmt = h.formatter
+        if not isinstance(h, _Batching) or h.filters or type(fmt) is not TextFormatter:
             logger.info(msg, *args)
             return
+        batching.append((h, fmt))
     message = msg % args if args else msg
     now = time.time()
-    for h in handlers:
-        if h.level <= logging.INFO:
-            h.append(h.formatter.line(now, "INFO", message), logging.INFO)  # type: ignore[attr-defined]
+    for b, fmt in batching:
+        if b.level <= logging.INFO:
+            b.append(fmt.line(now, "INFO", message), logging.INFO)
 
 
 def flush() -> None:
@@ -244,7 +246,7 @@ def setup(level: str = "INFO", fmt: str = "text", log_file: str = "", max_bytes:
     """(Re)configure the package logger; returns it. Safe to call again (handlers are replaced)."""
     # Our formatters never show the caller's file/line, thread or process: skip collecting them
     # for every record (the logging HOWTO's "Optimization" knobs).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -48,11 +48,12 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,7 @@ _ALL_COLUMNS = ("path, dir, key, state, size, mtime_ns, inode, md5, etag, attemp
 class Store:
     """The state database. Thread-safe: one connection behind a lock, with group commit."""
 
-    def __init__(self, path: os.PathLike, commit_interval: float = 0.05,
+    def __init__(self, path: Union[str, os.PathLike], commit_interval: float = 0.05,
                  clock: Callable[[], float] = time.time, readonly: bool = False):
         self.path = Path(path)
         self.clock = clock
@@ -697,15 +698,17 @@ class Store:
                              retry_at: Optional[float]) -> List[Record]:
         """discover_many's slow path, once a key of the batch was found taken (the rows inserted
         before that one are kept: a failed statement takes back only itself)."""
-        collided = []
+        collided: List[Record] = []
         for rel, key, size, mtime_ns, inode in rows:
             if self._read("SELECT 1 FROM files WHERE path = ?", (enc(rel),)):
                 continue
             if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, None):
-                collided.append(self.get(rel))  # type: ignore[arg-type]
+                row = self.get(rel)
+                assert row is not None  # _collided has just written it, under the lock
+                collided.append(row)
             else:
                 self._conn.execute(_INSERT_NEW, (enc(rel), enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
-        return collided  # type: ignore[return-value]
+        return collided
 
     def start_upload(self, rel: str, size: int, mtime_ns: int, inode: int) -> None:
         """pending/failed/parked -> uploading, with the signature of the version about to be read."""
@@ -863,7 +866,9 @@ class Store:
             page = self.uploaded_page("uploaded_at", cursor, limit, uploaded_before=before)
             if not page:
                 break
-            cursor = (page[-1].uploaded_at, enc(page[-1].rel))
+            last = page[-1].uploaded_at
+            assert last is not None  # `uploaded_at <= before` in the query leaves out the NULLs
+            cursor = (last, enc(page[-1].rel))
             vanished = [(enc(r.rel),) for r in page if gone(r.rel)]
             if vanished:
                 cur = self._write("DELETE FROM files WHERE path = ? AND state = 'uploaded'", vanished, many=True)
@@ -1037,7 +1042,7 @@ class DatabaseClaim:
     second is refused with one line naming the first one's pid. ``status`` and ``check`` read
     without it."""
 
-    def __init__(self, db_path: os.PathLike):
+    def __init__(self, db_path: Union[str, os.PathLike]):
         self.path = Path(str(db_path) + ".lock")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -1045,10 +1050,10 @@ class DatabaseClaim:
         except OSError as exc:
             raise StoreError(f"State database lock {self.path} cannot be opened: {exc.strerror or exc}") from None
         try:
-            if os.name == "nt":
+            if sys.platform == "win32":  # not os.name == "nt": the same test, but one mypy's --platform follows
                 import msvcrt
                 self._file.seek(0)
-                msvcrt.locking(self._file.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+                msvcrt.locking(self._file.fileno(), msvcrt.LK_NBLCK, 1)
             else:
                 import fcntl
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -16,7 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
 
 OVERFLOW = "overflow"
 WATCH_LIMIT = "watch_limit"
@@ -75,7 +78,7 @@ class Watcher:
         self.hints = hints
         self.on_folder = on_folder
         self.on_lost = on_lost or (lambda reason: None)
-        self._observer = None
+        self._observer: Optional[BaseObserver] = None
         self._lost_log: Optional[_LostEventsLog] = None
 
     def start(self) -> None:
