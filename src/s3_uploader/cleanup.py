@@ -288,7 +288,7 @@ class Cleaner:
             is_being_written or (lambda path, dev, ino, fresh: False))
         self.on_requeue = on_requeue or (lambda rel: None)
         self.stop = stop or threading.Event()
-        self._cursor: Dict[str, Optional[Tuple[float, bytes]]] = {"age": None, "space": None}
+        self._cursor: Dict[str, Optional[Tuple[Optional[float], bytes]]] = {"age": None, "space": None}
         self._lock = threading.Lock()  # one pass at a time
         self._leftover: set = set()  # folders where a quarantined file is left (see _recover)
         # test seam: called with (moment, rel) at "act" (checked, nothing done yet), "quarantined"
@@ -933,8 +933,8 @@ def _take_batch(page: Sequence[Record], max_folders: int) -> Tuple[List[Record],
     return chosen, folders, False
 
 
-def _cursor_of(rec: Record, order: str) -> Tuple[float, bytes]:
-    return (rec.uploaded_at if order == "uploaded_at" else rec.mtime_ns), enc(rec.rel)  # type: ignore[return-value]
+def _cursor_of(rec: Record, order: str) -> Tuple[Optional[float], bytes]:
+    return (rec.uploaded_at if order == "uploaded_at" else rec.mtime_ns), enc(rec.rel)
 
 
 def _safe_rel(rel: str) -> bool:
@@ -1066,9 +1066,9 @@ def _same_content(fd: int, st: os.stat_result, folder: tree.Folder, name: str, t
         os.close(other)
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
+        n /= 1000
     return f"{n} B"

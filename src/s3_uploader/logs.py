@@ -86,7 +86,7 @@ def text_formatter() -> logging.Formatter:
 FLUSH_SECONDS = 0.25
 
 
-class _Batching:
+class _Batching(logging.Handler):
     """Batched writes for a logging handler: INFO and DEBUG lines go out in batches, one write per
     batch instead of one per line (a third of a small file's logging cost). A batch is written when
     a WARNING or worse arrives (after the lines before it, so order is kept), when it is older than
@@ -94,9 +94,8 @@ class _Batching:
     second), when it reaches 256 lines, and at exit. A ``kill -9`` can lose the last quarter second
     of INFO lines; never a warning or an error."""
 
-    lock: Any  # these three are logging.Handler's (each class below is one too)
-    level: int
-    terminator: str
+    lock: Any  # set by Handler.__init__ (typed Optional: createLock may not have run)
+    terminator: str  # each handler class below: StreamHandler's
     _pending: List[str]
     _since: float = 0.0
     _write_batch: Callable[[List[str]], None]  # each handler class below: write these lines out
@@ -104,7 +103,7 @@ class _Batching:
     def handle(self, record: logging.LogRecord) -> Any:
         # logging.Handler.handle holds the handler's lock around emit(), formatting included; the
         # threads that log per file would queue on it. Here only the append is under the lock.
-        rv = self.filter(record)  # type: ignore[attr-defined]
+        rv = self.filter(record)
         if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may hand back another record
             record = rv
         if rv:
@@ -113,9 +112,9 @@ class _Batching:
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            msg = self.format(record)  # type: ignore[attr-defined]  # logging.Handler's
+            msg = self.format(record)
         except Exception:
-            self.handleError(record)  # type: ignore[attr-defined]
+            self.handleError(record)
             return
         self.append(msg, record.levelno)
 

@@ -483,6 +483,12 @@ class Store:
         rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (enc(rel),))
         return _record(rows[0]) if rows else None
 
+    def _row(self, rel: str) -> Record:
+        """The row of ``rel``, which the caller has just written (under the lock)."""
+        rec = self.get(rel)
+        assert rec is not None, rel
+        return rec
+
     def get_many(self, rels: Sequence[str]) -> Dict[str, Record]:
         """The rows of ``rels`` that exist, by relative path (one query per 500)."""
         out: Dict[str, Record] = {}
@@ -541,7 +547,7 @@ class Store:
                                (now + horizon, limit - len(rows)))
         return [_record(r) for r in rows]
 
-    def uploaded_page(self, order: str, after: Optional[Tuple[float, bytes]] = None, limit: int = 1000,
+    def uploaded_page(self, order: str, after: Optional[Tuple[Optional[float], bytes]] = None, limit: int = 1000,
                       uploaded_before: Optional[float] = None) -> List[Record]:
         """Uploaded rows (cleanup's candidates), oldest first by ``order`` (``uploaded_at`` or
         ``mtime_ns``, ties by path), strictly after the cursor ``after`` = (value, path bytes);
@@ -617,7 +623,7 @@ class Store:
                     self._write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
                                 "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
                                 (raw, enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
-                return self.get(rel)  # type: ignore[return-value]
+                return self._row(rel)
             if old.state == "uploading":
                 # a worker is sending it: the worker's re-check finds the change and requeues it (a
                 # scan that moved it back to pending here made the worker's finish an illegal move)
@@ -627,7 +633,7 @@ class Store:
                     old.state == "uploaded" and old.signature != (size, mtime_ns, inode)):
                 new_key = key  # another version (or one that never had a key): its own key, decided now
                 if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, old):
-                    return self.get(rel)  # type: ignore[return-value]
+                    return self._row(rel)
             if old.state != "pending":
                 self._move(rel, "pending", key=new_key)
             if old.signature != (size, mtime_ns, inode):
@@ -641,7 +647,7 @@ class Store:
                         "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
                         (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
                          raw))
-            return self.get(rel)  # type: ignore[return-value]
+            return self._row(rel)
 
     def _collided(self, rel: str, key: str, size: int, mtime_ns: int, inode: int, now: float,
                   retry_at: Optional[float], old: Optional[Record]) -> bool:
@@ -703,9 +709,7 @@ class Store:
             if self._read("SELECT 1 FROM files WHERE path = ?", (enc(rel),)):
                 continue
             if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, None):
-                row = self.get(rel)
-                assert row is not None  # _collided has just written it, under the lock
-                collided.append(row)
+                collided.append(self._row(rel))
             else:
                 self._conn.execute(_INSERT_NEW, (enc(rel), enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
         return collided
@@ -861,14 +865,13 @@ class Store:
         something else deleted it (a recorder that removes its oldest clips, with cleanup off), so no
         pass of ours will ever move the row on. A file that comes back later is a new file. Returns
         how many; a page at a time, in upload order (the partial index on uploaded_at)."""
-        total, cursor = 0, None
+        total = 0
+        cursor: Optional[Tuple[Optional[float], bytes]] = None
         while stop is None or not stop.is_set():
             page = self.uploaded_page("uploaded_at", cursor, limit, uploaded_before=before)
             if not page:
                 break
-            last = page[-1].uploaded_at
-            assert last is not None  # `uploaded_at <= before` in the query leaves out the NULLs
-            cursor = (last, enc(page[-1].rel))
+            cursor = (page[-1].uploaded_at, enc(page[-1].rel))
             vanished = [(enc(r.rel),) for r in page if gone(r.rel)]
             if vanished:
                 cur = self._write("DELETE FROM files WHERE path = ? AND state = 'uploaded'", vanished, many=True)
