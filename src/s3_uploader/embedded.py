@@ -24,7 +24,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
+
+if TYPE_CHECKING:  # types only (boto3-stubs, a test extra)
+    from mypy_boto3_s3 import S3Client
 
 KINDS = ("seaweedfs", "rclone")
 
@@ -147,7 +150,7 @@ class LocalS3:
         self.stop()
         raise ServerError(f"{self.kind} did not answer on {self.endpoint} within {timeout:g}s; see {self.log_path}")
 
-    def client(self):
+    def client(self) -> S3Client:
         import boto3
         from botocore.config import Config
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
