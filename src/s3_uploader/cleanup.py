@@ -50,7 +50,7 @@ from .config import FreeSpace
 from .keys import key_folder
 from .remote import ObjectInfo, Remote, clean_etag, multipart_etag
 from .scanner import mtime_ns_of, signature_of
-from .store import WAITING_STATES, IllegalTransition, Record, Store, display, enc
+from .store import WAITING_STATES, IllegalTransition, Record, Store, StoreError, display, enc
 from .uploader import part_size_for
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ ARCHIVE_EXISTS = "archive destination exists"
 CANNOT_REMOVE = "cannot remove"
 CANNOT_STAT = "cannot stat"
 CONTENT_DIFFERS = "content differs"  # same signature, other bytes than the MD5 recorded at upload
+INTERNAL = "internal error"  # a bug while handling this candidate (logged with its traceback)
 
 META_FILES_FREED = "cleanup.files_freed"
 META_BYTES_FREED = "cleanup.bytes_freed"
@@ -354,9 +355,15 @@ class Cleaner:
             if self.is_busy(rec.rel):
                 res.hold(rec.rel, BUSY)
                 continue
-            local = self._local(rec.rel)
-            d = decide(rec, listings[folder].get(_key(rec)), local, now, s, for_space=(mode == "space"))
-            self._act(rec, local, d, res, s)
+            try:
+                local = self._local(rec.rel)
+                d = decide(rec, listings[folder].get(_key(rec)), local, now, s, for_space=(mode == "space"))
+                self._act(rec, local, d, res, s)
+            except StoreError:
+                raise
+            except Exception as exc:  # a bug with one candidate is that candidate's: the pass goes on
+                log.exception("Cleanup: internal error with %s (a bug); keeping it, the pass goes on", display(rec.rel))
+                res.hold(rec.rel, INTERNAL, f"{type(exc).__name__}: {exc}")
         # the cursor moves past what was examined; at the end of the list the next pass starts over
         at_end = not deferred and len(page) < s.batch_size and not stopped_early
         if at_end:
@@ -452,12 +459,10 @@ class Cleaner:
             log.warning("Local copy of %s is gone and S3 does not prove the upload (%s); forgetting it, so it "
                         "is uploaded should it come back", display(rec.rel), d.detail)
             self.store.add_error(rec.rel, "cleanup", f"local file gone and {d.detail}")
-            try:
-                self.store.discover(rec.rel, _key(rec), rec.size, rec.mtime_ns, rec.inode)
-            except IllegalTransition:
-                return  # the daemon moved it meanwhile
-            self.store.forget(rec.rel)
-            res.forgotten += 1
+            # only the row examined: the daemon may have taken up a new file at the path meanwhile
+            # (its row moved on, maybe in flight), which must keep its row
+            if self.store.forget_uploaded(rec.rel, rec.size, rec.mtime_ns, rec.inode):
+                res.forgotten += 1
             return
         log.info("Local copy of %s is already gone; S3 has %s", display(rec.rel), rec.key)
         try:
@@ -529,12 +534,17 @@ class Cleaner:
                 res.hold(rel, CANNOT_REMOVE, exc.strerror or str(exc))
                 log.warning("Cleanup: cannot %s %s (%s)", verb, display(rel), exc.strerror or exc)
                 return
+            except Exception:  # a bug: the file gets its name back before the pass says so (run_pass's loop)
+                self._put_back(folder, qname, name, rel)
+                raise
         # the file is gone (or archived) only now that S3 holds it; a crash here leaves the row
         # 'uploaded' and the next pass finds the file gone and the object present
         try:
             self.store.mark_removed(rel, "archived" if dest else "deleted", rec.signature)
-        except IllegalTransition:  # a new file at the name recorded meanwhile: its row is its own
-            log.info("Cleanup: %s was removed; the row now describes a newer file", display(rel))
+        except IllegalTransition:
+            # a new file took the name meanwhile and the daemon recorded it (the row is that file's
+            # now, to be uploaded to its key): the proven one is removed all the same
+            log.info("Cleanup: %s's row has moved on to a new file at its path; that file is kept", display(rel))
         res.freed_files += 1
         res.freed_bytes += rec.size
         if dest:

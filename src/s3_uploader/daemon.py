@@ -22,6 +22,13 @@ Threads, in the order data flows:
 one cleanup pass runs in the scheduler once the uploads are done, so a file that pass queues again
 (object missing or different) is uploaded before the run ends and counts in the exit code.
 Every wait is on an event with a timeout, so a stop request is never stuck behind a sleep.
+
+Containment: an error while handling one file (its stat, its row, its key, its job, recording its
+outcome) stays with that file. Each per-file step catches it (:meth:`Daemon._set_aside`): the error
+is logged once with its traceback (it is a bug), the file's row, when it has one still waiting, is
+marked failed with kind ``internal`` (retried with backoff, then parked), the file leaves the
+scheduler's hands, and the loop goes on with the next file. Only :class:`StoreError` (the database
+is unusable, which no file can be set aside from) still ends a thread, and the daemon with it.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import logging
 import os
 import queue
 import signal
+import stat as stat_mod
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,6 +69,12 @@ log = logging.getLogger(__name__)
 
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
 FORGET_INTERVAL = 3600.0  # seconds between passes that forget rows deleted or archived long ago
+# A file at the path of a row in these states is always a new file, even with the row's signature:
+# cleanup removed the proven one first, and a file created at once can get its inode back within
+# the same timestamp tick (same size, mtime and inode). It is looked at again after the row is read:
+# a listing or stat taken before cleanup removed the proven file must not bring that file's row back
+# (as pending, to be forgotten when found gone: the row that holds its key, whose object is its only copy)
+REMOVED_STATES = ("deleted", "archived")
 UNSETTLED_COUNT_INTERVAL = 5.0  # seconds between counts of unsettled tracked files (a pass over the tracker)
 # Shutdown (see Daemon.shutdown): what threads that were told to stop get, on top of shutdown_timeout.
 INTAKE_STOP_WAIT = 2.0  # scanner, scheduler, cleanup: each looks at the stop flag at least every second
@@ -180,6 +194,7 @@ class Daemon:
         self._endpoint_down_at_start: Optional[str] = None
         self._claim: Optional[DatabaseClaim] = None  # one daemon per state database
         self._failure_logged: Dict[str, str] = {}  # rel -> failure kind last logged above DEBUG
+        self._bugs_said: Set[Tuple[str, str]] = set()  # (rel, step) whose internal error was logged in full
         self.outage = Outage(cfg.s3.endpoint_url or "(AWS)", clock=clock, wall=wall, waiting=self._waiting_files,
                              on_change=self._outage_changed)
         self.watcher: Optional[Watcher] = None
@@ -728,29 +743,42 @@ class Daemon:
         todo: List[FileStat] = []
         for f in listing:
             rec = known.pop(f.rel, None)
-            if rec is None:
-                new_rows.append((f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino))
-                todo.append(f)
-                continue
-            state, sig = rec[0], rec[1:]
-            if sig == f.signature:
-                if state in ("pending", "uploading"):
+            try:
+                if rec is None:
+                    new_rows.append((f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino))
                     todo.append(f)
-                continue  # done, or failed/parked with its retry scheduled
-            if self._is_inflight(f.rel):
-                continue  # the upload's own re-check catches the change
-            if state == "uploaded":
-                log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
-            # a new version of a file in S3 takes the key of its own mtime; a waiting row keeps its
-            # key (the store decides which)
-            r = self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino,
-                                    retry_at=self._collision_retry_at())
-            if r.key is None:
-                log.error("%s", r.last_error)
-                continue
-            todo.append(f)
+                    continue
+                state, sig = rec[0], rec[1:]
+                if sig == f.signature and state not in REMOVED_STATES:
+                    if state in ("pending", "uploading"):
+                        todo.append(f)
+                    continue  # done, or failed/parked with its retry scheduled
+                if self._is_inflight(f.rel):
+                    continue  # the upload's own re-check catches the change
+                if state in REMOVED_STATES:
+                    fresh = self.scanner.stat_one(f.rel)  # looked at after the row was read
+                    if fresh is None:
+                        continue  # the listing saw the file cleanup has removed since: its row stays
+                    f = fresh
+                if state == "uploaded":
+                    log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
+                # a new version of a file in S3 takes the key of its own mtime; a waiting row keeps
+                # its key (the store decides which)
+                r = self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino,
+                                        retry_at=self._collision_retry_at())
+                if r.key is None:
+                    log.error("%s", r.last_error)
+                    continue
+                todo.append(f)
+            except Exception as exc:
+                self._set_aside(f.rel, "scanning", exc, st=f)
         if new_rows:
-            collided = self.store.discover_many(new_rows, retry_at=self._collision_retry_at())
+            try:
+                collided = self.store.discover_many(new_rows, retry_at=self._collision_retry_at())
+            except Exception as exc:  # not one file's: the slice is set aside, the next rescan tries it again
+                self._set_aside(rel_dir or ".", "recording the new files of folder", exc)
+                new = {r[0] for r in new_rows}
+                collided, todo = [], [f for f in todo if f.rel not in new]
             if collided:
                 for r in collided:
                     log.error("%s", r.last_error)
@@ -783,16 +811,89 @@ class Daemon:
             for r in rows:
                 if r.discovered_at >= scan_started or self._is_inflight(r.rel):
                     continue
-                if not self.filters.file_allowed(r.rel):
-                    log.info("File no longer matches include/exclude; not uploading: %s", display(r.rel))
-                    self.store.forget(r.rel)
-                elif not os.path.lexists(self.scanner.abspath(r.rel)):
-                    log.warning("File vanished before it was uploaded: %s", display(r.rel))
-                    self.store.forget(r.rel)
+                try:
+                    self._forget_if_gone(r.rel)
+                except Exception as exc:
+                    self._set_aside(r.rel, "looking for the vanished file", exc)
+
+    def _forget_if_gone(self, rel: str) -> None:
+        """Forget the waiting row of ``rel`` when there is no file to send at its path any more: it no
+        longer matches include/exclude, it is gone, or something that is not a regular file (a FIFO,
+        a socket, a folder, a symlink not followed) took its place, so no scan will ever bring that
+        row up to date. A path that cannot be looked at now (e.g. a folder without permission) keeps
+        its row."""
+        if not self.filters.file_allowed(rel):
+            log.info("File no longer matches include/exclude; not uploading: %s", display(rel))
+            self.store.forget(rel)
+            return
+        path = self.scanner.abspath(rel)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            log.warning("File vanished before it was uploaded: %s", display(rel))
+            self.store.forget(rel)
+            return
+        except OSError:
+            return
+        if stat_mod.S_ISREG(st.st_mode) or (stat_mod.S_ISLNK(st.st_mode) and self.scanner.stat_one(rel) is not None):
+            return
+        log.warning("File was replaced by something that is not a regular file before it was uploaded; not "
+                    "uploading: %s", display(rel))
+        self.store.forget(rel)
 
     def _is_inflight(self, rel: str) -> bool:
         with self.inflight_lock:
             return rel in self.inflight
+
+    # -- containment: one file's error stays with that file -----------------------------------------
+    def _set_aside(self, rel: str, step: str, exc: Exception, scheduled: bool = False,
+                   st: Optional[FileStat] = None) -> None:
+        """Called by a per-file step that raised ``exc`` while ``step`` (e.g. "checking") ``rel``.
+
+        A StoreError is raised again: the database is unusable, which is no file's problem. Anything
+        else is a bug: logged at ERROR with its traceback once per file and step (DEBUG after that),
+        the file's row, if it has one still waiting, is marked failed with kind ``internal`` (retried
+        with backoff like any failure, parked after ``max_retries``); a file with no row yet whose
+        stat ``st`` is known gets one, parked without a key (so ``status`` shows it and ``once`` does
+        not report success without it), checked again after ``parked_retry_interval``. With
+        ``scheduled`` (the scheduler's steps) the file is let go of: untracked and no longer in
+        flight, so nothing waits for it. Never raises anything else: the loop that called it goes on.
+        """
+        if isinstance(exc, StoreError):
+            raise exc
+        message = f"{step} the file: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        said = (rel, step) in self._bugs_said
+        if not said:
+            if len(self._bugs_said) >= 10000:  # bounded: a line may be said again, memory never grows
+                self._bugs_said.clear()
+            self._bugs_said.add((rel, step))
+        log.log(logging.DEBUG if said else logging.ERROR, "Internal error while %s %s (a bug; this file is set "
+                "aside and retried later, every other file goes on)", step, display(rel), exc_info=exc)
+        try:
+            if scheduled:
+                self.tracker.remove(rel)
+                self._waiting_logged.pop(rel, None)
+                self._gave_way.pop(rel, None)
+                with self.inflight_lock:
+                    self.inflight.discard(rel)
+            rec = self.store.get(rel)
+            up = self.cfg.upload
+            if rec is None and st is not None:
+                self.store.park_new(rel, st.size, st.mtime_ns, st.ino, "internal", message,
+                                    self.wall() + up.parked_retry_interval)
+                return
+            if rec is None or rec.state not in WAITING_STATES:
+                return  # no row to mark (a done file is done; one vanished is forgotten)
+            d = decide_retry(Failure("internal", message), rec.attempts + 1, up.max_retries, up.retry_backoff_base,
+                             up.retry_backoff_max, up.parked_retry_interval, patient=not self.once)
+            self.store.fail_upload(rel, "internal", message, self.wall() + d.delay, park=d.park)
+            with self.stats.lock:
+                self.stats.failures["internal"] = self.stats.failures.get("internal", 0) + 1
+                self.stats.last_error = f"{display(rel)}: internal: {message}"
+        except StoreError:
+            raise
+        except Exception:  # setting it aside failed too: say so, and still let the loop go on
+            log.debug("Could not record the internal error of %s", display(rel), exc_info=True)
 
     # -- scheduler thread -------------------------------------------------------------------------
     def _schedule_loop(self) -> None:
@@ -834,38 +935,54 @@ class Daemon:
         if overflowed:
             self.scan_request.set()
         for rel, _urgent in items:
-            if self._is_inflight(rel):
-                continue
-            if rel in self.tracker:
-                self.tracker.add(rel, now)  # look again now: it may be complete
-                continue
-            if rel in self._gave_way and now < self._gave_way[rel] + self._unsettled_limit():
-                continue  # resting after it gave way (a log still appended to): _take_back brings it in
-            if self.tracker.full:
-                self.scan_request.set()  # no room: the rescan will find it
-                continue
-            st = self.scanner.stat_one(rel)
-            if st is None:
-                continue
+            try:
+                self._take_hint(rel, now)
+            except Exception as exc:
+                self._set_aside(rel, "taking an event about", exc, scheduled=True)
+
+    def _take_hint(self, rel: str, now: float) -> None:
+        if self._is_inflight(rel):
+            return
+        if rel in self.tracker:
+            self.tracker.add(rel, now)  # look again now: it may be complete
+            return
+        if rel in self._gave_way and now < self._gave_way[rel] + self._unsettled_limit():
+            return  # resting after it gave way (a log still appended to): _take_back brings it in
+        if self.tracker.full:
+            self.scan_request.set()  # no room: the rescan will find it
+            return
+        st = self.scanner.stat_one(rel)
+        if st is None:
+            # nothing to send there: a waiting row (e.g. one cleanup queued again, of a file that no
+            # longer matches include/exclude) must not wait for ever
             rec = self.store.get(rel)
-            if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading"):
-                continue  # already uploaded, or failed with its retry scheduled
-            key = self.keymaker.key_for(rel, st.mtime)
-            if rec is None:
-                collided = self.store.discover_many([(rel, key, st.size, st.mtime_ns, st.ino)],
-                                                    retry_at=self._collision_retry_at())
-                if collided:
-                    log.error("%s", collided[0].last_error)
-                    continue
-            elif rec.signature != st.signature and rec.state != "pending":
-                if rec.state == "uploaded":
-                    log.info("File changed since it was uploaded; will upload again: %s", display(rel))
-                rec = self.store.discover(rel, key, st.size, st.mtime_ns, st.ino, retry_at=self._collision_retry_at())
-                if rec.key is None:
-                    log.error("%s", rec.last_error)
-                    continue
-            self.tracker.add(rel, now)
-            self._check(rel, st, now)
+            if rec is not None and rec.state in WAITING_STATES:
+                self._forget_if_gone(rel)
+            return
+        rec = self.store.get(rel)
+        if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading") \
+                and rec.state not in REMOVED_STATES:
+            return  # already uploaded, or failed with its retry scheduled
+        if rec is not None and rec.state in REMOVED_STATES:
+            st = self.scanner.stat_one(rel)  # after the row was read: not the file cleanup removed since
+            if st is None:
+                return
+        key = self.keymaker.key_for(rel, st.mtime)
+        if rec is None:
+            collided = self.store.discover_many([(rel, key, st.size, st.mtime_ns, st.ino)],
+                                                retry_at=self._collision_retry_at())
+            if collided:
+                log.error("%s", collided[0].last_error)
+                return
+        elif (rec.signature != st.signature or rec.state in REMOVED_STATES) and rec.state != "pending":
+            if rec.state == "uploaded":
+                log.info("File changed since it was uploaded; will upload again: %s", display(rel))
+            rec = self.store.discover(rel, key, st.size, st.mtime_ns, st.ino, retry_at=self._collision_retry_at())
+            if rec.key is None:
+                log.error("%s", rec.last_error)
+                return
+        self.tracker.add(rel, now)
+        self._check(rel, st, now)
 
     def _take_candidates(self, now: float) -> None:
         """Track the scanner's candidates while there is room. Candidates that need no slot (already
@@ -888,7 +1005,10 @@ class Daemon:
                 self._next_candidate = f
                 break
             self.tracker.add(f.rel, now)
-            self._check(f.rel, f, now)
+            try:
+                self._check(f.rel, f, now)
+            except Exception as exc:
+                self._set_aside(f.rel, "checking", exc, scheduled=True, st=f)
         self._take_back(now)
 
     def _unsettled_limit(self) -> float:
@@ -974,16 +1094,21 @@ class Daemon:
 
     def _check_due(self, now: float) -> None:
         for rel in self.tracker.pop_due(now, limit=5000):
-            st = self.scanner.stat_one(rel)
-            if st is None:
-                self.tracker.remove(rel)
-                self._waiting_logged.pop(rel, None)
-                rec = self.store.get(rel)
-                if rec is not None and rec.state in WAITING_STATES and not os.path.lexists(self.scanner.abspath(rel)):
-                    log.warning("File vanished before it was uploaded: %s", display(rel))
-                    self.store.forget(rel)
-                continue
-            self._check(rel, st, now)
+            try:
+                self._check_one_due(rel, now)
+            except Exception as exc:
+                self._set_aside(rel, "checking", exc, scheduled=True)
+
+    def _check_one_due(self, rel: str, now: float) -> None:
+        st = self.scanner.stat_one(rel)
+        if st is None:
+            self.tracker.remove(rel)
+            self._waiting_logged.pop(rel, None)
+            rec = self.store.get(rel)
+            if rec is not None and rec.state in WAITING_STATES:
+                self._forget_if_gone(rel)
+            return
+        self._check(rel, st, now)
 
     def _check(self, rel: str, st: FileStat, now: float) -> None:
         """One stability check of a tracked file with a fresh stat."""
@@ -1014,7 +1139,10 @@ class Daemon:
         if batch:
             recs = self.store.get_many([rel for rel, _, _ in batch])
             for rel, st, path in batch:
-                self._make_job(rel, st, path, recs.get(rel))
+                try:
+                    self._make_job(rel, st, path, recs.get(rel))
+                except Exception as exc:
+                    self._set_aside(rel, "making the upload job of", exc, scheduled=True, st=st)
 
     def _log_wait(self, rel: str, message: str) -> None:
         """Say why a file waits, once per file and reason (not at every check)."""
@@ -1035,8 +1163,12 @@ class Daemon:
     def _job_for(self, rel: str, st: FileStat, path: str, rec: Optional[Record]) -> Optional[Job]:
         if rec is None:
             return None  # forgotten meanwhile (vanished); a new event or scan brings it back
-        if rec.state in DONE_STATES and rec.signature == st.signature:
+        if rec.state == "uploaded" and rec.signature == st.signature:
             return None  # already uploaded (a scan and an event raced)
+        if rec.state in REMOVED_STATES:
+            fresh = self.scanner.stat_one(rel)  # after the row was read: not the file cleanup removed since
+            if fresh is None or fresh.signature != st.signature:
+                return None  # a rescan finds whatever is there now
         if rec.key is None or rec.signature != st.signature or rec.state in DONE_STATES:
             # changed, a new file at a deleted/archived path (its own key, from its mtime), or
             # parked for a collision (the other file may be gone or renamed by now)
@@ -1179,6 +1311,8 @@ class Daemon:
                 return
             try:
                 self._process(job)
+            except Exception as exc:
+                self._set_aside(job.rel, "uploading", exc)
             finally:
                 with self.inflight_lock:
                     self.inflight.discard(job.rel)
@@ -1208,22 +1342,32 @@ class Daemon:
         try:
             done = [o for o in outcomes if o.kind == "uploaded"]
             if done:
-                moved = self.store.record_sent([(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino,
-                                                 o.md5 or "", o.etag or "") for o in done])
+                rows = [(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino, o.md5 or "", o.etag or "")
+                        for o in done]
+                moved: List[Optional[bool]]
+                try:
+                    moved = list(self.store.record_sent(rows))
+                except StoreError:
+                    raise
+                except Exception:  # one file's bug must not cost the batch: each is recorded on its own
+                    moved = [self._record_sent_alone(o, row) for o, row in zip(done, rows)]
                 self._count_uploaded([o for o, ok in zip(done, moved) if ok])
                 for o, ok in zip(done, moved):
-                    if not ok:
+                    if ok is False:
                         self._moved_on(o.job, "uploaded")
             for o in outcomes:
                 if o.kind == "uploaded":
                     continue
-                if o.kind != "vanished":  # forget() takes a waiting row as it is
-                    try:
-                        self.store.start_upload(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino)
-                    except IllegalTransition:
-                        self._moved_on(o.job, o.kind)
-                        continue
-                self.record(o)
+                try:
+                    if o.kind != "vanished":  # forget() takes a waiting row as it is
+                        try:
+                            self.store.start_upload(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino)
+                        except IllegalTransition:
+                            self._moved_on(o.job, o.kind)
+                            continue
+                    self.record(o)
+                except Exception as exc:
+                    self._set_aside(o.job.rel, "recording the outcome of", exc)
         finally:
             with self.inflight_lock:
                 for o in outcomes:
@@ -1235,6 +1379,15 @@ class Daemon:
             room = sender is None or sender.backlog() - len(outcomes) <= sender.capacity
             if (room and (self.ready or self.once)) or len(outcomes) != len(done):
                 self.wake.set()
+
+    def _record_sent_alone(self, o: Outcome, row: Tuple[str, int, int, int, str, str]) -> Optional[bool]:
+        """record_sent of one file (after its batch raised): whether it moved; None when it raised
+        (then it is set aside)."""
+        try:
+            return self.store.record_sent([row])[0]
+        except Exception as exc:
+            self._set_aside(o.job.rel, "recording the upload of", exc)
+            return None
 
     def _moved_on(self, job: Job, outcome: str) -> None:
         """A sender's job whose row no longer describes the version it sent (another path recorded

@@ -722,7 +722,14 @@ class MemoryRemote(Remote):
     ``calls`` counts requests by operation name, so tests can assert how many were made. ``sse``
     is the bucket's default encryption: with ``aws:kms`` every object is stored as AWS stores a
     KMS-encrypted one, its ETags (object and parts) random rather than MD5s, and HEAD says so.
+
+    Faults, for tests: :meth:`fail` makes every request that writes an object (PUT, the multipart
+    steps) and every listing fail as S3 would (throttled, a 5xx, or a permanent error), for one key
+    or for all; ``fail(None)`` clears them. Reads that prove an object (HEAD) and deletes never fail.
     """
+
+    # fault mode -> the S3 error code it raises (classified by retry.classify like the real ones)
+    FAULTS = {"throttled": "SlowDown", "server": "InternalError", "permanent": "InvalidArgument"}
 
     def __init__(self, bucket: str = "memory-bucket", exists: bool = True, sse: str = ""):
         self.bucket = bucket
@@ -733,11 +740,36 @@ class MemoryRemote(Remote):
         self.calls: Dict[str, int] = {}
         self._lock = threading.Lock()
         self._seq = 0
+        self._fault_all: Optional[str] = None
+        self._fault_keys: Dict[str, str] = {}
 
-    def _count(self, op: str) -> None:
+    def fail(self, mode: Optional[str], key: Optional[str] = None) -> None:
+        """From now on, requests that write ``key`` (every key when None) or list its folder fail
+        with ``mode`` (a key of :data:`FAULTS`); ``mode`` None clears that fault (all of them when
+        ``key`` is None too)."""
+        if mode is not None and mode not in self.FAULTS:
+            raise ValueError(f"unknown fault {mode!r}; expected one of {sorted(self.FAULTS)}")
+        with self._lock:
+            if key is None:
+                self._fault_all = mode
+                if mode is None:
+                    self._fault_keys.clear()
+            elif mode is None:
+                self._fault_keys.pop(key, None)
+            else:
+                self._fault_keys[key] = mode
+
+    def _count(self, op: str, key: Optional[str] = None) -> None:
         self.calls[op] = self.calls.get(op, 0) + 1
         if not self.exists and op != "check_access":
             raise MemoryError_("NoSuchBucket", "The specified bucket does not exist")
+        if op in ("head", "delete", "check_access", "abort_multipart", "list_multipart_uploads"):
+            return
+        mode = self._fault_keys.get(key or "") or self._fault_all
+        if op == "list_folder" and mode is None:
+            mode = next((m for k, m in self._fault_keys.items() if k[:k.rfind("/") + 1] == key), None)
+        if mode is not None:
+            raise MemoryError_(self.FAULTS[mode], f"injected {mode} fault")
 
     @staticmethod
     def _read(body: Any, length: int) -> bytes:
@@ -752,7 +784,7 @@ class MemoryRemote(Remote):
 
     def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
         with self._lock:
-            self._count("put_object")
+            self._count("put_object", key)
         data = self._read(body, length)
         if hashlib.md5(data).digest() != md5:
             raise MemoryError_("BadDigest", "The Content-MD5 you specified did not match what we received.")
@@ -773,7 +805,7 @@ class MemoryRemote(Remote):
 
     def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
         with self._lock:
-            self._count("list_folder")
+            self._count("list_folder", folder)
             items = sorted((k, v) for k, v in self.objects.items() if k.startswith(folder) and "/" not in k[len(folder):])
         for k, (data, etag, _) in items:
             yield ObjectInfo(k, len(data), etag)
@@ -785,7 +817,7 @@ class MemoryRemote(Remote):
 
     def create_multipart(self, key: str, opts: PutOptions) -> str:
         with self._lock:
-            self._count("create_multipart")
+            self._count("create_multipart", key)
             self._seq += 1
             uid = f"upload-{self._seq}"
             self.uploads[uid] = _MemUpload(key, opts)
@@ -793,7 +825,7 @@ class MemoryRemote(Remote):
 
     def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes) -> str:
         with self._lock:
-            self._count("upload_part")
+            self._count("upload_part", key)
             up = self.uploads.get(upload_id)
         if up is None:
             raise MemoryError_("NoSuchUpload")
@@ -807,7 +839,7 @@ class MemoryRemote(Remote):
 
     def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
         with self._lock:
-            self._count("complete_multipart")
+            self._count("complete_multipart", key)
             up = self.uploads.get(upload_id)
             if up is None:
                 raise MemoryError_("NoSuchUpload")
@@ -831,7 +863,7 @@ class MemoryRemote(Remote):
 
     def list_parts(self, key: str, upload_id: str) -> Dict[int, Tuple[int, str]]:
         with self._lock:
-            self._count("list_parts")
+            self._count("list_parts", key)
             up = self.uploads.get(upload_id)
             if up is None:
                 raise MemoryError_("NoSuchUpload")

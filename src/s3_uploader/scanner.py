@@ -180,6 +180,8 @@ class Scanner:
                         except OSError as exc:  # vanished between listing and stat, or unreadable
                             if getattr(exc, "errno", None) not in (2,):  # ENOENT: just gone, nothing to say
                                 self.report(logging.WARNING, rel, f"Cannot stat ({exc.strerror or exc})")
+                        except Exception:  # a bug with one entry is that entry's: the walk goes on
+                            log.exception("Internal error while scanning %s (a bug; skipped, the walk goes on)", rel)
                         if len(files) >= self.chunk:
                             # a folder of a million files is handed out in slices, never held whole
                             yield rel_dir, files

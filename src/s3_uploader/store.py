@@ -11,6 +11,7 @@ States and the moves allowed between them (anything else raises :class:`IllegalT
 
     pending | failed | parked ──> uploaded   (one step: a single PUT of the asyncio sender)
     parked ──> parked                          (checked again, parked again: same problem, new error)
+    failed ──> failed                          (an internal error before its upload started: failed again)
     deleted | archived ──> parked              (a new file at the path, whose key is another row's)
 
 The one-step move is for small files sent by :mod:`s3_uploader.sender`: their request lasts
@@ -65,7 +66,7 @@ TRANSITIONS: Dict[str, Tuple[str, ...]] = {
     "pending": ("uploading", "failed", "parked"),
     "uploading": ("uploaded", "failed", "parked", "pending"),
     "uploaded": ("pending", "deleted", "archived"),
-    "failed": ("uploading", "pending", "parked"),
+    "failed": ("uploading", "pending", "parked", "failed"),
     "parked": ("uploading", "pending", "failed", "parked"),
     "deleted": ("pending", "parked"),
     "archived": ("pending", "parked"),
@@ -768,7 +769,8 @@ class Store:
     def fail_upload(self, rel: str, kind: str, message: str, next_attempt_at: Optional[float], park: bool,
                     count_attempt: bool = True) -> int:
         """uploading/pending/failed/parked -> failed (or parked); returns the attempt count now
-        recorded. A parked row parked again (a file no retry can send, checked again) is no error."""
+        recorded. A parked row parked again (a file no retry can send, checked again) is no error,
+        nor a failed row failed again (a bug hit while checking it before its next upload)."""
         with self._lock:
             rec = self.get(rel)
             if rec is None:
@@ -806,6 +808,34 @@ class Store:
         self._write("DELETE FROM parts WHERE path = ?", (raw,))
         self._write("DELETE FROM files WHERE path = ? AND state IN ('pending', 'failed', 'parked', 'uploading')",
                     (raw,))
+
+    def forget_uploaded(self, rel: str, size: int, mtime_ns: int, inode: int) -> bool:
+        """Drop the uploaded row of a file that is gone and that S3 does not prove (cleanup), only if
+        the row is still uploaded with that signature: a row that has moved on meanwhile (a new file
+        at the path, in flight) is left as it is. Returns whether it was dropped."""
+        raw = enc(rel)
+        with self._lock:
+            cur = self._write("DELETE FROM files WHERE path = ? AND state = 'uploaded' AND size = ? AND mtime_ns = ? "
+                              "AND inode = ?", (raw, size, mtime_ns, inode))
+            if cur.rowcount != 1:
+                return False
+            self._write("DELETE FROM parts WHERE path = ?", (raw,))
+            return True
+
+    def park_new(self, rel: str, size: int, mtime_ns: int, inode: int, kind: str, message: str,
+                 retry_at: Optional[float]) -> bool:
+        """Record a file that has no row yet as parked without a key, with ``kind`` and ``message``,
+        due again at ``retry_at`` (a file whose handling hit a bug before it got its row: it is shown
+        by ``status`` instead of being silently missing). Returns False when a row exists already."""
+        now = self.clock()
+        cur = self._write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, next_attempt_at, "
+                          "last_error, error_kind, discovered_at, updated_at) "
+                          "VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING",
+                          (enc(rel), enc(_parent(rel)), size, mtime_ns, inode, retry_at, message, kind, now, now))
+        if cur.rowcount != 1:
+            return False
+        self.add_error(rel, kind, message)
+        return True
 
     def recover_interrupted(self) -> int:
         """At start-up: uploads that were in flight when the last run stopped go back to pending

@@ -14,6 +14,7 @@ from typing import List, Optional
 import pytest
 from helpers import Clock, cannot_run
 
+from s3_uploader import cleanup as cleanup_mod
 from s3_uploader.cleanup import (BUSY, CANNOT_STAT, CONTENT_DIFFERS, ETAG_DIFFERS, FILE_GONE, FILE_MODIFIED, FORGET, HOLD,
                                  LIST_FAILED, NOT_DUE, NOT_REGULAR, NOT_UPLOADED, OBJECT_MISSING, OPEN_FOR_WRITING,
                                  OUTSIDE_TREE, REMOVE, REQUEUE, SIZE_DIFFERS, ARCHIVE_EXISTS, Cleaner,
@@ -521,12 +522,14 @@ def test_a_file_replaced_by_rename_after_the_quarantine_rename_is_kept_and_only_
 def test_a_new_file_recorded_at_the_name_while_the_quarantined_one_is_proven_keeps_both_and_its_row(world):
     """Found by review: while the quarantined file was hashed, a recorder wrote a new file at the
     freed name and the daemon recorded it (and could send it) to the same key; the pass then
-    unlinked the old file and marked the new file's row deleted. The unlink now happens only if the
-    row still records what was proven, under the store's lock."""
+    unlinked the old file and marked the new file's row deleted (the model-based test found the same
+    moment stopping the pass with an IllegalTransition). The unlink now happens only if the row
+    still records what was proven, under the store's lock; the pass goes on to the next file."""
     p = world.file("a.log", b"version 1")
+    q = world.file("b.log", b"other")
 
     def recorder(moment, rel):
-        if moment == "quarantined":
+        if moment == "quarantined" and rel == "a.log":
             p.write_bytes(b"version 2, a new file")
             st = os.lstat(p)
             world.store.discover("a.log", "site/a.log", st.st_size, st.st_mtime_ns, st.st_ino)
@@ -535,8 +538,32 @@ def test_a_new_file_recorded_at_the_name_while_the_quarantined_one_is_proven_kee
     res = world.run()
     assert p.read_bytes() == b"version 2, a new file"
     assert [q.read_bytes() for q in quarantined(world.root)] == [b"version 1"]  # kept, hidden, said
-    assert res.freed_files == 0
     assert world.state("a.log") == "pending"  # the new file's row, never marked removed
+    assert not q.exists() and res.freed_files == 1, "the pass went on to the next file"
+
+
+def test_a_gone_file_whose_path_the_daemon_takes_up_again_during_the_pass_keeps_its_new_row(world, monkeypatch):
+    # found by the model-based test: the file is gone and S3 lost its object, so the pass forgets its
+    # row; meanwhile a new file at the path was found and its upload started. The pass moved that
+    # row (uploading -> pending) and deleted it, and the upload's outcome then had no row to go to
+    # (IllegalTransition in the upload worker: before containment, the daemon stopped)
+    p = world.file("a.log", b"version 1")
+    p.unlink()
+    world.remote.objects.clear()
+    real = cleanup_mod.decide
+
+    def daemon_takes_it_up(record, *a, **kw):
+        d = real(record, *a, **kw)
+        p.write_bytes(b"version 2!")
+        st = os.lstat(p)
+        world.store.discover("a.log", "site/a.log", st.st_size, st.st_mtime_ns, st.st_ino)
+        world.store.start_upload("a.log", st.st_size, st.st_mtime_ns, st.st_ino)
+        return d
+
+    monkeypatch.setattr(cleanup_mod, "decide", daemon_takes_it_up)
+    res = world.run()
+    assert world.state("a.log") == "uploading", "the new file's upload keeps its row"
+    assert res.forgotten == 0 and p.read_bytes() == b"version 2!"
 
 
 def test_a_file_rewritten_in_place_with_its_size_and_mtime_restored_is_kept_because_its_md5_differs(world):
@@ -556,7 +583,7 @@ def test_a_file_rewritten_in_place_with_its_size_and_mtime_restored_is_kept_beca
 def test_a_crash_between_the_quarantine_rename_and_the_unlink_is_finished_by_the_next_pass(world, tmp_path):
     p = world.file("cam/a.bin", b"abc")
 
-    class Crash(Exception):
+    class Crash(BaseException):  # a crash, not an error: nothing in the pass may catch it
         pass
 
     def crash(moment, rel):
@@ -579,7 +606,7 @@ def test_a_quarantined_file_whose_name_was_taken_is_finished_and_the_new_file_at
     world.clock.t = T0 + 5
     world.file("cam/b.bin", b"xyz")
 
-    class Crash(Exception):
+    class Crash(BaseException):  # a crash, not an error: nothing in the pass may catch it
         pass
 
     def crash(moment, rel):
