@@ -289,6 +289,11 @@ class Remote(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional
         pass
 
+    def async_ok(self, key: str) -> bool:
+        """Whether ``put_object_soon`` (the asyncio sender's PUT, which only some remotes have) can
+        send to ``key``; False here: a remote with that method says when."""
+        return False
+
 
 # ------------------------------------------------------------------------------------------------
 # boto3
