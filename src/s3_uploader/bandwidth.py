@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-from .config import ScheduleEntry
+from .config import Config, ScheduleEntry
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,6 @@ class BandwidthLimiter:
             self._logged_limit = rate
 
 
-def limiter_from_config(cfg, **kw) -> BandwidthLimiter:  # type: ignore[no-untyped-def]
+def limiter_from_config(cfg: Config, **kw: Any) -> BandwidthLimiter:
     """A limiter set up from ``cfg``'s ``[upload] max_bandwidth`` and ``bandwidth_schedule``."""
     return BandwidthLimiter(cfg.upload.max_bandwidth, cfg.upload.bandwidth_schedule, **kw)

@@ -39,10 +39,11 @@ import logging
 import os
 import shutil
 import stat as stat_mod
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import tree
 from .config import FreeSpace
@@ -271,7 +272,7 @@ class Cleaner:
     when it is not the proven version it gets its name back (never over a file that took the name).
     """
 
-    def __init__(self, root: os.PathLike, store: Store, remote: Remote, settings: Callable[[], CleanupSettings], *,
+    def __init__(self, root: Union[str, os.PathLike], store: Store, remote: Remote, settings: Callable[[], CleanupSettings], *,
                  free_space: Callable[[str], Any] = shutil.disk_usage,
                  is_busy: Optional[Callable[[str], bool]] = None,
                  is_being_written: Optional[Callable[[str, int, int, bool], bool]] = None,
@@ -284,10 +285,11 @@ class Cleaner:
         self.settings = settings
         self.free_space = free_space
         self.is_busy = is_busy or (lambda rel: False)
-        self.is_being_written = is_being_written or (lambda path, dev, ino, fresh=False: False)
+        self.is_being_written: Callable[[str, int, int, bool], bool] = (
+            is_being_written or (lambda path, dev, ino, fresh: False))
         self.on_requeue = on_requeue or (lambda rel: None)
         self.stop = stop or threading.Event()
-        self._cursor: Dict[str, Optional[Tuple[float, bytes]]] = {"age": None, "space": None}
+        self._cursor: Dict[str, Optional[Tuple[Optional[float], bytes]]] = {"age": None, "space": None}
         self._lock = threading.Lock()  # one pass at a time
         self._leftover: set = set()  # folders where a quarantined file is left (see _recover)
         # test seam: called with (moment, rel) at "act" (checked, nothing done yet), "quarantined"
@@ -346,7 +348,7 @@ class Cleaner:
                 break
             last = rec
             res.examined += 1
-            folder = key_folder(rec.key)
+            folder = key_folder(_key(rec))
             if folder in failed:
                 res.hold(rec.rel, LIST_FAILED, failed[folder])
                 continue
@@ -355,7 +357,7 @@ class Cleaner:
                 continue
             try:
                 local = self._local(rec.rel)
-                d = decide(rec, listings[folder].get(rec.key), local, now, s, for_space=(mode == "space"))
+                d = decide(rec, listings[folder].get(_key(rec)), local, now, s, for_space=(mode == "space"))
                 self._act(rec, local, d, res, s)
             except StoreError:
                 raise
@@ -379,7 +381,7 @@ class Cleaner:
         rely on it: an object counts as missing only after a complete listing)."""
         wanted: Dict[str, set] = {f: set() for f in folders}
         for r in chosen:
-            wanted[key_folder(r.key)].add(r.key)
+            wanted[key_folder(_key(r))].add(_key(r))
         listings: Dict[str, Dict[str, ObjectInfo]] = {}
         failed: Dict[str, str] = {}
         for folder in folders:
@@ -440,7 +442,7 @@ class Cleaner:
         else:
             log.warning("Not deleting %s: %s (%s); uploading it again", display(rec.rel), d.reason, d.detail)
         try:
-            self.store.discover(rec.rel, rec.key, local.size, local.mtime_ns, local.inode)
+            self.store.discover(rec.rel, _key(rec), local.size, local.mtime_ns, local.inode)
         except IllegalTransition:
             return  # the daemon moved it meanwhile (found changed by a scan): it is queued already
         res.requeued += 1
@@ -682,7 +684,7 @@ class Cleaner:
         try:
             try:
                 digest = _copy_fd(fd, out, st.st_size, rec, s.multipart_chunksize, self.stop)
-                if os.name != "nt":
+                if sys.platform != "win32":  # no fchmod there
                     os.fchmod(out, stat_mod.S_IMODE(st.st_mode))
                 if os.utime in os.supports_fd:
                     os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -917,6 +919,13 @@ def cleanup_lines(c: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _key(rec: Record) -> str:
+    """The key of a row cleanup acts on. Cleanup takes only uploaded rows, and the files table's
+    CHECK lets a row lack a key only when parked, deleted or archived."""
+    assert rec.key is not None, rec.rel
+    return rec.key
+
+
 def _take_batch(page: Sequence[Record], max_folders: int) -> Tuple[List[Record], List[str], bool]:
     """The leading rows of ``page`` whose keys fall in at most ``max_folders`` folders, the folders
     in first-seen order, and whether rows were left for a later pass."""
@@ -924,7 +933,7 @@ def _take_batch(page: Sequence[Record], max_folders: int) -> Tuple[List[Record],
     seen = set()
     chosen: List[Record] = []
     for r in page:
-        f = key_folder(r.key)
+        f = key_folder(_key(r))
         if f not in seen:
             if len(folders) >= max_folders:
                 return chosen, folders, True
@@ -934,8 +943,8 @@ def _take_batch(page: Sequence[Record], max_folders: int) -> Tuple[List[Record],
     return chosen, folders, False
 
 
-def _cursor_of(rec: Record, order: str) -> Tuple[float, bytes]:
-    return (rec.uploaded_at if order == "uploaded_at" else rec.mtime_ns), enc(rec.rel)  # type: ignore[return-value]
+def _cursor_of(rec: Record, order: str) -> Tuple[Optional[float], bytes]:
+    return (rec.uploaded_at if order == "uploaded_at" else rec.mtime_ns), enc(rec.rel)
 
 
 def _safe_rel(rel: str) -> bool:
@@ -1067,9 +1076,9 @@ def _same_content(fd: int, st: os.stat_result, folder: tree.Folder, name: str, t
         os.close(other)
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
+        n /= 1000
     return f"{n} B"

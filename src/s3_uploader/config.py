@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Tuple, Union
 
 
 class ConfigError(Exception):
@@ -147,10 +147,14 @@ def parse_schedule(text: str) -> Tuple[ScheduleEntry, ...]:
 
 
 class _Type:
-    """A named parser with the phrase that says what it expects (for errors and the example)."""
+    """A named parser with the phrase that says what it expects (for errors and the example).
 
-    def __init__(self, name: str, parse: Callable[[str], Any], describe: str):
-        self.name, self.parse, self.describe = name, parse, describe
+    ``pytype`` is the Python type of the parsed value, as the section classes below annotate it
+    (a unit test checks each field against it, so the table and the classes cannot drift).
+    """
+
+    def __init__(self, name: str, parse: Callable[[str], Any], describe: str, pytype: Any):
+        self.name, self.parse, self.describe, self.pytype = name, parse, describe, pytype
 
 
 def _int(minimum: int, maximum: Optional[int] = None) -> _Type:
@@ -163,7 +167,7 @@ def _int(minimum: int, maximum: Optional[int] = None) -> _Type:
             hi = f" to {maximum}" if maximum is not None else " or more"
             raise ValueError(f"a whole number, {minimum}{hi}")
         return v
-    return _Type("int", parse, "whole number")
+    return _Type("int", parse, "whole number", int)
 
 
 def _choice(*values: str, case: bool = False) -> _Type:
@@ -173,7 +177,7 @@ def _choice(*values: str, case: bool = False) -> _Type:
             if (t == v) if case else (t.lower() == v.lower()):
                 return v
         raise ValueError("one of " + ", ".join(repr(v) if v else "(empty)" for v in values))
-    return _Type("choice", parse, "one of " + ", ".join(v or "(empty)" for v in values))
+    return _Type("choice", parse, "one of " + ", ".join(v or "(empty)" for v in values), Literal[values])
 
 
 def _duration(minimum: float = 0.0) -> _Type:
@@ -182,7 +186,7 @@ def _duration(minimum: float = 0.0) -> _Type:
         if v < minimum:
             raise ValueError(f"a duration of at least {minimum:g}s")
         return v
-    return _Type("duration", parse, "duration")
+    return _Type("duration", parse, "duration", float)
 
 
 def _size(minimum: int = 0) -> _Type:
@@ -191,16 +195,16 @@ def _size(minimum: int = 0) -> _Type:
         if v < minimum:
             raise ValueError(f"a size of at least {minimum} bytes")
         return v
-    return _Type("size", parse, "size")
+    return _Type("size", parse, "size", int)
 
 
-STR = _Type("str", lambda t: t.strip(), "text")
-PATH = _Type("path", lambda t: t.strip(), "path")
-BOOL = _Type("bool", parse_bool, "true/false")
-PATTERNS = _Type("patterns", parse_patterns, "comma-separated wildcards")
-FREE_SPACE = _Type("free_space", parse_free_space, "size or percentage")
-ADDRESS = _Type("address", parse_address, "HOST:PORT")
-SCHEDULE = _Type("schedule", parse_schedule, "timetable")
+STR = _Type("str", lambda t: t.strip(), "text", str)
+PATH = _Type("path", lambda t: t.strip(), "path", str)
+BOOL = _Type("bool", parse_bool, "true/false", bool)
+PATTERNS = _Type("patterns", parse_patterns, "comma-separated wildcards", Tuple[str, ...])
+FREE_SPACE = _Type("free_space", parse_free_space, "size or percentage", FreeSpace)
+ADDRESS = _Type("address", parse_address, "HOST:PORT", Optional[Tuple[str, int]])  # None: empty = off
+SCHEDULE = _Type("schedule", parse_schedule, "timetable", Tuple[ScheduleEntry, ...])
 
 STORAGE_CLASSES = ("", "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
                    "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE")
@@ -341,31 +345,107 @@ SECTIONS: Tuple[str, ...] = tuple(dict.fromkeys(o.section for o in OPTIONS))
 _BY_KEY: Dict[Tuple[str, str], Option] = {(o.section, o.key): o for o in OPTIONS}
 
 
-class Section:
-    """Read-only attribute access to one section's parsed values."""
+# --------------------------------------------------------------------------------------------
+# One frozen class per section, one typed field per key, so that ``cfg.s3.bucket`` is a ``str`` to
+# the type checker and a misspelled key fails the check rather than a user. The table above stays
+# the single source: tests/unit/test_config.py checks that each class's fields are its section's
+# keys, in order, with the table's types.
+# --------------------------------------------------------------------------------------------
 
-    def __init__(self, name: str, values: Dict[str, Any]):
-        object.__setattr__(self, "_name", name)
-        object.__setattr__(self, "_values", dict(values))
+@dataclass(frozen=True)
+class WatchSection:
+    directory_to_watch: str
+    include: Tuple[str, ...]
+    exclude: Tuple[str, ...]
+    skip_hidden: bool
+    follow_symlinks: bool
+    stable_seconds: float
+    stable_checks: int
+    scan_interval: float
+    use_events: bool
 
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._values[key]
-        except KeyError:
-            raise AttributeError(f"[{self._name}] has no option {key!r}") from None
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError("configuration is read-only; build a new Config instead")
+@dataclass(frozen=True)
+class S3Section:
+    bucket: str
+    prefix: str
+    region: str
+    endpoint_url: str
+    profile: str
+    credentials_file: str
+    addressing_style: Literal["auto", "path", "virtual"]
+    ca_bundle: str
+    transport: Literal["auto", "boto3", "obstore"]
+    storage_class: Literal["", "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA",
+                           "INTELLIGENT_TIERING", "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW",
+                           "EXPRESS_ONEZONE"]
+    sse: Literal["", "AES256", "aws:kms", "aws:kms:dsse"]
+    sse_kms_key_id: str
+
+
+@dataclass(frozen=True)
+class UploadSection:
+    upload_workers: int
+    max_pending_uploads: int
+    max_retries: int
+    retry_backoff_base: float
+    retry_backoff_max: float
+    parked_retry_interval: float
+    multipart_threshold: int
+    multipart_chunksize: int
+    max_concurrency: int
+    max_bandwidth: int
+    bandwidth_schedule: Tuple[ScheduleEntry, ...]
+    connect_timeout: float
+    read_timeout: float
+
+
+@dataclass(frozen=True)
+class CleanupSection:
+    delete_after: float
+    min_free_space: FreeSpace
+    cleanup_interval: float
+    cleanup_batch_size: int
+    cleanup_prefix_batch_size: int
+    remove_empty_dirs: bool
+    cleanup_dry_run: bool
+    cleanup_action: Literal["delete", "archive"]
+    archive_directory: str
+
+
+@dataclass(frozen=True)
+class DaemonSection:
+    db_path: str
+    log_file: str
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    log_format: Literal["text", "json"]
+    log_max_bytes: int
+    log_backup_count: int
+    metrics_address: Optional[Tuple[str, int]]
+    shutdown_timeout: float
+    forget_after: float
 
 
 class Config:
     """A parsed, validated configuration. Immutable: a reload builds a new one and swaps it."""
 
+    watch: WatchSection
+    s3: S3Section
+    upload: UploadSection
+    cleanup: CleanupSection
+    daemon: DaemonSection
+
     def __init__(self, values: Dict[Tuple[str, str], Any], source: Optional[Path] = None):
         self.values = dict(values)
         self.source = source
-        for sec in SECTIONS:
-            setattr(self, sec, Section(sec, {k: v for (s, k), v in self.values.items() if s == sec}))
+        self.watch = WatchSection(**self._section("watch"))
+        self.s3 = S3Section(**self._section("s3"))
+        self.upload = UploadSection(**self._section("upload"))
+        self.cleanup = CleanupSection(**self._section("cleanup"))
+        self.daemon = DaemonSection(**self._section("daemon"))
+
+    def _section(self, name: str) -> Dict[str, Any]:
+        return {k: v for (s, k), v in self.values.items() if s == name}
 
     def get(self, section: str, key: str) -> Any:
         return self.values[(section, key)]
@@ -508,7 +588,7 @@ def _closest(key: str, candidates: List[str]) -> Optional[str]:
     return m[0] if m else None
 
 
-def load_config(path: os.PathLike) -> Config:
+def load_config(path: Union[str, os.PathLike]) -> Config:
     """Read and parse the file at ``path``; raise ConfigError (one line) when it cannot be read."""
     p = Path(path)
     try:

@@ -511,7 +511,7 @@ class Daemon:
             ("closing the service notifier", self._close_service),
             ("writing out batched log lines", logs.flush),
             ("final commit of the state database", lambda: self.store.close()),
-            ("releasing the state database", lambda: self._claim and self._claim.release()),
+            ("releasing the state database", self._release_claim),
             ("closing the S3 client", self._close_remote),
         ]
         for what, step in steps:
@@ -548,12 +548,12 @@ class Daemon:
                     self.inflight.discard(job.rel)
         while True:
             try:
-                job = self.upload_q.get_nowait()
+                queued = self.upload_q.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
+            if queued is not None:
                 with self.inflight_lock:
-                    self.inflight.discard(job.rel)
+                    self.inflight.discard(queued.rel)
         workers = [t for t in self._threads if t.name.startswith("upload-")]
         for _ in workers:
             self.upload_q.put(None)  # one stop sign per worker; the closed sender ends on its own
@@ -587,6 +587,10 @@ class Daemon:
     def _close_service(self) -> None:
         if self.service is not None:
             self.service.close()
+
+    def _release_claim(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
 
     def _close_remote(self) -> None:
         try:
@@ -1123,7 +1127,8 @@ class Daemon:
             if prev is None and rel not in self._waiting_logged:  # (not again when it comes back)
                 self._log_wait(rel, "Waiting for file to stabilize: %s")
             if not self._gives_way(rel, now):
-                self.tracker.reschedule(rel, v.observation, v.next_check_at)  # type: ignore[arg-type]
+                assert v.next_check_at is not None  # set on every verdict that is not ready
+                self.tracker.reschedule(rel, v.observation, v.next_check_at)
             return
         self.tracker.remove(rel)
         self._waiting_logged.pop(rel, None)
@@ -1227,7 +1232,7 @@ class Daemon:
             return False
         s = self.upload_settings()
         return (job.stat.size <= IN_MEMORY_MAX and job.stat.size < s.multipart_threshold and job.upload_id is None
-                and s.put_options.etag_is_md5 and self.remote.async_ok(job.key))  # type: ignore[attr-defined]
+                and s.put_options.etag_is_md5 and self.remote.async_ok(job.key))
 
     def _once_finished(self) -> bool:
         if (not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready

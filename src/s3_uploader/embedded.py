@@ -24,7 +24,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
+
+if TYPE_CHECKING:  # types only (boto3-stubs, a test extra)
+    from mypy_boto3_s3 import S3Client
 
 KINDS = ("seaweedfs", "rclone")
 
@@ -51,9 +54,9 @@ def free_port() -> int:
 class LocalS3:
     """One local server process. ``start()`` returns once it answers S3 requests."""
 
-    def __init__(self, workdir: os.PathLike, kind: str = "seaweedfs", access_key: str = "s3uploader",
+    def __init__(self, workdir: Union[str, os.PathLike], kind: str = "seaweedfs", access_key: str = "s3uploader",
                  secret_key: str = "s3uploader-secret-key", port: Optional[int] = None,
-                 tls: Optional[Tuple[os.PathLike, os.PathLike, os.PathLike]] = None):
+                 tls: Optional[Tuple[Union[str, os.PathLike], Union[str, os.PathLike], Union[str, os.PathLike]]] = None):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         if tls and kind != "seaweedfs":
@@ -147,7 +150,7 @@ class LocalS3:
         self.stop()
         raise ServerError(f"{self.kind} did not answer on {self.endpoint} within {timeout:g}s; see {self.log_path}")
 
-    def client(self):
+    def client(self) -> S3Client:
         import boto3
         from botocore.config import Config
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
@@ -184,14 +187,20 @@ class LocalS3:
             return
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM) if hasattr(os, "killpg") else self.proc.terminate()
+                if sys.platform != "win32":  # the server's whole process group
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                else:
+                    self.proc.terminate()
             except ProcessLookupError:
                 pass
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 try:
-                    os.killpg(self.proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else self.proc.kill()
+                    if sys.platform != "win32":  # no SIGKILL there
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    else:
+                        self.proc.kill()
                 except ProcessLookupError:
                     pass
                 self.proc.wait(10)

@@ -86,7 +86,7 @@ def text_formatter() -> logging.Formatter:
 FLUSH_SECONDS = 0.25
 
 
-class _Batching:
+class _Batching(logging.Handler):
     """Batched writes for a logging handler: INFO and DEBUG lines go out in batches, one write per
     batch instead of one per line (a third of a small file's logging cost). A batch is written when
     a WARNING or worse arrives (after the lines before it, so order is kept), when it is older than
@@ -94,8 +94,8 @@ class _Batching:
     second), when it reaches 256 lines, and at exit. A ``kill -9`` can lose the last quarter second
     of INFO lines; never a warning or an error."""
 
-    lock: Any
-    terminator: str
+    lock: Any  # set by Handler.__init__ (typed Optional: createLock may not have run)
+    terminator: str  # each handler class below: StreamHandler's
     _pending: List[str]
     _since: float = 0.0
     _write_batch: Callable[[List[str]], None]  # each handler class below: write these lines out
@@ -103,7 +103,7 @@ class _Batching:
     def handle(self, record: logging.LogRecord) -> Any:
         # logging.Handler.handle holds the handler's lock around emit(), formatting included; the
         # threads that log per file would queue on it. Here only the append is under the lock.
-        rv = self.filter(record)  # type: ignore[attr-defined]
+        rv = self.filter(record)
         if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may hand back another record
             record = rv
         if rv:
@@ -112,9 +112,9 @@ class _Batching:
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            msg = self.format(record)  # type: ignore[attr-defined]  # logging.Handler's
+            msg = self.format(record)
         except Exception:
-            self.handleError(record)  # type: ignore[attr-defined]
+            self.handleError(record)
             return
         self.append(msg, record.levelno)
 
@@ -212,17 +212,18 @@ def per_file(logger: logging.Logger, msg: str, *args: Any) -> None:
             or root.filters):
         logger.info(msg, *args)
         return
-    handlers = root.handlers
-    for h in handlers:
-        if (not isinstance(h, _Batching) or h.filters  # type: ignore[attr-defined]
-                or type(h.formatter) is not TextFormatter):  # type: ignore[attr-defined]
+    batching: List[Tuple[_Batching, TextFormatter]] = []
+    for h in root.handlers:
+        fmt = h.formatter
+        if not isinstance(h, _Batching) or h.filters or type(fmt) is not TextFormatter:
             logger.info(msg, *args)
             return
+        batching.append((h, fmt))
     message = msg % args if args else msg
     now = time.time()
-    for h in handlers:
-        if h.level <= logging.INFO:
-            h.append(h.formatter.line(now, "INFO", message), logging.INFO)  # type: ignore[attr-defined]
+    for b, fmt in batching:
+        if b.level <= logging.INFO:
+            b.append(fmt.line(now, "INFO", message), logging.INFO)
 
 
 def flush() -> None:
@@ -244,7 +245,7 @@ def setup(level: str = "INFO", fmt: str = "text", log_file: str = "", max_bytes:
     """(Re)configure the package logger; returns it. Safe to call again (handlers are replaced)."""
     # Our formatters never show the caller's file/line, thread or process: skip collecting them
     # for every record (the logging HOWTO's "Optimization" knobs).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from typing import Any, Mapping, Optional
 
@@ -46,11 +47,11 @@ class SdNotify:
 
     def notify(self, *lines: str) -> bool:
         """Send ``lines`` (``NAME=value``) as one message; True when it was sent."""
-        if self.address is None:
+        if self.address is None or sys.platform == "win32":  # no AF_UNIX there: address is None already
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # type: ignore[attr-defined]
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sock.setblocking(False)  # a full socket buffer must never stall the daemon
             self._sock.sendto("\n".join(lines).encode("utf-8"), self.address)
             return True

@@ -29,7 +29,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Literal, Optional, Sequence, Tuple, cast
+
+if TYPE_CHECKING:  # types only: boto3-stubs' S3 client (a test extra); obstore (absent below Python 3.11)
+    from mypy_boto3_s3 import S3Client
+    from obstore.store import ClientConfig, S3Config, S3Credential
+
+    from .config import Config
 
 
 class RemoteError(Exception):
@@ -186,8 +192,8 @@ class PutOptions:
     sse: str = ""
     sse_kms_key_id: str = ""
 
-    def extra_args(self) -> Dict[str, str]:
-        out: Dict[str, str] = {}
+    def extra_args(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}  # keyword arguments to boto3 (Any: its stubs type each one its own way)
         if self.storage_class:
             out["StorageClass"] = self.storage_class
         if self.sse:
@@ -283,6 +289,11 @@ class Remote(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional
         pass
 
+    def async_ok(self, key: str) -> bool:
+        """Whether ``put_object_soon`` (the asyncio sender's PUT, which only some remotes have) can
+        send to ``key``; False here: a remote with that method says when."""
+        return False
+
 
 # ------------------------------------------------------------------------------------------------
 # boto3
@@ -293,7 +304,8 @@ class BotoRemote(Remote):
     configured concurrency."""
 
     def __init__(self, bucket: str, *, region: str = "", endpoint_url: str = "", profile: str = "",
-                 credentials_file: str = "", addressing_style: str = "auto", ca_bundle: str = "",
+                 credentials_file: str = "", addressing_style: Literal["auto", "path", "virtual"] = "auto",
+                 ca_bundle: str = "",
                  pool_size: int = 10, connect_timeout: float = 10.0, read_timeout: float = 60.0):
         # botocore's own session and client: boto3's credential chain and client, without the
         # import of boto3's resource layer and s3transfer (~0.1 s of CPU at every start), which
@@ -340,8 +352,10 @@ class BotoRemote(Remote):
             response_checksum_validation="when_required",
             user_agent_extra=f"s3-uploader/{__version__}",
         )
-        self.client = session.create_client("s3", region_name=region or None, endpoint_url=endpoint_url or None,
-                                            config=cfg, verify=self.ca_bundle or None)
+        # botocore's create_client is typed for any service; this one is S3's
+        self.client: S3Client = cast("S3Client", session.create_client(
+            "s3", region_name=region or None, endpoint_url=endpoint_url or None, config=cfg,
+            verify=self.ca_bundle or None))
 
     def check_access(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError, SSLError
@@ -497,7 +511,7 @@ class ObstoreRemote(BotoRemote):
         self._stores_lock = threading.Lock()
         self._creds: Any = None
 
-    def _credentials(self) -> Dict[str, Any]:
+    def _credentials(self) -> S3Credential:
         """obstore's credential callback, served from botocore's chain."""
         import datetime as dt
 
@@ -508,7 +522,9 @@ class ObstoreRemote(BotoRemote):
             raise NoCredentialsError()
         self._creds = creds
         frozen = creds.get_frozen_credentials()
-        expires = None
+        if frozen.access_key is None or frozen.secret_key is None:  # a key without its secret: none to send
+            raise NoCredentialsError()
+        expires: Optional[dt.datetime] = None
         if isinstance(creds, RefreshableCredentials):
             # ask again soon: botocore refreshes ahead of expiry, obstore just re-reads
             expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5)
@@ -527,7 +543,7 @@ class ObstoreRemote(BotoRemote):
             style = self.addressing_style
             if style == "auto":
                 style = "path" if self.endpoint_url else "virtual"
-            config: Dict[str, Any] = {"region": self.client.meta.region_name or "us-east-1",
+            config: S3Config = {"region": self.client.meta.region_name or "us-east-1",
                                       "virtual_hosted_style_request": style == "virtual",
                                       "unsigned_payload": False, "skip_signature": False}
             if self.endpoint_url:
@@ -536,7 +552,7 @@ class ObstoreRemote(BotoRemote):
                 config["server_side_encryption"] = sse_key[0]
                 if sse_key[1]:
                     config["sse_kms_key_id"] = sse_key[1]
-            client: Dict[str, Any] = {
+            client: ClientConfig = {
                 "allow_http": self.endpoint_url.startswith("http://"),
                 "connect_timeout": dt.timedelta(seconds=self._connect_timeout),
                 "read_timeout": dt.timedelta(seconds=self._read_timeout),
@@ -591,7 +607,8 @@ class ObstoreRemote(BotoRemote):
 
         import obstore
         store, attrs = self._prepare(opts)
-        fut = obstore.put_async(store, key, data, attributes=attrs, use_multipart=False)
+        # an asyncio Future already (obstore's stub says coroutine): ensure_future hands it back as it is
+        fut = asyncio.ensure_future(obstore.put_async(store, key, data, attributes=attrs, use_multipart=False))
 
         def settle(f: "asyncio.Future[Any]") -> None:
             if f.cancelled():
@@ -663,7 +680,7 @@ def obstore_available() -> bool:
     return True
 
 
-def remote_from_config(cfg: Any) -> BotoRemote:
+def remote_from_config(cfg: Config) -> BotoRemote:
     """The remote a Config describes, its pool sized for every request that can be in flight.
 
     ``[s3] transport``: ``obstore`` sends single PUTs through :class:`ObstoreRemote`; ``boto3``

@@ -230,8 +230,8 @@ class AsyncSender:
         self._inflight.pop(token, None)
         if head.cancelled():
             outcome = Outcome("failed", job, failure=SHUTDOWN)
-        elif head.exception() is not None:
-            outcome = self._failed(job, head.exception())  # type: ignore[arg-type]
+        elif (exc := head.exception()) is not None:
+            outcome = self._failed(job, exc)
         else:
             outcome = head.result()
         self._done(outcome)

@@ -57,7 +57,7 @@ def assess(prev: Optional[Observation], signature: Signature, now: float, stable
     A changed signature (or an open writer) starts the count again from this check.
     """
     changed = prev is None or prev.signature != signature
-    if changed or writer_open:
+    if prev is None or changed or writer_open:
         obs = Observation(signature, now, 1)
     else:
         obs = Observation(signature, prev.since, prev.checks + 1)

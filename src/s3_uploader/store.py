@@ -49,11 +49,12 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ _ALL_COLUMNS = ("path, dir, key, state, size, mtime_ns, inode, md5, etag, attemp
 class Store:
     """The state database. Thread-safe: one connection behind a lock, with group commit."""
 
-    def __init__(self, path: os.PathLike, commit_interval: float = 0.05,
+    def __init__(self, path: Union[str, os.PathLike], commit_interval: float = 0.05,
                  clock: Callable[[], float] = time.time, readonly: bool = False):
         self.path = Path(path)
         self.clock = clock
@@ -483,6 +484,12 @@ class Store:
         rows = self._read(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (enc(rel),))
         return _record(rows[0]) if rows else None
 
+    def _row(self, rel: str) -> Record:
+        """The row of ``rel``, which the caller has just written (under the lock)."""
+        rec = self.get(rel)
+        assert rec is not None, rel
+        return rec
+
     def get_many(self, rels: Sequence[str]) -> Dict[str, Record]:
         """The rows of ``rels`` that exist, by relative path (one query per 500)."""
         out: Dict[str, Record] = {}
@@ -541,7 +548,7 @@ class Store:
                                (now + horizon, limit - len(rows)))
         return [_record(r) for r in rows]
 
-    def uploaded_page(self, order: str, after: Optional[Tuple[float, bytes]] = None, limit: int = 1000,
+    def uploaded_page(self, order: str, after: Optional[Tuple[Optional[float], bytes]] = None, limit: int = 1000,
                       uploaded_before: Optional[float] = None) -> List[Record]:
         """Uploaded rows (cleanup's candidates), oldest first by ``order`` (``uploaded_at`` or
         ``mtime_ns``, ties by path), strictly after the cursor ``after`` = (value, path bytes);
@@ -617,7 +624,7 @@ class Store:
                     self._write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
                                 "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
                                 (raw, enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
-                return self.get(rel)  # type: ignore[return-value]
+                return self._row(rel)
             if old.state == "uploading":
                 # a worker is sending it: the worker's re-check finds the change and requeues it (a
                 # scan that moved it back to pending here made the worker's finish an illegal move)
@@ -627,7 +634,7 @@ class Store:
                     old.state == "uploaded" and old.signature != (size, mtime_ns, inode)):
                 new_key = key  # another version (or one that never had a key): its own key, decided now
                 if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, old):
-                    return self.get(rel)  # type: ignore[return-value]
+                    return self._row(rel)
             if old.state != "pending":
                 self._move(rel, "pending", key=new_key)
             if old.signature != (size, mtime_ns, inode):
@@ -641,7 +648,7 @@ class Store:
                         "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
                         (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
                          raw))
-            return self.get(rel)  # type: ignore[return-value]
+            return self._row(rel)
 
     def _collided(self, rel: str, key: str, size: int, mtime_ns: int, inode: int, now: float,
                   retry_at: Optional[float], old: Optional[Record]) -> bool:
@@ -698,15 +705,15 @@ class Store:
                              retry_at: Optional[float]) -> List[Record]:
         """discover_many's slow path, once a key of the batch was found taken (the rows inserted
         before that one are kept: a failed statement takes back only itself)."""
-        collided = []
+        collided: List[Record] = []
         for rel, key, size, mtime_ns, inode in rows:
             if self._read("SELECT 1 FROM files WHERE path = ?", (enc(rel),)):
                 continue
             if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, None):
-                collided.append(self.get(rel))  # type: ignore[arg-type]
+                collided.append(self._row(rel))
             else:
                 self._conn.execute(_INSERT_NEW, (enc(rel), enc(_parent(rel)), key, size, mtime_ns, inode, now, now))
-        return collided  # type: ignore[return-value]
+        return collided
 
     def start_upload(self, rel: str, size: int, mtime_ns: int, inode: int) -> None:
         """pending/failed/parked -> uploading, with the signature of the version about to be read."""
@@ -892,7 +899,8 @@ class Store:
         something else deleted it (a recorder that removes its oldest clips, with cleanup off), so no
         pass of ours will ever move the row on. A file that comes back later is a new file. Returns
         how many; a page at a time, in upload order (the partial index on uploaded_at)."""
-        total, cursor = 0, None
+        total = 0
+        cursor: Optional[Tuple[Optional[float], bytes]] = None
         while stop is None or not stop.is_set():
             page = self.uploaded_page("uploaded_at", cursor, limit, uploaded_before=before)
             if not page:
@@ -1071,7 +1079,7 @@ class DatabaseClaim:
     second is refused with one line naming the first one's pid. ``status`` and ``check`` read
     without it."""
 
-    def __init__(self, db_path: os.PathLike):
+    def __init__(self, db_path: Union[str, os.PathLike]):
         self.path = Path(str(db_path) + ".lock")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -1079,10 +1087,10 @@ class DatabaseClaim:
         except OSError as exc:
             raise StoreError(f"State database lock {self.path} cannot be opened: {exc.strerror or exc}") from None
         try:
-            if os.name == "nt":
+            if sys.platform == "win32":  # not os.name == "nt": the same test, but one mypy's --platform follows
                 import msvcrt
                 self._file.seek(0)
-                msvcrt.locking(self._file.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+                msvcrt.locking(self._file.fileno(), msvcrt.LK_NBLCK, 1)
             else:
                 import fcntl
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

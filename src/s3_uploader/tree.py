@@ -20,6 +20,7 @@ import ctypes
 import errno
 import os
 import secrets
+import sys
 from typing import List, Optional, Sequence
 
 # Hidden names cleanup gives a file between "checked" and "removed" (see cleanup.Cleaner). The
@@ -157,7 +158,9 @@ def open_folder(root: str, parts: Sequence[str], create: bool = False) -> Folder
     when one is missing (unless ``create``: then each missing level, and the root itself, is made,
     and its parent fsynced so the new folder survives a power cut).
     """
-    if not SUPPORTED:  # Windows: path-based, as before (no dir_fd); the caller's checks stand alone
+    # Windows: path-based, as before (no dir_fd); the caller's checks stand alone. (SUPPORTED is
+    # False there already; sys.platform is what mypy's --platform win32 pass understands.)
+    if sys.platform == "win32" or not SUPPORTED:
         path = os.path.join(root, *parts)
         if create:
             os.makedirs(path, exist_ok=True)
@@ -193,6 +196,8 @@ def open_folder(root: str, parts: Sequence[str], create: bool = False) -> Folder
 
 
 def _fsync_path(path: str) -> None:
+    if sys.platform == "win32":  # no O_DIRECTORY (and called only where SUPPORTED)
+        return
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -224,7 +229,7 @@ def open_file(root: str, rel: str, flags: int) -> int:
 
 _RENAME_NOREPLACE = 1
 _renameat2 = None
-if SUPPORTED and os.uname().sysname == "Linux":
+if sys.platform == "linux" and SUPPORTED:
     try:
         _libc = ctypes.CDLL(None, use_errno=True)
         _renameat2 = _libc.renameat2

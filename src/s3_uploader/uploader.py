@@ -25,9 +25,9 @@ import queue
 import stat as stat_mod
 import threading
 import time
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple, TypeVar
 
 from . import tree
 from .logs import per_file
@@ -38,6 +38,7 @@ from .scanner import FileStat, signature_of
 from .store import Part, Store, StoreError, display
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_PARTS = 10000
 # How often a file waiting for its parts looks at the abandon flag (shutdown's drain time is over).
@@ -239,10 +240,10 @@ class FileBody:
         pass
 
 
-class DaemonThreads:
+class DaemonThreads(Executor):
     """Up to ``size`` daemon threads that run calls (part uploads; the sender's HEADs);
     :meth:`submit` returns a ``concurrent.futures.Future`` (so ``wait()`` and asyncio's
-    ``run_in_executor`` take it).
+    ``run_in_executor`` take it: an Executor, whose ``shutdown`` does nothing; :meth:`close` ends it).
 
     Not a ThreadPoolExecutor: the interpreter joins its threads at exit (and ``asyncio.run`` joins
     the loop's default one), so one request stuck on a slow link would hold the process long after
@@ -259,12 +260,12 @@ class DaemonThreads:
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        f: Future = Future()
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        f: Future[_T] = Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"the {self.name} threads are closed")
-            self._q.put((f, fn, args))
+            self._q.put((f, fn, args, kwargs))
             if not self._idle.acquire(blocking=False) and len(self._threads) < self.size:
                 t = threading.Thread(target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True)
                 self._threads.append(t)
@@ -276,15 +277,15 @@ class DaemonThreads:
             item = self._q.get()
             if item is None:
                 return
-            f, fn, args = item
+            f, fn, args, kwargs = item
             if f.set_running_or_notify_cancel():
                 try:
-                    result = fn(*args)
+                    result = fn(*args, **kwargs)
                 except BaseException as exc:  # the caller decides (it waits on the Future)
                     f.set_exception(exc)
                 else:
                     f.set_result(result)
-            del item, f, fn, args
+            del item, f, fn, args, kwargs
             self._idle.release()
 
     def close(self, timeout: Optional[float] = None) -> List[str]:
@@ -333,6 +334,7 @@ class Uploader:
         fd = self._begin(job, cfg)
         if isinstance(fd, Outcome):
             return fd
+        md5: Optional[str]  # None: a multipart upload found completed before the last stop
         try:
             if job.stat.size < cfg.multipart_threshold:
                 md5, etag = self._put_single(fd, job, cfg)
@@ -513,11 +515,11 @@ class Uploader:
         count = -(-size // part_size)
         try:
             upload_id, have = self._resume(job, part_size, cfg)
-        except _CompletedEarlier as done:
+        except _CompletedEarlier as completed:
             log.info("Multipart upload of %s was completed before the last stop; S3 shows it (ETag %s)", job.key,
-                     done.etag)
+                     completed.etag)
             self.store.set_multipart(job.rel, None, None)
-            return None, done.etag
+            return None, completed.etag
         if upload_id is None:
             upload_id = self.remote.create_multipart(job.key, cfg.put_options)
             # recorded (and committed) before any part is sent: a crash leaves an upload we own
@@ -578,10 +580,11 @@ class Uploader:
             if _code(exc) not in _GONE or len(digests) != count:
                 raise
             # completed already (the answer to an earlier Complete was lost)? else the next attempt starts over
-            etag = self._completed_earlier(job, [digests[n] for n in range(1, count + 1)], cfg)
-            if etag is None:
+            earlier = self._completed_earlier(job, [digests[n] for n in range(1, count + 1)], cfg)
+            if earlier is None:
                 self.store.set_multipart(job.rel, None, None)
                 raise
+            etag = earlier
         expected = multipart_etag([digests[n] for n in range(1, count + 1)])
         # Always a HEAD (one request per file of hundreds of MiB): it shows the object is there with
         # its size, and the ETag a listing will show (some servers show the whole object's MD5, not

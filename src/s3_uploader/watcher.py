@@ -16,7 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    from watchdog.events import FileSystemEvent
+    from watchdog.observers.api import BaseObserver
 
 OVERFLOW = "overflow"
 WATCH_LIMIT = "watch_limit"
@@ -75,17 +79,17 @@ class Watcher:
         self.hints = hints
         self.on_folder = on_folder
         self.on_lost = on_lost or (lambda reason: None)
-        self._observer = None
+        self._observer: Optional[BaseObserver] = None
         self._lost_log: Optional[_LostEventsLog] = None
 
     def start(self) -> None:
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
         watcher = self
 
         class Handler(FileSystemEventHandler):
-            def dispatch(self, event) -> None:  # noqa: D401 - watchdog API
+            def dispatch(self, event: FileSystemEvent) -> None:  # noqa: D401 - watchdog API
                 try:
                     watcher._on_event(event)
                 except Exception:  # never let an exception reach watchdog's thread
@@ -104,7 +108,7 @@ class Watcher:
             raise
         self._observer = obs
 
-    def _on_event(self, event) -> None:
+    def _on_event(self, event: FileSystemEvent) -> None:
         kind = event.event_type
         if kind in ("opened", "closed_no_write", "deleted"):
             return

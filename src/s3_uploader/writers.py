@@ -22,7 +22,7 @@ import signal
 import stat
 import sys
 import time
-from typing import Callable, Dict, FrozenSet, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Optional, Set, Tuple
 
 log = logging.getLogger(__name__)
 _ACCMODE = 0o3
@@ -55,7 +55,7 @@ class WriterProbe:
         self.proc = proc
         self._cache: Optional[Tuple[float, FrozenSet[Tuple[int, int]]]] = None
         linux = sys.platform.startswith("linux")
-        self.supported = os.name == "nt" or (linux and os.path.isdir(os.path.join(proc, "self", "fd")))
+        self.supported = sys.platform == "win32" or (linux and os.path.isdir(os.path.join(proc, "self", "fd")))
         self.leases = (linux and _leases_enabled(proc)) if leases is None else leases
         self.caps = _effective_caps(proc) if linux else 0
         self._fs_of_dev: Optional[Dict[int, str]] = None
@@ -69,7 +69,7 @@ class WriterProbe:
         a writer that opened the file a moment ago must be seen)."""
         if fresh:
             self._cache = None
-        if os.name == "nt":
+        if sys.platform == "win32":  # sys.platform, not os.name: mypy's --platform follows this one
             return _windows_locked(path)
         if not self.supported:
             return False
@@ -81,7 +81,7 @@ class WriterProbe:
 
     def method(self) -> str:
         """How writers are found, in a few words (the start-up log and ``check``)."""
-        if os.name == "nt":
+        if sys.platform == "win32":
             return "an open without sharing (sees every process)"
         if not self.supported:
             return "none on this platform (size and mtime stability alone)"
@@ -95,7 +95,7 @@ class WriterProbe:
     def blind_spot(self) -> Optional[str]:
         """None when every writer on this machine can be seen; else one line: which writers this
         process cannot see, what decides for those files instead, and what to change."""
-        if os.name == "nt":
+        if sys.platform == "win32":
             return None
         if not self.supported:
             return ("Writer check: none on this platform; a file still open for writing is judged by size and mtime "
@@ -143,13 +143,15 @@ class WriterProbe:
     def _no_lease(self, dev: int, why: str) -> None:
         """No more leases asked on ``dev``; said once, as /proc alone may not see every writer."""
         self._no_lease_devs[dev] = why
-        if not self.caps >> CAP_SYS_PTRACE & 1:
+        if sys.platform != "win32" and not self.caps >> CAP_SYS_PTRACE & 1:  # (leases are Linux's)
             log.warning("Writer check: no file leases on the filesystem of device %d:%d (%s); /proc, used instead, "
                         "cannot see other users' processes writing there", os.major(dev), os.minor(dev), why)
 
     def _lease_answer(self, path: str, dev: int, ino: int) -> Optional[bool]:
         """True: a writer holds it; False: nobody has it open for writing; None: no lease here (not
         ours and no CAP_LEASE, no leases on this filesystem, not a regular file, cannot open)."""
+        if sys.platform == "win32":  # never asked there: is_being_written answers first
+            return None
         real = os.path.realpath(path)  # the open below must not pass through a link leading out
         if not real.startswith(self.real_root.rstrip(os.sep) + os.sep):
             return None
@@ -214,6 +216,8 @@ def _effective_caps(proc: str) -> int:
 def _filesystems(proc: str) -> Dict[int, str]:
     """st_dev -> filesystem type of every mount this process sees (/proc/self/mountinfo)."""
     out: Dict[int, str] = {}
+    if sys.platform == "win32":  # no mounts to read (and no os.makedev)
+        return out
     try:
         with open(os.path.join(proc, "self", "mountinfo"), "rb") as f:
             for line in f:
@@ -229,9 +233,9 @@ def _filesystems(proc: str) -> Dict[int, str]:
     return out
 
 
-def _linux_writers(proc: str, real_root: str) -> set:
+def _linux_writers(proc: str, real_root: str) -> Set[Tuple[int, int]]:
     """(dev, inode) of every file under ``real_root`` that some visible process has open for writing."""
-    out = set()
+    out: Set[Tuple[int, int]] = set()
     me = str(os.getpid())
     prefix = real_root.rstrip("/") + "/"
     try:
@@ -266,6 +270,8 @@ def _linux_writers(proc: str, real_root: str) -> set:
 
 def _windows_locked(path: str) -> bool:  # pragma: no cover - exercised on Windows only
     """True when another process holds ``path`` so that it cannot be opened without sharing."""
+    if sys.platform != "win32":  # called only there; this tells mypy, whose linux pass has no WinDLL
+        return False
     import ctypes
     from ctypes import wintypes
 

@@ -1,13 +1,15 @@
 """The declarative config table: parsing, units, every error at once, the example file."""
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 from helpers import cli
 
-from s3_uploader.config import (OPTIONS, ConfigError, FreeSpace, load_config, parse_config, parse_duration,
-                                parse_schedule, parse_size, render_example)
+from s3_uploader.config import (OPTIONS, SECTIONS, Config, ConfigError, FreeSpace, load_config, parse_config,
+                                parse_duration, parse_schedule, parse_size, render_example)
 
 MINIMAL = "[watch]\ndirectory_to_watch = /data\n[s3]\nbucket = b-1\n"
 
@@ -127,6 +129,46 @@ def test_example_file_documents_every_key_and_parses_back():
 def test_committed_example_file_matches_the_table():
     committed = Path(__file__).parents[2] / "config.example.ini"
     assert committed.read_text() == render_example(), "regenerate: s3-uploader example-config > config.example.ini"
+
+
+def test_each_section_class_has_exactly_its_sections_keys_in_table_order_with_the_tables_types():
+    # The classes give the type checker `cfg.s3.bucket: str`; the table drives parsing. This keeps them one.
+    hints = typing.get_type_hints(Config)
+    assert [name for name in hints if name in SECTIONS] == list(SECTIONS)
+    cfg = parse_config(MINIMAL)
+    for sec in SECTIONS:
+        cls = hints[sec]
+        assert type(getattr(cfg, sec)) is cls and dataclasses.is_dataclass(cls)
+        rows = [o for o in OPTIONS if o.section == sec]
+        assert [f.name for f in dataclasses.fields(cls)] == [o.key for o in rows], sec
+        types = typing.get_type_hints(cls)
+        for o in rows:
+            assert types[o.key] == o.type.pytype, f"[{sec}] {o.key}: {types[o.key]} != {o.type.pytype}"
+            value = getattr(getattr(cfg, sec), o.key)
+            assert _is_a(value, o.type.pytype), f"[{sec}] {o.key} = {value!r} is not a {o.type.pytype}"
+
+
+def _is_a(value, tp) -> bool:
+    """isinstance for the few annotations the table uses: Literal, Optional, Tuple[X, ...], classes."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return value in args
+    if origin is typing.Union:
+        return any(_is_a(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        items = args[:1] * len(value) if args[-1] is ... else args
+        return len(items) == len(value) and all(map(_is_a, value, items))
+    return tp is type(None) and value is None or isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+
+
+def test_a_section_is_read_only_and_an_unknown_key_is_an_attribute_error():
+    cfg = parse_config(MINIMAL)
+    with pytest.raises(AttributeError):
+        cfg.s3.bucket = "other"  # type: ignore[misc]  # the point of the test: frozen
+    with pytest.raises(AttributeError):
+        getattr(cfg.s3, "bukcet")
 
 
 def test_restart_only_keys_are_marked():
