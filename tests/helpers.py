@@ -9,6 +9,8 @@ import json
 import os
 import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -192,3 +194,40 @@ def cannot_run(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must run every test: install it in the CI setup)")
     pytest.skip(reason)
+
+
+def recorded_parts(db: Path) -> int:
+    """Parts committed to the state database, read as another process would."""
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT count(*) FROM parts").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+    finally:
+        conn.close()
+
+
+class NotifySocket:
+    """An AF_UNIX datagram socket standing in for systemd's; collects every message received."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.setblocking(False)
+        self.messages: List[str] = []
+
+    def receive(self) -> List[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return self.messages
+
+    def lines(self) -> List[str]:
+        return [line for m in self.receive() for line in m.split("\n")]
+
+    def close(self) -> None:
+        self.sock.close()

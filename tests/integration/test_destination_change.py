@@ -15,8 +15,8 @@ import sqlite3
 import time
 from typing import Dict
 from faultproxy import FaultProxy
-from helpers import cli, get_bytes, list_keys, make_files, once, wait_for
-from s3_uploader.destination import META_DESTINATION, Destination
+from helpers import cli, get_bytes, list_keys, make_files, once, recorded_parts, wait_for
+from s3_uploader.destination import META_DESTINATION
 from s3_uploader.store import Store
 
 MiB = 1024 * 1024
@@ -37,18 +37,7 @@ def wait_until_due(ws, seconds: float = 1.0) -> None:
     wait_for(lambda: time.time() >= newest + seconds + 0.01, timeout=seconds + 5, what="uploads to become due")
 
 
-def recorded_parts(ws) -> int:
-    """Parts committed to the state database, read as another process would."""
-    db = ws.state / "state.db"
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
-    try:
-        return conn.execute("SELECT count(*) FROM parts").fetchone()[0]
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return 0
-    finally:
-        conn.close()
+
 
 
 def recorded(ws) -> Dict[str, str]:
@@ -159,7 +148,7 @@ def test_a_multipart_upload_interrupted_before_a_bucket_change_starts_afresh_in_
         ws.config(s3={"endpoint_url": proxy.endpoint}, upload=resumable)
         proxy.hold("UploadPart", part_number=4)
         d = ws.start()
-        d.wait_until(lambda: proxy.held() == 1 and recorded_parts(ws) == 3, timeout=60,
+        d.wait_until(lambda: proxy.held() == 1 and recorded_parts(ws.state / "state.db") == 3, timeout=60,
                      what="three parts recorded and the fourth in flight")
         d.kill()
         proxy.release(drop=True)
@@ -168,8 +157,8 @@ def test_a_multipart_upload_interrupted_before_a_bucket_change_starts_afresh_in_
         new = other_bucket(ws)
         r = once(ws, s3={"endpoint_url": proxy.endpoint, "bucket": new}, upload=resumable)
         assert r.returncode == 0, r.stderr
-        assert (f"0 file(s) still present locally will be uploaded again, and 1 waiting file(s) go to the new "
-                f"destination") in r.stderr
+        assert ("0 file(s) still present locally will be uploaded again, and 1 waiting file(s) go to the new "
+                "destination") in r.stderr
         # the old bucket's upload id is never used (nor aborted) on the new bucket
         assert [e.op for e in proxy.select(upload_id=old_upload) if e.op != "UploadPart"] == []
         assert get_bytes(s3_client, new, "big.bin") == data

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import cannot_run, cli, get_bytes, list_keys, make_files, once, wait_for
 from s3_uploader.keys import escape_name, unescape_name
-from s3_uploader.store import IllegalTransition, Store
+from s3_uploader.store import Store
 
 
 def rows(db: Path):

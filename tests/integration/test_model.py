@@ -58,7 +58,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.control import currently_in_test_context
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from helpers import cli, get_bytes, write_config
 
 from s3_uploader.config import load_config

@@ -4,10 +4,8 @@ with parts of another version of the file, and uploads nobody owns are aborted a
 from __future__ import annotations
 
 import os
-import sqlite3
-from pathlib import Path
 
-from helpers import get_bytes, list_keys
+from helpers import get_bytes, list_keys, recorded_parts
 
 MiB = 1024 * 1024
 
@@ -15,17 +13,7 @@ RESUMABLE = {"multipart_threshold": "5MiB", "multipart_chunksize": "5MiB", "max_
              "upload_workers": 1}
 
 
-def recorded_parts(db: Path) -> int:
-    """Parts committed to the state database, read as another process would."""
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
-    try:
-        return conn.execute("SELECT count(*) FROM parts").fetchone()[0]
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return 0
-    finally:
-        conn.close()
+
 
 
 def kill_after_three_parts(workspace, proxy):

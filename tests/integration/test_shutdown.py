@@ -6,12 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sqlite3
 import threading
 import time
-from pathlib import Path
 
-from helpers import get_bytes, make_files, wait_for
+from helpers import get_bytes, make_files, recorded_parts, wait_for
 from s3_uploader.config import load_config
 from s3_uploader.daemon import Daemon
 from s3_uploader.store import Store
@@ -25,17 +23,7 @@ RESUMABLE = {"multipart_threshold": "5MiB", "multipart_chunksize": "5MiB", "max_
 SLACK = 5.0
 
 
-def recorded_parts(db: Path) -> int:
-    """Parts committed to the state database, read as another process would."""
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
-    try:
-        return conn.execute("SELECT count(*) FROM parts").fetchone()[0]
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return 0
-    finally:
-        conn.close()
+
 
 
 def start_with_part_two_held(workspace, proxy, size: int):

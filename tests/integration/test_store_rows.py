@@ -12,7 +12,6 @@ import json
 import time
 from typing import Dict
 from helpers import cli, list_keys, wait_for
-from hypothesis import strategies as st
 from inprocess import running_daemon
 from s3_uploader.store import Store
 

@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import secrets
-import socket
-from typing import List
 
 import pytest
-from helpers import DaemonProcess, list_keys, make_files, wait_for
+from helpers import DaemonProcess, NotifySocket, list_keys, make_files, wait_for
 from inprocess import running_daemon
 
 from s3_uploader.notify import SdNotify, ServiceNotifier
 
 
-class NotifySocket:
-    """An AF_UNIX datagram socket standing in for systemd's; collects every message received."""
 
-    def __init__(self, address: str):
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.sock.setblocking(False)
-        self.messages: List[str] = []
-
-    def receive(self) -> List[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except BlockingIOError:
-                return self.messages
-
-    def lines(self) -> List[str]:
-        return [line for m in self.receive() for line in m.split("\n")]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

@@ -6,13 +6,12 @@ import errno
 import hashlib
 import logging
 import os
-import subprocess
 import threading
 from pathlib import Path
 from typing import List, Optional
 
 import pytest
-from helpers import Clock, cannot_run
+from helpers import Clock
 
 from s3_uploader import cleanup as cleanup_mod
 from s3_uploader.cleanup import (BUSY, CANNOT_STAT, CONTENT_DIFFERS, ETAG_DIFFERS, FILE_GONE, FILE_MODIFIED, FORGET, HOLD,

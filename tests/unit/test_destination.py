@@ -4,7 +4,6 @@ start-up sweep's key rules, on a MemoryRemote.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

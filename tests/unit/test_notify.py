@@ -4,36 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import tempfile
-from typing import List
-from helpers import wait_for
+from helpers import NotifySocket, wait_for
 
 from s3_uploader.notify import SdNotify, watchdog_interval
 
 
-class NotifySocket:
-    """An AF_UNIX datagram socket standing in for systemd's; collects every message received."""
 
-    def __init__(self, address: str):
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.sock.setblocking(False)
-        self.messages: List[str] = []
-
-    def receive(self) -> List[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except BlockingIOError:
-                return self.messages
-
-    def lines(self) -> List[str]:
-        return [line for m in self.receive() for line in m.split("\n")]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_sd_notify_reaches_a_socket_file_path():
