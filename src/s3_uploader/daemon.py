@@ -191,6 +191,7 @@ class Daemon:
         self._threads: List[threading.Thread] = []
         self._waiting_logged: Dict[str, str] = {}
         self._lost_warned_at = float("-inf")
+        self.root_moved: Optional[str] = None  # where the watch directory resolves now, if not where it did
         self._endpoint_down_at_start: Optional[str] = None
         self._claim: Optional[DatabaseClaim] = None  # one daemon per state database
         self._failure_logged: Dict[str, str] = {}  # rel -> failure kind last logged above DEBUG
@@ -667,6 +668,7 @@ class Daemon:
         t0, wall0, cpu0 = self.clock(), self.wall(), time.thread_time()
         files = found = folders = 0
         last_dir = None
+        self._check_root_target()
         for rel_dir, listing in self.scanner.walk():
             if self.stop_event.is_set():
                 return found
@@ -688,6 +690,20 @@ class Daemon:
         # the scan's own CPU (this thread's): what each periodic rescan costs the box
         log.debug("Scan: %d files, %d to upload, %.2fs (%.2fs CPU)", files, found, secs, cpu)
         return found
+
+    def _check_root_target(self) -> None:
+        """The watch directory (or a folder above it) may be a symlink, resolved once at start: every
+        inside-the-tree check compares with that. Retargeted while we run, nothing below it would
+        be found any more, silently; so say so (ERROR, once) and turn health red (``root_moved``):
+        a restart follows it, and systemd's watchdog restarts us."""
+        now = os.path.realpath(self.root)
+        moved = None if now == self.scanner.real_root else now
+        if moved is not None and moved != self.root_moved:
+            log.error("Watch directory %s now resolves to %s (it was %s at start): its files are not found until "
+                      "the daemon restarts; restart it", self.root, now, self.scanner.real_root)
+        elif moved is None and self.root_moved is not None:
+            log.info("Watch directory %s resolves to %s again", self.root, now)
+        self.root_moved = moved
 
     def _events_lost(self, reason: str) -> None:
         """Watchdog's thread heard the kernel drop events (an inotify queue overflow): rescan the

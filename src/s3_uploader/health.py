@@ -38,6 +38,9 @@ def health_problem(daemon: Any, now: Optional[float] = None, max_age: Optional[f
     threads = {t.name: t for t in getattr(daemon, "_threads", ())}
     if not threads:
         return "starting"
+    moved = getattr(daemon, "root_moved", None)
+    if moved:
+        return f"the watch directory now resolves to {moved}, not where it did at start: restart to follow it"
     watcher = daemon.watcher
     if watcher is not None and not watcher.is_alive():
         return "the filesystem watcher thread has stopped"
