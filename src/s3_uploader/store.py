@@ -1095,8 +1095,11 @@ class DatabaseClaim:
                 import fcntl
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "?"
+            try:
+                self._file.seek(0)
+                holder = self._file.read().strip() or "?"
+            except OSError:  # Windows: the holder's locked byte cannot be read
+                holder = "?"
             self._file.close()
             raise StoreError(f"State database {db_path} is in use by another s3-uploader (pid {holder}); one "
                              f"process per database: stop that one, or give this one its own db_path") from None
