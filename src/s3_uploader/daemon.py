@@ -2,9 +2,10 @@
 
 Threads, in the order data flows:
 
-- **scanner**: a full rescan at start and every ``scan_interval`` (the guarantee), and subtree scans
-  for folders that events report; diffs each folder against the database and hands new or changed
-  files to the scheduler through a bounded queue (so a million new files never sit in memory).
+- **scanner** (:class:`~s3_uploader.discovery.Discovery`): a full rescan at start and every
+  ``scan_interval`` (the guarantee), and subtree scans for folders that events report; diffs each
+  folder against the database and hands new or changed files to the scheduler through a bounded
+  queue (so a million new files never sit in memory).
 - **watcher** (watchdog's thread): events become hints, which only shorten the wait.
 - **scheduler**: owns the :class:`~s3_uploader.stability.Tracker` (at most ``max_pending_uploads``
   files), checks each file when due, and hands ready files to the workers; also brings failed
@@ -13,7 +14,8 @@ Threads, in the order data flows:
 - **sender**: with the obstore transport, one asyncio loop that keeps up to ``upload_workers``
   small files (single PUTs of at most 1 MiB) in flight at once (see :mod:`s3_uploader.sender`).
 - **upload workers** (``upload_workers`` of them): upload one file each, record the outcome; every
-  file the sender does not take (streamed and multipart uploads, a bandwidth limit in force).
+  file the sender does not take (streamed and multipart uploads, a bandwidth limit in force). The
+  outcomes of both, and the retry policy, are the :class:`~s3_uploader.recorder.Recorder`'s.
 - **store committer**: group commit of the database.
 - **cleanup**: a :class:`~s3_uploader.cleanup.Cleaner` pass every ``cleanup_interval`` while
   ``[cleanup]`` is configured (read live, so a reload can switch it on or off).
@@ -33,12 +35,10 @@ is unusable, which no file can be set aside from) still ends a thread, and the d
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import queue
 import signal
-import stat as stat_mod
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,22 +59,18 @@ from .retry import Failure, classify, decide_retry
 from .scanner import FileStat, Reporter, Scanner
 from .stability import Observation, Tracker, assess, unsettled_after
 from .store import DONE_STATES, DatabaseClaim, WAITING_STATES, IllegalTransition, Record, Store, StoreError, display
-from .outage import META_OUTAGE, Outage
+from .discovery import REMOVED_STATES, Discovery
+from .recorder import Recorder
+from .outage import META_OUTAGE
 from .sender import AsyncSender
 from .uploader import IN_MEMORY_MAX, Abandoned, Job, Outcome, Settings, Uploader
-from .watcher import WATCH_LIMIT, Hints, Watcher, inotify_watches, watch_limit
+from .watcher import Hints, Watcher
 from .writers import WriterProbe
 
 log = logging.getLogger(__name__)
 
 RETRY_SWEEP_INTERVAL = 1.0  # seconds between looks for failed files whose retry is due
 FORGET_INTERVAL = 3600.0  # seconds between passes that forget rows deleted or archived long ago
-# A file at the path of a row in these states is always a new file, even with the row's signature:
-# cleanup removed the proven one first, and a file created at once can get its inode back within
-# the same timestamp tick (same size, mtime and inode). It is looked at again after the row is read:
-# a listing or stat taken before cleanup removed the proven file must not bring that file's row back
-# (as pending, to be forgotten when found gone: the row that holds its key, whose object is its only copy)
-REMOVED_STATES = ("deleted", "archived")
 UNSETTLED_COUNT_INTERVAL = 5.0  # seconds between counts of unsettled tracked files (a pass over the tracker)
 # Shutdown (see Daemon.shutdown): what threads that were told to stop get, on top of shutdown_timeout.
 INTAKE_STOP_WAIT = 2.0  # scanner, scheduler, cleanup: each looks at the stop flag at least every second
@@ -190,14 +186,23 @@ class Daemon:
         self.heartbeats: Dict[str, float] = {}
         self._threads: List[threading.Thread] = []
         self._waiting_logged: Dict[str, str] = {}
-        self._lost_warned_at = float("-inf")
-        self.root_moved: Optional[str] = None  # where the watch directory resolves now, if not where it did
         self._endpoint_down_at_start: Optional[str] = None
         self._claim: Optional[DatabaseClaim] = None  # one daemon per state database
-        self._failure_logged: Dict[str, str] = {}  # rel -> failure kind last logged above DEBUG
         self._bugs_said: Set[Tuple[str, str]] = set()  # (rel, step) whose internal error was logged in full
-        self.outage = Outage(cfg.s3.endpoint_url or "(AWS)", clock=clock, wall=wall, waiting=self._waiting_files,
-                             on_change=self._outage_changed)
+        # the first two stages, each given what it works with (see discovery.py and recorder.py)
+        self.discovery = Discovery(
+            self.root, config=lambda: self.cfg, store=lambda: self.store, scanner=lambda: self.scanner,
+            filters=lambda: self.filters, keymaker=lambda: self.keymaker, candidates=self.candidates,
+            folder_requests=self.folder_requests, scan_request=self.scan_request, stop=self.stop_event,
+            wake=self.wake, scan_done=self.scan_done, stats=self.stats, heartbeats=self.heartbeats,
+            is_inflight=self._is_inflight, set_aside=self._set_aside, watching=lambda: self.watcher is not None,
+            once=once, clock=clock, wall=wall)
+        self.recorder = Recorder(
+            cfg.s3.endpoint_url or "(AWS)", config=lambda: self.cfg, store=lambda: self.store, stats=self.stats,
+            hints=self.hints, inflight=self.inflight, inflight_lock=self.inflight_lock, wake=self.wake,
+            sender=lambda: self.sender, has_ready=lambda: bool(self.ready), set_aside=self._set_aside, once=once,
+            clock=clock, wall=wall)
+        self.outage = self.recorder.outage
         self.watcher: Optional[Watcher] = None
         self.sender: Optional[AsyncSender] = None
         self.exit_code = 0
@@ -226,6 +231,11 @@ class Daemon:
                             PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks)
         self._settings = (c, settings)
         return settings
+
+    @property
+    def root_moved(self) -> Optional[str]:
+        """Where the watch directory resolves now, if not where it did at start (health reads it)."""
+        return self.discovery.root_moved
 
     @property
     def remote(self) -> Remote:
@@ -334,8 +344,9 @@ class Daemon:
                                                                           PART_THREADS_CAP)), abandon=self.abandon,
                                  clock=self.clock, throttle=self.limiter.throttle)
         if hasattr(self.remote, "put_object_soon"):
-            self.sender = AsyncSender(self.remote, self.uploader, self.record_many, capacity=up.upload_workers,
-                                      allowed=lambda: self.limiter.limit() is None, divert=self._divert)
+            self.sender = AsyncSender(self.remote, self.uploader, self.recorder.record_many,
+                                      capacity=up.upload_workers, allowed=lambda: self.limiter.limit() is None,
+                                      divert=self._divert)
         self.probe = WriterProbe(self.root, clock=self.clock)
         self._say_writer_check()
         self.cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
@@ -413,13 +424,13 @@ class Daemon:
     def _start_threads(self) -> None:
         if self.cfg.watch.use_events and not self.once:
             try:
-                self.watcher = Watcher(self.root, self.hints, self.folder_requests.put, self._events_lost)
+                self.watcher = Watcher(self.root, self.hints, self.folder_requests.put, self.discovery.events_lost)
                 self.watcher.start()
             except Exception as exc:  # inotify limits, unsupported FS: rescans still work
                 log.warning("Filesystem events unavailable (%s); relying on rescans every %gs", exc,
                             self.cfg.watch.scan_interval)
                 self.watcher = None
-        self._spawn("scanner", self._scan_loop)
+        self._spawn("scanner", self.discovery.run)
         self._spawn("scheduler", self._schedule_loop)
         if not self.once:  # always running: cleanup may be switched on by a reload
             self._spawn("cleanup", self._cleanup_loop)
@@ -633,234 +644,6 @@ class Daemon:
             return 1
         return self.exit_code
 
-    # -- scanner thread ---------------------------------------------------------------------------
-    def _scan_loop(self) -> None:
-        while not self.stop_event.is_set():
-            self.heartbeats["scanner"] = self.clock()
-            self.full_scan()
-            if self.once:
-                self.scan_done.set()
-                self.wake.set()
-                return
-            deadline = self.clock() + self.cfg.watch.scan_interval
-            while not self.stop_event.is_set():
-                self.heartbeats["scanner"] = self.clock()
-                self._scan_requested_folders()
-                left = deadline - self.clock()
-                if left <= 0 or self.scan_request.is_set():
-                    self.scan_request.clear()
-                    break
-                self.scan_request.wait(min(left, 1.0))
-
-    def _scan_requested_folders(self) -> None:
-        seen: Set[str] = set()
-        while not self.stop_event.is_set():
-            try:
-                rel_dir = self.folder_requests.get_nowait()
-            except queue.Empty:
-                return
-            if rel_dir not in seen:
-                seen.add(rel_dir)
-                self.scan_folder(rel_dir)
-
-    def full_scan(self) -> int:
-        """One pass over the whole tree; returns the number of candidate files found."""
-        t0, wall0, cpu0 = self.clock(), self.wall(), time.thread_time()
-        files = found = folders = 0
-        last_dir = None
-        self._check_root_target()
-        for rel_dir, listing in self.scanner.walk():
-            if self.stop_event.is_set():
-                return found
-            if rel_dir != last_dir:  # a big folder comes in several slices, one after another
-                folders += 1
-                last_dir = rel_dir
-            files += len(listing)
-            found += self._diff_folder(rel_dir, listing)
-            self.heartbeats["scanner"] = self.clock()
-        if not self.stop_event.is_set():
-            self._sweep_vanished(wall0)
-            self._check_watches(folders)
-        secs, cpu = self.clock() - t0, time.thread_time() - cpu0
-        with self.stats.lock:
-            self.stats.scans += 1
-            self.stats.last_scan_at = self.wall()
-            self.stats.last_scan_seconds = secs
-            self.stats.last_scan_files = files
-        # the scan's own CPU (this thread's): what each periodic rescan costs the box
-        log.debug("Scan: %d files, %d to upload, %.2fs (%.2fs CPU)", files, found, secs, cpu)
-        return found
-
-    def _check_root_target(self) -> None:
-        """The watch directory (or a folder above it) may be a symlink, resolved once at start: every
-        inside-the-tree check compares with that. Retargeted while we run, nothing below it would
-        be found any more, silently; so say so (ERROR, once) and turn health red (``root_moved``):
-        a restart follows it, and systemd's watchdog restarts us."""
-        now = os.path.realpath(self.root)
-        moved = None if now == self.scanner.real_root else now
-        if moved is not None and moved != self.root_moved:
-            log.error("Watch directory %s now resolves to %s (it was %s at start): its files are not found until "
-                      "the daemon restarts; restart it", self.root, now, self.scanner.real_root)
-        elif moved is None and self.root_moved is not None:
-            log.info("Watch directory %s resolves to %s again", self.root, now)
-        self.root_moved = moved
-
-    def _events_lost(self, reason: str) -> None:
-        """Watchdog's thread heard the kernel drop events (an inotify queue overflow): rescan the
-        whole tree now. One WARNING a minute at most; every notice counts in the metric."""
-        now = self.clock()
-        self.scan_request.set()
-        with self.stats.lock:
-            self.stats.events_lost[reason] = self.stats.events_lost.get(reason, 0) + 1
-            quiet = now - self._lost_warned_at < 60.0
-            if not quiet:
-                self._lost_warned_at = now
-        if not quiet:
-            log.warning("Filesystem events were lost (inotify queue overflow); rescanning the whole tree now. "
-                        "If this happens often, raise fs.inotify.max_queued_events (now %s)",
-                        _read_sysctl("/proc/sys/fs/inotify/max_queued_events"))
-
-    def _check_watches(self, folders: int) -> None:
-        """After a full scan: are all ``folders`` it walked watched? watchdog skips a folder it cannot
-        watch (the per-user watch limit, permissions) without a word, so count what the kernel
-        holds. Says so once when folders go unwatched (and again if more do), with the sysctl."""
-        if self.watcher is None:
-            return
-        held = inotify_watches()
-        if held is None:
-            return
-        missing = max(0, folders - held)
-        with self.stats.lock:
-            before, self.stats.unwatched_folders = self.stats.unwatched_folders, missing
-            if missing > before:
-                self.stats.events_lost[WATCH_LIMIT] = self.stats.events_lost.get(WATCH_LIMIT, 0) + 1
-        if missing > before:
-            limit = watch_limit()
-            log.warning("Filesystem events: %d of %d folders could not be watched (inotify watch limit "
-                        "fs.inotify.max_user_watches = %s reached, no permission, or reached through a "
-                        "symlink); changes there are found by the rescan every %gs. Raise the limit: "
-                        "sysctl -w fs.inotify.max_user_watches=%d",
-                        missing, folders, limit if limit is not None else "?", self.cfg.watch.scan_interval,
-                        max(2 * (limit or 0), 4 * folders, 524288))
-        elif before and not missing:
-            log.info("Filesystem events: every folder is watched again (%d)", folders)
-
-    def scan_folder(self, rel_dir: str) -> None:
-        """Scan one folder's subtree (a folder created or moved in: its files raised no events)."""
-        for d, listing in self.scanner.walk(rel_dir):
-            if self.stop_event.is_set():
-                return
-            self._diff_folder(d, listing)
-
-    def _diff_folder(self, rel_dir: str, listing: List[FileStat]) -> int:
-        """Compare a slice of one folder's files with the database; queue what needs uploading.
-
-        Rows whose file is gone are found by ``_sweep_vanished`` after the full scan, so a folder
-        never has to be held whole.
-        """
-        known = self.store.signatures_of([f.rel for f in listing])
-        new_rows: List[Tuple[str, str, int, int, int]] = []
-        todo: List[FileStat] = []
-        for f in listing:
-            rec = known.pop(f.rel, None)
-            try:
-                if rec is None:
-                    new_rows.append((f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino))
-                    todo.append(f)
-                    continue
-                state, sig = rec[0], rec[1:]
-                if sig == f.signature and state not in REMOVED_STATES:
-                    if state in ("pending", "uploading"):
-                        todo.append(f)
-                    continue  # done, or failed/parked with its retry scheduled
-                if self._is_inflight(f.rel):
-                    continue  # the upload's own re-check catches the change
-                if state in REMOVED_STATES:
-                    fresh = self.scanner.stat_one(f.rel)  # looked at after the row was read
-                    if fresh is None:
-                        continue  # the listing saw the file cleanup has removed since: its row stays
-                    f = fresh
-                if state == "uploaded":
-                    log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
-                # a new version of a file in S3 takes the key of its own mtime; a waiting row keeps
-                # its key (the store decides which)
-                r = self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino,
-                                        retry_at=self._collision_retry_at())
-                if r.key is None:
-                    log.error("%s", r.last_error)
-                    continue
-                todo.append(f)
-            except Exception as exc:
-                self._set_aside(f.rel, "scanning", exc, st=f)
-        if new_rows:
-            try:
-                collided = self.store.discover_many(new_rows, retry_at=self._collision_retry_at())
-            except Exception as exc:  # not one file's: the slice is set aside, the next rescan tries it again
-                self._set_aside(rel_dir or ".", "recording the new files of folder", exc)
-                new = {r[0] for r in new_rows}
-                collided, todo = [], [f for f in todo if f.rel not in new]
-            if collided:
-                for r in collided:
-                    log.error("%s", r.last_error)
-                parked = {r.rel for r in collided}
-                todo = [f for f in todo if f.rel not in parked]
-        for f in todo:
-            while not self.stop_event.is_set():
-                try:
-                    self.candidates.put_nowait(f)
-                    break
-                except queue.Full:
-                    self.wake.set()  # the scheduler drains the queue
-                try:
-                    self.candidates.put(f, timeout=0.5)
-                    break
-                except queue.Full:
-                    self.heartbeats["scanner"] = self.clock()
-        if todo:
-            self.wake.set()  # once per slice, not per file
-        return len(todo)
-
-    def _sweep_vanished(self, scan_started: float) -> None:
-        """Rows still waiting whose file is gone or no longer included (e.g. its folder was removed)."""
-        after = b""
-        while not self.stop_event.is_set():
-            rows = self.store.in_states(WAITING_STATES, after=after, limit=500)
-            if not rows:
-                return
-            after = os.fsencode(rows[-1].rel)
-            for r in rows:
-                if r.discovered_at >= scan_started or self._is_inflight(r.rel):
-                    continue
-                try:
-                    self._forget_if_gone(r.rel)
-                except Exception as exc:
-                    self._set_aside(r.rel, "looking for the vanished file", exc)
-
-    def _forget_if_gone(self, rel: str) -> None:
-        """Forget the waiting row of ``rel`` when there is no file to send at its path any more: it no
-        longer matches include/exclude, it is gone, or something that is not a regular file (a FIFO,
-        a socket, a folder, a symlink not followed) took its place, so no scan will ever bring that
-        row up to date. A path that cannot be looked at now (e.g. a folder without permission) keeps
-        its row."""
-        if not self.filters.file_allowed(rel):
-            log.info("File no longer matches include/exclude; not uploading: %s", display(rel))
-            self.store.forget(rel)
-            return
-        path = self.scanner.abspath(rel)
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            log.warning("File vanished before it was uploaded: %s", display(rel))
-            self.store.forget(rel)
-            return
-        except OSError:
-            return
-        if stat_mod.S_ISREG(st.st_mode) or (stat_mod.S_ISLNK(st.st_mode) and self.scanner.stat_one(rel) is not None):
-            return
-        log.warning("File was replaced by something that is not a regular file before it was uploaded; not "
-                    "uploading: %s", display(rel))
-        self.store.forget(rel)
-
     def _is_inflight(self, rel: str) -> bool:
         with self.inflight_lock:
             return rel in self.inflight
@@ -977,7 +760,7 @@ class Daemon:
             # longer matches include/exclude) must not wait for ever
             rec = self.store.get(rel)
             if rec is not None and rec.state in WAITING_STATES:
-                self._forget_if_gone(rel)
+                self.discovery.forget_if_gone(rel)
             return
         rec = self.store.get(rel)
         if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading") \
@@ -990,14 +773,15 @@ class Daemon:
         key = self.keymaker.key_for(rel, st.mtime)
         if rec is None:
             collided = self.store.discover_many([(rel, key, st.size, st.mtime_ns, st.ino)],
-                                                retry_at=self._collision_retry_at())
+                                                retry_at=self.discovery.collision_retry_at())
             if collided:
                 log.error("%s", collided[0].last_error)
                 return
         elif (rec.signature != st.signature or rec.state in REMOVED_STATES) and rec.state != "pending":
             if rec.state == "uploaded":
                 log.info("File changed since it was uploaded; will upload again: %s", display(rel))
-            rec = self.store.discover(rel, key, st.size, st.mtime_ns, st.ino, retry_at=self._collision_retry_at())
+            rec = self.store.discover(rel, key, st.size, st.mtime_ns, st.ino,
+                                      retry_at=self.discovery.collision_retry_at())
             if rec.key is None:
                 log.error("%s", rec.last_error)
                 return
@@ -1126,7 +910,7 @@ class Daemon:
             self._waiting_logged.pop(rel, None)
             rec = self.store.get(rel)
             if rec is not None and rec.state in WAITING_STATES:
-                self._forget_if_gone(rel)
+                self.discovery.forget_if_gone(rel)
             return
         self._check(rel, st, now)
 
@@ -1194,7 +978,7 @@ class Daemon:
             # changed, a new file at a deleted/archived path (its own key, from its mtime), or
             # parked for a collision (the other file may be gone or renamed by now)
             rec = self.store.discover(rel, self.keymaker.key_for(rel, st.mtime), st.size, st.mtime_ns, st.ino,
-                                      retry_at=self._collision_retry_at())
+                                      retry_at=self.discovery.collision_retry_at())
             if rec.key is None:
                 log.error("%s", rec.last_error)
                 return None
@@ -1220,11 +1004,6 @@ class Daemon:
             self.store.fail_upload(rec.rel, "invalid", problem, None, park=True)
         except IllegalTransition as exc:  # moved on meanwhile (e.g. vanished): its new state decides
             log.debug("Not parking: %s", exc)
-
-    def _collision_retry_at(self) -> float:
-        """When a file parked for a collision is checked again: like any parked file (the other
-        file may be renamed or gone by then)."""
-        return self.wall() + self.cfg.upload.parked_retry_interval
 
     def _feed_workers(self) -> None:
         """Hand ready jobs, in order, to the sender (small single PUTs) or the upload workers."""
@@ -1346,7 +1125,7 @@ class Daemon:
             log.debug("Not uploading: %s", exc)
             return
         outcome = self.uploader.upload(job)
-        self.record(outcome)
+        self.recorder.record(outcome)
 
     def _divert(self, jobs: List[Job]) -> None:
         """Jobs the sender will not start (a bandwidth limit came into force): to the upload
@@ -1354,163 +1133,9 @@ class Daemon:
         for job in jobs:
             self.upload_q.put(job)
 
-    def record_many(self, outcomes: List[Outcome]) -> None:
-        """:meth:`record` for the sender's finished jobs. Their rows are still waiting (the sender
-        writes nothing when a file starts): the uploaded ones move to uploaded together, in one step
-        (:meth:`Store.record_sent`); any other outcome is recorded as a worker's would be, after the
-        move to uploading that the worker would have made."""
-        done: List[Outcome] = []
-        try:
-            done = [o for o in outcomes if o.kind == "uploaded"]
-            if done:
-                rows = [(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino, o.md5 or "", o.etag or "")
-                        for o in done]
-                moved: List[Optional[bool]]
-                try:
-                    moved = list(self.store.record_sent(rows))
-                except StoreError:
-                    raise
-                except Exception:  # one file's bug must not cost the batch: each is recorded on its own
-                    moved = [self._record_sent_alone(o, row) for o, row in zip(done, rows)]
-                self._count_uploaded([o for o, ok in zip(done, moved) if ok])
-                for o, ok in zip(done, moved):
-                    if ok is False:
-                        self._moved_on(o.job, "uploaded")
-            for o in outcomes:
-                if o.kind == "uploaded":
-                    continue
-                try:
-                    if o.kind != "vanished":  # forget() takes a waiting row as it is
-                        try:
-                            self.store.start_upload(o.job.rel, o.job.stat.size, o.job.stat.mtime_ns, o.job.stat.ino)
-                        except IllegalTransition:
-                            self._moved_on(o.job, o.kind)
-                            continue
-                    self.record(o)
-                except Exception as exc:
-                    self._set_aside(o.job.rel, "recording the outcome of", exc)
-        finally:
-            with self.inflight_lock:
-                for o in outcomes:
-                    self.inflight.discard(o.job.rel)
-            # The scheduler is needed to hand over more work (woken when the sender has room for a
-            # whole batch, not after every file: each turn of the scheduler costs more than a file),
-            # after anything but an upload (a retry to schedule), and in 'once' mode to see the end.
-            sender = self.sender
-            room = sender is None or sender.backlog() - len(outcomes) <= sender.capacity
-            if (room and (self.ready or self.once)) or len(outcomes) != len(done):
-                self.wake.set()
-
-    def _record_sent_alone(self, o: Outcome, row: Tuple[str, int, int, int, str, str]) -> Optional[bool]:
-        """record_sent of one file (after its batch raised): whether it moved; None when it raised
-        (then it is set aside)."""
-        try:
-            return self.store.record_sent([row])[0]
-        except Exception as exc:
-            self._set_aside(o.job.rel, "recording the upload of", exc)
-            return None
-
-    def _moved_on(self, job: Job, outcome: str) -> None:
-        """A sender's job whose row no longer describes the version it sent (another path recorded
-        it, or it was rediscovered meanwhile): the row stays as it is, and it decides what happens."""
-        rec = self.store.get(job.rel)
-        log.info("Not recording %s as %s: its row has moved on meanwhile (%s)", display(job.rel), outcome,
-                 f"now {rec.state}" if rec is not None else "gone")
-
-    def record(self, o: Outcome) -> None:
-        """Write an upload's outcome to the database and the counters; schedule a retry if failed."""
-        job = o.job
-        if o.kind == "uploaded":
-            self.store.finish_upload(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino, o.md5, o.etag)
-            self._count_uploaded([o])
-        elif o.kind == "changed":
-            log.info("File changed while it was being uploaded (%s); will upload again when stable: %s",
-                     o.reason, display(job.rel))
-            self.store.requeue(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino)
-            self.stats.add(changed_while_reading=1)
-            self.hints.add(job.rel)
-        elif o.kind == "vanished":
-            log.warning("File vanished before it was uploaded: %s", display(job.rel))
-            self._failure_logged.pop(job.rel, None)
-            self.store.forget(job.rel)
-        else:
-            self._record_failure(job, o.failure or Failure("internal", "unknown failure"))
-
-    def _count_uploaded(self, done: List[Outcome]) -> None:
-        if not done:
-            return
-        now = self.wall()
-        self.outage.succeeded()
-        if self._failure_logged:
-            for o in done:
-                self._failure_logged.pop(o.job.rel, None)
-        with self.stats.lock:
-            self.stats.uploaded_files += len(done)
-            self.stats.uploaded_bytes += sum(o.job.stat.size for o in done)
-            self.stats.last_upload_at = now
-            self.stats.upload_seconds.extend(o.seconds for o in done)
-            if len(self.stats.upload_seconds) > 10000:
-                del self.stats.upload_seconds[:5000]
-
-    def _record_failure(self, job: Job, failure: Failure) -> None:
-        up = self.cfg.upload
-        if failure.kind == "shutdown":
-            self.store.fail_upload(job.rel, failure.kind, failure.message, self.wall(), park=False,
-                                   count_attempt=False)
-            return
-        d = decide_retry(failure, job.attempt, up.max_retries, up.retry_backoff_base, up.retry_backoff_max,
-                         up.parked_retry_interval, patient=not self.once)
-        next_at = self.wall() + d.delay if (failure.retry or not d.park) else None
-        self.store.fail_upload(job.rel, failure.kind, failure.message, next_at, park=d.park)
-        with self.stats.lock:
-            self.stats.failures[failure.kind] = self.stats.failures.get(failure.kind, 0) + 1
-            self.stats.retries += 0 if d.park else 1
-            self.stats.last_error = f"{display(job.rel)}: {failure}"
-        # an outage is one state with its own lines (outage.py); any other failure gets its line once
-        # per file and reason: thousands of files failing alike must not flood the log
-        quiet = self.outage.failed(failure) or self._failure_logged.get(job.rel) == failure.kind
-        self._failure_logged[job.rel] = failure.kind
-        if d.park:
-            when = f"tried again in {d.delay:.0f}s or with 's3-uploader retry'" if next_at else \
-                "it will not be retried until the file changes or 's3-uploader retry'"
-            log.error("Upload of %s failed (%s); parked after %d attempt(s), %s", job.key, failure, job.attempt, when)
-        elif quiet:
-            log.debug("Upload of %s failed (%s); retry %d in %.1fs", job.key, failure, job.attempt, d.delay)
-        elif failure.kind in ("auth", "no_bucket", "tls"):
-            what = {"auth": "credentials/permission", "no_bucket": "bucket", "tls": "TLS trust"}[failure.kind]
-            log.error("Upload of %s failed: %s problem (%s); retrying in %.0fs", job.key, what, failure.message,
-                      d.delay)
-        elif job.attempt > up.max_retries:  # an outage (network, throttling): waits without being parked
-            log.warning("Upload of %s failed (%s); endpoint problem, not parked: retry %d in %.1fs", job.key,
-                        failure, job.attempt, d.delay)
-        else:
-            log.warning("Upload of %s failed (%s); retry %d of %d in %.1fs", job.key, failure, job.attempt,
-                        up.max_retries, d.delay)
-
-    def _waiting_files(self) -> int:
-        """Files not yet in S3 (for the outage's lines; counts the rows, so only when one is written)."""
-        try:
-            counts = self.store.counts()
-        except StoreError:
-            return 0
-        return sum(counts[s] for s in WAITING_STATES)
-
-    def _outage_changed(self, state: Optional[Dict[str, Any]]) -> None:
-        """Keep the outage where ``status`` (another process) reads it."""
-        try:
-            self.store.set_meta(META_OUTAGE, json.dumps(state) if state else "")
-        except StoreError:
-            pass  # the threads that write rows report a broken database
-
     # -- reading state for status lines ------------------------------------------------------------
     def queue_depth(self) -> int:
         sent = self.sender.queued() if self.sender is not None else 0
         return len(self.tracker) + len(self.ready) + self.upload_q.qsize() + self.candidates.qsize() + sent
 
 
-def _read_sysctl(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return "?"

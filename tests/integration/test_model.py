@@ -617,6 +617,6 @@ def test_a_listing_taken_before_cleanup_removed_a_file_does_not_bring_its_row_ba
         store.finish_upload("sub/d.txt", listed.size, listed.mtime_ns, listed.ino, md5, md5)
         p.unlink()  # cleanup removes the proven file, then marks its row
         store.mark_removed("sub/d.txt", "deleted")
-        d._diff_folder("sub", [listed])
+        d.discovery.diff_folder("sub", [listed])
         assert store.get("sub/d.txt").state == "deleted"
         assert d.candidates.empty()

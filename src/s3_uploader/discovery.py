@@ -1,0 +1,344 @@
+"""Discovery: the first stage of the data flow. Finds the files to upload and hands them on.
+
+A full rescan at start and every ``scan_interval`` (the guarantee: whatever events missed, the
+next rescan finds), and subtree scans of the folders that events report (a folder created or moved
+in raised no events for its files). Each folder's listing is diffed against the database: new
+files get a row (pending) and changed ones are discovered again (the store decides their key);
+both go to the scheduler through the bounded ``candidates`` queue, so a million new files never sit
+in memory. After a full scan, waiting rows whose file is gone (or no longer included, or no longer
+a regular file) are forgotten, the watch count is checked against the folders walked, and a watch
+directory whose symlink was retargeted is said once (ERROR) and turns health red (``root_moved``).
+
+Contract: discovery never uploads, never deletes a local file and never touches a row in flight
+(``is_inflight``); a file's error while it is scanned goes to ``set_aside`` (the daemon's
+containment) and the scan goes on; a :class:`~s3_uploader.store.StoreError` propagates.
+:meth:`Discovery.full_scan` is one pass (the step tests call); :meth:`Discovery.run` is the loop
+of the scanner thread.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import stat as stat_mod
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
+
+from .config import Config
+from .keys import Filters, KeyMaker
+from .scanner import FileStat, Scanner
+from .store import WAITING_STATES, Store, display
+from .watcher import WATCH_LIMIT, inotify_watches, watch_limit
+
+if TYPE_CHECKING:
+    from .daemon import Stats
+
+log = logging.getLogger(__name__)
+
+# A file at the path of a row in these states is always a new file, even with the row's signature:
+# cleanup removed the proven one first, and a file created at once can get its inode back within
+# the same timestamp tick (same size, mtime and inode). It is looked at again after the row is read:
+# a listing or stat taken before cleanup removed the proven file must not bring that file's row back
+# (as pending, to be forgotten when found gone: the row that holds its key, whose object is its only copy)
+REMOVED_STATES = ("deleted", "archived")
+
+
+class Discovery:
+    """The scanner thread's work over the tree at ``root``.
+
+    Its collaborators are passed in; those the daemon replaces while it runs (the config and what
+    is built from it on a reload, the store opened at start) are passed as accessors and read
+    where used. ``set_aside(rel, step, exc, st=...)`` is the daemon's containment for one file's
+    error; ``is_inflight(rel)`` says whether an upload holds the file; ``watching()`` whether
+    filesystem events are on (the watch count is checked only then).
+    """
+
+    def __init__(self, root: str, *, config: Callable[[], Config], store: Callable[[], Store],
+                 scanner: Callable[[], Scanner], filters: Callable[[], Filters], keymaker: Callable[[], KeyMaker],
+                 candidates: "queue.Queue[FileStat]", folder_requests: "queue.Queue[str]",
+                 scan_request: threading.Event, stop: threading.Event, wake: threading.Event,
+                 scan_done: threading.Event, stats: "Stats", heartbeats: Dict[str, float],
+                 is_inflight: Callable[[str], bool], set_aside: Callable[..., None], watching: Callable[[], bool],
+                 once: bool, clock: Callable[[], float], wall: Callable[[], float]):
+        self.root = root
+        self._config = config
+        self._store = store
+        self._scanner = scanner
+        self._filters = filters
+        self._keymaker = keymaker
+        self.candidates = candidates
+        self.folder_requests = folder_requests
+        self.scan_request = scan_request
+        self.stop = stop
+        self.wake = wake
+        self.scan_done = scan_done  # once mode: the single scan has finished
+        self.stats = stats
+        self.heartbeats = heartbeats
+        self._is_inflight = is_inflight
+        self._set_aside = set_aside
+        self._watching = watching
+        self.once = once
+        self.clock = clock
+        self.wall = wall
+        self._lost_warned_at = float("-inf")
+        self.root_moved: Optional[str] = None  # where the watch directory resolves now, if not where it did
+
+    @property
+    def store(self) -> Store:
+        return self._store()
+
+    @property
+    def scanner(self) -> Scanner:
+        return self._scanner()
+
+    @property
+    def filters(self) -> Filters:
+        return self._filters()
+
+    @property
+    def keymaker(self) -> KeyMaker:
+        return self._keymaker()
+
+    def run(self) -> None:
+        """The scanner thread: a full scan now and every ``scan_interval`` (sooner when one is
+        requested), the folders events report in between; in ``once`` mode one scan, then
+        ``scan_done``. Returns when ``stop`` is set."""
+        while not self.stop.is_set():
+            self.heartbeats["scanner"] = self.clock()
+            self.full_scan()
+            if self.once:
+                self.scan_done.set()
+                self.wake.set()
+                return
+            deadline = self.clock() + self._config().watch.scan_interval
+            while not self.stop.is_set():
+                self.heartbeats["scanner"] = self.clock()
+                self._scan_requested_folders()
+                left = deadline - self.clock()
+                if left <= 0 or self.scan_request.is_set():
+                    self.scan_request.clear()
+                    break
+                self.scan_request.wait(min(left, 1.0))
+
+    def _scan_requested_folders(self) -> None:
+        seen: Set[str] = set()
+        while not self.stop.is_set():
+            try:
+                rel_dir = self.folder_requests.get_nowait()
+            except queue.Empty:
+                return
+            if rel_dir not in seen:
+                seen.add(rel_dir)
+                self.scan_folder(rel_dir)
+
+    def full_scan(self) -> int:
+        """One pass over the whole tree; returns the number of candidate files found."""
+        t0, wall0, cpu0 = self.clock(), self.wall(), time.thread_time()
+        files = found = folders = 0
+        last_dir = None
+        self._check_root_target()
+        for rel_dir, listing in self.scanner.walk():
+            if self.stop.is_set():
+                return found
+            if rel_dir != last_dir:  # a big folder comes in several slices, one after another
+                folders += 1
+                last_dir = rel_dir
+            files += len(listing)
+            found += self.diff_folder(rel_dir, listing)
+            self.heartbeats["scanner"] = self.clock()
+        if not self.stop.is_set():
+            self._sweep_vanished(wall0)
+            self._check_watches(folders)
+        secs, cpu = self.clock() - t0, time.thread_time() - cpu0
+        with self.stats.lock:
+            self.stats.scans += 1
+            self.stats.last_scan_at = self.wall()
+            self.stats.last_scan_seconds = secs
+            self.stats.last_scan_files = files
+        # the scan's own CPU (this thread's): what each periodic rescan costs the box
+        log.debug("Scan: %d files, %d to upload, %.2fs (%.2fs CPU)", files, found, secs, cpu)
+        return found
+
+    def _check_root_target(self) -> None:
+        """The watch directory (or a folder above it) may be a symlink, resolved once at start: every
+        inside-the-tree check compares with that. Retargeted while we run, nothing below it would
+        be found any more, silently; so say so (ERROR, once) and turn health red (``root_moved``):
+        a restart follows it, and systemd's watchdog restarts us."""
+        now = os.path.realpath(self.root)
+        moved = None if now == self.scanner.real_root else now
+        if moved is not None and moved != self.root_moved:
+            log.error("Watch directory %s now resolves to %s (it was %s at start): its files are not found until "
+                      "the daemon restarts; restart it", self.root, now, self.scanner.real_root)
+        elif moved is None and self.root_moved is not None:
+            log.info("Watch directory %s resolves to %s again", self.root, now)
+        self.root_moved = moved
+
+    def events_lost(self, reason: str) -> None:
+        """Watchdog's thread heard the kernel drop events (an inotify queue overflow): rescan the
+        whole tree now. One WARNING a minute at most; every notice counts in the metric."""
+        now = self.clock()
+        self.scan_request.set()
+        with self.stats.lock:
+            self.stats.events_lost[reason] = self.stats.events_lost.get(reason, 0) + 1
+            quiet = now - self._lost_warned_at < 60.0
+            if not quiet:
+                self._lost_warned_at = now
+        if not quiet:
+            log.warning("Filesystem events were lost (inotify queue overflow); rescanning the whole tree now. "
+                        "If this happens often, raise fs.inotify.max_queued_events (now %s)",
+                        _read_sysctl("/proc/sys/fs/inotify/max_queued_events"))
+
+    def _check_watches(self, folders: int) -> None:
+        """After a full scan: are all ``folders`` it walked watched? watchdog skips a folder it cannot
+        watch (the per-user watch limit, permissions) without a word, so count what the kernel
+        holds. Says so once when folders go unwatched (and again if more do), with the sysctl."""
+        if not self._watching():
+            return
+        held = inotify_watches()
+        if held is None:
+            return
+        missing = max(0, folders - held)
+        with self.stats.lock:
+            before, self.stats.unwatched_folders = self.stats.unwatched_folders, missing
+            if missing > before:
+                self.stats.events_lost[WATCH_LIMIT] = self.stats.events_lost.get(WATCH_LIMIT, 0) + 1
+        if missing > before:
+            limit = watch_limit()
+            log.warning("Filesystem events: %d of %d folders could not be watched (inotify watch limit "
+                        "fs.inotify.max_user_watches = %s reached, no permission, or reached through a "
+                        "symlink); changes there are found by the rescan every %gs. Raise the limit: "
+                        "sysctl -w fs.inotify.max_user_watches=%d",
+                        missing, folders, limit if limit is not None else "?", self._config().watch.scan_interval,
+                        max(2 * (limit or 0), 4 * folders, 524288))
+        elif before and not missing:
+            log.info("Filesystem events: every folder is watched again (%d)", folders)
+
+    def scan_folder(self, rel_dir: str) -> None:
+        """Scan one folder's subtree (a folder created or moved in: its files raised no events)."""
+        for d, listing in self.scanner.walk(rel_dir):
+            if self.stop.is_set():
+                return
+            self.diff_folder(d, listing)
+
+    def diff_folder(self, rel_dir: str, listing: List[FileStat]) -> int:
+        """Compare a slice of one folder's files with the database; queue what needs uploading.
+
+        Rows whose file is gone are found by ``_sweep_vanished`` after the full scan, so a folder
+        never has to be held whole.
+        """
+        known = self.store.signatures_of([f.rel for f in listing])
+        new_rows: List[Tuple[str, str, int, int, int]] = []
+        todo: List[FileStat] = []
+        for f in listing:
+            rec = known.pop(f.rel, None)
+            try:
+                if rec is None:
+                    new_rows.append((f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino))
+                    todo.append(f)
+                    continue
+                state, sig = rec[0], rec[1:]
+                if sig == f.signature and state not in REMOVED_STATES:
+                    if state in ("pending", "uploading"):
+                        todo.append(f)
+                    continue  # done, or failed/parked with its retry scheduled
+                if self._is_inflight(f.rel):
+                    continue  # the upload's own re-check catches the change
+                if state in REMOVED_STATES:
+                    fresh = self.scanner.stat_one(f.rel)  # looked at after the row was read
+                    if fresh is None:
+                        continue  # the listing saw the file cleanup has removed since: its row stays
+                    f = fresh
+                if state == "uploaded":
+                    log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
+                # a new version of a file in S3 takes the key of its own mtime; a waiting row keeps
+                # its key (the store decides which)
+                r = self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino,
+                                        retry_at=self.collision_retry_at())
+                if r.key is None:
+                    log.error("%s", r.last_error)
+                    continue
+                todo.append(f)
+            except Exception as exc:
+                self._set_aside(f.rel, "scanning", exc, st=f)
+        if new_rows:
+            try:
+                collided = self.store.discover_many(new_rows, retry_at=self.collision_retry_at())
+            except Exception as exc:  # not one file's: the slice is set aside, the next rescan tries it again
+                self._set_aside(rel_dir or ".", "recording the new files of folder", exc)
+                new = {r[0] for r in new_rows}
+                collided, todo = [], [f for f in todo if f.rel not in new]
+            if collided:
+                for r in collided:
+                    log.error("%s", r.last_error)
+                parked = {r.rel for r in collided}
+                todo = [f for f in todo if f.rel not in parked]
+        for f in todo:
+            while not self.stop.is_set():
+                try:
+                    self.candidates.put_nowait(f)
+                    break
+                except queue.Full:
+                    self.wake.set()  # the scheduler drains the queue
+                try:
+                    self.candidates.put(f, timeout=0.5)
+                    break
+                except queue.Full:
+                    self.heartbeats["scanner"] = self.clock()
+        if todo:
+            self.wake.set()  # once per slice, not per file
+        return len(todo)
+
+    def _sweep_vanished(self, scan_started: float) -> None:
+        """Rows still waiting whose file is gone or no longer included (e.g. its folder was removed)."""
+        after = b""
+        while not self.stop.is_set():
+            rows = self.store.in_states(WAITING_STATES, after=after, limit=500)
+            if not rows:
+                return
+            after = os.fsencode(rows[-1].rel)
+            for r in rows:
+                if r.discovered_at >= scan_started or self._is_inflight(r.rel):
+                    continue
+                try:
+                    self.forget_if_gone(r.rel)
+                except Exception as exc:
+                    self._set_aside(r.rel, "looking for the vanished file", exc)
+
+    def forget_if_gone(self, rel: str) -> None:
+        """Forget the waiting row of ``rel`` when there is no file to send at its path any more: it no
+        longer matches include/exclude, it is gone, or something that is not a regular file (a FIFO,
+        a socket, a folder, a symlink not followed) took its place, so no scan will ever bring that
+        row up to date. A path that cannot be looked at now (e.g. a folder without permission) keeps
+        its row."""
+        if not self.filters.file_allowed(rel):
+            log.info("File no longer matches include/exclude; not uploading: %s", display(rel))
+            self.store.forget(rel)
+            return
+        path = self.scanner.abspath(rel)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            log.warning("File vanished before it was uploaded: %s", display(rel))
+            self.store.forget(rel)
+            return
+        except OSError:
+            return
+        if stat_mod.S_ISREG(st.st_mode) or (stat_mod.S_ISLNK(st.st_mode) and self.scanner.stat_one(rel) is not None):
+            return
+        log.warning("File was replaced by something that is not a regular file before it was uploaded; not "
+                    "uploading: %s", display(rel))
+        self.store.forget(rel)
+
+    def collision_retry_at(self) -> float:
+        """When a file parked for a collision is checked again: like any parked file (the other
+        file may be renamed or gone by then)."""
+        return self.wall() + self._config().upload.parked_retry_interval
+
+
+def _read_sysctl(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
