@@ -75,13 +75,14 @@ def _outage_note(daemon: Any) -> Optional[str]:
 
 def tracker_note(daemon: Any) -> Optional[str]:
     """None unless the daemon's stability tracker is full and holds files unstable for long (the
-    scheduler counts them every few seconds into ``daemon.unsettled``); then one line saying so."""
+    scheduler counts them every few seconds into ``unsettled``); then one line saying so. ``daemon``
+    is the Daemon or its Scheduler: anything with ``tracker``, ``unsettled`` and ``unsettled_limit()``."""
     tracker = daemon.tracker
     n = getattr(daemon, "unsettled", 0)
     if not n or len(tracker) < tracker.capacity:
         return None
     return (f"The stability tracker is full (max_pending_uploads = {tracker.capacity}) and {n} of "
-            f"{len(tracker)} tracked files have not become stable for over {daemon._unsettled_limit():.0f}s; "
+            f"{len(tracker)} tracked files have not become stable for over {daemon.unsettled_limit():.0f}s; "
             f"they give way to files waiting behind them and are looked at again later")
 
 

@@ -1,4 +1,4 @@
-"""The first two stages, discovery and recording, built from their collaborators alone (no Daemon):
+"""The stages, discovery, scheduling and recording, built from their collaborators alone (no Daemon):
 what each is given is all it needs, and its step can be called on its own.
 """
 
@@ -6,24 +6,28 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
+from s3_uploader.bandwidth import limiter_from_config
 from s3_uploader.config import parse_config
 from s3_uploader.daemon import Stats
 from s3_uploader.discovery import Discovery
 from s3_uploader.keys import Filters, KeyMaker
 from s3_uploader.recorder import Recorder
+from s3_uploader.remote import MemoryRemote, PutOptions
 from s3_uploader.retry import Failure
+from s3_uploader.scheduler import Scheduler
 from s3_uploader.scanner import FileStat, Scanner
 from s3_uploader.store import Store
-from s3_uploader.uploader import Job, Outcome
+from s3_uploader.uploader import Job, Outcome, Settings
 from s3_uploader.watcher import Hints
+from s3_uploader.writers import WriterProbe
 
 
-def _config(tmp_path: Any) -> Any:
+def _config(tmp_path: Any, watch: str = "") -> Any:
     root = tmp_path / "in"
     root.mkdir()
-    return parse_config(f"[watch]\ndirectory_to_watch = {root}\n[s3]\nbucket = b\n"
+    return parse_config(f"[watch]\ndirectory_to_watch = {root}\n{watch}[s3]\nbucket = b\n"
                         f"[daemon]\ndb_path = {tmp_path / 's.db'}\n"
                         "[upload]\nmax_retries = 3\nretry_backoff_base = 10s\nretry_backoff_max = 60s\n")
 
@@ -79,3 +83,58 @@ def test_recorder_alone_counts_an_upload_and_schedules_a_failure_for_its_retry(t
         assert not inflight, "recorded files leave inflight"
         assert wake.is_set(), "a failure wakes the scheduler to schedule its retry"
         assert not set_aside
+
+
+def test_scheduler_alone_makes_a_job_of_a_file_only_after_stable_seconds_of_an_unchanged_signature(tmp_path):
+    cfg = _config(tmp_path, "stable_seconds = 10s\nstable_checks = 2\n")
+    path = cfg.watch_root / "a.txt"
+    path.write_bytes(b"first")
+    now = [0.0]  # the fake clock: only run_once's argument and this move it
+    filters = Filters()
+    scanner = Scanner(cfg.watch_root, filters)
+    keymaker = KeyMaker("")
+    candidates: "queue.Queue[FileStat]" = queue.Queue(maxsize=10)
+    hints = Hints()
+    upload_q: "queue.Queue[Optional[Job]]" = queue.Queue()
+    inflight: Set[str] = set()
+    probe = WriterProbe(str(cfg.watch_root), clock=lambda: now[0])
+    set_aside: List[Tuple[Any, ...]] = []
+    stop, wake, scan_request, scan_done = (threading.Event() for _ in range(4))
+    with Store(cfg.daemon.db_path, clock=lambda: 1e9) as store:
+        disc = Discovery(
+            str(cfg.watch_root), config=lambda: cfg, store=lambda: store, scanner=lambda: scanner,
+            filters=lambda: filters, keymaker=lambda: keymaker, candidates=candidates,
+            folder_requests=queue.Queue(), scan_request=scan_request, stop=stop, wake=wake, scan_done=scan_done,
+            stats=Stats(), heartbeats={}, is_inflight=lambda rel: rel in inflight,
+            set_aside=lambda *a, **kw: set_aside.append(a), watching=lambda: False, once=False,
+            clock=lambda: now[0], wall=lambda: 1e9)
+        settings = Settings(cfg.upload.multipart_threshold, cfg.upload.multipart_chunksize,
+                            cfg.upload.max_concurrency, PutOptions(), False)
+        sched = Scheduler(
+            cfg.upload.max_pending_uploads, config=lambda: cfg, store=lambda: store, remote=MemoryRemote,
+            scanner=lambda: scanner, keymaker=lambda: keymaker, settings=lambda: settings,
+            probe=lambda: probe, sender=lambda: None,
+            candidates=candidates, hints=hints, upload_q=upload_q, inflight=inflight,
+            inflight_lock=threading.Lock(), wake=wake, stop=stop, scan_request=scan_request, scan_done=scan_done,
+            heartbeats={}, limiter=limiter_from_config(cfg), discovery=disc,
+            set_aside=lambda *a, **kw: set_aside.append(a), once=False, request_stop=stop.set,
+            run_cleanup_pass=lambda: None, clock=lambda: now[0], wall=lambda: 1e9)
+
+        def turn(at: float) -> float:
+            now[0] = at
+            return sched.run_once(at)
+
+        hints.add("a.txt")  # an event: the file is found (its row made) and checked at once
+        assert 0.0 < turn(0.0) <= 1.0
+        row = store.get("a.txt")
+        assert row is not None and row.state == "pending"
+        assert "a.txt" in sched.tracker and upload_q.empty() and not inflight
+        path.write_bytes(b"second, longer")  # still being written: its signature changes
+        for at in (5.0, 9.99, 10.0, 15.0, 19.99):  # the check at 10 sees the change and starts again
+            turn(at)
+            assert upload_q.empty() and "a.txt" in sched.tracker, f"a job before it was stable, at {at}"
+        turn(20.0)  # 10 s since the signature was last seen to change, two checks agreeing
+        job = upload_q.get_nowait()
+        assert job.rel == "a.txt" and job.key == "a.txt" and job.stat.size == len(b"second, longer")
+        assert "a.txt" not in sched.tracker and inflight == {"a.txt"} and sched.held() == 0
+        assert not set_aside and not stop.is_set()
