@@ -42,8 +42,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import proc_cpu  # noqa: E402  (the harness's own reading of /proc/PID/stat)
+
 HERE = Path(__file__).resolve().parent
-HZ = os.sysconf("SC_CLK_TCK")
 DAY = 86400.0
 BATCH = 50_000
 
@@ -97,16 +99,6 @@ def timed(fn: Any, runs: int = 5) -> float:
         fn()
         out.append(time.perf_counter() - t)
     return statistics.median(out)
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a live process has used, from /proc/PID/stat."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / HZ
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def config(path: Path, inbox: Path, db: Path, server: Any, bucket: str, port: int) -> Path:

@@ -399,26 +399,34 @@ class Store:
         self.close()
 
     # -- transactions -----------------------------------------------------------------------------
-    def _write(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> sqlite3.Cursor:
-        """Run one write (``many``: once per row of ``params``) in the open group-commit transaction."""
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The open group-commit transaction (begun if there is none), under the lock, for one write
+        step. A database error becomes StoreError (:meth:`_failed`); whatever happens, a transaction
+        still open is left to the committer, which commits it at the next interval."""
         with self._lock:
             self._check_usable()
             had = self._conn.in_transaction
             try:
                 if not had:
                     self._conn.execute("BEGIN IMMEDIATE")
-                cur = (self._conn.executemany if many else self._conn.execute)(sql, params)
+                yield self._conn
+            except sqlite3.DatabaseError as exc:
+                raise self._failed(exc, had) from None
+            finally:
+                if self._conn.in_transaction:
+                    self._dirtied()
+
+    def _write(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> sqlite3.Cursor:
+        """Run one write (``many``: once per row of ``params``) in the open group-commit transaction."""
+        with self._transaction() as conn:
+            try:
+                return (conn.executemany if many else conn.execute)(sql, params)
             except sqlite3.IntegrityError as exc:
                 # a constraint refused this one statement (the transaction is intact): a move the
                 # invariants forbid, e.g. a keyless collision row sent towards upload; never a broken
                 # database, so the caller's per-file handling decides, as for any refused move
-                if self._conn.in_transaction:
-                    self._dirtied()  # the open transaction (maybe begun here) is committed as usual
                 raise IllegalTransition(f"the database refused it: {exc}") from None
-            except sqlite3.DatabaseError as exc:
-                raise self._failed(exc, had) from None
-            self._dirtied()
-            return cur
 
     def _dirtied(self) -> None:
         """A write is in the open transaction: the committer (asleep until one comes) commits it."""
@@ -683,23 +691,14 @@ class Store:
         returns those rows (empty: every new file has its key)."""
         now = self.clock()
         params = [(enc(r), enc(_parent(r)), k, s, m, i, now, now) for r, k, s, m, i in rows]
-        with self._lock:
-            self._check_usable()
-            had = self._conn.in_transaction
+        with self._transaction() as conn:
             try:
-                if not had:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    # ON CONFLICT(path), not OR IGNORE: OR IGNORE would also skip, silently, a file
-                    # whose key another row holds (a lost file); that one raises here instead
-                    self._conn.executemany(_INSERT_NEW, params)
-                    collided: List[Record] = []
-                except sqlite3.IntegrityError:
-                    collided = self._discover_one_by_one(rows, now, retry_at)
-            except sqlite3.DatabaseError as exc:
-                raise self._failed(exc, had) from None
-            self._dirtied()
-            return collided
+                # ON CONFLICT(path), not OR IGNORE: OR IGNORE would also skip, silently, a file
+                # whose key another row holds (a lost file); that one raises here instead
+                conn.executemany(_INSERT_NEW, params)
+                return []
+            except sqlite3.IntegrityError:
+                return self._discover_one_by_one(rows, now, retry_at)
 
     def _discover_one_by_one(self, rows: Sequence[Tuple[str, str, int, int, int]], now: float,
                              retry_at: Optional[float]) -> List[Record]:
@@ -752,23 +751,15 @@ class Store:
 
     def _moves(self, sql: str, params: Sequence[Sequence[Any]]) -> List[bool]:
         """Run the guarded move ``sql`` once per row in the open transaction; which rows moved."""
-        with self._lock:
-            self._check_usable()
-            had = self._conn.in_transaction
-            out = []
-            try:
-                if not had:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                execute = self._conn.execute
-                for p in params:
-                    try:
-                        out.append(execute(sql, p).rowcount == 1)
-                    except sqlite3.IntegrityError:  # a move the schema forbids (a keyless row sent): not moved
-                        out.append(False)
-            except sqlite3.DatabaseError as exc:
-                raise self._failed(exc, had) from None
-            self._dirtied()
-            return out
+        out = []
+        with self._transaction() as conn:
+            execute = conn.execute
+            for p in params:
+                try:
+                    out.append(execute(sql, p).rowcount == 1)
+                except sqlite3.IntegrityError:  # a move the schema forbids (a keyless row sent): not moved
+                    out.append(False)
+        return out
 
     def fail_upload(self, rel: str, kind: str, message: str, next_attempt_at: Optional[float], park: bool,
                     count_attempt: bool = True) -> int:
