@@ -49,7 +49,7 @@ from . import tree
 from .config import FreeSpace
 from .keys import key_folder
 from .remote import ObjectInfo, Remote, clean_etag, multipart_etag
-from .scanner import mtime_ns_of, signature_of
+from .version import Signature, mtime_ns_of, safe_rel, signature_of
 from .store import WAITING_STATES, IllegalTransition, Record, Store, StoreError, display, enc
 from .uploader import part_size_for
 
@@ -136,8 +136,8 @@ class LocalState:
     error: str = ""  # lstat failed for another reason than absence (e.g. permission denied)
 
     @property
-    def signature(self) -> Tuple[int, int, int]:
-        return (self.size, self.mtime_ns, self.inode)
+    def signature(self) -> Signature:
+        return Signature(self.size, self.mtime_ns, self.inode)
 
     @classmethod
     def from_lstat(cls, st: os.stat_result) -> "LocalState":
@@ -407,7 +407,7 @@ class Cleaner:
     def _local(self, rel: str) -> LocalState:
         """The path of ``rel`` now, never following a symlink: not inside when the relative path
         leaves the tree or a folder on the way resolves elsewhere (as the scanner requires)."""
-        if not _safe_rel(rel):
+        if not safe_rel(rel):
             return LocalState(inside=False, exists=False, regular=False)
         path = self.abspath(rel)
         parts = rel.split("/")
@@ -945,12 +945,6 @@ def _take_batch(page: Sequence[Record], max_folders: int) -> Tuple[List[Record],
 
 def _cursor_of(rec: Record, order: str) -> Tuple[Optional[float], bytes]:
     return (rec.uploaded_at if order == "uploaded_at" else rec.mtime_ns), enc(rec.rel)
-
-
-def _safe_rel(rel: str) -> bool:
-    """A relative path that names something below the root: no '..', no absolute path."""
-    return (bool(rel) and not os.path.isabs(rel) and (os.sep == "/" or os.sep not in rel)
-            and all(p not in ("", ".", "..") for p in rel.split("/")))
 
 
 def _split(rel: str) -> Tuple[List[str], str]:

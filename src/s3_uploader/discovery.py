@@ -29,6 +29,7 @@ from .config import Config
 from .keys import Filters, KeyMaker
 from .scanner import FileStat, Scanner
 from .store import WAITING_STATES, Store, display
+from .version import REMOVED_STATES, settled
 from .watcher import WATCH_LIMIT, inotify_watches, watch_limit
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 # the same timestamp tick (same size, mtime and inode). It is looked at again after the row is read:
 # a listing or stat taken before cleanup removed the proven file must not bring that file's row back
 # (as pending, to be forgotten when found gone: the row that holds its key, whose object is its only copy)
-REMOVED_STATES = ("deleted", "archived")
 
 
 class Discovery:
@@ -238,9 +238,10 @@ class Discovery:
                     todo.append(f)
                     continue
                 state, sig = rec[0], rec[1:]
-                if sig == f.signature and state not in REMOVED_STATES:
-                    if state in ("pending", "uploading"):
-                        todo.append(f)
+                if state in ("pending", "uploading") and sig == f.signature:
+                    todo.append(f)
+                    continue
+                if settled(state, sig, f.signature):
                     continue  # done, or failed/parked with its retry scheduled
                 if self._is_inflight(f.rel):
                     continue  # the upload's own re-check catches the change

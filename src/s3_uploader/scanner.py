@@ -15,6 +15,7 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from .keys import Filters
 from .tree import is_quarantine_name
+from .version import Signature, is_inside, mtime_ns_of
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ class FileStat(NamedTuple):
     dev: int
 
     @property
-    def signature(self) -> Tuple[int, int, int]:
-        return (self.size, self.mtime_ns, self.ino)
+    def signature(self) -> Signature:
+        return Signature(self.size, self.mtime_ns, self.ino)
 
     @property
     def mtime(self) -> float:
@@ -43,21 +44,6 @@ class FileStat(NamedTuple):
     @classmethod
     def from_stat(cls, rel: str, st: os.stat_result) -> "FileStat":
         return cls(rel, st.st_size, mtime_ns_of(st), st.st_ino, st.st_dev)
-
-
-_NS_MAX = 2 ** 63 - 1
-
-
-def mtime_ns_of(st: os.stat_result) -> int:
-    """A stat result's mtime in ns, held within SQLite's 64-bit integers (tmpfs and btrfs store a time
-    past the year 2262; ext4 clamps it). Every stage takes a file's mtime through this one rule, so
-    the version found, the version read and the version recorded compare equal."""
-    return max(-_NS_MAX - 1, min(st.st_mtime_ns, _NS_MAX))
-
-
-def signature_of(st: os.stat_result) -> Tuple[int, int, int]:
-    """(size, mtime_ns, inode): the version of a file, as every stage compares it."""
-    return (st.st_size, mtime_ns_of(st), st.st_ino)
 
 
 _KIND = {stat_mod.S_IFIFO: "a FIFO", stat_mod.S_IFSOCK: "a socket", stat_mod.S_IFCHR: "a character device",
@@ -244,7 +230,5 @@ class Scanner:
     def resolve_inside(self, path: str) -> Optional[str]:
         """The real path of ``path`` if it lies inside the watched tree, else None."""
         real = os.path.realpath(path)
-        if real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep):
-            return real
-        return None
+        return real if is_inside(real, self.real_root) else None
 

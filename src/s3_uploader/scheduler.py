@@ -28,7 +28,7 @@ from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 from . import logs
 from .bandwidth import BandwidthLimiter
 from .config import Config
-from .discovery import REMOVED_STATES, Discovery
+from .discovery import Discovery
 from .health import tracker_note
 from .keys import KeyMaker, key_problem
 from .remote import Remote
@@ -37,6 +37,7 @@ from .sender import AsyncSender
 from .stability import Observation, Tracker, assess, unsettled_after
 from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, display
 from .uploader import IN_MEMORY_MAX, Job, Settings
+from .version import REMOVED_STATES, is_new_version, settled
 from .watcher import Hints
 from .writers import WriterProbe
 
@@ -228,8 +229,7 @@ class Scheduler:
                 self.discovery.forget_if_gone(rel)
             return
         rec = self.store.get(rel)
-        if rec is not None and rec.signature == st.signature and rec.state not in ("pending", "uploading") \
-                and rec.state not in REMOVED_STATES:
+        if rec is not None and settled(rec.state, rec.signature, st.signature):
             return  # already uploaded, or failed with its retry scheduled
         if rec is not None and rec.state in REMOVED_STATES:
             st = self.scanner.stat_one(rel)  # after the row was read: not the file cleanup removed since
@@ -242,7 +242,7 @@ class Scheduler:
             if collided:
                 log.error("%s", collided[0].last_error)
                 return
-        elif (rec.signature != st.signature or rec.state in REMOVED_STATES) and rec.state != "pending":
+        elif is_new_version(rec.state, rec.signature, st.signature) and rec.state != "pending":
             if rec.state == "uploaded":
                 log.info("File changed since it was uploaded; will upload again: %s", display(rel))
             rec = self.store.discover(rel, key, st.size, st.mtime_ns, st.ino,

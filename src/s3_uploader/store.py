@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from .version import Signature, is_new_version
+
 log = logging.getLogger(__name__)
 
 STATES = ("pending", "uploading", "uploaded", "failed", "parked", "deleted", "archived")
@@ -199,8 +201,8 @@ class Record(NamedTuple):
     part_size: Optional[int] = None
 
     @property
-    def signature(self) -> Tuple[int, int, int]:
-        return (self.size, self.mtime_ns, self.inode)
+    def signature(self) -> Signature:
+        return Signature(self.size, self.mtime_ns, self.inode)
 
 
 _COLUMNS = ("path, key, state, size, mtime_ns, inode, md5, etag, attempts, next_attempt_at, last_error, "
@@ -638,8 +640,8 @@ class Store:
                 # scan that moved it back to pending here made the worker's finish an illegal move)
                 return old
             new_key = old.key
-            if old.key is None or old.state in ("deleted", "archived") or (
-                    old.state == "uploaded" and old.signature != (size, mtime_ns, inode)):
+            if old.key is None or (old.state in DONE_STATES
+                                   and is_new_version(old.state, old.signature, (size, mtime_ns, inode))):
                 new_key = key  # another version (or one that never had a key): its own key, decided now
                 if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, old):
                     return self._row(rel)

@@ -34,7 +34,8 @@ from .logs import per_file
 from .proof import is_md5_form, multipart_problem, single_put_problem
 from .remote import PutOptions, Remote, multipart_etag
 from .retry import Failure, classify
-from .scanner import FileStat, signature_of
+from .scanner import FileStat
+from .version import signature_of
 from .store import Part, Store, StoreError, display
 
 log = logging.getLogger(__name__)
