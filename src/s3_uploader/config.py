@@ -279,9 +279,6 @@ class Config:
     def _section(self, name: str) -> Dict[str, Any]:
         return {k: v for (s, k), v in self.values.items() if s == name}
 
-    def get(self, section: str, key: str) -> Any:
-        return self.values[(section, key)]
-
     @property
     def watch_root(self) -> Path:
         return Path(self.values[("watch", "directory_to_watch")])

@@ -126,7 +126,6 @@ class KeyMaker:
     def __init__(self, prefix_template: str, hostname: Optional[str] = None):
         self.template = prefix_template.strip("/")
         self.hostname = hostname or socket.gethostname().split(".")[0]
-        self.dated = any(p in self.template for p in ("{yyyy}", "{mm}", "{dd}"))
 
     def key_for(self, rel: str, mtime: float) -> str:
         name = escape_name(rel)
