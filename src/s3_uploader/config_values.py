@@ -170,22 +170,22 @@ def choice_type(*values: str, case: bool = False) -> ValueType:
 
 def duration_type(minimum: float = 0.0) -> ValueType:
     """Durations (see parse_duration) of at least ``minimum`` seconds."""
-    def parse(text: str) -> float:
-        v = parse_duration(text)
-        if v < minimum:
-            raise ValueError(f"a duration of at least {minimum:g}s")
-        return v
-    return ValueType("duration", parse, "duration", float)
+    return _at_least("duration", parse_duration, float, minimum, f"a duration of at least {minimum:g}s")
 
 
 def size_type(minimum: int = 0) -> ValueType:
     """Sizes (see parse_size) of at least ``minimum`` bytes."""
-    def parse(text: str) -> int:
-        v = parse_size(text)
+    return _at_least("size", parse_size, int, minimum, f"a size of at least {minimum} bytes")
+
+
+def _at_least(name: str, parse_value: Callable[[str], Any], pytype: Any, minimum: float, expected: str) -> ValueType:
+    """The values ``parse_value`` reads that are at least ``minimum``; ``expected`` says so when one is not."""
+    def parse(text: str) -> Any:
+        v = parse_value(text)
         if v < minimum:
-            raise ValueError(f"a size of at least {minimum} bytes")
+            raise ValueError(expected)
         return v
-    return ValueType("size", parse, "size", int)
+    return ValueType(name, parse, name, pytype)
 
 
 STR = ValueType("str", lambda t: t.strip(), "text", str)
