@@ -32,11 +32,11 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 from . import tree
 from .logs import per_file
 from .proof import is_md5_form, multipart_problem, single_put_problem
-from .remote import PutOptions, Remote, multipart_etag
+from .remote import PutOptions, Remote, RemoteError, multipart_etag
 from .retry import Failure, classify
 from .scanner import FileStat
 from .version import signature_of
-from .store import Part, Store, StoreError, display
+from .store import Part, Store, StoreError
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -577,8 +577,8 @@ class Uploader:
         except (Changed, _Unconfirmed):
             self._abort(job, upload_id)
             raise
-        except Exception as exc:
-            if _code(exc) not in _GONE or len(digests) != count:
+        except RemoteError as exc:
+            if not exc.gone or len(digests) != count:
                 raise
             # completed already (the answer to an earlier Complete was lost)? else the next attempt starts over
             earlier = self._completed_earlier(job, [digests[n] for n in range(1, count + 1)], cfg)
@@ -636,8 +636,8 @@ class Uploader:
         recorded = self.store.parts(job.rel, uid)
         try:
             remote_parts = self.remote.list_parts(job.key, uid)
-        except Exception as exc:
-            if _code(exc) not in _GONE:
+        except RemoteError as exc:
+            if not exc.gone:
                 raise  # throttled, unreachable...: never a reason to throw the parts sent away
             count = -(-job.stat.size // part_size)
             if set(recorded) == set(range(1, count + 1)):
@@ -676,9 +676,6 @@ class Uploader:
         self.store.set_multipart(job.rel, None, None)
 
 
-_GONE = ("NoSuchUpload", "404")  # the multipart upload no longer exists (aborted, or completed)
-
-
 class _CompletedEarlier(Exception):
     """S3 completed the upload before the last stop; ``etag`` is the object's."""
 
@@ -687,10 +684,11 @@ class _CompletedEarlier(Exception):
         self.etag = etag
 
 
-class _Unconfirmed(Exception):
-    """S3 does not show what was sent; classified as a server failure and retried."""
+class _Unconfirmed(RemoteError):
+    """S3 does not show what was sent: a server failure, retried."""
 
-    response = {"Error": {"Code": "Unconfirmed"}}
+    def __init__(self, problem: str):
+        super().__init__(problem, "Unconfirmed", "server")
 
 
 def _first_error(done: Iterable[Future]) -> Optional[BaseException]:
@@ -698,14 +696,3 @@ def _first_error(done: Iterable[Future]) -> Optional[BaseException]:
         if f.exception() is not None:
             return f.exception()
     return None
-
-
-def _code(exc: BaseException) -> Optional[str]:
-    resp = getattr(exc, "response", None)
-    if isinstance(resp, dict):
-        return (resp.get("Error") or {}).get("Code")
-    return None
-
-
-def outcome_summary(o: Outcome) -> str:
-    return f"{display(o.job.rel)}: {o.kind} {o.reason or (o.failure and str(o.failure)) or ''}".strip()
