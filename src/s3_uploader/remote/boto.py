@@ -53,8 +53,8 @@ class _Asking:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Optional[Type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
+    def __exit__(self, _kind: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 _tb: Optional[TracebackType]) -> None:
         if exc is not None and not isinstance(exc, RemoteError):
             from botocore.exceptions import BotoCoreError, ClientError
             if isinstance(exc, (BotoCoreError, ClientError)):

@@ -115,9 +115,6 @@ class TLSError(RemoteError):
     where it is known (the start-up check); both transports word the same verdict alike."""
 
     def __init__(self, endpoint: str, reason: str, trust: Optional[Trust] = None, certificate: bool = True):
-        self.endpoint = endpoint
-        self.tls_reason = reason
-        self.certificate = certificate
         if certificate:
             via = ""
             if trust is not None:
