@@ -145,7 +145,7 @@ def without_ages(s: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def test_the_page_in_a_real_browser_draws_the_charts_and_shows_what_status_shows(workspace, aws_env, s3_client,
-                                                                                 tmp_path):
+                                                                                 tmp_path, capsys):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     workspace.config(daemon={"metrics_address": port})
@@ -171,7 +171,8 @@ def test_the_page_in_a_real_browser_draws_the_charts_and_shows_what_status_shows
         shot = ARTIFACTS / "status-page.png"
         shot.unlink(missing_ok=True)
         chromium(tmp_path, base + "/", f"--screenshot={shot}", "--window-size=1280,1700")
-        print(f"status page screenshot: {shot}")
+        with capsys.disabled():  # in the log of a passing run too
+            print(f"\nstatus page screenshot (headless Chromium): {shot}")
 
     assert dom.by_id["health"]["text"] == "healthy"
     assert dom.by_id["error"]["text"] == ""
@@ -183,6 +184,8 @@ def test_the_page_in_a_real_browser_draws_the_charts_and_shows_what_status_shows
     assert REFUSED in dom.cells  # as text, in the parked table and as the oldest waiting file
     assert REFUSED in dom.by_id["oldest"]["text"]
     assert dom.tags.get("img", 0) == 0 and dom.by_id  # the name stayed text: no element came of it
+    # the hooks' line shows when status has one (the hooks branch adds it)
+    assert ("hidden" in dom.by_id["hooks-section"]["attrs"]) == ("hooks" not in api)
     # the charts drew: every chart of both ranges is there, and those with data have a non-empty path
     for rng in ("24h", "7d"):
         for series in ("files", "bytes", "backlog", "failures"):
