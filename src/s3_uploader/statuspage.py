@@ -5,7 +5,7 @@
   internet shows it whole), which its Content-Security-Policy holds it to. It shows what ``status``
   shows, the answer of ``/healthz``, and charts of the last 24 hours and 7 days, and refreshes
   itself (:data:`REFRESH_SECONDS` is what the page uses).
-- ``/api/status``: exactly the ``status --json`` object (:func:`s3_uploader.cli.status_data`, the
+- ``/api/status``: exactly the ``status --json`` object (:func:`s3_uploader.status.status_data`, the
   one function both use), read from the daemon's store.
 - ``/api/history?range=24h|7d``: the chart data (:meth:`s3_uploader.history.History.chart`).
 
@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs
 
-from .cli import status_data
+from .status import status_data
 from .history import RANGES
 
 ROUTES = ("/", "/api/status", "/api/history")

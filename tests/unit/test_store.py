@@ -14,7 +14,7 @@ from helpers import Clock, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3_uploader.cli import status_data
+from s3_uploader.status import status_data
 from s3_uploader.config import ConfigError, parse_config
 from s3_uploader.daemon import Daemon
 from s3_uploader.store import (SCHEMA_VERSION, SOURCES, STATES, TRANSITIONS, WAITING_STATES, IllegalTransition, Part,
