@@ -83,7 +83,8 @@ ONE_STEP_SOURCES = ("pending", "failed", "parked")
 # 2: key UNIQUE, NULL while parked for a collision (1 let two rows share a key)
 # 3: rows per state kept by triggers (state_counts); partial indexes for the oldest waiting row, for
 #    paging through the waiting rows, and for forgetting rows deleted or archived long ago
-SCHEMA_VERSION = 3
+# 4 (history): per-minute counters of the status page's charts (table history_minutes, see history.py)
+SCHEMA_VERSION = 4
 _FILES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
     path            BLOB PRIMARY KEY,   -- relative path, file system bytes, '/' separators
@@ -150,6 +151,17 @@ CREATE TRIGGER IF NOT EXISTS files_counted_move AFTER UPDATE OF state ON files
     INSERT INTO state_counts(state, n) VALUES(NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1;
 END;
 """
+# schema 4 (history): one row per minute the daemon ran; written and read only by history.py
+_HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history_minutes (
+    minute   INTEGER PRIMARY KEY,  -- wall clock, Unix seconds, a multiple of 60: the minute's start
+    files    INTEGER NOT NULL,     -- files uploaded in it
+    bytes    INTEGER NOT NULL,     -- bytes uploaded in it
+    failures INTEGER NOT NULL,     -- failed upload attempts in it
+    backlog  INTEGER NOT NULL      -- files not yet in S3 at its end
+);
+"""
+_SCHEMA += _HISTORY_SCHEMA
 # the literal state lists of the partial indexes above: a query uses one only when its WHERE repeats it
 _WAITING_SQL = "state IN ('pending', 'uploading', 'failed', 'parked')"
 _GONE_SQL = "state IN ('deleted', 'archived')"
@@ -291,6 +303,13 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
         _recount(conn)
 
 
+def _migrate_v3_history(conn: sqlite3.Connection) -> None:
+    """Schema 3 -> 4 (history): the per-minute table of the status page's charts, empty."""
+    with _migration(conn, 4):
+        for statement in _statements(_HISTORY_SCHEMA):
+            conn.execute(statement)
+
+
 def _recount(conn: sqlite3.Connection) -> None:
     """Set ``state_counts`` from the rows themselves (inside the caller's transaction)."""
     conn.execute("DELETE FROM state_counts")
@@ -356,6 +375,8 @@ class Store:
                 _migrate_v1(conn, self.clock())
             if row is not None and int(row[0]) < 3:
                 _migrate_v2(conn)
+            if row is not None and int(row[0]) < 4:
+                _migrate_v3_history(conn)
             conn.executescript(_SCHEMA)
             if row is None:
                 conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -920,6 +941,16 @@ class Store:
     def add_to_meta_counter(self, name: str, amount: int) -> None:
         self._write("INSERT INTO meta(name, value) VALUES(?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + ?", (name, str(amount), amount))
+
+    # -- a table another module owns (history.py: history_minutes) -----------------------------------
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write statement in the open group-commit transaction (committed with the rest
+        within ``commit_interval``); returns the number of rows it changed."""
+        return max(self._write(sql, params).rowcount, 0)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
+        """The rows of one read statement. Raises StoreError when the database cannot be read."""
+        return self._read(sql, params)
 
     # -- multipart bookkeeping ----------------------------------------------------------------------
     def set_multipart(self, rel: str, upload_id: Optional[str], part_size: Optional[int]) -> None:

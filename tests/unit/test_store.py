@@ -14,7 +14,7 @@ from helpers import Clock, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3_uploader.cli import status_data
+from s3_uploader.status import status_data
 from s3_uploader.config import ConfigError, parse_config
 from s3_uploader.daemon import Daemon
 from s3_uploader.store import (SCHEMA_VERSION, SOURCES, STATES, TRANSITIONS, WAITING_STATES, IllegalTransition, Part,
@@ -331,7 +331,7 @@ def test_a_version_1_database_whose_rows_share_keys_is_migrated_without_losing_a
     conn.close()
 
     with Store(db, clock=lambda: 99.0) as st:
-        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "3"  # through 2, on to 3
+        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "4"  # through 2 and 3, on to 4
         got = {r.rel: r for r in st.iter_all()}
         assert len(got) == 5  # every row kept
         assert st.counts() == {"pending": 1, "uploading": 0, "uploaded": 2, "failed": 0, "parked": 1,
@@ -518,7 +518,7 @@ def test_a_version_2_database_is_migrated_keeping_every_row_and_counted_once(tmp
         assert store.counts() == expected and store.oldest_waiting().state in ("pending", "uploading")
         assert status_data(store)["total"] == 7
     with Store(db, clock=Clock()) as store:
-        assert store.meta("schema_version") == "3"
+        assert store.meta("schema_version") == str(SCHEMA_VERSION)
         assert len(list(store.iter_all())) == 7
         assert store.counts() == counted(store) == expected
         store.finish_upload("f0", 1, 1, 1, "m", "m")
