@@ -21,7 +21,7 @@ from helpers import list_keys, make_files, status, wait_for
 from inprocess import running_daemon
 
 from s3_uploader.embedded import free_port
-from s3_uploader.remote import MemoryError_
+from s3_uploader.remote import memory_error
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 REFUSED = "<img src=x onerror=document.title='pwned'>.bin"  # parked; a name that is also markup
@@ -125,12 +125,12 @@ def refuse_some(d: Any) -> None:
 
     def put_object(key: str, *args: Any, **kw: Any) -> Any:
         if refused(key):
-            raise MemoryError_("InvalidObjectName", "the test's server refuses this name")
+            raise memory_error("InvalidObjectName", "the test's server refuses this name")
         return put(key, *args, **kw)
 
     def put_object_soon(key: str, *args: Any, **kw: Any) -> Any:
         if refused(key):
-            raise MemoryError_("InvalidObjectName", "the test's server refuses this name")
+            raise memory_error("InvalidObjectName", "the test's server refuses this name")
         return soon(key, *args, **kw)
     remote.put_object = put_object
     if soon is not None:
