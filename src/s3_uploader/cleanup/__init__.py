@@ -36,7 +36,6 @@ file or a confirmed object, never neither; a file left under its quarantine name
 back or finished by the next pass (see :meth:`.removal.Removal.recover`).
 """
 from __future__ import annotations
-from __future__ import annotations
 
 import json
 import logging
@@ -358,7 +357,6 @@ class Cleaner:
                      human(res.would_free_bytes if res.dry_run else res.freed_bytes), res.held_total,
                      (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(res.held.items())) + ")") if res.held else "",
                      res.requeued, res.folders_listed)
-
 
 
 def _key(rec: Record) -> str:

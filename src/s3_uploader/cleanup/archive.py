@@ -98,7 +98,7 @@ def _copy_into(fd: int, st: os.stat_result, rec: Record, dest: tree.Folder, name
             raise Keep(FILE_MODIFIED, "changed while it was copied to the archive")
         if want is not None and digest != want[0]:
             raise Keep(CONTENT_DIFFERS, f"the archive copy's MD5 is {digest}, {want[0]} was uploaded",
-                        requeue=LocalState.from_lstat(st))
+                       requeue=LocalState.from_lstat(st))
         at("copied", rec.rel)
         after = os.fstat(fd)
         try:
@@ -109,7 +109,7 @@ def _copy_into(fd: int, st: os.stat_result, rec: Record, dest: tree.Folder, name
         if (after.st_ino, after.st_size, after.st_mtime_ns) != sig or named is None or \
                 (named.st_ino, named.st_size, named.st_mtime_ns) != sig:
             raise Keep(FILE_MODIFIED, "changed while it was copied to the archive",
-                        requeue=LocalState.from_lstat(after), level=logging.INFO)
+                       requeue=LocalState.from_lstat(after), level=logging.INFO)
         try:
             tree.move_noreplace(dest, tmp, dest, name)
         except FileExistsError:

@@ -169,7 +169,6 @@ def decide(record: Record, listed: Optional[ObjectInfo], local: LocalState, now:
     return Decision(REMOVE, OK)
 
 
-
 class Keep(Exception):
     """A file is not removed after all, found so by the act itself: it goes back to its name and is
     held for ``reason`` (or, with ``requeue``, the LocalState of what is there, queued to upload

@@ -120,7 +120,6 @@ class Removal:
         if s.remove_empty_dirs:
             self._remove_empty_parents(rel)
 
-
     def _finish(self, folder: tree.Folder, qname: str, name: str, rec: Record, dev: Optional[int],
                 s: CleanupSettings) -> Optional[str]:
         """Prove that the file now at ``qname`` is the version S3 holds, then delete or archive it.
@@ -129,7 +128,8 @@ class Removal:
 
         The proof is made on one open descriptor of the quarantined file: ``fstat`` (a regular file
         with the recorded inode, size and mtime, on the device seen at the check) and, where a digest
-        was recorded, the MD5 of its bytes read through that same descriptor (see :func:`~.digest.content_problem`).
+        was recorded, the MD5 of its bytes read through that same descriptor
+        (:func:`~.digest.content_problem`).
         """
         try:
             fd = folder.open(qname, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -189,7 +189,6 @@ class Removal:
             return False
         return signature_of(st) == local.signature
 
-
     def _remove_empty_parents(self, rel: str) -> None:
         """Remove the folders that holding ``rel`` left empty, deepest first; never the root. Each is
         removed by name in its parent, reached by descriptor: never a folder outside the tree."""
@@ -202,7 +201,6 @@ class Removal:
                 return  # not empty (or not ours to remove): the folders above are not empty either
             log.info("Removed empty folder %s", display("/".join(parts)))
             parts.pop()
-
 
     def recover(self, s: Optional[CleanupSettings] = None) -> None:
         """Finish or undo what an interrupted pass left in quarantine (run at the start of every

@@ -57,7 +57,6 @@ class PassResult:
         return d
 
 
-
 def cleanup_status(store: Store) -> Dict[str, Any]:
     """What ``status`` shows of cleanup: totals so far and the last pass (None before the first)."""
     raw = store.meta(META_LAST_PASS)
@@ -98,7 +97,6 @@ def cleanup_lines(c: Dict[str, Any]) -> List[str]:
                          f"({human(last['floor_bytes'] or 0)}) and nothing proven in S3 is left to delete: "
                          f"{last['waiting_files']} file(s) are waiting for upload and are never deleted for space")
     return lines
-
 
 
 def human(n: float) -> str:

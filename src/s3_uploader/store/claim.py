@@ -50,5 +50,3 @@ class DatabaseClaim:
     def release(self) -> None:
         if not self._file.closed:
             self._file.close()  # the lock goes with the descriptor
-
-

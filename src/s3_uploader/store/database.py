@@ -193,6 +193,7 @@ class Database:
             except sqlite3.DatabaseError as exc:
                 raise StoreError(explain(self.path, exc)) from None
 
+
 def explain(path: Path, exc: sqlite3.DatabaseError) -> str:
     """The one line that says what a database error means for the operator, and what to do."""
     text = str(exc)

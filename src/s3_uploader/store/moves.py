@@ -60,8 +60,8 @@ class Moves:
             if old is None:
                 if not self._collided(rel, key, size, mtime_ns, inode, now, retry_at, None):
                     self.db.write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
-                                "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                                (raw, enc(parent(rel)), key, size, mtime_ns, inode, now, now))
+                                  "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                                  (raw, enc(parent(rel)), key, size, mtime_ns, inode, now, now))
                 return self.reads.written(rel)
             if old.state == "uploading":
                 # a worker is sending it: the worker's re-check finds the change and requeues it (a
@@ -83,9 +83,9 @@ class Moves:
                 self.db.write("DELETE FROM parts WHERE path = ?", (raw,))
                 self.db.write("UPDATE files SET part_size = NULL WHERE path = ?", (raw,))
             self.db.write("UPDATE files SET size=?, mtime_ns=?, inode=?, attempts=0, next_attempt_at=NULL, "
-                        "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
-                        (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
-                         raw))
+                          "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
+                          (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
+                           raw))
             return self.reads.written(rel)
 
     def _collided(self, rel: str, key: str, size: int, mtime_ns: int, inode: int, now: float,
@@ -98,10 +98,10 @@ class Moves:
         message = collision_message(rel, key, dec(rows[0][0]), rows[0][1])
         raw = enc(rel)
         if old is None:
-            self.db.write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, next_attempt_at, last_error, "
-                        "error_kind, discovered_at, updated_at) VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, "
-                        "'collision', ?, ?)", (raw, enc(parent(rel)), size, mtime_ns, inode, retry_at, message,
-                                               now, now))
+            self.db.write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, next_attempt_at, "
+                          "last_error, error_kind, discovered_at, updated_at) "
+                          "VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, 'collision', ?, ?)",
+                          (raw, enc(parent(rel)), size, mtime_ns, inode, retry_at, message, now, now))
         else:
             # without a key it has no upload to resume (one left open is aborted at start-up as
             # owned by no file)
@@ -221,7 +221,7 @@ class Moves:
         raw = enc(rel)
         self.db.write("DELETE FROM parts WHERE path = ?", (raw,))
         self.db.write("DELETE FROM files WHERE path = ? AND state IN ('pending', 'failed', 'parked', 'uploading')",
-                    (raw,))
+                      (raw,))
 
     def forget_uploaded(self, rel: str, size: int, mtime_ns: int, inode: int) -> bool:
         """Drop the uploaded row of a file that is gone and that S3 does not prove (cleanup), only if
@@ -230,7 +230,7 @@ class Moves:
         raw = enc(rel)
         with self.db.lock:
             cur = self.db.write("DELETE FROM files WHERE path = ? AND state = 'uploaded' AND size = ? AND mtime_ns = ? "
-                              "AND inode = ?", (raw, size, mtime_ns, inode))
+                                "AND inode = ?", (raw, size, mtime_ns, inode))
             if cur.rowcount != 1:
                 return False
             self.db.write("DELETE FROM parts WHERE path = ?", (raw,))
@@ -243,9 +243,9 @@ class Moves:
         by ``status`` instead of being silently missing). Returns False when a row exists already."""
         now = self.db.clock()
         cur = self.db.write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, next_attempt_at, "
-                          "last_error, error_kind, discovered_at, updated_at) "
-                          "VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING",
-                          (enc(rel), enc(parent(rel)), size, mtime_ns, inode, retry_at, message, kind, now, now))
+                            "last_error, error_kind, discovered_at, updated_at) "
+                            "VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING",
+                            (enc(rel), enc(parent(rel)), size, mtime_ns, inode, retry_at, message, kind, now, now))
         if cur.rowcount != 1:
             return False
         self.add_error(rel, kind, message)
@@ -255,13 +255,13 @@ class Moves:
         """At start-up: uploads that were in flight when the last run stopped go back to pending
         (an open multipart upload id is kept, so it resumes). Returns how many."""
         cur = self.db.write("UPDATE files SET state = 'pending', updated_at = ? WHERE state = 'uploading'",
-                          (self.db.clock(),))
+                            (self.db.clock(),))
         return cur.rowcount
 
     def retry_parked(self, now: Optional[float] = None) -> int:
         """Make every parked and failed file due now (the ``retry`` command). Returns how many."""
         cur = self.db.write("UPDATE files SET next_attempt_at = ?, attempts = 0 WHERE state IN ('parked', 'failed')",
-                          (self.db.clock() if now is None else now,))
+                            (self.db.clock() if now is None else now,))
         return cur.rowcount
 
     def _move(self, rel: str, dst: str, **fields: Any) -> None:
@@ -274,7 +274,7 @@ class Moves:
 
     def add_error(self, rel: Optional[str], kind: str, message: str) -> None:
         cur = self.db.write("INSERT INTO errors(at, path, kind, message) VALUES(?, ?, ?, ?)",
-                          (self.db.clock(), enc(rel) if rel is not None else None, kind, message))
+                            (self.db.clock(), enc(rel) if rel is not None else None, kind, message))
         if cur.lastrowid and cur.lastrowid % 50 == 0:
             self.db.write("DELETE FROM errors WHERE id <= ?", (cur.lastrowid - ERRORS_KEPT,))
 
@@ -286,4 +286,4 @@ class Moves:
 
     def add_part(self, rel: str, upload_id: str, part: Part) -> None:
         self.db.write("INSERT OR REPLACE INTO parts(path, upload_id, part_number, size, etag, md5) "
-                    "VALUES(?, ?, ?, ?, ?, ?)", (enc(rel), upload_id, part.number, part.size, part.etag, part.md5))
+                      "VALUES(?, ?, ?, ?, ?, ?)", (enc(rel), upload_id, part.number, part.size, part.etag, part.md5))

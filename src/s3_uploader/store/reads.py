@@ -68,11 +68,11 @@ class Reads:
             # every rescan pages through the waiting rows: through files_state each page sorted every
             # one of them (a backlog of 100,000 took 5 s a sweep, growing with its square)
             rows = self.db.read(f"SELECT {COLUMNS} FROM files INDEXED BY files_waiting_path WHERE {WAITING_SQL} "
-                              "AND path > ? ORDER BY path LIMIT ?", (after, limit))
+                                "AND path > ? ORDER BY path LIMIT ?", (after, limit))
             return [record(r) for r in rows]
         q = ",".join("?" * len(states))
         rows = self.db.read(f"SELECT {COLUMNS} FROM files WHERE state IN ({q}) AND path > ? ORDER BY path LIMIT ?",
-                          (*states, after, limit))
+                            (*states, after, limit))
         return [record(r) for r in rows]
 
     def due_retries(self, now: float, limit: int, horizon: Optional[float] = None) -> List[Record]:
@@ -81,12 +81,12 @@ class Reads:
         wall clock was ahead when they were scheduled and has gone back since (a box that booted
         with a wrong clock, then NTP), and they would otherwise wait, unseen, until it catches up."""
         rows = self.db.read(f"SELECT {COLUMNS} FROM files WHERE state IN ('failed', 'parked') "
-                          "AND next_attempt_at IS NOT NULL AND next_attempt_at <= ? "
-                          "ORDER BY next_attempt_at LIMIT ?", (now, limit))
+                            "AND next_attempt_at IS NOT NULL AND next_attempt_at <= ? "
+                            "ORDER BY next_attempt_at LIMIT ?", (now, limit))
         if horizon is not None and len(rows) < limit:
             rows += self.db.read(f"SELECT {COLUMNS} FROM files WHERE state IN ('failed', 'parked') "
-                               "AND next_attempt_at > ? ORDER BY next_attempt_at DESC LIMIT ?",
-                               (now + horizon, limit - len(rows)))
+                                 "AND next_attempt_at > ? ORDER BY next_attempt_at DESC LIMIT ?",
+                                 (now + horizon, limit - len(rows)))
         return [record(r) for r in rows]
 
     def uploaded_page(self, order: str, after: Optional[Tuple[Optional[float], bytes]] = None, limit: int = 1000,
@@ -104,7 +104,7 @@ class Reads:
             where.append("uploaded_at <= ?")
             params.append(uploaded_before)
         rows = self.db.read(f"SELECT {COLUMNS} FROM files WHERE {' AND '.join(where)} ORDER BY {order}, path LIMIT ?",
-                          (*params, limit))
+                            (*params, limit))
         return [record(r) for r in rows]
 
     def counts(self) -> Dict[str, int]:
@@ -135,7 +135,7 @@ class Reads:
 
     def parts(self, rel: str, upload_id: str) -> Dict[int, Part]:
         rows = self.db.read("SELECT part_number, size, etag, md5 FROM parts WHERE path = ? AND upload_id = ?",
-                          (enc(rel), upload_id))
+                            (enc(rel), upload_id))
         return {n: Part(n, s, e, m) for n, s, e, m in rows}
 
     def owned_upload_ids(self) -> Dict[str, str]:

@@ -11,6 +11,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..version import Signature
 
+
 def enc(rel: str) -> bytes:
     return os.fsencode(rel)
 
@@ -53,7 +54,7 @@ class Record(NamedTuple):
 
 # the columns of a Record, in its order (SELECT {COLUMNS} ... then record(row))
 COLUMNS = ("path, key, state, size, mtime_ns, inode, md5, etag, attempts, next_attempt_at, last_error, "
-            "error_kind, discovered_at, updated_at, uploaded_at, upload_id, part_size")
+           "error_kind, discovered_at, updated_at, uploaded_at, upload_id, part_size")
 
 
 def record(row: Sequence[Any]) -> Record:
@@ -77,8 +78,9 @@ def collision_message(rel: str, key: str, holder: str, holder_state: str) -> str
 
 
 class Rebased(NamedTuple):
-    """What :meth:`~s3_uploader.store.upkeep.Upkeep.rebase_destination` changed: ``resent`` uploaded rows went back to pending,
-    ``waiting`` rows were rebased, ``clashes`` (rel, old key, key refused) were parked as collisions."""
+    """What a destination change (:meth:`~s3_uploader.store.upkeep.Upkeep.rebase_destination`) did:
+    ``resent`` uploaded rows went back to pending, ``waiting`` rows were rebased, ``clashes``
+    (rel, old key, key refused) were parked as collisions."""
 
     resent: int
     waiting: int

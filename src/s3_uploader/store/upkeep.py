@@ -37,12 +37,12 @@ class Upkeep:
         was in S3 (``forget_after`` in the README says so).
         """
         with self.db.lock:
-            cur = self.db.write(f"DELETE FROM files WHERE path IN (SELECT path FROM files INDEXED BY files_gone WHERE {GONE_SQL} "
-                              "AND updated_at < ? ORDER BY updated_at LIMIT ?)", (before, limit))
+            cur = self.db.write("DELETE FROM files WHERE path IN (SELECT path FROM files INDEXED BY files_gone "
+                                f"WHERE {GONE_SQL} AND updated_at < ? ORDER BY updated_at LIMIT ?)", (before, limit))
             n = cur.rowcount
             if n < limit:  # the last batch: parts left by an upload id since replaced (never read again)
                 self.db.write("DELETE FROM parts WHERE NOT EXISTS (SELECT 1 FROM files WHERE files.path = parts.path "
-                            "AND files.upload_id = parts.upload_id)")
+                              "AND files.upload_id = parts.upload_id)")
             self.db.commit_locked()
             return n
 
@@ -80,11 +80,11 @@ class Upkeep:
 
     def set_meta(self, name: str, value: str) -> None:
         self.db.write("INSERT INTO meta(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
-                    (name, value))
+                      (name, value))
 
     def add_to_meta_counter(self, name: str, amount: int) -> None:
         self.db.write("INSERT INTO meta(name, value) VALUES(?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + ?", (name, str(amount), amount))
+                      "ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + ?", (name, str(amount), amount))
 
     def rebase_destination(self, meta_name: str, meta_value: str, key_for: Callable[[str, int], str],
                            present: Callable[[str], bool]) -> Rebased:
@@ -100,7 +100,7 @@ class Upkeep:
         - both get the key ``key_for(rel, mtime_ns)``. A key another row already holds (a UNIQUE
           constraint on ``files.key`` refuses it) is tried again after every other row has moved
           (a key freed by a row moved later in the pass is then free); a row still refused is
-          parked without a key as a collision (as :meth:`discover` parks one), reported in
+          parked without a key as a collision (as :meth:`.moves.Moves.discover` parks one), reported in
           ``clashes``; a row parked as a collision already whose new key is taken stays so;
         - ``deleted``/``archived`` rows, and ``uploaded`` rows whose file is gone, stay as they are:
           there is nothing left to send.
