@@ -23,17 +23,17 @@ import queue
 import stat as stat_mod
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .config import Config
+from .views import Stats
 from .keys import Filters, KeyMaker
+from .runmode import RunMode
 from .scanner import FileStat, Scanner
 from .store import WAITING_STATES, Store, display
 from .version import REMOVED_STATES, settled
 from .watcher import WATCH_LIMIT, inotify_watches, watch_limit
 
-if TYPE_CHECKING:
-    from .daemon import Stats
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ class Discovery:
                  scanner: Callable[[], Scanner], filters: Callable[[], Filters], keymaker: Callable[[], KeyMaker],
                  candidates: "queue.Queue[FileStat]", folder_requests: "queue.Queue[str]",
                  scan_request: threading.Event, stop: threading.Event, wake: threading.Event,
-                 scan_done: threading.Event, stats: "Stats", heartbeats: Dict[str, float],
+                 scan_done: threading.Event, stats: Stats, heartbeats: Dict[str, float],
                  is_inflight: Callable[[str], bool], set_aside: Callable[..., None], watching: Callable[[], bool],
-                 once: bool, clock: Callable[[], float], wall: Callable[[], float]):
+                 mode: RunMode, clock: Callable[[], float], wall: Callable[[], float]):
         self.root = root
         self._config = config
         self._store = store
@@ -78,7 +78,7 @@ class Discovery:
         self._is_inflight = is_inflight
         self._set_aside = set_aside
         self._watching = watching
-        self.once = once
+        self.mode = mode
         self.clock = clock
         self.wall = wall
         self._lost_warned_at = float("-inf")
@@ -102,12 +102,12 @@ class Discovery:
 
     def run(self) -> None:
         """The scanner thread: a full scan now and every ``scan_interval`` (sooner when one is
-        requested), the folders events report in between; in ``once`` mode one scan, then
+        requested), the folders events report in between; in a single pass one scan, then
         ``scan_done``. Returns when ``stop`` is set."""
         while not self.stop.is_set():
             self.heartbeats["scanner"] = self.clock()
             self.full_scan()
-            if self.once:
+            if self.mode.single_pass:
                 self.scan_done.set()
                 self.wake.set()
                 return
