@@ -243,8 +243,9 @@ class Daemon:
 
     def _build_senders(self) -> None:
         """The uploader and the asyncio sender (obstore), the writer probe and the cleaner."""
-        self.dispatch.build(self.remote, self.store, self.upload_settings, max_concurrency=self.cfg.upload.max_concurrency,
-                            clock=self.clock, record_many=self.recorder.record_many)
+        self.dispatch.build(self.remote, self.store, self.upload_settings,
+                            max_concurrency=self.cfg.upload.max_concurrency, clock=self.clock,
+                            record_many=self.recorder.record_many)
         self.probe = WriterProbe(self.root, clock=self.clock)
         preflight.say_writer_check(self.probe)
         cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
@@ -271,7 +272,8 @@ class Daemon:
         if not self.mode.serves:
             return
         if self.cfg.source is not None:
-            self.reloader = Reloader(self.cfg.source, lambda: self.cfg, lambda new, changed: apply_config(self, new, changed))
+            self.reloader = Reloader(self.cfg.source, lambda: self.cfg,
+                                     lambda new, changed: apply_config(self, new, changed))
         client = SdNotify.from_environ()
         if client.enabled:
             self.service = ServiceNotifier(self, client, self.snapshot, watchdog_interval())

@@ -10,7 +10,7 @@ a regular file) are forgotten, the watch count is checked against the folders wa
 directory whose symlink was retargeted is said once (ERROR) and turns health red (``root_moved``).
 
 Contract: discovery never uploads, never deletes a local file and never touches a row in flight
-(``is_inflight``); a file's error while it is scanned goes to ``set_aside`` (the daemon's
+(``is_inflight``); a file's error while it is scanned goes to ``set_aside`` (the recorder's
 containment) and the scan goes on; a :class:`~s3_uploader.store.StoreError` propagates.
 :meth:`Discovery.full_scan` is one pass (the step tests call); :meth:`Discovery.run` is the loop
 of the scanner thread.
@@ -49,7 +49,7 @@ class Discovery:
 
     Its collaborators are passed in; those the daemon replaces while it runs (the config and what
     is built from it on a reload, the store opened at start) are passed as accessors and read
-    where used. ``set_aside(rel, step, exc, st=...)`` is the daemon's containment for one file's
+    where used. ``set_aside(rel, step, exc, st=...)`` is the recorder's containment for one file's
     error; ``is_inflight(rel)`` says whether an upload holds the file; ``watching()`` whether
     filesystem events are on (the watch count is checked only then).
     """

@@ -66,8 +66,9 @@ class Dispatch:
     """The upload queue, the upload workers and the routing of jobs to them or to the sender.
 
     ``store()`` and ``set_aside(rel, step, exc)`` are the daemon's (read at use: the store is opened
-    at start); ``record(outcome)`` is the recorder's. :meth:`start` is given the uploader and the sender (None without obstore) once
-    they exist; ``wake`` is set after each job a worker finishes, so the scheduler hands over more.
+    at start); ``record(outcome)`` is the recorder's. :meth:`build` makes the uploader and the
+    sender, :meth:`start` their threads; ``wake`` is set after each job a worker finishes, so the
+    scheduler hands over more.
     """
 
     def __init__(self, *, workers: int, inflight: InFlight, store: Callable[[], Store],

@@ -2,9 +2,10 @@
 
 Healthy means: the daemon is running (started, not stopping); the filesystem watcher thread is
 alive when filesystem events are in use; the scanner and scheduler threads are alive and their
-loops have beaten recently (the :class:`~s3_uploader.views.HealthView`'s ``heartbeats`` hold the monotonic time of each loop's last
-turn; the scanner beats between folders and while it waits). Upload workers are not timed: one
-large file on a slow link may legitimately take hours, and botocore's timeouts bound a hung request.
+loops have beaten recently (a :class:`~s3_uploader.views.HealthView`'s ``heartbeats`` hold the
+monotonic time of each loop's last turn; the scanner beats between folders and while it waits).
+Upload workers are not timed: one large file on a slow link may legitimately take hours, and
+botocore's timeouts bound a hung request.
 
 :func:`tracker_note` is not a health problem but a remark: the stability tracker full of files
 that have not become stable for long (logs appended to for ever). They give way to other files,

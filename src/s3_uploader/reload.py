@@ -6,8 +6,8 @@ written is not read. SIGHUP asks for the same reload at once.
 
 A reload parses and validates the *whole* file. If anything is wrong, every error is logged (one
 line each) and the running configuration stays as it was. Otherwise the new configuration is
-applied in one swap of the daemon's config (:class:`ReloadTarget`): options marked ``reloadable`` take their new values; a
-changed restart-only option (directory, bucket, prefix, endpoint, workers, paths) is named in a
+applied in one swap of the daemon's config (:class:`ReloadTarget`): options marked ``reloadable``
+take their new values; a changed restart-only option (directory, bucket, prefix, endpoint, workers, paths) is named in a
 warning and keeps its running value. A new bucket, prefix or endpoint applies at the restart, where
 the state database follows it (see :mod:`s3_uploader.destination`): changing where keys go while
 uploads run would leave rows proven at one destination and sent to another. Uploads in flight are

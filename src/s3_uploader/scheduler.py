@@ -10,9 +10,10 @@ asyncio sender or the upload workers). A file
 unstable for long (see :meth:`Scheduler._gives_way`) yields its slot to files waiting for one,
 so files that never settle cannot starve the rest; ``unsettled`` counts them for health.
 
-Contract: a ready file enters ``inflight`` (the dispatch's :class:`~s3_uploader.dispatch.InFlight`) before its job is made, and from then on no scan, hint
-or retry takes it up again; a file with nothing to send is let go of (out of ``inflight``). One
-file's error in any step goes to ``set_aside`` (the daemon's containment, which calls
+Contract: a ready file enters ``inflight`` (the :class:`~s3_uploader.dispatch.InFlight` set) before
+its job is made, and from then on no scan, hint or retry takes it up again; a file with nothing to
+send is let go of (out of ``inflight``). One file's error in any step goes to ``set_aside``
+(:meth:`Recorder.set_aside <s3_uploader.recorder.Recorder.set_aside>`, which calls
 :meth:`Scheduler.let_go`) and the turn goes on; a :class:`~s3_uploader.store.StoreError`
 propagates. :meth:`Scheduler.run_once` is one turn at a given clock reading (the step tests call);
 :meth:`Scheduler.run` is the loop of the scheduler thread. In a single pass
@@ -57,7 +58,7 @@ class Scheduler:
     is built from it on a reload, the store and remote opened at start, the probe built by
     ``Daemon.run``) are passed as accessors and read where used. ``dispatch`` takes the jobs (and
     owns ``inflight``); the queues, events and ``heartbeats`` are shared with the daemon's other
-    threads. ``set_aside(rel, step, exc, scheduled=True, st=...)`` is the daemon's containment for
+    threads. ``set_aside(rel, step, exc, scheduled=True, st=...)`` is the recorder's containment for
     one file's error; ``request_stop()`` and ``run_cleanup_pass()`` are what a single pass calls at
     its end.
     """

@@ -36,7 +36,8 @@ class Answering(MemoryRemote):
 
 
 def _cfg(tmp_path: Any) -> Any:
-    return parse_config(f"[watch]\ndirectory_to_watch = {tmp_path}\n[s3]\nbucket = b\nendpoint_url = http://127.0.0.1:9\n"
+    return parse_config(f"[watch]\ndirectory_to_watch = {tmp_path}\n"
+                        "[s3]\nbucket = b\nendpoint_url = http://127.0.0.1:9\n"
                         f"[daemon]\ndb_path = {tmp_path / 's.db'}\n")
 
 
