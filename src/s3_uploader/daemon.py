@@ -11,7 +11,9 @@ Threads, in the order data flows (each stage is its own module; see docs/archite
   asyncio sender (small single PUTs) or a worker; outcomes to the
   :class:`~s3_uploader.recorder.Recorder`, which also contains one file's error (``set_aside``);
 - **store committer**: group commit of the database;
-- **cleanup** (:class:`~s3_uploader.housekeeping.Housekeeping`): cleanup passes, old rows forgotten.
+- **cleanup** (:class:`~s3_uploader.housekeeping.Housekeeping`): cleanup passes, old rows forgotten;
+- **main thread**: the tick, which drives the outage's state and, in a service, the
+  :class:`~s3_uploader.service.Service` parts (hot reload, systemd notifications, the metrics server).
 
 How a run ends is its :class:`~s3_uploader.runmode.RunMode`: a service runs until stopped; a
 single pass (``once``) scans once and stops when nothing is left to do, after one cleanup pass.
@@ -29,23 +31,21 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from . import logs, preflight
 from .bandwidth import limiter_from_config
-from .cleanup import Cleaner, CleanupSettings
 from .config import Config
 from .discovery import Discovery
 from .dispatch import Dispatch, InFlight
 from .health import HEARTBEAT_MAX_AGE, StateSnapshot
 from .housekeeping import Housekeeping
 from .keys import Filters, KeyMaker
-from .metrics import MetricsServer, MetricsUnavailable
-from .notify import SdNotify, ServiceNotifier, watchdog_interval
+from .metrics import MetricsServer
 from .outage import META_OUTAGE
 from .preflight import StartupError
 from .recorder import Recorder
-from .reload import Reloader, apply_config
 from .remote import PutOptions, Remote
 from .runmode import RunMode
 from .scanner import FileStat, Reporter, Scanner
 from .scheduler import Scheduler
+from .service import Service
 from .stability import Tracker
 from .threads import Threads
 from .store import WAITING_STATES, DatabaseClaim, Store, StoreError
@@ -68,6 +68,22 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def once_result(db_path: str, exit_code: int) -> int:
+    """A single pass's exit code: 1 when any file found is not in S3 (or the database cannot say),
+    else ``exit_code``, the run's."""
+    try:
+        with Store(db_path, readonly=True) as st:
+            counts = st.counts()
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 1
+    waiting = sum(counts[s] for s in WAITING_STATES)
+    if waiting:
+        log.error("%d file(s) are not in S3 (see: s3-uploader status)", waiting)
+        return 1
+    return exit_code
 
 
 class Daemon:
@@ -143,9 +159,7 @@ class Daemon:
             limiter=self.limiter, discovery=self.discovery, set_aside=set_aside, mode=mode,
             request_stop=self.request_stop, run_cleanup_pass=self.housekeeping.run_cleanup_pass, clock=clock,
             wall=wall)
-        self.reloader: Optional[Reloader] = None
-        self.service: Optional[ServiceNotifier] = None
-        self.metrics: Optional[MetricsServer] = None
+        self.service = Service(self, self.snapshot)  # metrics, reload, systemd: started when mode.serves
 
     # -- what the stages read ---------------------------------------------------------------------
     def upload_settings(self) -> Settings:
@@ -224,21 +238,24 @@ class Daemon:
     def run(self) -> int:
         """Run until stopped (or, in a single pass, until done). Returns the exit code."""
         self.prepare()
-        self._start_metrics()
+        if self.mode.serves:
+            self.service.start_metrics()
         self.store.start()
         if self.mode.single_pass:  # no cleanup thread to do it (a run from cron must not grow the database either)
             self.forget_old_rows()
         self._build_senders()
         log.info("Watching %s -> s3://%s/%s (%s)", self.root, self.cfg.s3.bucket, self.cfg.s3.prefix, self.mode.value)
         self._start_threads()
-        self._start_service()
+        if self.mode.serves:
+            self.service.start()
+            self.on_tick()  # READY=1 as soon as we are watching
         try:
             while not self.stop_event.wait(0.5) and not self.stop_signals:
                 self.on_tick()
         finally:
             self.shutdown()
         if self.mode.single_pass:
-            self.exit_code = self._once_result()
+            self.exit_code = once_result(self.cfg.daemon.db_path, self.exit_code)
         return self.exit_code
 
     def _build_senders(self) -> None:
@@ -248,36 +265,7 @@ class Daemon:
                             record_many=self.recorder.record_many)
         self.probe = WriterProbe(self.root, clock=self.clock)
         preflight.say_writer_check(self.probe)
-        cleaner = Cleaner(self.root, self.store, self.remote, lambda: CleanupSettings.from_config(self.cfg),
-                          is_busy=self.inflight.__contains__, is_being_written=self.probe.is_being_written,
-                          on_requeue=self.hints.add, stop=self.stop_event)
-        self.housekeeping.cleaner = cleaner
-        try:  # a pass interrupted between its quarantine rename and the unlink: finish or undo it now,
-            cleaner.recover()  # even if cleanup has been switched off since
-        except Exception as exc:
-            log.warning("Cleanup: could not look at files an interrupted pass left hidden (%s); the next pass "
-                        "does", exc)
-
-    def _start_metrics(self) -> None:
-        """Serve /metrics and /healthz when metrics_address is set; StartupError when it cannot."""
-        address = self.cfg.daemon.metrics_address
-        if address and self.mode.serves:
-            try:
-                self.metrics = MetricsServer(self, address, self.snapshot).start()
-            except MetricsUnavailable as exc:
-                raise StartupError(str(exc)) from None
-
-    def _start_service(self) -> None:
-        """Hot reload of the config file, and READY=1 / STATUS / WATCHDOG for systemd."""
-        if not self.mode.serves:
-            return
-        if self.cfg.source is not None:
-            self.reloader = Reloader(self.cfg.source, lambda: self.cfg,
-                                     lambda new, changed: apply_config(self, new, changed))
-        client = SdNotify.from_environ()
-        if client.enabled:
-            self.service = ServiceNotifier(self, client, self.snapshot, watchdog_interval())
-        self.on_tick()  # READY=1 as soon as we are watching
+        self.housekeeping.build_cleaner(self.remote, self.probe.is_being_written, self.hints.add)
 
     def _start_threads(self) -> None:
         if self.cfg.watch.use_events and self.mode.serves:
@@ -314,24 +302,23 @@ class Daemon:
     # -- tick -------------------------------------------------------------------------------------
     def on_tick(self) -> None:
         """Called by the main thread twice a second: batched log lines written out, the outage's
-        state, config reload, state snapshot, systemd notify."""
+        state, then the service parts (config reload, state snapshot, systemd notify)."""
         now = self.clock()
         logs.flush_pending()
         try:
             self.outage.tick()
-            if self.reloader is not None:
-                self.reloader.tick(now)
-            if self.metrics is not None or self.service is not None:
-                self.snapshot.refresh(self.store, now)
-            if self.service is not None:
-                self.service.tick(now)
+            self.service.tick(now)
         except Exception:  # a bug here must not take the uploads down with it
             log.exception("Error in the daemon's periodic housekeeping")
 
     def request_reload(self) -> None:
         """Re-read the config file at the next tick (SIGHUP). Only sets a flag: safe from signal handlers."""
-        if self.reloader is not None:
-            self.reloader.request()
+        self.service.request_reload()
+
+    @property
+    def metrics(self) -> Optional[MetricsServer]:
+        """The metrics server, while one serves."""
+        return self.service.metrics
 
     # what reload.apply_config changes (reload.ReloadTarget)
     def use_config(self, new: Config) -> None:
@@ -417,8 +404,8 @@ class Daemon:
             ("stopping intake", self._stop_intake),
             ("draining uploads", lambda: self.dispatch.drain(drain_by, self.threads, self._second_signal)),
             ("stopping the part threads", self._stop_part_threads),
-            ("stopping the metrics server", self._stop_metrics),
-            ("closing the service notifier", lambda: self.service.close() if self.service is not None else None),
+            ("stopping the metrics server", lambda: self.service.stop_metrics(self.threads.left)),
+            ("closing the service notifier", self.service.close),
             ("writing out batched log lines", logs.flush),
             ("final commit of the state database", lambda: self.store.close()),
             ("releasing the state database", lambda: self._claim.release() if self._claim is not None else None),
@@ -442,8 +429,7 @@ class Daemon:
 
     def _stop_intake(self) -> None:
         self.request_stop()
-        if self.service is not None:
-            self.service.stopping()
+        self.service.stopping()
         by = time.monotonic() + INTAKE_STOP_WAIT
         if self.watcher is not None:
             self.watcher.stop(timeout=INTAKE_STOP_WAIT)
@@ -453,26 +439,9 @@ class Daemon:
         if self.dispatch.uploader is not None:
             self.threads.left(self.dispatch.uploader.close(timeout=PARTS_STOP_WAIT), "stopping the part threads")
 
-    def _stop_metrics(self) -> None:
-        if self.metrics is not None:
-            self.threads.left(self.metrics.stop(), "stopping the metrics server")
-
     def _close_remote(self) -> None:
         try:
             self.remote.close()
         except Exception:  # nothing is lost with it: not an error of the run
             log.debug("Error closing the S3 client", exc_info=True)
 
-    def _once_result(self) -> int:
-        """A single pass's exit code: 1 when any file found is not in S3, else the run's."""
-        try:
-            with Store(self.cfg.daemon.db_path, readonly=True) as st:
-                counts = st.counts()
-        except StoreError as exc:
-            log.error("%s", exc)
-            return 1
-        waiting = sum(counts[s] for s in WAITING_STATES)
-        if waiting:
-            log.error("%d file(s) are not in S3 (see: s3-uploader status)", waiting)
-            return 1
-        return self.exit_code

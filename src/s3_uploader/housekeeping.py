@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional
 from .cleanup import Cleaner, CleanupSettings, PassResult
 from .config import Config
 from .dispatch import InFlight
+from .remote import Remote
 from .scanner import Scanner
 from .store import Store, StoreError
 from .views import Stats
@@ -26,8 +27,8 @@ FORGET_INTERVAL = 3600.0  # seconds between passes that forget rows deleted or a
 
 class Housekeeping:
     """Cleanup passes and forgetting old rows. ``config``, ``store`` and ``scanner`` are accessors
-    (the daemon opens the store at start and rebuilds the scanner on a reload); ``cleaner`` is set
-    by the daemon once it is built; ``inflight`` says which files an upload holds."""
+    (the daemon opens the store at start and rebuilds the scanner on a reload); the cleaner is
+    built by :meth:`build_cleaner` at start; ``inflight`` says which files an upload holds."""
 
     def __init__(self, root: str, *, config: Callable[[], Config], store: Callable[[], Store],
                  scanner: Callable[[], Scanner], inflight: InFlight, stats: Stats, stop: threading.Event,
@@ -43,6 +44,20 @@ class Housekeeping:
         self.clock = clock
         self.wall = wall
         self.cleaner: Optional[Cleaner] = None
+
+    def build_cleaner(self, remote: Remote, is_being_written: Callable[..., bool],
+                      on_requeue: Callable[[str], None]) -> None:
+        """Build the cleaner, and finish or undo a pass a stop interrupted between its quarantine
+        rename and the unlink (even if cleanup has been switched off since); a failure to look is a
+        warning: the next pass does."""
+        self.cleaner = Cleaner(self.root, self._store(), remote, lambda: CleanupSettings.from_config(self._config()),
+                               is_busy=self.inflight.__contains__, is_being_written=is_being_written,
+                               on_requeue=on_requeue, stop=self.stop)
+        try:
+            self.cleaner.recover()
+        except Exception as exc:
+            log.warning("Cleanup: could not look at files an interrupted pass left hidden (%s); the next pass "
+                        "does", exc)
 
     def run(self) -> None:
         """The cleanup thread: a pass every ``cleanup_interval`` while cleanup is configured, reading
