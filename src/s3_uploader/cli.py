@@ -8,17 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Protocol
 
 from . import __version__, logs
 from .cleanup import cleanup_lines
 from .config import Config, ConfigError, load_config, render_example
+from .runmode import RunMode
 from .status import status_data
 from .store import STATES, Store, StoreError
 
@@ -111,14 +111,15 @@ def _setup_logs(cfg: Config) -> None:
     logs.setup(d.log_level, d.log_format, d.log_file, d.log_max_bytes, d.log_backup_count)
 
 
-def cmd_run(cfg: Config, args: Any, once: bool = False) -> int:
-    from .daemon import Daemon, StartupError
+def cmd_run(cfg: Config, args: Any, mode: RunMode = RunMode.SERVICE) -> int:
+    from .daemon import Daemon
+    from .preflight import StartupError
     try:
         _setup_logs(cfg)
     except OSError as exc:
         print(f"s3-uploader: cannot open log file {cfg.daemon.log_file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAIL
-    daemon = Daemon(cfg, once=once)
+    daemon = Daemon(cfg, mode=mode)
     install_signals(daemon)
     try:
         return daemon.run()
@@ -127,7 +128,15 @@ def cmd_run(cfg: Config, args: Any, once: bool = False) -> int:
         return EXIT_FAIL
 
 
-def install_signals(daemon: Any) -> None:
+class Signalled(Protocol):
+    """What the signal handlers tell a daemon: both only set a flag its main loop acts on."""
+
+    def signal_stop(self, signum: int) -> None: ...
+
+    def request_reload(self) -> None: ...
+
+
+def install_signals(daemon: Signalled) -> None:
     """SIGTERM/SIGINT: stop (a second one skips the drain). SIGHUP: reload, where the daemon can.
 
     The handlers only set flags (``daemon.signal_stop`` appends to a list, ``request_reload`` sets a
@@ -139,96 +148,19 @@ def install_signals(daemon: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    if hasattr(signal, "SIGHUP") and hasattr(daemon, "request_reload"):
+    if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     while _early_signals:
         on_stop(_early_signals.pop(0), None)
 
 
 def cmd_once(cfg: Config, args: Any) -> int:
-    return cmd_run(cfg, args, once=True)
+    return cmd_run(cfg, args, RunMode.ONCE)
 
 
 def cmd_check(cfg: Config, args: Any) -> int:
-    from .remote import TLS_CODE, RemoteError, remote_from_config
-    ok = True
-    print(f"Config OK: {cfg.source}")
-    root = cfg.watch_root
-    if not root.is_dir():
-        print(f"Watch directory does not exist: {root}" if not root.exists()
-              else f"Watch directory is not a directory: {root}")
-        ok = False
-    elif not os.access(root, os.R_OK | os.X_OK):
-        print(f"Watch directory cannot be read (permission denied): {root}")
-        ok = False
-    else:
-        print(f"Watch directory OK: {root}")
-        if cfg.watch.use_events:
-            print(events_line(str(root)))
-    if root.is_dir():
-        from .writers import WriterProbe
-        probe = WriterProbe(str(root))
-        # a warning, not a failure: size and mtime stability still decide for what it cannot see
-        print(probe.blind_spot() or f"Writer check OK: {probe.method()}")
-    db = Path(cfg.daemon.db_path)
-    folder = db.parent if not db.exists() else db
-    if os.access(folder if folder.exists() else folder.parent, os.W_OK):
-        print(f"State database OK: {db}")
-    else:
-        print(f"State database cannot be written: {db}")
-        ok = False
-    try:
-        remote = remote_from_config(cfg)
-        remote.check_access()
-        where = cfg.s3.endpoint_url or "AWS"
-        print(f"S3 bucket OK: s3://{cfg.s3.bucket}/{cfg.s3.prefix} ({where})")
-        remote.close()
-    except RemoteError as exc:
-        print(exc.reason if exc.code == TLS_CODE else
-              f"S3 bucket {cfg.s3.bucket} does not exist or you don't have access ({exc.reason})")
-        ok = False
-    except Exception as exc:  # e.g. a profile that does not exist
-        print(f"S3 bucket {cfg.s3.bucket} cannot be checked ({' '.join(str(exc).split())})")
-        ok = False
-    line = _destination_change(cfg, db)
-    if line:
-        print(line)
-    return EXIT_OK if ok else EXIT_FAIL
-
-
-def events_line(root: str) -> str:
-    """``check``'s line on filesystem events: the folders to watch against the inotify limit."""
-    from .watcher import watch_limit
-    folders = sum(1 for _ in os.walk(root))
-    limit = watch_limit()
-    if limit is None:
-        return f"Filesystem events: {folders:,} folder(s) to watch"
-    if folders > limit:
-        return (f"Filesystem events: WARNING: {folders:,} folders to watch, over the inotify limit of {limit:,} "
-                f"per user (fs.inotify.max_user_watches): the rest are seen only by rescans; raise it: "
-                f"sysctl -w fs.inotify.max_user_watches={max(2 * limit, 4 * folders)}")
-    return (f"Filesystem events: {folders:,} folder(s) to watch, inotify allows {limit:,} watches per user "
-            f"(fs.inotify.max_user_watches; other programs of the same user share it)")
-
-
-def _destination_change(cfg: Config, db: Path) -> Optional[str]:
-    """What the next start will do about a destination that differs from the one the database
-    records (None when it is the same, or nothing is recorded). Opens the database read-only."""
-    from .destination import Destination, recorded_destination
-    if not db.exists():
-        return None
-    try:
-        with Store(db, readonly=True) as store:
-            text = recorded_destination(store)
-    except StoreError:
-        return None  # the daemon's own start-up says what is wrong with it
-    if text is None:
-        return None
-    old = Destination.from_json(text)
-    if old == Destination.from_config(cfg):
-        return None
-    was = old.describe() if old is not None else "an unreadable record"
-    return f"Destination changed since the last run (was {was}): the next start uploads every file still present again"
+    from .preflight import check
+    return EXIT_OK if check(cfg, print) else EXIT_FAIL
 
 
 def _age(seconds: float) -> str:

@@ -33,6 +33,7 @@ from .health import StateSnapshot, health_note, health_problem
 from .statuspage import HEADERS as PAGE_HEADERS
 from .statuspage import ROUTES as PAGE_ROUTES
 from .statuspage import StatusPage
+from .views import Observed
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _import_client() -> Any:
 class DaemonCollector:
     """A prometheus_client collector that reads the daemon's state when scraped."""
 
-    def __init__(self, daemon: Any, snapshot: StateSnapshot):
+    def __init__(self, daemon: Observed, snapshot: StateSnapshot):
         self.daemon = daemon
         self.snapshot = snapshot
 
@@ -85,13 +86,10 @@ class DaemonCollector:
             uploaded_files, uploaded_bytes = st.uploaded_files, st.uploaded_bytes
             retries, failures = st.retries, dict(st.failures)
             last_upload, scans, last_scan = st.last_upload_at, st.scans, st.last_scan_at
-            freed_files = getattr(st, "cleanup_files_freed", 0)
-            freed_bytes = getattr(st, "cleanup_bytes_freed", 0)
+            freed_files, freed_bytes = st.cleanup_files_freed, st.cleanup_bytes_freed
             events_lost, unwatched = dict(st.events_lost), st.unwatched_folders
-        outage = getattr(d, "outage", None)
-        outage_state = outage.state() if outage is not None else None
-        with d.inflight_lock:
-            inflight = len(d.inflight)
+        act = d.activity()
+        outage_state = act.outage
 
         files = GaugeMetricFamily(f"{PREFIX}_files", "Files in the state database, by state.", labels=["state"])
         for state, n in snap.counts.items():
@@ -109,8 +107,8 @@ class DaemonCollector:
             fail.add_metric([reason], n)
         yield fail
         yield GaugeMetricFamily(f"{PREFIX}_queue_depth", "Files found and not yet handed to an upload worker.",
-                                value=d.queue_depth())
-        yield GaugeMetricFamily(f"{PREFIX}_uploads_in_flight", "Files being uploaded now.", value=inflight)
+                                value=act.queued)
+        yield GaugeMetricFamily(f"{PREFIX}_uploads_in_flight", "Files being uploaded now.", value=act.uploading)
         since = snap.oldest_waiting_since
         yield GaugeMetricFamily(f"{PREFIX}_oldest_waiting_age_seconds", "Age of the oldest file not yet "
                                 "uploaded (0 when every file is in S3).",
@@ -122,7 +120,7 @@ class DaemonCollector:
         yield CounterMetricFamily(f"{PREFIX}_scans", "Full scans of the watched directory.", value=scans)
         yield CounterMetricFamily(f"{PREFIX}_endpoint_outages", "Outages of the S3 endpoint since the daemon "
                                   "started (it stopped answering, or answered only throttling or 5xx).",
-                                  value=outage.outages if outage is not None else 0)
+                                  value=act.outages)
         yield GaugeMetricFamily(f"{PREFIX}_endpoint_down_seconds", "How long the S3 endpoint has not been answering "
                                 "(0 while it answers).", value=outage_state["seconds"] if outage_state else 0.0)
         lost = CounterMetricFamily(f"{PREFIX}_filesystem_events_lost", "Times filesystem events were lost and a "
@@ -138,8 +136,7 @@ class DaemonCollector:
                                   value=freed_files)
         yield CounterMetricFamily(f"{PREFIX}_cleanup_freed_bytes", "Bytes freed locally by cleanup.",
                                   value=freed_bytes)
-        limiter = getattr(d, "limiter", None)
-        limit = limiter.limit() if limiter is not None else None
+        limit = act.bandwidth_limit
         yield GaugeMetricFamily(f"{PREFIX}_bandwidth_limit_bytes_per_second", "Upload bandwidth limit in force "
                                 "(0 = unlimited).", value=limit or 0)
         yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 when healthy (as /healthz), else 0.",
@@ -257,7 +254,7 @@ def _break(conn: socket.socket) -> None:
 class MetricsServer:
     """Serves /metrics and /healthz for ``daemon`` on ``address`` (host, port) until :meth:`stop`."""
 
-    def __init__(self, daemon: Any, address: Tuple[str, int], snapshot: StateSnapshot):
+    def __init__(self, daemon: Observed, address: Tuple[str, int], snapshot: StateSnapshot):
         pc = _import_client()
         self.daemon = daemon
         self.snapshot = snapshot

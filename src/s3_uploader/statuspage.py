@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import threading
 from importlib import resources
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs
 
 from .status import status_data
 from .history import RANGES
+
+if TYPE_CHECKING:
+    from .views import Observed
 
 ROUTES = ("/", "/api/status", "/api/history")
 REFRESH_SECONDS = 10  # how often the page fetches /api/status (and /api/history every 6th time)
@@ -48,7 +51,7 @@ def page_html() -> bytes:
 class StatusPage:
     """The answers to :data:`ROUTES` for a running daemon (its ``store``, ``history`` and ``wall``)."""
 
-    def __init__(self, daemon: Any):
+    def __init__(self, daemon: "Observed"):
         self.daemon = daemon
         self._html = page_html()
         self._lock = threading.Lock()
