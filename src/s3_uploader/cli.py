@@ -51,8 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     st = cmd("status", "Show what the state database holds: files per state, the oldest waiting, last errors.")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     cmd("retry", "Make every parked or failed file due for another attempt now (a running daemon picks them up).")
-    ls = cmd("ls", "List the objects under the configured prefix.")
+    ls = cmd("ls", "List the objects under the configured prefix, with their Content-Type (one HEAD per object).")
     ls.add_argument("prefix", nargs="?", default=None, help="list under this key prefix instead")
+    ls.add_argument("-l", "--long", action="store_true", help="also show each object's metadata, tags, Object "
+                                                              "Lock and stored checksum")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line (with --long's details)")
     demo = sub.add_parser("demo", help="Start a local S3-compatible server, a bucket and an inbox folder, and run "
                                        "the daemon on them (no AWS account needed).",
                           description="Start a local S3-compatible server on 127.0.0.1, a bucket and an inbox folder, "
@@ -153,6 +156,7 @@ def cmd_once(cfg: Config, args: Any) -> int:
 def cmd_check(cfg: Config, args: Any) -> int:
     from .remote import TLS_CODE, RemoteError, remote_from_config
     ok = True
+    refused = False  # a configuration the bucket cannot take: exit 2
     print(f"Config OK: {cfg.source}")
     root = cfg.watch_root
     if not root.is_dir():
@@ -183,6 +187,10 @@ def cmd_check(cfg: Config, args: Any) -> int:
         remote.check_access()
         where = cfg.s3.endpoint_url or "AWS"
         print(f"S3 bucket OK: s3://{cfg.s3.bucket}/{cfg.s3.prefix} ({where})")
+        from .objects import check_object_lock
+        lock_line, refused = check_object_lock(remote.client, cfg.s3.bucket, cfg.s3.object_lock_mode,
+                                               cfg.s3.object_lock_legal_hold)
+        print(lock_line)
         remote.close()
     except RemoteError as exc:
         print(exc.reason if exc.code == TLS_CODE else
@@ -194,6 +202,8 @@ def cmd_check(cfg: Config, args: Any) -> int:
     line = _destination_change(cfg, db)
     if line:
         print(line)
+    if refused:
+        return EXIT_USAGE
     return EXIT_OK if ok else EXIT_FAIL
 
 
@@ -329,23 +339,46 @@ def cmd_retry(cfg: Config, args: Any) -> int:
 
 def cmd_ls(cfg: Config, args: Any) -> int:
     from .keys import KeyMaker
+    from .objects import describe_objects
     from .remote import remote_from_config
     remote = remote_from_config(cfg)
     prefix = args.prefix if args.prefix is not None else KeyMaker(cfg.s3.prefix).static_prefix
+    long = args.long or args.json
     n = total = 0
     try:
-        for page in remote.client.get_paginator("list_objects_v2").paginate(Bucket=cfg.s3.bucket, Prefix=prefix):
-            for o in page.get("Contents", ()):
-                print(f"{o['LastModified']:%Y-%m-%d %H:%M:%S}  {o['Size']:>12,}  {o['Key']}")
-                n += 1
-                total += o["Size"]
+        for o in describe_objects(remote.client, cfg.s3.bucket, prefix, long=long):
+            if args.json:
+                print(json.dumps(dict(o, last_modified=o["last_modified"].isoformat() if o["last_modified"] else None)))
+            else:
+                print(f"{o['last_modified']:%Y-%m-%d %H:%M:%S}  {o['size']:>12,}  {o['content_type'] or '-':<24}  "
+                      f"{o['key']}")
+                if long:
+                    for line in _ls_details(o):
+                        print(f"    {line}")
+            n += 1
+            total += o["size"]
     except Exception as exc:
         print(f"Cannot list s3://{cfg.s3.bucket}/{prefix}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAIL
     finally:
         remote.close()
-    print(f"{n} object(s), {total:,} bytes under s3://{cfg.s3.bucket}/{prefix}")
+    if not args.json:
+        print(f"{n} object(s), {total:,} bytes under s3://{cfg.s3.bucket}/{prefix}")
     return EXIT_OK
+
+
+def _ls_details(o: Dict[str, Any]) -> List[str]:
+    """``ls --long``'s lines under one object: metadata, tags, lock, checksum."""
+    def pairs(d: Optional[Dict[str, str]]) -> str:
+        return "(unknown)" if d is None else ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "(none)"
+    lines = [f"metadata: {pairs(o['metadata'])}", f"tags: {pairs(o['tags'])}"]
+    lock = o["lock"]
+    if lock["mode"] or lock["legal_hold"]:
+        lines.append(f"lock: {lock['mode'] or '-'} until {lock['retain_until'] or '-'}"
+                     f"{', legal hold' if lock['legal_hold'] else ''}")
+    if o["checksum"]:
+        lines.append(f"checksum: {pairs(o['checksum'])}")
+    return lines
 
 
 COMMANDS = {"run": cmd_run, "once": cmd_once, "check": cmd_check, "status": cmd_status, "retry": cmd_retry,

@@ -1,5 +1,6 @@
 """What an object carries besides its bytes: Content-Type, the file's mtime, metadata, tags, Object
-Lock and a stored checksum. Pure: no I/O but ``socket.gethostname`` (for ``{hostname}``).
+Lock and a stored checksum. Pure (no I/O but ``socket.gethostname``, for ``{hostname}``), except the
+last two functions, which ask the bucket for ``check`` and ``ls``.
 
 Two halves. The ``[s3]`` values are parsed and checked here (:func:`parse_content_types`,
 :func:`parse_metadata`, :func:`parse_tags`, :func:`parse_checksum`, :func:`cross_checks`), each
@@ -354,6 +355,70 @@ def lock_problem(mode: str, legal_hold: bool, bucket_lock_enabled: bool) -> Opti
     """``check``'s verdict on a lock setting: one line when the bucket cannot take it, else None."""
     if (mode or legal_hold) and not bucket_lock_enabled:
         what = f"object_lock_mode = {mode}" if mode else "object_lock_legal_hold = true"
-        return (f"[s3] {what}, but bucket has no Object Lock (it can only be enabled when a bucket is "
-                "created, or by AWS support): remove the lock settings or use a bucket with Object Lock")
+        return (f"[s3] {what}, but the bucket has no Object Lock (it can only be enabled on a bucket made "
+                "with it, or by AWS support): remove the lock settings or use a bucket with Object Lock")
     return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Asking the bucket: check and ls
+# ------------------------------------------------------------------------------------------------
+
+def check_object_lock(client: Any, bucket: str, mode: str, legal_hold: bool) -> Tuple[str, bool]:
+    """``check``'s line on Object Lock (GetObjectLockConfiguration), and whether the configuration
+    must be refused: a lock setting on a bucket without Object Lock. A bucket whose answer cannot be
+    read (no permission, a server without the call) is said so, not refused."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    try:
+        r = client.get_object_lock_configuration(Bucket=bucket)
+        enabled = r.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code != "ObjectLockConfigurationNotFoundError":
+            return f"Object Lock: cannot tell whether the bucket has it ({code or exc})", False
+        enabled = False
+    except BotoCoreError as exc:
+        return f"Object Lock: cannot tell whether the bucket has it ({' '.join(str(exc).split())})", False
+    problem = lock_problem(mode, legal_hold, enabled)
+    if problem is not None:
+        return problem, True
+    wanted = f", new objects locked: {mode} " if mode else ""
+    return f"Object Lock: {'enabled' if enabled else 'not enabled'} on the bucket{wanted}".rstrip(), False
+
+
+def describe_objects(client: Any, bucket: str, prefix: str, long: bool = False,
+                     workers: int = 8) -> Iterable[Dict[str, Any]]:
+    """Each object under ``prefix``, in key order, as a dict: key, size, last_modified (datetime),
+    etag, content_type, and with ``long`` metadata, tags, lock and checksum. A listing does not carry
+    these: each object costs a HEAD (and with ``long`` a GetObjectTagging), ``workers`` at a time.
+    What a server cannot say is None (an object deleted meanwhile; tags on a server without them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(o: Dict[str, Any]) -> Dict[str, Any]:
+        row: Dict[str, Any] = {"key": o["Key"], "size": int(o["Size"]), "last_modified": o.get("LastModified"),
+                               "etag": str(o.get("ETag", "")).strip('"'), "content_type": None}
+        try:
+            h = client.head_object(Bucket=bucket, Key=o["Key"], **({"ChecksumMode": "ENABLED"} if long else {}))
+        except Exception:  # noqa: BLE001 - gone since the listing, or unreadable: shown as unknown
+            h = None
+        if h is not None:
+            row["content_type"] = h.get("ContentType")
+        if long:
+            row["metadata"] = h.get("Metadata") if h is not None else None
+            try:
+                tags = client.get_object_tagging(Bucket=bucket, Key=o["Key"]).get("TagSet", [])
+                row["tags"] = {t["Key"]: t["Value"] for t in tags}
+            except Exception:  # noqa: BLE001 - e.g. a server without tagging
+                row["tags"] = None
+            h = h or {}
+            until = h.get("ObjectLockRetainUntilDate")
+            row["lock"] = {"mode": h.get("ObjectLockMode"), "retain_until": until.isoformat() if until else None,
+                           "legal_hold": h.get("ObjectLockLegalHoldStatus") == "ON"}
+            row["checksum"] = {k[len("Checksum"):]: v for k, v in h.items()
+                               if k.startswith("Checksum") and k != "ChecksumType" and v} or None
+        return row
+
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ls") as pool:
+        for page in pages:
+            yield from pool.map(one, page.get("Contents", ()))
