@@ -88,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_OK
         if args.command == "demo":
             from .demo import run_demo
-            return run_demo(Path(args.dir), args.server, args.port)
+            return run_demo(lambda cfg: cmd_run(cfg, None), Path(args.dir), args.server, args.port)
         cfg = _load(args.config)
         if cfg is None:
             return EXIT_USAGE
