@@ -55,6 +55,7 @@ from .keys import Filters, KeyMaker
 from .metrics import MetricsServer, MetricsUnavailable
 from .notify import SdNotify, ServiceNotifier, watchdog_interval
 from .reload import Reloader, apply_to_daemon
+from .objects import ObjectPolicy
 from .remote import TLS_CODE, PutOptions, Remote, RemoteError
 from .retry import Failure, classify, decide_retry
 from .scanner import FileStat, Reporter, Scanner
@@ -217,7 +218,8 @@ class Daemon:
         if cached is not None and cached[0] is c:  # a reload swaps in a new Config object
             return cached[1]
         settings = Settings(c.upload.multipart_threshold, c.upload.multipart_chunksize, c.upload.max_concurrency,
-                            PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks)
+                            PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks,
+                            ObjectPolicy.from_config(c))
         self._settings = (c, settings)
         return settings
 
@@ -356,7 +358,7 @@ class Daemon:
         self.uploader = Uploader(self.remote, self.store, self.upload_settings,
                                  part_workers=max(up.max_concurrency, min(up.upload_workers * up.max_concurrency,
                                                                           PART_THREADS_CAP)), abandon=self.abandon,
-                                 clock=self.clock, throttle=self.limiter.throttle)
+                                 clock=self.clock, wall=self.wall, throttle=self.limiter.throttle)
         if hasattr(self.remote, "put_object_soon"):
             self.sender = AsyncSender(self.remote, self.uploader, self.recorder.record_many,
                                       capacity=up.upload_workers, allowed=lambda: self.limiter.limit() is None,

@@ -280,6 +280,8 @@ class ObjectPolicy:
         self.lock_retain = dt.timedelta(seconds=lock_retain)
         self.legal_hold = legal_hold
         self.checksum = "" if checksum == "none" else checksum.upper()
+        # obstore sends Content-Type, metadata and tags, but no lock or checksum header
+        self.obstore_ok = not (self.lock_mode or legal_hold or self.checksum)
 
     @classmethod
     def from_config(cls, cfg: "Config") -> "ObjectPolicy":

@@ -486,13 +486,14 @@ class Scheduler:
 
     def _sendable(self, job: Job) -> bool:
         """Whether the asyncio sender can take ``job``: a single PUT read into memory, no open
-        multipart upload to settle, an ETag that proves the object, and a key obstore keeps as it
-        is. (At hand-over, also no bandwidth limit in force: waiting for it would block the loop.)"""
+        multipart upload to settle, an ETag that proves the object, a key obstore keeps as it is,
+        and attributes obstore can send (no Object Lock, no checksum). (At hand-over, also no
+        bandwidth limit in force: waiting for it would block the loop.)"""
         if self.sender is None:
             return False
         s = self._settings()
         return (job.stat.size <= IN_MEMORY_MAX and job.stat.size < s.multipart_threshold and job.upload_id is None
-                and s.put_options.etag_is_md5 and self.remote.async_ok(job.key))
+                and s.put_options.etag_is_md5 and s.objects.obstore_ok and self.remote.async_ok(job.key))
 
     def _once_finished(self) -> bool:
         if (not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready

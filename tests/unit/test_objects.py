@@ -174,3 +174,107 @@ def test_check_refuses_a_lock_setting_on_a_bucket_without_object_lock_in_one_lin
     assert "object_lock_legal_hold = true" in (objects.lock_problem("", True, False) or "")
     assert objects.lock_problem("compliance", True, True) is None
     assert objects.lock_problem("", False, False) is None
+
+
+# -- every upload path sends them (MemoryRemote checks checksums as S3 does) ----------------------
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def paths(tmp_path):
+    """An Uploader on MemoryRemote whose settings carry ``policy`` (set by the test), wall clock 1e9."""
+    from s3_uploader.remote import MemoryRemote, PutOptions
+    from s3_uploader.store import Store
+    from s3_uploader.uploader import Settings, Uploader
+
+    class World:
+        policy = ObjectPolicy(metadata=(("site", "h"),), tags=(("k", "v"),), checksum="sha256", host="h")
+
+        def settings(self):
+            return Settings(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=2,
+                            put_options=PutOptions(storage_class="STANDARD_IA"), follow_symlinks=False,
+                            objects=self.policy)
+
+    w = World()
+    w.tmp, w.store, w.remote = tmp_path, Store(tmp_path / "s.db"), MemoryRemote()
+    w.up = Uploader(w.remote, w.store, w.settings, part_workers=2, wall=lambda: 1e9)
+    yield w
+    w.up.close()
+    w.store.close()
+
+
+def _job(w, rel: str, size: int, **kw):
+    import os
+
+    from s3_uploader.scanner import FileStat
+    from s3_uploader.uploader import Job
+    p = w.tmp / rel
+    p.write_bytes(os.urandom(size))
+    os.utime(p, ns=(1_700_000_000_5 * 10**8, 1_700_000_000_5 * 10**8))
+    st = os.stat(p)
+    job = Job(rel, str(p), rel, FileStat(rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev), **kw)
+    w.store.discover_many([(rel, rel, st.st_size, st.st_mtime_ns, st.st_ino)])
+    w.store.start_upload(rel, st.st_size, st.st_mtime_ns, st.st_ino)
+    return job, p.read_bytes()
+
+
+@pytest.mark.parametrize("checksum", ["none", "sha256", "crc32c", "crc64nvme"])
+@pytest.mark.parametrize("rel,size", [("a.jpg", 4096), ("b.log", 2 * MiB), ("c.mp4", 11 * MiB + 3)])
+def test_every_upload_path_sends_the_attributes_and_a_checksum_the_server_verifies(paths, rel, size, checksum):
+    """One PUT from memory, a streamed PUT, a multipart upload (MemoryRemote refuses a wrong value)."""
+    paths.policy = ObjectPolicy(content_types=((".log", "text/x-log"),), metadata=(("site", "{hostname}"),),
+                                tags=(("k", "v"),), lock_mode="governance", lock_retain=86400, checksum=checksum,
+                                host="h")
+    job, data = _job(paths, rel, size)
+    o = paths.up.upload(job)
+    assert o.kind == "uploaded", o
+    stored, _, opts = paths.remote.objects[rel]
+    assert stored == data and opts.storage_class == "STANDARD_IA"
+    a = opts.attrs
+    assert a.content_type == {"a.jpg": "image/jpeg", "b.log": "text/x-log", "c.mp4": "video/mp4"}[rel]
+    assert a.metadata == {"site": "h", "mtime": "1700000000.5"} and a.tagging == "k=v"
+    assert a.retain_until == dt.datetime.fromtimestamp(1e9 + 86400, dt.timezone.utc)
+    assert a.checksum == ("" if checksum == "none" else checksum.upper())
+    if size < 5 * MiB:  # a single PUT carries its whole checksum (multipart: each part's, checked at Complete)
+        assert opts.checksum == ("" if checksum == "none" else checksum_of(checksum.upper(), data))
+
+
+def test_a_resumed_upload_sends_every_parts_checksum_at_complete_the_earlier_ones_computed_again(paths):
+    from s3_uploader.store import Part
+    job, data = _job(paths, "big.mov", 15 * MiB)
+    opts = paths.settings().put_options.for_object(paths.policy.attributes(job.rel, job.stat.mtime_ns, 1e9))
+    uid = paths.remote.create_multipart("big.mov", opts)
+    first = data[:5 * MiB]
+    md5 = hashlib.md5(first).digest()
+    etag = paths.remote.upload_part("big.mov", uid, 1, first, len(first), md5, ("SHA256", checksum_of("SHA256", first)))
+    paths.store.set_multipart("big.mov", uid, 5 * MiB)
+    paths.store.add_part("big.mov", uid, Part(1, 5 * MiB, etag, md5.hex()))
+    paths.remote.calls.clear()
+    o = paths.up.upload(job._replace(upload_id=uid, part_size=5 * MiB))
+    assert o.kind == "uploaded", o
+    assert paths.remote.calls["upload_part"] == 2 and paths.remote.objects["big.mov"][0] == data
+
+
+def test_a_resumed_upload_the_server_no_longer_takes_is_aborted_and_the_next_attempt_starts_over(paths):
+    """Created before checksum_algorithm was set: Complete is refused, the upload aborted, then a new one."""
+    from s3_uploader.remote import PutOptions
+    from s3_uploader.store import Part
+    job, data = _job(paths, "big.mov", 11 * MiB)
+    uid = paths.remote.create_multipart("big.mov", PutOptions())
+    first = data[:5 * MiB]
+    md5 = hashlib.md5(first).digest()
+    etag = paths.remote.upload_part("big.mov", uid, 1, first, len(first), md5)
+    paths.store.set_multipart("big.mov", uid, 5 * MiB)
+    paths.store.add_part("big.mov", uid, Part(1, 5 * MiB, etag, md5.hex()))
+    o = paths.up.upload(job._replace(upload_id=uid, part_size=5 * MiB))
+    assert o.kind == "failed" and uid not in paths.remote.uploads
+    assert paths.store.get("big.mov").upload_id is None
+    assert paths.up.upload(job).kind == "uploaded" and paths.remote.objects["big.mov"][0] == data
+
+
+def test_obstore_takes_only_what_it_can_send_whole():
+    assert ObjectPolicy(metadata=(("a", "b"),), tags=(("k", "v"),), host="h").obstore_ok
+    assert not ObjectPolicy(lock_mode="compliance", lock_retain=1, host="h").obstore_ok
+    assert not ObjectPolicy(legal_hold=True, host="h").obstore_ok
+    assert not ObjectPolicy(checksum="sha256", host="h").obstore_ok
