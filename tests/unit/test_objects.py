@@ -278,3 +278,29 @@ def test_obstore_takes_only_what_it_can_send_whole():
     assert not ObjectPolicy(lock_mode="compliance", lock_retain=1, host="h").obstore_ok
     assert not ObjectPolicy(legal_hold=True, host="h").obstore_ok
     assert not ObjectPolicy(checksum="sha256", host="h").obstore_ok
+
+
+def test_the_scheduler_hands_the_obstore_sender_only_files_whose_attributes_it_can_send(tmp_path):
+    """A lock or a checksum keeps small files on the upload workers (boto3), which send them."""
+    import os
+    from types import SimpleNamespace
+
+    from s3_uploader.remote import PutOptions
+    from s3_uploader.scanner import FileStat
+    from s3_uploader.scheduler import Scheduler
+    from s3_uploader.uploader import Job, Settings
+
+    p = tmp_path / "a.jpg"
+    p.write_bytes(b"x" * 100)
+    st = os.stat(p)
+    job = Job("a.jpg", str(p), "a.jpg", FileStat("a.jpg", st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev))
+
+    def sendable(policy: ObjectPolicy) -> bool:
+        settings = Settings(5 * MiB, 5 * MiB, 1, PutOptions(), False, policy)
+        sched = SimpleNamespace(sender=object(), _settings=lambda: settings,
+                                remote=SimpleNamespace(async_ok=lambda key: True))
+        return Scheduler._sendable(sched, job)  # type: ignore[arg-type]
+
+    assert sendable(ObjectPolicy(metadata=(("a", "b"),), tags=(("k", "v"),), host="h"))
+    assert not sendable(ObjectPolicy(lock_mode="governance", lock_retain=60, host="h"))
+    assert not sendable(ObjectPolicy(checksum="sha256", host="h"))
