@@ -239,3 +239,24 @@ def test_obstore_sends_content_type_metadata_and_tags_and_leaves_a_lock_to_boto3
         assert h["ObjectLockMode"] == "GOVERNANCE" and h["ChecksumSHA256"] == opts.checksum
     finally:
         r.close()
+
+
+def test_a_reload_gives_new_uploads_the_new_tags_metadata_and_content_types(workspace, s3_client):
+    workspace.config(s3={"tags": "batch=one", "metadata": "batch=one"})
+    d = workspace.start()
+    d.wait_log("Watching")
+    write(workspace.inbox, "a.bvr", 10)
+    d.wait_log(r"Successfully uploaded a\.bvr")
+    text = workspace.config_path.read_text()
+    workspace.config_path.write_text(text.replace("tags = batch=one", "tags = batch=two")
+                                     .replace("metadata = batch=one", "metadata = batch=two\n"
+                                              "content_types = .bvr=video/x-bvr"))
+    d.wait_log(r"Configuration reloaded; changed: .*\[s3\] metadata")
+    write(workspace.inbox, "b.bvr", 10)
+    d.wait_log(r"Successfully uploaded b\.bvr")
+    assert d.stop() == 0
+    a, b = head(s3_client, workspace.bucket, "a.bvr"), head(s3_client, workspace.bucket, "b.bvr")
+    assert (a["ContentType"], metadata_of(a)["batch"]) == ("application/octet-stream", "one")
+    assert (b["ContentType"], metadata_of(b)["batch"]) == ("video/x-bvr", "two")
+    assert tags_of(workspace.server, s3_client, workspace.bucket, "a.bvr") in (None, {"batch": "one"})
+    assert tags_of(workspace.server, s3_client, workspace.bucket, "b.bvr") in (None, {"batch": "two"})
