@@ -213,7 +213,7 @@ def mtime_from_text(text: str) -> int:
     m = re.match(r"^(-?)(\d+)(?:\.(\d{1,9})\d*)?$", text.strip())
     if not m:
         raise ValueError(f"not an mtime: {text!r}")
-    ns = int(m.group(2)) * 1_000_000_000 + int((m.group(3) or "").ljust(9, "0") or 0)
+    ns = int(m.group(2)) * 1_000_000_000 + int((m.group(3) or "").ljust(9, "0"))
     return -ns if m.group(1) else ns
 
 
@@ -280,8 +280,8 @@ class ObjectPolicy:
         self.lock_retain = dt.timedelta(seconds=lock_retain)
         self.legal_hold = legal_hold
         self.checksum = "" if checksum == "none" else checksum.upper()
-        # obstore sends Content-Type, metadata and tags, but no lock or checksum header
-        self.obstore_ok = not (self.lock_mode or legal_hold or self.checksum)
+        # whether every object of this policy can go by obstore (the scheduler's routing)
+        self.obstore_ok = self.attributes("", 0, 0.0).obstore_ok
 
     @classmethod
     def from_config(cls, cfg: "Config") -> "ObjectPolicy":
@@ -323,7 +323,7 @@ def object_attributes(cfg: "Config", rel: str, mtime_ns: int, now: float) -> Obj
 def checksum_of(algorithm: str, data: bytes) -> str:
     """The base64 value of ``algorithm`` (CRC64NVME, CRC32C or SHA256) over ``data``, as S3's
     ``x-amz-checksum-*`` headers carry it."""
-    return base64.b64encode(Checksum(algorithm).update(data).digest()).decode("ascii")
+    return Checksum(algorithm).update(data).b64()
 
 
 class Checksum:

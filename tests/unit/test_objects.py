@@ -211,7 +211,7 @@ def _job(w, rel: str, size: int, **kw):
     from s3_uploader.uploader import Job
     p = w.tmp / rel
     p.write_bytes(os.urandom(size))
-    os.utime(p, ns=(1_700_000_000_5 * 10**8, 1_700_000_000_5 * 10**8))
+    os.utime(p, ns=(1_700_000_000_500_000_000, 1_700_000_000_500_000_000))
     st = os.stat(p)
     job = Job(rel, str(p), rel, FileStat(rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev), **kw)
     w.store.discover_many([(rel, rel, st.st_size, st.st_mtime_ns, st.st_ino)])
