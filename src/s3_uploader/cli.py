@@ -14,14 +14,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from . import __version__, logs
-from .cleanup import cleanup_lines, cleanup_status
-from .outage import META_OUTAGE
-from .outage import stored as outage_stored
+from .cleanup import cleanup_lines
 from .config import Config, ConfigError, load_config, render_example
-from .store import STATES, WAITING_STATES, Store, StoreError, display
+from .status import status_data
+from .store import STATES, Store, StoreError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("s3_uploader.cli")
@@ -240,34 +239,6 @@ def _destination_change(cfg: Config, db: Path) -> Optional[str]:
         return None
     was = old.describe() if old is not None else "an unreadable record"
     return f"Destination changed since the last run (was {was}): the next start uploads every file still present again"
-
-
-def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
-    """Everything ``status`` shows, as plain data (the JSON form)."""
-    now = time.time() if now is None else now
-    counts = store.counts()
-    oldest = store.oldest_waiting()
-    from .destination import Destination, recorded_destination
-    text = recorded_destination(store)
-    dest = Destination.from_json(text) if text is not None else None
-    out: Dict[str, Any] = {
-        "db_path": str(store.path),
-        "destination": dest.describe() if dest is not None else None,
-        "counts": counts,
-        "total": sum(counts.values()),
-        "waiting": sum(counts[s] for s in WAITING_STATES),
-        "oldest_waiting": None if oldest is None else {
-            "path": display(oldest.rel), "key": oldest.key, "state": oldest.state,
-            "age_seconds": round(max(0.0, now - oldest.discovered_at), 3),
-            "attempts": oldest.attempts, "last_error": oldest.last_error},
-        "last_errors": [{"at": at, "path": display(p) if p else None, "kind": kind, "message": msg}
-                        for at, p, kind, msg in store.last_errors(10)],
-        "parked": [{"path": display(r.rel), "kind": r.error_kind, "error": r.last_error, "attempts": r.attempts}
-                   for r in store.in_states(("parked",), limit=20)],
-        "cleanup": cleanup_status(store),
-        "outage": outage_stored(store.meta(META_OUTAGE)),
-    }
-    return out
 
 
 def _age(seconds: float) -> str:

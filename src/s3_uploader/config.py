@@ -192,8 +192,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("daemon", "log_max_bytes", _size(0), "10MiB", "Rotate log_file at this size (0 = never).",
            reloadable=False),
     Option("daemon", "log_backup_count", _int(0), "5", "Rotated log files kept.", reloadable=False),
-    Option("daemon", "metrics_address", ADDRESS, "", "Serve Prometheus /metrics and /healthz here; a bare "
-           "port binds 127.0.0.1. Empty = off.", reloadable=False, example="127.0.0.1:9101"),
+    Option("daemon", "metrics_address", ADDRESS, "", "Serve Prometheus /metrics, /healthz and the status "
+           "page (/) here; a bare port binds 127.0.0.1. Empty = off.", reloadable=False, example="127.0.0.1:9101"),
     Option("daemon", "shutdown_timeout", _duration(0), "30s", "On SIGTERM, how long in-flight uploads may run "
            "before they are abandoned (multipart uploads resume at the next start; a single PUT is sent again). "
            "The whole stop takes at most this plus about 4 s; a second SIGTERM ends the drain at once."),

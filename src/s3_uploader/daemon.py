@@ -51,6 +51,7 @@ from .cleanup import Cleaner, CleanupSettings, PassResult
 from .config import Config
 from .destination import OwnKeys, follow_destination
 from .health import StateSnapshot
+from .history import History
 from .keys import Filters, KeyMaker
 from .metrics import MetricsServer, MetricsUnavailable
 from .notify import SdNotify, ServiceNotifier, watchdog_interval
@@ -192,6 +193,7 @@ class Daemon:
         self.keymaker = KeyMaker(cfg.s3.prefix)
         # running it for months: hot reload, systemd notifications, metrics (set up by run())
         self.snapshot = StateSnapshot()
+        self.history = History(lambda: self.store, self.stats, wall)  # the status page's charts
         self.limiter = limiter_from_config(cfg, clock=clock, wall=wall, cancel=self.abandon, on_cancel=Abandoned)
         self.scheduler = Scheduler(
             cap, config=lambda: self.cfg, store=lambda: self.store, remote=lambda: self.remote,
@@ -405,6 +407,7 @@ class Daemon:
                 self.reloader.tick(now)
             if self.metrics is not None or self.service is not None:
                 self.snapshot.refresh(self.store, now)
+            self.history.tick()
             if self.service is not None:
                 self.service.tick(now)
         except Exception:  # a bug here must not take the uploads down with it
@@ -514,7 +517,7 @@ class Daemon:
            signal; then they are abandoned (a multipart upload stops between parts, or stops waiting
            for a part in flight; the sender's requests are cancelled) and get :data:`ABANDON_WAIT` s;
         3. the part threads, the metrics server and the systemd notifier stop (about a second each);
-        4. final commit: the database is committed and closed;
+        4. final commit: the minute's history row is written, the database committed and closed;
         5. the S3 client is closed.
 
         A thread still running at its deadline is named in one WARNING line and left behind: every
@@ -538,6 +541,7 @@ class Daemon:
             ("stopping the metrics server", self._stop_metrics),
             ("closing the service notifier", self._close_service),
             ("writing out batched log lines", logs.flush),
+            ("writing the minute's history", self.history.flush),
             ("final commit of the state database", lambda: self.store.close()),
             ("releasing the state database", self._release_claim),
             ("closing the S3 client", self._close_remote),

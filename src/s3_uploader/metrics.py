@@ -1,8 +1,10 @@
 """Prometheus metrics and a health check over HTTP, on ``[daemon] metrics_address``.
 
+``GET /`` is the status page and ``/api/status``, ``/api/history`` its data (:mod:`s3_uploader.statuspage`);
 ``GET /metrics`` serves the Prometheus text format (via the standard ``prometheus_client`` library,
 a regular dependency, so a plain ``pip install s3-uploader`` serves it); ``GET /healthz`` answers 200 ``ok``
 when :func:`~s3_uploader.health.health_problem` finds nothing wrong, else 503 with the reason.
+Read-only: GET and HEAD are answered, any other method 405.
 
 Numbers come from the daemon's own counters (read on each scrape: cheap) and from a
 :class:`~s3_uploader.health.StateSnapshot` of the database (refreshed by the daemon every few
@@ -20,6 +22,7 @@ listening socket, breaks every open connection and waits for their threads only 
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import threading
 import time
@@ -27,6 +30,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .health import StateSnapshot, health_note, health_problem
+from .statuspage import HEADERS as PAGE_HEADERS
+from .statuspage import ROUTES as PAGE_ROUTES
+from .statuspage import StatusPage
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +144,20 @@ class DaemonCollector:
                                 "(0 = unlimited).", value=limit or 0)
         yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 when healthy (as /healthz), else 0.",
                                 value=0 if health_problem(d) else 1)
+        yield from _disk_space(d.root)
+
+
+def _disk_space(root: str) -> Iterator[Any]:
+    """Free and total bytes of the watched directory's filesystem (nothing when it cannot be read)."""
+    from prometheus_client.core import GaugeMetricFamily
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        return
+    yield GaugeMetricFamily(f"{PREFIX}_watch_filesystem_free_bytes", "Bytes free for the daemon's user on the "
+                            "watched directory's filesystem.", value=usage.free)
+    yield GaugeMetricFamily(f"{PREFIX}_watch_filesystem_size_bytes", "Size in bytes of the watched directory's "
+                            "filesystem.", value=usage.total)
 
 
 class _Server(ThreadingHTTPServer):
@@ -247,6 +267,7 @@ class MetricsServer:
                                       "open to confirmed.", buckets=DURATION_BUCKETS, registry=self.registry)
         self._generate, self._content_type = pc.generate_latest, pc.CONTENT_TYPE_LATEST
         self._drain_lock = threading.Lock()
+        self.page = StatusPage(daemon)
         try:
             self.httpd = _Server(address, self._handler(), MAX_CONNECTIONS, CONNECTION_MAX_AGE)
         except OSError as exc:
@@ -264,7 +285,7 @@ class MetricsServer:
         self._thread = threading.Thread(target=self.httpd.serve, args=(self._stop,), name="metrics-http",
                                         daemon=True)
         self._thread.start()
-        log.info("Serving metrics on http://%s:%d/metrics and /healthz", *self.address)
+        log.info("Serving metrics on http://%s:%d/metrics and /healthz, the status page on /", *self.address)
         return self
 
     def stop(self, wait: float = STOP_WAIT) -> List[str]:
@@ -305,11 +326,15 @@ class MetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             timeout = REQUEST_TIMEOUT  # set on the connection's socket: every read and write is bounded
+            head_only = False  # answering HEAD: what GET would, without the body
 
             def do_GET(self) -> None:  # noqa: N802 - http.server API
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 try:
-                    if path == "/metrics":
+                    if path in PAGE_ROUTES:
+                        code, body, ctype = server.page.answer(path, query, time.monotonic())
+                        self._reply(code, body, ctype, PAGE_HEADERS)
+                    elif path == "/metrics":
                         self._reply(200, server.render(), server._content_type)
                     elif path == "/healthz":
                         problem = health_problem(server.daemon)
@@ -319,17 +344,34 @@ class MetricsServer:
                         else:
                             self._reply(503, f"unhealthy: {problem}\n".encode("utf-8"))
                     else:
-                        self._reply(404, b"not found: try /metrics or /healthz\n")
+                        self._reply(404, b"not found: try /, /metrics or /healthz\n")
                 except Exception:
                     log.exception("Error serving %s", path)
                     self._reply(500, b"internal error\n")
 
-            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            def do_HEAD(self) -> None:  # noqa: N802 - http.server API
+                self.head_only = True
+                try:
+                    self.do_GET()
+                finally:
+                    self.head_only = False
+
+            def __getattr__(self, name: str) -> Any:
+                # every other method (POST, PUT, DELETE, ...): nothing here changes state
+                if name.startswith("do_"):
+                    return lambda: self._reply(405, b"read-only: only GET and HEAD\n", extra={"Allow": "GET, HEAD"})
+                raise AttributeError(name)
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
+                       extra: Optional[Dict[str, str]] = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if not self.head_only:
+                    self.wfile.write(body)
 
             def log_message(self, fmt: str, *args: Any) -> None:  # scrapes every 15s would flood the log
                 log.debug("metrics: %s " + fmt, self.address_string(), *args)

@@ -110,10 +110,10 @@ class CrashableStore(Store):
     """A Store that can be crashed: what is not committed is lost, and every later write refused."""
 
     def crash(self) -> None:
-        with self._lock:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            self._broken = StoreError(f"State database {self.path}: crashed by the test (kill -9)")
+        with self.db.lock:
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+            self.db.broken = StoreError(f"State database {self.path}: crashed by the test (kill -9)")
 
 
 class Bugs(logging.Handler):
