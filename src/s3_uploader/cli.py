@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Protocol
+from typing import Any, Dict, List, Optional, Protocol
 
 from . import __version__, logs
 from .cleanup import cleanup_lines
@@ -50,8 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     st = cmd("status", "Show what the state database holds: files per state, the oldest waiting, last errors.")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     cmd("retry", "Make every parked or failed file due for another attempt now (a running daemon picks them up).")
-    ls = cmd("ls", "List the objects under the configured prefix.")
+    ls = cmd("ls", "List the objects under the configured prefix, with their Content-Type (one HEAD per object).")
     ls.add_argument("prefix", nargs="?", default=None, help="list under this key prefix instead")
+    ls.add_argument("-l", "--long", action="store_true", help="also show each object's metadata, tags, Object "
+                                                              "Lock and stored checksum")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line (with --long's details)")
     demo = sub.add_parser("demo", help="Start a local S3-compatible server, a bucket and an inbox folder, and run "
                                        "the daemon on them (no AWS account needed).",
                           description="Start a local S3-compatible server on 127.0.0.1, a bucket and an inbox folder, "
@@ -160,7 +163,8 @@ def cmd_once(cfg: Config, args: Any) -> int:
 
 def cmd_check(cfg: Config, args: Any) -> int:
     from .preflight import check
-    return EXIT_OK if check(cfg, print) else EXIT_FAIL
+    ok, refused = check(cfg, print)
+    return EXIT_USAGE if refused else EXIT_OK if ok else EXIT_FAIL
 
 
 def _age(seconds: float) -> str:
@@ -232,23 +236,46 @@ def cmd_retry(cfg: Config, args: Any) -> int:
 
 def cmd_ls(cfg: Config, args: Any) -> int:
     from .keys import KeyMaker
+    from .objects import describe_objects
     from .remote import remote_from_config
     remote = remote_from_config(cfg)
     prefix = args.prefix if args.prefix is not None else KeyMaker(cfg.s3.prefix).static_prefix
+    long = args.long or args.json
     n = total = 0
     try:
-        for page in remote.client.get_paginator("list_objects_v2").paginate(Bucket=cfg.s3.bucket, Prefix=prefix):
-            for o in page.get("Contents", ()):
-                print(f"{o['LastModified']:%Y-%m-%d %H:%M:%S}  {o['Size']:>12,}  {o['Key']}")
-                n += 1
-                total += o["Size"]
+        for o in describe_objects(remote.client, cfg.s3.bucket, prefix, long=long):
+            if args.json:
+                print(json.dumps(dict(o, last_modified=o["last_modified"].isoformat() if o["last_modified"] else None)))
+            else:
+                print(f"{o['last_modified']:%Y-%m-%d %H:%M:%S}  {o['size']:>12,}  {o['content_type'] or '-':<24}  "
+                      f"{o['key']}")
+                if long:
+                    for line in _ls_details(o):
+                        print(f"    {line}")
+            n += 1
+            total += o["size"]
     except Exception as exc:
         print(f"Cannot list s3://{cfg.s3.bucket}/{prefix}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAIL
     finally:
         remote.close()
-    print(f"{n} object(s), {total:,} bytes under s3://{cfg.s3.bucket}/{prefix}")
+    if not args.json:
+        print(f"{n} object(s), {total:,} bytes under s3://{cfg.s3.bucket}/{prefix}")
     return EXIT_OK
+
+
+def _ls_details(o: Dict[str, Any]) -> List[str]:
+    """``ls --long``'s lines under one object: metadata, tags, lock, checksum."""
+    def pairs(d: Optional[Dict[str, str]]) -> str:
+        return "(unknown)" if d is None else ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "(none)"
+    lines = [f"metadata: {pairs(o['metadata'])}", f"tags: {pairs(o['tags'])}"]
+    lock = o["lock"]
+    if lock["mode"] or lock["legal_hold"]:
+        lines.append(f"lock: {lock['mode'] or '-'} until {lock['retain_until'] or '-'}"
+                     f"{', legal hold' if lock['legal_hold'] else ''}")
+    if o["checksum"]:
+        lines.append(f"checksum: {pairs(o['checksum'])}")
+    return lines
 
 
 COMMANDS = {"run": cmd_run, "once": cmd_once, "check": cmd_check, "status": cmd_status, "retry": cmd_retry,

@@ -39,6 +39,7 @@ from .history import History
 from .housekeeping import Housekeeping
 from .keys import Filters, KeyMaker
 from .metrics import MetricsServer
+from .objects import ObjectPolicy
 from .outage import META_OUTAGE
 from .preflight import StartupError
 from .recorder import Recorder
@@ -169,7 +170,8 @@ class Daemon:
         if self._settings is not None and self._settings[0] is c:  # a reload swaps in a new Config object
             return self._settings[1]
         settings = Settings(c.upload.multipart_threshold, c.upload.multipart_chunksize, c.upload.max_concurrency,
-                            PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks)
+                            PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks,
+                            ObjectPolicy.from_config(c))
         self._settings = (c, settings)
         return settings
 
@@ -263,7 +265,7 @@ class Daemon:
     def _build_senders(self) -> None:
         """The uploader and the asyncio sender (obstore), the writer probe and the cleaner."""
         self.dispatch.build(self.remote, self.store, self.upload_settings,
-                            max_concurrency=self.cfg.upload.max_concurrency, clock=self.clock,
+                            max_concurrency=self.cfg.upload.max_concurrency, clock=self.clock, wall=self.wall,
                             record_many=self.recorder.record_many)
         self.probe = WriterProbe(self.root, clock=self.clock)
         preflight.say_writer_check(self.probe)

@@ -89,14 +89,15 @@ class Dispatch:
         self._threads: List[threading.Thread] = []
 
     def build(self, remote: Remote, store: Store, settings: Callable[[], Settings], *, max_concurrency: int,
-              clock: Callable[[], float], record_many: Callable[[List[Outcome]], None]) -> None:
+              clock: Callable[[], float], record_many: Callable[[List[Outcome]], None],
+              wall: Callable[[], float] = time.time) -> None:
         """The uploader the workers use (its part threads: at most :data:`PART_THREADS_CAP`, at least
         one file's ``max_concurrency``), and the asyncio sender when ``remote`` has one (obstore),
         whose outcomes go to ``record_many``. Called before the scheduler starts: it asks
         :attr:`sender` whether a job can go there."""
         parts = max(max_concurrency, min(self.workers * max_concurrency, PART_THREADS_CAP))
         self.uploader = Uploader(remote, store, settings, part_workers=parts, abandon=self.abandon, clock=clock,
-                                 throttle=self.limiter.throttle)
+                                 wall=wall, throttle=self.limiter.throttle)
         if hasattr(remote, "put_object_soon"):
             self.sender = AsyncSender(remote, self.uploader, record_many, capacity=self.workers,
                                       allowed=lambda: self.limiter.limit() is None, divert=self.divert)

@@ -21,6 +21,7 @@ from typing import Callable, Optional, Tuple
 from .config import Config
 from .destination import Destination, OwnKeys, follow_destination, recorded_destination
 from .keys import Filters, KeyMaker
+from .objects import check_object_lock
 from .remote import TLS_CODE, Remote, RemoteError, remote_from_config
 from .retry import classify
 from .runmode import RunMode
@@ -137,10 +138,12 @@ def say_writer_check(probe: WriterProbe) -> None:
         log.debug("Writer check: %s", probe.method())
 
 
-def check(cfg: Config, say: Callable[[str], None]) -> bool:
-    """``s3-uploader check``: every check, one line each through ``say``; True when none failed
-    (the writer check's blind spot, the watch limit and a changed destination are warnings)."""
-    ok = True
+def check(cfg: Config, say: Callable[[str], None]) -> Tuple[bool, bool]:
+    """``s3-uploader check``: every check, one line each through ``say``. Returns (ok, refused): ok
+    when none failed (the writer check's blind spot, the watch limit and a changed destination are
+    warnings); refused when the bucket cannot take the configuration (an Object Lock setting on a
+    bucket without Object Lock), which ``check`` reports as a usage error."""
+    ok, refused = True, False
     say(f"Config OK: {cfg.source}")
     root = cfg.watch_root
     problem = watch_dir_problem(root)
@@ -166,6 +169,9 @@ def check(cfg: Config, say: Callable[[str], None]) -> bool:
         remote = remote_from_config(cfg)
         remote.check_access()
         say(f"S3 bucket OK: s3://{cfg.s3.bucket}/{cfg.s3.prefix} ({cfg.s3.endpoint_url or 'AWS'})")
+        lock_line, refused = check_object_lock(remote.client, cfg.s3.bucket, cfg.s3.object_lock_mode,
+                                               cfg.s3.object_lock_legal_hold)
+        say(lock_line)
         remote.close()
     except RemoteError as exc:
         say(no_access(cfg, exc))
@@ -176,7 +182,7 @@ def check(cfg: Config, say: Callable[[str], None]) -> bool:
     line = destination_change(cfg, db)
     if line:
         say(line)
-    return ok
+    return ok, refused
 
 
 def events_line(root: str) -> str:

@@ -462,14 +462,9 @@ class Scheduler:
             log.debug("Not parking: %s", exc)
 
     def _sendable(self, job: Job) -> bool:
-        """Whether the asyncio sender can take ``job``: a single PUT read into memory, no open
-        multipart upload to settle, an ETag that proves the object, and a key obstore keeps as it
-        is. (At hand-over, also no bandwidth limit in force: waiting for it would block the loop.)"""
-        if self.dispatch.sender is None:
-            return False
-        s = self._settings()
-        return (job.stat.size <= IN_MEMORY_MAX and job.stat.size < s.multipart_threshold and job.upload_id is None
-                and s.put_options.etag_is_md5 and self.remote.async_ok(job.key))
+        """Whether the asyncio sender (if there is one) can take ``job``: :func:`fits_sender`.
+        (At hand-over, also no bandwidth limit in force: waiting for it would block the loop.)"""
+        return self.dispatch.sender is not None and fits_sender(job, self._settings(), self.remote.async_ok)
 
     def _once_finished(self) -> bool:
         if (not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready
@@ -479,3 +474,11 @@ class Scheduler:
             return False
         # failed files wait for their retry; parked ones have had theirs
         return not self.store.in_states(("failed",), limit=1)
+
+
+def fits_sender(job: Job, s: Settings, async_ok: Callable[[str], bool]) -> bool:
+    """Whether the asyncio sender can send ``job`` under settings ``s``: a single PUT read into
+    memory, no open multipart upload to settle, an ETag that proves the object, attributes obstore
+    can send (no Object Lock, no checksum), and a key obstore keeps as it is (``async_ok``)."""
+    return (job.stat.size <= IN_MEMORY_MAX and job.stat.size < s.multipart_threshold and job.upload_id is None
+            and s.put_options.etag_is_md5 and s.objects.obstore_ok and async_ok(job.key))
