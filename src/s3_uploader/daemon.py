@@ -159,7 +159,7 @@ class Daemon:
             settings=self.upload_settings, probe=lambda: self._probe(), dispatch=self.dispatch,
             candidates=self.candidates, hints=self.hints, wake=self.wake, stop=self.stop_event,
             scan_request=self.scan_request, scan_done=self.scan_done, heartbeats=self.heartbeats,
-            limiter=self.limiter, discovery=self.discovery, set_aside=set_aside, mode=mode,
+            discovery=self.discovery, set_aside=set_aside, mode=mode,
             request_stop=self.request_stop, run_cleanup_pass=self.housekeeping.run_cleanup_pass, clock=clock,
             wall=wall)
         self.service = Service(self, self.snapshot)  # metrics, reload, systemd: started when mode.serves

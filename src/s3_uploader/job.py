@@ -26,7 +26,7 @@ class Job(NamedTuple):
     attempt: int = 1
     upload_id: Optional[str] = None  # an open multipart upload to resume
     part_size: Optional[int] = None
-    small: bool = False  # the daemon's asyncio sender may take it (see scheduler.Scheduler._sendable)
+    small: bool = False  # the daemon's asyncio sender may take it (see handover.HandOver._sendable)
 
 
 class Outcome(NamedTuple):

@@ -4,9 +4,10 @@ The scheduler owns the :class:`~s3_uploader.stability.Tracker` (at most ``max_pe
 files). Each turn it takes the watcher's hints and the scanner's candidates while there is room,
 brings failed files back when their retry is due, checks each tracked file when due (a file is
 ready once its signature has been unchanged for ``stable_seconds`` over ``stable_checks`` checks
-and no process holds it open for writing), makes jobs of the ready files (one row read for all)
-and hands them, in order, to :class:`~s3_uploader.dispatch.Dispatch` (which routes each to the
-asyncio sender or the upload workers). A file
+and no process holds it open for writing), has its :class:`~s3_uploader.handover.HandOver` make
+jobs of the ready files (one row read for all) and hands them, in order, to
+:class:`~s3_uploader.dispatch.Dispatch` (which routes each to the asyncio sender or the upload
+workers). A file
 unstable for long (see :meth:`Scheduler._gives_way`) yields its slot to files waiting for one,
 so files that never settle cannot starve the rest; ``unsettled`` counts them for health.
 
@@ -26,21 +27,20 @@ import collections
 import logging
 import queue
 import threading
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional
 
-from . import logs
-from .bandwidth import BandwidthLimiter
 from .config import Config
 from .discovery import Discovery
 from .dispatch import Dispatch
 from .health import tracker_note
-from .keys import KeyMaker, key_problem
+from .handover import HandOver
+from .keys import KeyMaker
 from .remote import Remote
 from .runmode import RunMode
 from .scanner import FileStat, Scanner
 from .stability import Observation, Tracker, assess, unsettled_after
-from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, display
-from .uploader import IN_MEMORY_MAX, Job, Settings
+from .store import WAITING_STATES, Store, display
+from .uploader import Settings
 from .version import REMOVED_STATES, is_new_version, settled
 from .watcher import Hints
 from .writers import WriterProbe
@@ -68,16 +68,13 @@ class Scheduler:
                  settings: Callable[[], Settings], probe: Callable[[], WriterProbe],
                  dispatch: Dispatch, candidates: "queue.Queue[FileStat]", hints: Hints,
                  wake: threading.Event, stop: threading.Event, scan_request: threading.Event,
-                 scan_done: threading.Event, heartbeats: Dict[str, float], limiter: BandwidthLimiter,
-                 discovery: Discovery,
+                 scan_done: threading.Event, heartbeats: Dict[str, float], discovery: Discovery,
                  set_aside: Callable[..., None], mode: RunMode, request_stop: Callable[[], None],
                  run_cleanup_pass: Callable[[], object], clock: Callable[[], float], wall: Callable[[], float]):
         self._config = config
         self._store = store
-        self._remote = remote
         self._scanner = scanner
         self._keymaker = keymaker
-        self._settings = settings
         self._probe = probe
         self.dispatch = dispatch
         self.inflight = dispatch.inflight
@@ -88,7 +85,6 @@ class Scheduler:
         self.scan_request = scan_request
         self.scan_done = scan_done  # once mode: the single scan has finished
         self.heartbeats = heartbeats
-        self.limiter = limiter
         self.discovery = discovery
         self._set_aside = set_aside
         self.mode = mode
@@ -97,7 +93,9 @@ class Scheduler:
         self.clock = clock
         self.wall = wall
         self.tracker = Tracker(capacity)
-        self.ready: Deque[Job] = collections.deque()
+        self.handover = HandOver(config=config, store=store, remote=remote, scanner=scanner, keymaker=keymaker,
+                                 settings=settings, dispatch=dispatch, discovery=discovery, set_aside=set_aside)
+        self.ready = self.handover.ready  # jobs not yet taken by dispatch
         # files that gave their tracker slot away (rel -> when), oldest first; at most ``capacity`` of them
         self._gave_way: "collections.OrderedDict[str, float]" = collections.OrderedDict()
         self._next_candidate: Optional[FileStat] = None  # taken from the queue, waiting for a slot
@@ -105,8 +103,6 @@ class Scheduler:
         self.unsettled = 0  # tracked files unstable for longer than that (health.tracker_note)
         self._unsettled_counted_at = float("-inf")
         self._unsettled_said = False
-        # files found ready in this turn, made into jobs together (one row read)
-        self._ready_batch: List[Tuple[str, FileStat, str]] = []
         self._waiting_logged: Dict[str, str] = {}
         self._next_sweep = 0.0  # clock reading of the next look for due retries
         self._once_cleaned = False  # once mode: the final cleanup pass has run
@@ -119,10 +115,6 @@ class Scheduler:
     @property
     def store(self) -> Store:
         return self._store()
-
-    @property
-    def remote(self) -> Remote:
-        return self._remote()
 
     @property
     def scanner(self) -> Scanner:
@@ -141,7 +133,7 @@ class Scheduler:
 
     def held(self) -> int:
         """Files in the scheduler's hands: tracked, or ready and not yet handed over (status lines)."""
-        return len(self.tracker) + len(self.ready)
+        return len(self.tracker) + len(self.handover)
 
     def let_go(self, rel: str) -> None:
         """Forget ``rel`` entirely (set aside after an error): untracked, not resting after giving way,
@@ -174,7 +166,7 @@ class Scheduler:
             self._next_sweep = now + RETRY_SWEEP_INTERVAL
         self._check_due(now)
         self._count_unsettled(now)
-        self._make_jobs()
+        self.handover.make_jobs()
         self.dispatch.feed(self.ready)
         if self.mode.single_pass and self._once_finished():
             if not self._once_cleaned:
@@ -250,7 +242,7 @@ class Scheduler:
         """Track the scanner's candidates while there is room. Candidates that need no slot (already
         tracked or in flight, resting after giving way) are taken even when the tracker is full; the
         first that needs one waits in ``_next_candidate``, which tells ``_gives_way`` a slot is wanted."""
-        while len(self.ready) + len(self._ready_batch) < self.tracker.capacity:
+        while len(self.handover) < self.tracker.capacity:
             f, self._next_candidate = self._next_candidate, None
             if f is None:
                 try:
@@ -391,80 +383,13 @@ class Scheduler:
         self.tracker.remove(rel)
         self._waiting_logged.pop(rel, None)
         self.inflight.add(rel)  # from now on no scan, hint or retry takes it up again
-        self._ready_batch.append((rel, st, path))
-        if len(self._ready_batch) >= 256:  # the first uploads need not wait for a whole backlog
-            self._make_jobs()
-
-    def _make_jobs(self) -> None:
-        """Jobs for every file found ready since the last call, with one row read for all."""
-        batch, self._ready_batch = self._ready_batch, []
-        if batch:
-            recs = self.store.get_many([rel for rel, _, _ in batch])
-            for rel, st, path in batch:
-                try:
-                    self._make_job(rel, st, path, recs.get(rel))
-                except Exception as exc:
-                    self._set_aside(rel, "making the upload job of", exc, scheduled=True, st=st)
+        self.handover.add(rel, st, path)
 
     def _log_wait(self, rel: str, message: str) -> None:
         """Say why a file waits, once per file and reason (not at every check)."""
         if self._waiting_logged.get(rel) != message:
             self._waiting_logged[rel] = message
             log.info(message, display(rel))
-
-    def _make_job(self, rel: str, st: FileStat, path: str, rec: Optional[Record]) -> None:
-        """Queue the job for a file found ready and already marked in flight (``rec``: its row, None
-        when there is none), or let it go (released from ``inflight``) when there is nothing to send."""
-        job = self._job_for(rel, st, path, rec)
-        if job is None:
-            self.inflight.discard(rel)
-            return
-        self.ready.append(job._replace(small=True) if self._sendable(job) else job)
-
-    def _job_for(self, rel: str, st: FileStat, path: str, rec: Optional[Record]) -> Optional[Job]:
-        if rec is None:
-            return None  # forgotten meanwhile (vanished); a new event or scan brings it back
-        if rec.state == "uploaded" and rec.signature == st.signature:
-            return None  # already uploaded (a scan and an event raced)
-        if rec.state in REMOVED_STATES:
-            fresh = self.scanner.stat_one(rel)  # after the row was read: not the file cleanup removed since
-            if fresh is None or fresh.signature != st.signature:
-                return None  # a rescan finds whatever is there now
-        if rec.key is None or rec.signature != st.signature or rec.state in DONE_STATES:
-            # changed, a new file at a deleted/archived path (its own key, from its mtime), or
-            # parked for a collision (the other file may be gone or renamed by now)
-            rec = self.store.discover(rel, self.keymaker.key_for(rel, st.mtime), st.size, st.mtime_ns, st.ino,
-                                      retry_at=self.discovery.collision_retry_at())
-            if rec.key is None:
-                log.error("%s", rec.last_error)
-                return None
-        problem = key_problem(rec.key)
-        if problem is not None:
-            self._park_unsendable(rec, problem)
-            return None
-        logs.per_file(log, "File ready (%d bytes): %s", st.size, display(rel))
-        if self.config.watch.follow_symlinks:
-            # resolved now and re-checked: a link retargeted since the check must not lead outside
-            resolved = self.scanner.resolve_inside(path)
-            if resolved is None:
-                log.warning("Symlink leads outside the watched directory, not followed: %s", display(rel))
-                return None
-            path = resolved
-        return Job(rel, path, rec.key, st, rec.attempts + 1, rec.upload_id, rec.part_size)
-
-    def _park_unsendable(self, rec: Record, problem: str) -> None:
-        """Park a file no retry can send (its key is over S3's limit). It may be parked already
-        (checked again after a rescan, a retry or a reload): it is parked again, never an error."""
-        log.error("Cannot upload %s: %s; parked (rename the file to upload it)", display(rec.rel), problem)
-        try:
-            self.store.fail_upload(rec.rel, "invalid", problem, None, park=True)
-        except IllegalTransition as exc:  # moved on meanwhile (e.g. vanished): its new state decides
-            log.debug("Not parking: %s", exc)
-
-    def _sendable(self, job: Job) -> bool:
-        """Whether the asyncio sender (if there is one) can take ``job``: :func:`fits_sender`.
-        (At hand-over, also no bandwidth limit in force: waiting for it would block the loop.)"""
-        return self.dispatch.sender is not None and fits_sender(job, self._settings(), self.remote.async_ok)
 
     def _once_finished(self) -> bool:
         if (not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready
@@ -474,11 +399,3 @@ class Scheduler:
             return False
         # failed files wait for their retry; parked ones have had theirs
         return not self.store.in_states(("failed",), limit=1)
-
-
-def fits_sender(job: Job, s: Settings, async_ok: Callable[[str], bool]) -> bool:
-    """Whether the asyncio sender can send ``job`` under settings ``s``: a single PUT read into
-    memory, no open multipart upload to settle, an ETag that proves the object, attributes obstore
-    can send (no Object Lock, no checksum), and a key obstore keeps as it is (``async_ok``)."""
-    return (job.stat.size <= IN_MEMORY_MAX and job.stat.size < s.multipart_threshold and job.upload_id is None
-            and s.put_options.etag_is_md5 and s.objects.obstore_ok and async_ok(job.key))

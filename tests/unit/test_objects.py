@@ -286,7 +286,7 @@ def test_the_scheduler_hands_the_obstore_sender_only_files_whose_attributes_it_c
 
     from s3_uploader.remote import PutOptions
     from s3_uploader.scanner import FileStat
-    from s3_uploader.scheduler import fits_sender
+    from s3_uploader.handover import fits_sender
     from s3_uploader.uploader import Job, Settings
 
     p = tmp_path / "a.jpg"

@@ -111,6 +111,6 @@ def test_a_followed_symlink_retargeted_outside_after_its_check_is_not_queued(tre
         link.unlink()
         os.symlink(outside / "secret.txt", link)  # retargeted before the job is made
         with caplog.at_level(logging.WARNING, logger="s3_uploader"):
-            d.scheduler._make_job("link.txt", FileStat(*st), d.scanner.abspath("link.txt"), store.get("link.txt"))
-        assert not d.ready and "link.txt" not in d.inflight
+            d.scheduler.handover.make_job("link.txt", FileStat(*st), d.scanner.abspath("link.txt"), store.get("link.txt"))
+        assert not d.scheduler.ready and "link.txt" not in d.inflight
         assert "Symlink leads outside the watched directory, not followed: link.txt" in caplog.text

@@ -120,7 +120,7 @@ def test_scheduler_alone_makes_a_job_of_a_file_only_after_stable_seconds_of_an_u
             scanner=lambda: scanner, keymaker=lambda: keymaker, settings=lambda: settings,
             probe=lambda: probe, dispatch=dispatch, candidates=candidates, hints=hints, wake=wake, stop=stop,
             scan_request=scan_request, scan_done=scan_done,
-            heartbeats={}, limiter=limiter_from_config(cfg), discovery=disc,
+            heartbeats={}, discovery=disc,
             set_aside=lambda *a, **kw: set_aside.append(a), mode=RunMode.SERVICE, request_stop=stop.set,
             run_cleanup_pass=lambda: None, clock=lambda: now[0], wall=lambda: 1e9)
 
