@@ -23,7 +23,8 @@ from typing import Callable, List, Optional, Protocol, Tuple
 
 from . import logs
 from .bandwidth import BandwidthLimiter
-from .config import Config, ConfigError, Option, _cross_checks, load_config
+from .config import Config, ConfigError, Option, load_config
+from .config_checks import cross_checks
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def merge(running: Config, loaded: Config) -> Tuple[Config, List[Option], List[O
             applied.append(opt)
         else:
             kept.append(opt)
-    errors = list(_cross_checks(values))
+    errors = list(cross_checks(values))
     if errors:
         where = f"{loaded.source}: " if loaded.source else ""
         raise ConfigError([f"{where}{e} (checked against the running values of the restart-only keys)"
