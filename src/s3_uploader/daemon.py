@@ -27,7 +27,7 @@ import queue
 import signal
 import threading
 import time
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import logs, preflight
 from .bandwidth import limiter_from_config
@@ -37,21 +37,19 @@ from .dispatch import Dispatch, InFlight
 from .health import HEARTBEAT_MAX_AGE, StateSnapshot
 from .history import History
 from .housekeeping import Housekeeping
+from .job import LiveSettings
 from .keys import Filters, KeyMaker
-from .metrics import MetricsServer
-from .objects import ObjectPolicy
 from .outage import META_OUTAGE
 from .preflight import StartupError
 from .recorder import Recorder
-from .remote import PutOptions, Remote
+from .remote import Remote
 from .runmode import RunMode
 from .scanner import FileStat, Reporter, Scanner
 from .scheduler import Scheduler
 from .service import Service
-from .stability import Tracker
 from .threads import Threads
 from .store import WAITING_STATES, DatabaseClaim, Store, StoreError
-from .uploader import Abandoned, Job, Settings
+from .uploader import Abandoned
 from .views import Activity, HealthView, Stats
 from .watcher import Hints, Watcher
 from .writers import WriterProbe
@@ -121,7 +119,7 @@ class Daemon:
         self.heartbeats: Dict[str, float] = {}
         self.heartbeat_max_age = HEARTBEAT_MAX_AGE
         self._claim: Optional[DatabaseClaim] = None  # one daemon per state database
-        self._settings: Optional[Tuple[Config, Settings]] = None
+        self.upload_settings = LiveSettings(lambda: self.cfg)  # what each upload reads of the live config
         self.watcher: Optional[Watcher] = None
         self.probe: Optional[WriterProbe] = None
         self.exit_code = 0
@@ -165,16 +163,6 @@ class Daemon:
         self.service = Service(self, self.snapshot)  # metrics, reload, systemd: started when mode.serves
 
     # -- what the stages read ---------------------------------------------------------------------
-    def upload_settings(self) -> Settings:
-        c = self.cfg
-        if self._settings is not None and self._settings[0] is c:  # a reload swaps in a new Config object
-            return self._settings[1]
-        settings = Settings(c.upload.multipart_threshold, c.upload.multipart_chunksize, c.upload.max_concurrency,
-                            PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks,
-                            ObjectPolicy.from_config(c))
-        self._settings = (c, settings)
-        return settings
-
     def _probe(self) -> WriterProbe:
         assert self.probe is not None  # built by run() before the scheduler starts
         return self.probe
@@ -188,31 +176,6 @@ class Daemon:
     def store(self) -> Store:
         assert self._store is not None
         return self._store
-
-    # the scheduler's state, which health, status lines and tests read from the daemon
-    @property
-    def tracker(self) -> Tracker:
-        return self.scheduler.tracker
-
-    @property
-    def ready(self) -> Deque[Job]:
-        return self.scheduler.ready
-
-    @property
-    def unsettled(self) -> int:
-        return self.scheduler.unsettled
-
-    @property
-    def unsettled_after(self) -> Optional[float]:
-        """Seconds unstable after which a tracked file is unsettled; None: from stable_seconds (tests set it)."""
-        return self.scheduler.unsettled_after
-
-    @unsettled_after.setter
-    def unsettled_after(self, seconds: Optional[float]) -> None:
-        self.scheduler.unsettled_after = seconds
-
-    def unsettled_limit(self) -> float:
-        return self.scheduler.unsettled_limit()
 
     # -- start ------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -231,14 +194,6 @@ class Daemon:
             self.outage.begin(down)
         preflight.recover(self.cfg, self.store, self.remote, self.keymaker, self.filters, self.mode, self.wall)
 
-    def abort_stale_multipart(self) -> int:
-        """See :func:`s3_uploader.preflight.abort_stale_multipart`."""
-        return preflight.abort_stale_multipart(self.store, self.remote, self.keymaker, self.cfg.s3.bucket)
-
-    def forget_old_rows(self) -> int:
-        """See :meth:`s3_uploader.housekeeping.Housekeeping.forget_old_rows`."""
-        return self.housekeeping.forget_old_rows()
-
     def run(self) -> int:
         """Run until stopped (or, in a single pass, until done). Returns the exit code."""
         self.prepare()
@@ -246,7 +201,7 @@ class Daemon:
             self.service.start_metrics()
         self.store.start()
         if self.mode.single_pass:  # no cleanup thread to do it (a run from cron must not grow the database either)
-            self.forget_old_rows()
+            self.housekeeping.forget_old_rows()
         self._build_senders()
         log.info("Watching %s -> s3://%s/%s (%s)", self.root, self.cfg.s3.bucket, self.cfg.s3.prefix, self.mode.value)
         self._start_threads()
@@ -320,11 +275,6 @@ class Daemon:
         """Re-read the config file at the next tick (SIGHUP). Only sets a flag: safe from signal handlers."""
         self.service.request_reload()
 
-    @property
-    def metrics(self) -> Optional[MetricsServer]:
-        """The metrics server, while one serves."""
-        return self.service.metrics
-
     # what reload.apply_config changes (reload.ReloadTarget)
     def use_config(self, new: Config) -> None:
         self.cfg = new
@@ -371,11 +321,6 @@ class Daemon:
 
     def _second_signal(self) -> Optional[str]:
         return _signal_name(self.stop_signals[-1]) if len(self.stop_signals) >= 2 else None
-
-    @property
-    def left_behind(self) -> List[str]:
-        """Threads still running when shutdown gave up on them."""
-        return self.threads.left_behind
 
     def shutdown(self) -> None:
         """Ordered, bounded shutdown. The steps run in order; each runs even if an earlier one failed,

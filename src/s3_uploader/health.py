@@ -63,7 +63,7 @@ def health_note(daemon: Observed) -> Optional[str]:
     """What ``/healthz`` adds to a healthy answer: an outage of the S3 endpoint, or a stability tracker
     full of files that never settle, which restarting the daemon would not mend (so they do not stop
     systemd's watchdog pings), but a monitor should see."""
-    notes = [n for n in (outage_note(daemon.activity().outage), tracker_note(daemon)) if n]
+    notes = [n for n in (outage_note(daemon.activity().outage), tracker_note(daemon.scheduler)) if n]
     return "; ".join(notes) if notes else None
 
 
@@ -75,16 +75,16 @@ def outage_note(state: Optional[Dict[str, Any]]) -> Optional[str]:
             f"({state['failures']} failed attempts; last: {state['error']})")
 
 
-def tracker_note(daemon: Tracked) -> Optional[str]:
+def tracker_note(scheduler: Tracked) -> Optional[str]:
     """None unless the stability tracker is full and holds files unstable for long (the scheduler
-    counts them every few seconds into ``unsettled``); then one line saying so. ``daemon`` is the
-    Daemon or its Scheduler."""
-    tracker = daemon.tracker
-    n = daemon.unsettled
+    counts them every few seconds into ``unsettled``); then one line saying so. ``scheduler`` is the
+    :class:`~s3_uploader.scheduler.Scheduler`."""
+    tracker = scheduler.tracker
+    n = scheduler.unsettled
     if not n or len(tracker) < tracker.capacity:
         return None
     return (f"The stability tracker is full (max_pending_uploads = {tracker.capacity}) and {n} of "
-            f"{len(tracker)} tracked files have not become stable for over {daemon.unsettled_limit():.0f}s; "
+            f"{len(tracker)} tracked files have not become stable for over {scheduler.unsettled_limit():.0f}s; "
             f"they give way to files waiting behind them and are looked at again later")
 
 

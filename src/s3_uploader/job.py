@@ -5,12 +5,15 @@ uploader, its :mod:`~s3_uploader.multipart` step, the asyncio sender, the schedu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Tuple
 
 from .objects import ObjectPolicy
 from .remote import PutOptions
 from .retry import Failure
 from .scanner import FileStat
+
+if TYPE_CHECKING:
+    from .config import Config
 
 # an upload abandoned because shutdown ran out of time (a worker between parts, or the sender)
 SHUTDOWN = Failure("shutdown", "stopped by shutdown, resumes at next start")
@@ -60,3 +63,27 @@ class Settings:
     put_options: PutOptions
     follow_symlinks: bool
     objects: ObjectPolicy = field(default_factory=ObjectPolicy)  # what each object carries
+
+    @classmethod
+    def from_config(cls, c: "Config") -> "Settings":
+        """The settings config ``c`` gives."""
+        return cls(c.upload.multipart_threshold, c.upload.multipart_chunksize, c.upload.max_concurrency,
+                   PutOptions(c.s3.storage_class, c.s3.sse, c.s3.sse_kms_key_id), c.watch.follow_symlinks,
+                   ObjectPolicy.from_config(c))
+
+
+class LiveSettings:
+    """The :class:`Settings` of the live config (``config()``), built again only when a reload has
+    swapped in a new Config object: what the stages call for each file."""
+
+    def __init__(self, config: Callable[[], "Config"]):
+        self._config = config
+        self._settings: Optional[Tuple["Config", Settings]] = None
+
+    def __call__(self) -> Settings:
+        c = self._config()
+        if self._settings is not None and self._settings[0] is c:
+            return self._settings[1]
+        settings = Settings.from_config(c)
+        self._settings = (c, settings)
+        return settings

@@ -83,7 +83,7 @@ class Activity:
 
 
 class Tracked(Protocol):
-    """The stability tracker's state (the daemon, or its scheduler): what ``tracker_note`` reads."""
+    """The stability tracker's state (the scheduler's): what ``tracker_note`` reads."""
 
     @property
     def tracker(self) -> Tracker: ...
@@ -94,7 +94,7 @@ class Tracked(Protocol):
     def unsettled_limit(self) -> float: ...
 
 
-class Observed(Tracked, Protocol):
+class Observed(Protocol):
     """A running daemon as health, metrics and systemd notifications see it."""
 
     stats: Stats
@@ -105,6 +105,9 @@ class Observed(Tracked, Protocol):
 
     @property
     def store(self) -> "Store": ...
+
+    @property
+    def scheduler(self) -> Tracked: ...
 
     def health_view(self) -> HealthView: ...
 

@@ -47,7 +47,7 @@ def test_metrics_count_files_bytes_states_and_durations_of_real_uploads(workspac
     port = free_port()
     workspace.config(daemon={"metrics_address": port})  # a bare port binds 127.0.0.1
     with running_daemon(workspace.config_path, snapshot=StateSnapshot(interval=0.1)) as d:
-        assert d.metrics is not None and d.metrics.address == ("127.0.0.1", port)
+        assert d.service.metrics is not None and d.service.metrics.address == ("127.0.0.1", port)
         make_files(workspace.inbox, [("cam1/a.mp4", b"a" * 3000), ("cam1/b.jpg", b"b" * 1000)])
         wait_for(lambda: len(list_keys(s3_client, workspace.bucket)) == 2, what="both uploads")
 

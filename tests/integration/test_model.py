@@ -531,7 +531,7 @@ def _event(what: str) -> None:
 
 def _quiet(d: Daemon) -> bool:
     """Nothing tracked, queued or in flight (a hint for when to stop; nothing relies on it)."""
-    return not (len(d.tracker) or d.ready or d.dispatch.queue.qsize() or d.inflight or d.candidates.qsize())
+    return not (len(d.scheduler.tracker) or d.scheduler.ready or d.dispatch.queue.qsize() or d.inflight or d.candidates.qsize())
 
 
 def _until(cond, timeout: float) -> bool:

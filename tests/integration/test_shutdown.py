@@ -145,7 +145,7 @@ def test_a_thread_that_does_not_stop_is_named_and_left_behind_and_the_final_comm
         assert result == {"exit": 0}
         assert took < 1 + SLACK, f"shutdown took {took:.1f}s"
         assert "stopping intake: left behind, still running: scanner" in caplog.text
-        assert d.left_behind == ["scanner"]
+        assert d.threads.left_behind == ["scanner"]
         with Store(workspace.state / "state.db", readonly=True) as st:  # the final commit
             assert st.counts()["uploaded"] == 1
     finally:
@@ -160,7 +160,7 @@ def test_shutdown_steps_all_run_and_the_first_error_decides_the_exit_code(worksp
     t, result = _run_on_thread(d)
     try:
         wait_for(lambda: d.stats.uploaded_files == 1, what="a.txt uploaded")
-        metrics_stop = d.metrics.stop
+        metrics_stop = d.service.metrics.stop
 
         def broken_part_threads_close(*a, **kw):
             raise RuntimeError("first failure")
@@ -169,7 +169,7 @@ def test_shutdown_steps_all_run_and_the_first_error_decides_the_exit_code(worksp
             metrics_stop()  # stopped all the same (no thread left for the leak check), then fails
             raise RuntimeError("second failure")
         d.dispatch.uploader.close = broken_part_threads_close  # step 3: fails first
-        d.metrics.stop = broken_metrics_stop  # step 4
+        d.service.metrics.stop = broken_metrics_stop  # step 4
         with caplog.at_level(logging.INFO, logger="s3_uploader"):
             d.request_stop()
             t.join(30)

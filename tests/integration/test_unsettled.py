@@ -48,8 +48,9 @@ def test_files_that_never_become_stable_give_way_so_other_files_go_and_health_sa
     workspace.config(watch={"stable_seconds": "1s", "stable_checks": 2, "scan_interval": "1s"},
                      upload={"max_pending_uploads": 2})
     logs = [workspace.inbox / "app-1.log", workspace.inbox / "app-2.log"]
-    with appending(logs) as stop_appending, running_daemon(workspace.config_path, unsettled_after=3.0) as d:
-        wait_for(lambda: all(p.name in d.tracker for p in logs), what="both logs to hold the two slots")
+    with appending(logs) as stop_appending, running_daemon(workspace.config_path) as d:
+        d.scheduler.unsettled_after = 3.0  # read at each check; none gives way in the first 60 s by default
+        wait_for(lambda: all(p.name in d.scheduler.tracker for p in logs), what="both logs to hold the two slots")
         (workspace.inbox / "report.csv").write_bytes(b"a,b\n1,2\n")
         # before the fix the logs kept both slots for ever and report.csv waited with them
         wait_for(lambda: "report.csv" in list_keys(s3_client, workspace.bucket), timeout=30,
@@ -57,7 +58,7 @@ def test_files_that_never_become_stable_give_way_so_other_files_go_and_health_sa
         assert get_bytes(s3_client, workspace.bucket, "report.csv") == b"a,b\n1,2\n"
         # the logs are back in the tracker, unsettled: health says so, and is still healthy (a restart
         # would not make a log stop growing)
-        note = wait_for(lambda: next((n for n in [tracker_note(d)] if n and "2 of 2" in n), None), timeout=30,
+        note = wait_for(lambda: next((n for n in [tracker_note(d.scheduler)] if n and "2 of 2" in n), None), timeout=30,
                         what="health to note both unsettled files")
         assert "have not become stable for over 3s" in note, note
         assert health_problem(d) is None

@@ -11,6 +11,7 @@ from s3_uploader.config import load_config, parse_config
 from s3_uploader.daemon import Daemon
 from s3_uploader.health import StateSnapshot, health_problem, judge
 from s3_uploader.notify import status_line
+from s3_uploader.preflight import abort_stale_multipart
 from s3_uploader.reload import apply_config
 from s3_uploader.remote import MemoryRemote, PutOptions
 from s3_uploader.runmode import RunMode
@@ -48,7 +49,7 @@ def test_without_a_fixed_prefix_only_uploads_to_our_own_keys_are_aborted(tmp_pat
     theirs = remote.create_multipart("x/theirs.mp4", PutOptions())
     d = daemon_on(tmp_path, remote, "")
     d.store.discover("x/ours.mp4", "x/ours.mp4", 10, 1, 1)  # its upload id was never recorded (crash)
-    assert d.abort_stale_multipart() == 1
+    assert abort_stale_multipart(d.store, d.remote, d.keymaker, d.cfg.s3.bucket) == 1
     assert set(remote.uploads) == {theirs}
     assert ours not in remote.uploads
     d.store.close()

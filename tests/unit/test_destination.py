@@ -13,6 +13,7 @@ from s3_uploader.config import load_config
 from s3_uploader.daemon import Daemon
 from s3_uploader.destination import Destination, OwnKeys, normalise_endpoint
 from s3_uploader.keys import KeyMaker
+from s3_uploader.preflight import abort_stale_multipart
 from s3_uploader.remote import MemoryRemote, PutOptions
 from s3_uploader.store import Part, Store
 
@@ -34,7 +35,7 @@ def test_the_sweep_touches_only_keys_of_our_templates_shape_with_our_hostname(tm
     ours = remote.create_multipart("cams/a-2026/x.mp4", PutOptions())
     theirs = remote.create_multipart("cams/a-b-2026/y.mp4", PutOptions())  # host 'a-b', listed under 'cams/a-'
     d = daemon_on(tmp_path, remote, "cams/{hostname}-{yyyy}", "a")
-    assert d.abort_stale_multipart() == 1
+    assert abort_stale_multipart(d.store, d.remote, d.keymaker, d.cfg.s3.bucket) == 1
     assert set(remote.uploads) == {theirs} and ours not in remote.uploads
     d.store.close()
 

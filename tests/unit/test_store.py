@@ -421,7 +421,7 @@ def test_forget_after_zero_keeps_every_row_and_the_default_is_30_days(tmp_path):
         with Store(db) as store:
             gone(store, "b.mp4", "deleted")
             cfg = parse_config(MINIMAL + f"[daemon]\nforget_after = {text}\n")
-            Daemon(cfg, store=store).forget_old_rows()
+            Daemon(cfg, store=store).housekeeping.forget_old_rows()
             assert {r.rel for r in store.iter_all()} == left  # a.mp4 deleted 40 days ago, b.mp4 now
 
 
