@@ -154,8 +154,6 @@ class Discovery:
         with self.stats.lock:
             self.stats.scans += 1
             self.stats.last_scan_at = self.wall()
-            self.stats.last_scan_seconds = secs
-            self.stats.last_scan_files = files
         # the scan's own CPU (this thread's): what each periodic rescan costs the box
         log.debug("Scan: %d files, %d to upload, %.2fs (%.2fs CPU)", files, found, secs, cpu)
         return found

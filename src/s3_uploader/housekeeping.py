@@ -112,11 +112,6 @@ class Housekeeping:
             log.exception("Cleanup pass failed and stopped there; the next pass runs as scheduled")
             return None
         with self.stats.lock:
-            self.stats.cleanup_passes += 1
             self.stats.cleanup_files_freed += res.freed_files
             self.stats.cleanup_bytes_freed += res.freed_bytes
-            self.stats.cleanup_requeued += res.requeued
-            self.stats.cleanup_held = res.held_total
-            self.stats.cleanup_disk_full = res.disk_full_of_unuploaded
-            self.stats.last_cleanup_at = res.at
         return res

@@ -152,7 +152,6 @@ class Recorder:
             log.info("File changed while it was being uploaded (%s); will upload again when stable: %s",
                      o.reason, display(job.rel))
             self.store.requeue(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino)
-            self.stats.add(changed_while_reading=1)
             self.hints.add(job.rel)
         elif o.kind == "vanished":
             log.warning("File vanished before it was uploaded: %s", display(job.rel))

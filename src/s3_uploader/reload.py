@@ -96,7 +96,6 @@ class Reloader:
         self._candidate: object = _UNKNOWN
         self._next_poll = 0.0
         self._requested = False
-        self.reloads = 0  # successful reloads, for tests and status
 
     def request(self) -> None:
         """Reload at the next tick whatever the file's signature says (SIGHUP). Only sets a flag."""
@@ -153,7 +152,6 @@ class Reloader:
             return False
         log.info("Configuration reloaded; changed: %s", ", ".join(_name(o) for o in applied))
         self.apply(new, applied)
-        self.reloads += 1
         return True
 
 

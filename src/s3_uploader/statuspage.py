@@ -4,7 +4,7 @@
   its script, and charts the script draws as SVG. Nothing is fetched from elsewhere (a box with no
   internet shows it whole), which its Content-Security-Policy holds it to. It shows what ``status``
   shows, the answer of ``/healthz``, and charts of the last 24 hours and 7 days, and refreshes
-  itself (:data:`REFRESH_SECONDS` is what the page uses).
+  itself every 10 s (``REFRESH_MS`` in the page).
 - ``/api/status``: exactly the ``status --json`` object (:func:`s3_uploader.status.status_data`, the
   one function both use), read from the daemon's store.
 - ``/api/history?range=24h|7d``: the chart data (:meth:`s3_uploader.history.History.chart`).
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from .views import Observed
 
 ROUTES = ("/", "/api/status", "/api/history")
-REFRESH_SECONDS = 10  # how often the page fetches /api/status (and /api/history every 6th time)
 STATUS_CACHE_SECONDS = 1.0
 JSON = "application/json"
 HTML = "text/html; charset=utf-8"

@@ -8,7 +8,6 @@ frozen readings, :class:`HealthView` and :class:`Activity`, taken at the moment 
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Protocol
 
@@ -24,26 +23,17 @@ class Stats:
     """Counters for status lines, metrics and health. Written under ``lock``."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    started_at: float = field(default_factory=time.time)
     uploaded_files: int = 0
     uploaded_bytes: int = 0
     failures: Dict[str, int] = field(default_factory=dict)
     retries: int = 0
-    changed_while_reading: int = 0
     last_upload_at: Optional[float] = None
     last_error: Optional[str] = None
     scans: int = 0
     last_scan_at: Optional[float] = None
-    last_scan_seconds: float = 0.0
-    last_scan_files: int = 0
     upload_seconds: List[float] = field(default_factory=list)  # drained by the metrics exporter
-    cleanup_passes: int = 0
     cleanup_files_freed: int = 0  # deleted or archived after S3 proved the object
     cleanup_bytes_freed: int = 0
-    cleanup_requeued: int = 0  # object missing/different or file changed: uploaded again
-    cleanup_held: int = 0  # held back in the last pass (reasons: store meta 'cleanup.last_pass')
-    cleanup_disk_full: bool = False  # below min_free_space with nothing proven in S3 left to delete
-    last_cleanup_at: Optional[float] = None
     events_lost: Dict[str, int] = field(default_factory=dict)  # by reason: overflow, watch_limit
     unwatched_folders: int = 0  # folders of the last full scan that inotify does not watch
 
