@@ -258,7 +258,7 @@ def _checksums_sent(fd: int, part_size: int, have: Dict[int, Part], algorithm: s
     one recorded means the file changed."""
     for n, p in have.items():
         ck = Checksum(algorithm)
-        if md5_of(fd, p.size, (n - 1) * part_size, ck).hex() != p.md5:
+        if md5_of(fd, p.size, (n - 1) * part_size, ck.update).hex() != p.md5:
             raise Changed("changed while it was being read (a part sent before the stop differs)")
         checksums[n] = ck.b64()
 

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 
 from . import tree
 from .job import Job
-from .objects import Checksum
+from .remote import multipart_etag
 from .version import signature_of
 
 O_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
@@ -120,7 +120,7 @@ def read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
-_BUF = 1024 * 1024  # bytes read at a time when hashing or streaming
+BUF = 1024 * 1024  # bytes read at a time when hashing or streaming
 
 
 def read_whole(fd: int, size: int) -> bytes:
@@ -131,20 +131,29 @@ def read_whole(fd: int, size: int) -> bytes:
     return data
 
 
-def md5_of(fd: int, size: int, offset: int = 0, checksum: Optional[Checksum] = None) -> bytes:
-    """The MD5 of ``size`` bytes from ``offset``, feeding ``checksum`` the same bytes in the same
-    pass; Changed when fewer are there."""
+def md5_of(fd: int, size: int, offset: int = 0, each: Optional[Callable[[bytes], object]] = None) -> bytes:
+    """The MD5 of ``size`` bytes from ``offset``, giving ``each`` the same bytes in the same pass
+    (a checksum's ``update``, a copy); Changed when fewer are there."""
     h = hashlib.md5()
     off, end = offset, offset + size
     while off < end:
-        b = pread(fd, min(_BUF, end - off), off)
+        b = pread(fd, min(BUF, end - off), off)
         if not b:
             raise Changed(f"file shrank while it was being read ({off - offset} of {size} bytes)")
         h.update(b)
-        if checksum is not None:
-            checksum.update(b)
+        if each is not None:
+            each(b)
         off += len(b)
     return h.digest()
+
+
+def content_digest(fd: int, size: int, part: Optional[int], each: Optional[Callable[[bytes], object]] = None) -> str:
+    """What S3 records for the first ``size`` bytes behind ``fd`` sent as one PUT (``part`` None: their
+    MD5, hex) or as a multipart upload of ``part``-byte parts (the MD5 of the parts' MD5s, "-N"),
+    giving ``each`` every buffer read, in order; Changed when fewer are there."""
+    if part is None:
+        return md5_of(fd, size, 0, each).hex()
+    return multipart_etag([md5_of(fd, min(part, size - off), off, each) for off in range(0, size, part)])
 
 
 class FileBody:
@@ -199,7 +208,7 @@ class FileBody:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _fill(self) -> None:
-        want = min(_BUF, self.size - self.pos)
+        want = min(BUF, self.size - self.pos)
         b = pread(self.fd, want, self.pos)
         if len(b) != want:
             self.short = True

@@ -182,7 +182,7 @@ class Uploader:
             # Streamed from the file: one pass for the MD5 and any checksum (Content-MD5 must be
             # known before the first byte is sent), one to send; memory stays at one buffer per upload.
             checksum = Checksum(attrs.checksum) if attrs.checksum else None
-            digest = md5_of(fd, size, checksum=checksum)
+            digest = md5_of(fd, size, each=checksum.update if checksum is not None else None)
             opts = cfg.put_options.for_object(attrs, checksum.b64() if checksum is not None else "")
             body = FileBody(fd, size, self.throttle)
             try:

@@ -4,19 +4,17 @@ its parts' MD5s, "-N"), and the copy to the archive that hashes what it copies.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import stat as stat_mod
 import threading
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 from .. import tree
-from ..remote import clean_etag, multipart_etag
+from ..reading import BUF, Changed, content_digest, pread
+from ..remote import clean_etag
 from ..store import Record
 from ..uploader import part_size_for
 from .decision import BUSY, Keep
-
-BUF = 1024 * 1024
 
 
 def recorded_digest(rec: Record, size: int, chunksize: int) -> Optional[Tuple[str, Optional[int]]]:
@@ -41,42 +39,24 @@ def recorded_digest(rec: Record, size: int, chunksize: int) -> Optional[Tuple[st
 
 
 def digest(fd: int, size: int, part: Optional[int], stop: threading.Event, out: Optional[int] = None) -> Optional[str]:
-    """The MD5 (``part`` None) or multipart ETag of the first ``size`` bytes read through ``fd``,
-    copied to ``out`` too when given. None when the file is shorter; _Keep when ``stop`` is set."""
-    whole = hashlib.md5()
-    parts: List[bytes] = []
-    cur = hashlib.md5()
-    in_part = off = 0
-    while off < size:
+    """The MD5 (``part`` None) or multipart ETag of the first ``size`` bytes read through ``fd``
+    (:func:`~s3_uploader.reading.content_digest`), copied to ``out`` too when given. None when the
+    file is shorter; Keep when ``stop`` is set (looked at with every buffer read)."""
+    if stop.is_set():
+        raise Keep(BUSY, "stopping")
+
+    def each(b: bytes) -> None:
         if stop.is_set():
             raise Keep(BUSY, "stopping")
-        n = min(BUF, size - off, (part - in_part) if part else BUF)
-        b = pread(fd, n, off)
-        if not b:
-            return None
         if out is not None:
             view = memoryview(b)
             while view:
                 view = view[os.write(out, view):]
-        (cur if part else whole).update(b)
-        off += len(b)
-        in_part += len(b)
-        if part and in_part == part:
-            parts.append(cur.digest())
-            cur, in_part = hashlib.md5(), 0
-    if part:
-        if in_part:
-            parts.append(cur.digest())
-        return multipart_etag(parts)
-    return whole.hexdigest()
 
-
-def _read_at(fd: int, n: int, off: int) -> bytes:  # pragma: no cover - Windows has no pread
-    os.lseek(fd, off, os.SEEK_SET)
-    return os.read(fd, n)
-
-
-pread = getattr(os, "pread", _read_at)
+    try:
+        return content_digest(fd, size, part, each)
+    except Changed:
+        return None
 
 
 def content_problem(fd: int, rec: Record, chunksize: int, stop: threading.Event) -> Optional[str]:
