@@ -1,19 +1,13 @@
 """The daemon: builds the stages, starts their threads, ticks housekeeping, and stops them in order.
 
-Threads, in the order data flows (each stage is its own module; see docs/architecture.md):
-
-- **scanner** (:class:`~s3_uploader.discovery.Discovery`): full rescans (the guarantee) and
-  folder scans, diffed against the database onto a bounded candidates queue;
-- **watcher** (watchdog's thread): events become hints, which only shorten the wait;
-- **scheduler** (:class:`~s3_uploader.scheduler.Scheduler`): the stability tracker, due retries,
-  ready files made into jobs;
-- **sender** and **upload workers** (:class:`~s3_uploader.dispatch.Dispatch`): each job to the
-  asyncio sender (small single PUTs) or a worker; outcomes to the
-  :class:`~s3_uploader.recorder.Recorder`, which also contains one file's error (``set_aside``);
-- **store committer**: group commit of the database;
-- **cleanup** (:class:`~s3_uploader.housekeeping.Housekeeping`): cleanup passes, old rows forgotten;
-- **main thread**: the tick, which drives the outage's state and, in a service, the
-  :class:`~s3_uploader.service.Service` parts (hot reload, systemd notifications, the metrics server).
+The stages, in the order data flows (each its own module; threads and hand-overs in
+docs/architecture.md): :class:`~s3_uploader.discovery.Discovery` (the scanner thread; the watcher's
+events become hints), :class:`~s3_uploader.scheduler.Scheduler` (the stability tracker and the
+hand-over of jobs), :class:`~s3_uploader.dispatch.Dispatch` (the asyncio sender and the upload
+workers), :class:`~s3_uploader.recorder.Recorder` (outcomes into the store; one file's error
+contained by ``set_aside``), :class:`~s3_uploader.housekeeping.Housekeeping` (the cleanup thread).
+The main thread ticks the outage's state and, in a service, the :class:`~s3_uploader.service.Service`
+parts (hot reload, systemd notifications, the metrics server).
 
 How a run ends is its :class:`~s3_uploader.runmode.RunMode`: a service runs until stopped; a
 single pass (``once``) scans once and stops when nothing is left to do, after one cleanup pass.
