@@ -1,6 +1,7 @@
 """What the uploader is given and what it answers: one file's :class:`Job`, its :class:`Outcome`,
-and the :class:`Settings` it reads of the live config. Values only (no I/O), shared by the
-uploader, its :mod:`~s3_uploader.multipart` step, the asyncio sender, the scheduler and the recorder.
+and the :class:`Settings` it reads of the live config (through :class:`LiveSettings`, rebuilt only
+after a reload). Values only (no I/O), shared by the uploader, its :mod:`~s3_uploader.multipart`
+step, the asyncio sender, the scheduler and the recorder.
 """
 from __future__ import annotations
 
