@@ -15,7 +15,7 @@ import pytest
 from helpers import list_keys, make_files
 
 from s3_uploader import cleanup as cleanup_mod
-from s3_uploader import scheduler as scheduler_mod
+from s3_uploader import handover as handover_mod
 from s3_uploader.config import load_config
 from s3_uploader.daemon import Daemon
 from s3_uploader.runmode import RunMode
@@ -57,8 +57,8 @@ STEPS: Dict[str, Callable[[Any], None]] = {
     "scanning": lambda mp: _raise_for_bad(KeyMaker, "key_for", mp, lambda self, rel, mtime: rel),
     # the scheduler's stability check asks whether a writer holds it
     "checking": lambda mp: _raise_for_bad(WriterProbe, "is_being_written", mp, lambda self, path, dev, ino: path),
-    # the scheduler makes its job (the key check)
-    "making the job": lambda mp: _raise_for_bad(scheduler_mod, "key_problem", mp, lambda key: key),
+    # the scheduler's hand-over makes its job (the key check)
+    "making the job": lambda mp: _raise_for_bad(handover_mod, "key_problem", mp, lambda key: key),
     # an upload worker records its upload (boto3 transport: no asyncio sender)
     "recording (worker)": lambda mp: _raise_for_bad(Store, "finish_upload", mp, lambda self, rel, *a: rel),
     # the asyncio sender's batch of answers is recorded (obstore transport)
