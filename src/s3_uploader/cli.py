@@ -256,8 +256,16 @@ def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
                    for r in store.in_states(("parked",), limit=20)],
         "cleanup": cleanup_status(store),
         "outage": outage_stored(store.meta(META_OUTAGE)),
+        "hooks": hooks_summary(store),
     }
     return out
+
+
+def hooks_summary(store: Store) -> Dict[str, Any]:
+    """``status``'s "hooks" object: pending, delivered, given_up, last_error (see events.summary)."""
+    from .events import summary
+    with store.connection() as conn:
+        return summary(conn)
 
 
 def _age(seconds: float) -> str:
@@ -307,6 +315,10 @@ def cmd_status(cfg: Config, args: Any) -> int:
               f"attempt(s); last: {o.get('error', '')})")
     for line in cleanup_lines(data["cleanup"]):
         print(line)
+    h = data["hooks"]
+    if cfg.hooks.configured or h["pending"] or h["delivered"] or h["given_up"]:
+        print(f"Hooks: {h['pending']:,} pending, {h['delivered']:,} delivered, {h['given_up']:,} given up"
+              + (f"; last error: {h['last_error']}" if h["last_error"] else ""))
     if data["last_errors"]:
         print("Last errors:")
         for e in data["last_errors"]:

@@ -199,6 +199,20 @@ def _size(minimum: int = 0) -> _Type:
 
 
 STR = _Type("str", lambda t: t.strip(), "text", str)
+
+
+def parse_command(text: str) -> str:
+    """A command line as written (stripped); raises ValueError when it cannot be split as a shell
+    would (an unclosed quote). Run without a shell: see :mod:`s3_uploader.hooks`."""
+    import shlex
+    try:
+        shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"a command line split as a shell would ({exc})") from None
+    return text.strip()
+
+
+COMMAND = _Type("str", parse_command, "command line", str)
 PATH = _Type("path", lambda t: t.strip(), "path", str)
 BOOL = _Type("bool", parse_bool, "true/false", bool)
 PATTERNS = _Type("patterns", parse_patterns, "comma-separated wildcards", Tuple[str, ...])
@@ -339,6 +353,25 @@ OPTIONS: Tuple[Option, ...] = (
            "something else, so it does not grow for ever; checked hourly. "
            "A forgotten row no longer stops a file at another path from being uploaded over its key "
            "(only a changed prefix can map one there). 0 = keep every row."),
+    # --- telling people: hooks and webhook (hooks.py; every key applies to the next event) ------
+    Option("hooks", "on_uploaded", COMMAND, "", "Command run once per file uploaded (S3 holds it), without a "
+           "shell (split as a shell would; /bin/sh -c '...' for one), its details in S3U_* environment "
+           "variables (see Hooks and webhooks in docs/operations.md). Empty = none.",
+           example="/usr/local/bin/notify-clip"),
+    Option("hooks", "on_parked", COMMAND, "", "Command run once per file parked (it needs a person: S3U_ERROR "
+           "says why). Empty = none."),
+    Option("hooks", "on_deleted", COMMAND, "", "Command run once per local copy removed by cleanup, deleted or "
+           "archived (S3U_EVENT says which; S3U_PATH is the archived copy). Empty = none."),
+    Option("hooks", "webhook_url", STR, "", "POST one JSON object per event (uploaded, parked, deleted, "
+           "archived) to this http(s) URL; a non-2xx answer or a timeout is retried. HTTPS trusts what the "
+           "S3 endpoint does ([s3] ca_bundle, ...). Empty = none.", example="https://example.net/hooks/s3"),
+    Option("hooks", "presign_ttl", _duration(0), "", "When set, S3U_URL and the webhook's url are a presigned "
+           "GET URL of the object valid this long from delivery (at most 7d, S3's maximum); empty = no URL.",
+           example="7d"),
+    Option("hooks", "hook_timeout", _duration(0.1), "30s", "A hook still running after this is killed (its "
+           "process group) and a webhook request abandoned; either counts as a failed attempt."),
+    Option("hooks", "hook_max_attempts", _int(1), "20", "Attempts per event and target; between them a backoff "
+           "from 2s doubling up to 10m. Then it is given up: one ERROR line and the given_up metric."),
 )
 
 SECTIONS: Tuple[str, ...] = tuple(dict.fromkeys(o.section for o in OPTIONS))
@@ -426,6 +459,22 @@ class DaemonSection:
     forget_after: float
 
 
+@dataclass(frozen=True)
+class HooksSection:
+    on_uploaded: str
+    on_parked: str
+    on_deleted: str
+    webhook_url: str
+    presign_ttl: float
+    hook_timeout: float
+    hook_max_attempts: int
+
+    @property
+    def configured(self) -> bool:
+        """Whether any hook or the webhook is set (no event is recorded otherwise)."""
+        return bool(self.on_uploaded or self.on_parked or self.on_deleted or self.webhook_url)
+
+
 class Config:
     """A parsed, validated configuration. Immutable: a reload builds a new one and swaps it."""
 
@@ -434,6 +483,7 @@ class Config:
     upload: UploadSection
     cleanup: CleanupSection
     daemon: DaemonSection
+    hooks: HooksSection
 
     def __init__(self, values: Dict[Tuple[str, str], Any], source: Optional[Path] = None):
         self.values = dict(values)
@@ -443,6 +493,7 @@ class Config:
         self.upload = UploadSection(**self._section("upload"))
         self.cleanup = CleanupSection(**self._section("cleanup"))
         self.daemon = DaemonSection(**self._section("daemon"))
+        self.hooks = HooksSection(**self._section("hooks"))
 
     def _section(self, name: str) -> Dict[str, Any]:
         return {k: v for (s, k), v in self.values.items() if s == name}
@@ -553,6 +604,11 @@ def _cross_checks(v: Dict[Tuple[str, str], Any]) -> Iterable[str]:
                    f"{{dd}} ({exc})")
         else:
             yield from _prefix_problems(prefix, expanded)
+    hook_url, ttl = v.get(("hooks", "webhook_url")), v.get(("hooks", "presign_ttl"))
+    if hook_url and not re.match(r"^https?://[^/\s]+(/\S*)?$", hook_url):
+        yield f"[hooks] webhook_url = {hook_url!r}: expected an http:// or https:// URL"
+    if ttl is not None and ttl > 7 * 86400:
+        yield f"[hooks] presign_ttl = {ttl:g}s: expected at most 7d (S3's longest presigned URL)"
     if v.get(("s3", "endpoint_url")):
         ep = v[("s3", "endpoint_url")]
         if not re.match(r"^https?://[^/\s]+/?$", ep):

@@ -51,6 +51,7 @@ from .cleanup import Cleaner, CleanupSettings, PassResult
 from .config import Config
 from .destination import OwnKeys, follow_destination
 from .health import StateSnapshot
+from .hooks import Hooks
 from .keys import Filters, KeyMaker
 from .metrics import MetricsServer, MetricsUnavailable
 from .notify import SdNotify, ServiceNotifier, watchdog_interval
@@ -212,6 +213,7 @@ class Daemon:
         self.reloader: Optional[Reloader] = None
         self.service: Optional[ServiceNotifier] = None
         self.metrics: Optional[Any] = None
+        self.hooks: Optional[Hooks] = None  # hooks and webhook (hooks.py): built by run()
 
     # -- settings that components read --------------------------------------------------------
     def _apply_watch_settings(self, cfg: Config) -> None:
@@ -356,6 +358,9 @@ class Daemon:
     def run(self) -> int:
         """Run until stopped (or, once, until done). Returns the exit code."""
         self.prepare()
+        # hooks: events recorded by the store's moves from now on, delivered by their own threads
+        self.hooks = Hooks(self.store, lambda: self.cfg, lambda: self.remote, clock=self.wall)
+        self.store.events = self.hooks.event_log()
         self._start_metrics()
         self.store.start()
         if self.once:  # no cleanup thread to do it (a run from cron must not grow the database either)
@@ -452,6 +457,8 @@ class Daemon:
                 log.warning("Filesystem events unavailable (%s); relying on rescans every %gs", exc,
                             self.cfg.watch.scan_interval)
                 self.watcher = None
+        if self.hooks is not None:  # hooks: their threads (not the daemon's: never waited for by the drain)
+            self.hooks.start()
         self._spawn("scanner", self.discovery.run)
         self._spawn("scheduler", self.scheduler.run)
         if not self.once:  # always running: cleanup may be switched on by a reload
@@ -572,6 +579,9 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop(timeout=INTAKE_STOP_WAIT)
         intake = [t for t in self._threads if t.name in ("scanner", "scheduler", "cleanup")]
+        if self.hooks is not None:  # hooks: running ones killed now, their events left for the next start
+            self.hooks.stop()
+            intake += self.hooks.threads()
         self._join(intake, by, "stopping intake")
 
     def _drain(self, drain_by: float) -> None:

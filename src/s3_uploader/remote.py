@@ -286,6 +286,10 @@ class Remote(abc.ABC):
     def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUpload]:
         ...
 
+    def presign_get(self, key: str, ttl: int) -> str:
+        """A URL that GETs ``key`` without credentials for ``ttl`` seconds (at most 7 days): for hooks."""
+        raise NotImplementedError
+
     def close(self) -> None:  # noqa: B027 - optional
         pass
 
@@ -451,6 +455,11 @@ class BotoRemote(Remote):
             for u in page.get("Uploads", ()):
                 ini = u.get("Initiated")
                 yield MultipartUpload(u["Key"], u["UploadId"], ini.timestamp() if ini else None)
+
+    def presign_get(self, key: str, ttl: int) -> str:
+        # signed locally with the client's credentials: no request is made
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                  ExpiresIn=min(int(ttl), 7 * 86400))
 
     def close(self) -> None:
         self.client.close()
@@ -880,3 +889,8 @@ class MemoryRemote(Remote):
             items = [MultipartUpload(u.key, uid, u.initiated) for uid, u in self.uploads.items()
                      if u.key.startswith(prefix)]
         return iter(items)
+
+    def presign_get(self, key: str, ttl: int) -> str:
+        """A well-formed URL naming the object (nothing serves it: the bucket is in memory)."""
+        from urllib.parse import quote
+        return f"memory://{self.bucket}/{quote(key)}?X-Amz-Expires={min(int(ttl), 7 * 86400)}"

@@ -42,6 +42,10 @@ state move and delete, by any caller: the database keeps it, no caller can forge
 waiting rows. Rows deleted or archived long ago are dropped by :meth:`Store.forget_done`, a bounded
 batch at a time over a partial index (``[daemon] forget_after``). A migration that rebuilds
 ``files`` must recount (:func:`_recount`): dropping the table drops its triggers.
+
+Hooks: when :attr:`Store.events` (an :class:`~s3_uploader.events.EventLog`) wants an event for a
+move to uploaded, parked, deleted or archived, the move writes it into ``hook_events`` in the same
+transaction; :mod:`s3_uploader.events` owns that table's statements.
 """
 from __future__ import annotations
 
@@ -83,7 +87,9 @@ ONE_STEP_SOURCES = ("pending", "failed", "parked")
 # 2: key UNIQUE, NULL while parked for a collision (1 let two rows share a key)
 # 3: rows per state kept by triggers (state_counts); partial indexes for the oldest waiting row, for
 #    paging through the waiting rows, and for forgetting rows deleted or archived long ago
-SCHEMA_VERSION = 3
+# 4: hook_events, the hooks' and webhook's deliveries still to make (events.py), written in the
+#    transaction of the move that caused them
+SCHEMA_VERSION = 4
 _FILES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
     path            BLOB PRIMARY KEY,   -- relative path, file system bytes, '/' separators
@@ -107,6 +113,28 @@ CREATE TABLE IF NOT EXISTS {name} (
     part_size       INTEGER,
     CHECK (key IS NOT NULL OR state IN ('parked', 'deleted', 'archived'))  -- keyless: never sent
 ) WITHOUT ROWID;
+"""
+# one row per event and target (command or webhook); a delivered row is deleted (counted in meta),
+# a given-up one kept until pruned (events.py owns every statement on it)
+_HOOK_EVENTS_TABLE = """
+CREATE TABLE IF NOT EXISTS hook_events (
+    id              INTEGER PRIMARY KEY,
+    target          TEXT NOT NULL,      -- 'command' or 'webhook'
+    event           TEXT NOT NULL,      -- uploaded, parked, deleted, archived
+    path            BLOB NOT NULL,      -- relative path, file system bytes
+    abs_path        TEXT NOT NULL,      -- where the file is (archived: its copy in archive_directory)
+    bucket          TEXT NOT NULL,
+    key             TEXT,
+    size            INTEGER,
+    etag            TEXT,
+    error           TEXT,               -- parked: why
+    at              REAL NOT NULL,      -- wall clock of the move
+    state           TEXT NOT NULL DEFAULT 'pending',  -- pending or given_up
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS hook_events_due ON hook_events(state, next_attempt_at);
 """
 _SCHEMA = _FILES_TABLE.format(name="files") + """
 CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files(key);
@@ -149,7 +177,7 @@ CREATE TRIGGER IF NOT EXISTS files_counted_move AFTER UPDATE OF state ON files
     UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
     INSERT INTO state_counts(state, n) VALUES(NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1;
 END;
-"""
+""" + _HOOK_EVENTS_TABLE
 # the literal state lists of the partial indexes above: a query uses one only when its WHERE repeats it
 _WAITING_SQL = "state IN ('pending', 'uploading', 'failed', 'parked')"
 _GONE_SQL = "state IN ('deleted', 'archived')"
@@ -291,6 +319,13 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
         _recount(conn)
 
 
+def _migrate_v3(conn: sqlite3.Connection) -> None:
+    """Schema 3 -> 4: the ``hook_events`` table (empty), in one transaction."""
+    with _migration(conn, 4):
+        for statement in _statements(_HOOK_EVENTS_TABLE):
+            conn.execute(statement)
+
+
 def _recount(conn: sqlite3.Connection) -> None:
     """Set ``state_counts`` from the rows themselves (inside the caller's transaction)."""
     conn.execute("DELETE FROM state_counts")
@@ -327,6 +362,9 @@ class Store:
         self._broken: Optional[StoreError] = None  # set when a failure lost uncommitted writes
         # schema 3's state_counts and indexes exist (false only for a read-only look at an older schema)
         self._counted = True
+        # hooks (events.EventLog): set by the daemon; records an event row in the transaction of the
+        # move that causes it, only for the events a hook or the webhook is configured for
+        self.events: Optional[Any] = None
         self._conn = self._open(readonly)
 
     # -- opening and closing -------------------------------------------------------------------
@@ -356,6 +394,8 @@ class Store:
                 _migrate_v1(conn, self.clock())
             if row is not None and int(row[0]) < 3:
                 _migrate_v2(conn)
+            if row is not None and int(row[0]) < 4:
+                _migrate_v3(conn)
             conn.executescript(_SCHEMA)
             if row is None:
                 conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -488,6 +528,29 @@ class Store:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.DatabaseError as exc:
                 raise StoreError(_explain(self.path, exc)) from None
+
+    @contextlib.contextmanager
+    def connection(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock, for a module that keeps its own table (events.py): with
+        ``write``, inside the open group-commit transaction (durable with the next commit, or at
+        once with :meth:`commit`). A database error becomes StoreError."""
+        if write:
+            with self._transaction() as conn:
+                yield conn
+            return
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(_explain(self.path, exc)) from None
+
+    def _event(self, event: str, raws: Sequence[bytes]) -> None:
+        """Record ``event`` for the rows ``raws`` in the open transaction (the caller holds the lock
+        since its move, so both are committed together)."""
+        if raws:
+            with self._transaction() as conn:
+                assert self.events is not None
+                self.events.record(conn, event, raws)
 
     # -- reading ----------------------------------------------------------------------------------
     def get(self, rel: str) -> Optional[Record]:
@@ -674,6 +737,8 @@ class Store:
                         "error_kind, discovered_at, updated_at) VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, "
                         "'collision', ?, ?)", (raw, enc(_parent(rel)), size, mtime_ns, inode, retry_at, message,
                                                now, now))
+            if self.events is not None and self.events.wanted("parked"):  # hooks (a moved row: in _move)
+                self._event("parked", [raw])
         else:
             # without a key it has no upload to resume (one left open is aborted at start-up as
             # owned by no file)
@@ -742,8 +807,13 @@ class Store:
                "attempts = 0, next_attempt_at = NULL, last_error = NULL, error_kind = NULL, upload_id = NULL, "
                f"part_size = NULL WHERE path = ? AND state IN ({marks}) AND size = ? AND mtime_ns = ? AND inode = ? "
                "AND key IS NOT NULL")
-        return self._moves(sql, [(now, md5, etag, now, enc(r), *ONE_STEP_SOURCES, s, m, i)
-                                 for r, s, m, i, md5, etag in rows])
+        params = [(now, md5, etag, now, enc(r), *ONE_STEP_SOURCES, s, m, i) for r, s, m, i, md5, etag in rows]
+        if self.events is None or not self.events.wanted("uploaded"):
+            return self._moves(sql, params)
+        with self._lock:  # hooks: the events in the transaction of the moves
+            moved = self._moves(sql, params)
+            self._event("uploaded", [p[4] for p, m in zip(params, moved) if m])
+            return moved
 
     @staticmethod
     def _move_sql(dst: str, fields: Sequence[str]) -> Tuple[str, Tuple[str, ...]]:
@@ -791,8 +861,11 @@ class Store:
             return
         sql, sources = self._move_sql(state, ())
         sql = sql.replace("WHERE path = ?", "WHERE size = ? AND mtime_ns = ? AND inode = ? AND path = ?")
-        if self._write(sql, (state, self.clock(), *signature, enc(rel), *sources)).rowcount != 1:
-            raise IllegalTransition(f"{display(rel)}: its row no longer describes the version removed")
+        with self._lock:
+            if self._write(sql, (state, self.clock(), *signature, enc(rel), *sources)).rowcount != 1:
+                raise IllegalTransition(f"{display(rel)}: its row no longer describes the version removed")
+            if self.events is not None and self.events.wanted(state):  # hooks: in the move's transaction
+                self._event(state, [enc(rel)])
 
     def locked(self) -> Any:
         """The store's lock, for a caller that must act on a row with no write in between (cleanup's
@@ -849,11 +922,18 @@ class Store:
 
     def _move(self, rel: str, dst: str, **fields: Any) -> None:
         sql, sources = self._move_sql(dst, tuple(fields))
-        cur = self._write(sql, (dst, self.clock(), *fields.values(), enc(rel), *sources))
-        if cur.rowcount != 1:
-            rec = self.get(rel)
-            have = rec.state if rec else "no row"
-            raise IllegalTransition(f"{display(rel)}: cannot move {have} -> {dst}")
+        with self._lock:
+            # hooks: an event when a hook wants it, in the move's transaction (parked again: none)
+            hook = self.events is not None and self.events.wanted(dst) and (
+                dst != "parked" or not self._read("SELECT 1 FROM files WHERE path = ? AND state = 'parked'",
+                                                  (enc(rel),)))
+            cur = self._write(sql, (dst, self.clock(), *fields.values(), enc(rel), *sources))
+            if cur.rowcount != 1:
+                rec = self.get(rel)
+                have = rec.state if rec else "no row"
+                raise IllegalTransition(f"{display(rel)}: cannot move {have} -> {dst}")
+            if hook:
+                self._event(dst, [enc(rel)])
 
     def forget_done(self, before: float, limit: int = FORGET_BATCH) -> int:
         """Drop up to ``limit`` rows deleted or archived (moved there: ``updated_at``) before wall time
