@@ -50,6 +50,7 @@ from s3_uploader.embedded import LocalS3, find_binary  # noqa: E402
 
 ANCHORS = ("s5cmd", "rclone", "awscli")
 TOOLS = ANCHORS + ("uploader",)
+BASELINE = "uploader-baseline"  # --baseline REV: another revision of s3-uploader, same server and run
 WORKLOADS = ("small", "large", "mixed")
 DAEMON_FIGURES = ("latency", "idle", "backlog")
 BUCKET = "bench"
@@ -78,10 +79,12 @@ def s5cmd_binary() -> str:
 class Tools:
     """Builds each tool's command line for one upload of ``folder`` to ``s3://bucket/prefix/``."""
 
-    def __init__(self, server: LocalS3, scratch: Path, variants: Dict[str, List[Tuple[str, str, str]]]):
+    def __init__(self, server: LocalS3, scratch: Path, variants: Dict[str, List[Tuple[str, str, str]]],
+                 baseline: Optional[Path] = None):
         self.server = server
         self.scratch = scratch
         self.variants = variants  # extra uploader tools: name -> [(section, key, value)]
+        self.baseline = baseline  # the source tree of another revision: the tool uploader-baseline
         self.env = dict(os.environ, **server.env())
         self.env.pop("AWS_PROFILE", None)
         self.env.update({
@@ -108,6 +111,11 @@ class Tools:
         if tool == "uploader" or tool in self.variants:
             cfg = self.uploader_config(folder, prefix, self.variants.get(tool, []))
             return [find_binary("s3-uploader") or "s3-uploader", "once", "-c", str(cfg)]
+        if tool == BASELINE and self.baseline is not None:
+            # the same interpreter and dependencies, the other revision's package first on the path
+            cfg = self.uploader_config(folder, prefix, [])
+            return ["env", f"PYTHONPATH={self.baseline / 'src'}", sys.executable, "-m", "s3_uploader", "once",
+                    "-c", str(cfg)]
         raise ValueError(tool)
 
     def uploader_config(self, folder: str, prefix: str, extra: List[Tuple[str, str, str]],
@@ -303,6 +311,11 @@ def summarize(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 for a in anchors:  # and against each anchor, for the README
                     row[f"x_files_s_vs_{a['tool']}"] = row["files_s"] / a["files_s"]
                     row[f"x_cpu_vs_{a['tool']}"] = row["cpu_ms_per_file"] / a["cpu_ms_per_file"]
+            base = per_tool.get(BASELINE)
+            if base is not None and base["n"] and row["n"] and row["tool"] != BASELINE:
+                # the A/B of two revisions: same data, same server, runs alternating in one process
+                row["x_files_s_vs_baseline"] = row["files_s"] / base["files_s"]
+                row["x_cpu_vs_baseline"] = row["cpu_ms_per_file"] / base["cpu_ms_per_file"]
             rows.append(row)
     return rows
 
@@ -325,6 +338,10 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
         print("  ".join(c.rjust(widths[i]) if i >= 2 else c.ljust(widths[i]) for i, c in enumerate(row)))
     print("x speed = files/s (and MB/s) / best anchor's; x CPU = CPU per file / best anchor's; x RSS = peak RSS / "
           "best anchor's. Medians of n verified runs.")
+    for r in rows:
+        if "x_files_s_vs_baseline" in r:
+            print(f"A/B {r['workload']}: {r['tool']} vs {BASELINE}: {r['x_files_s_vs_baseline']:.3f}x files/s, "
+                  f"{r['x_cpu_vs_baseline']:.3f}x CPU per file")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -592,6 +609,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=None, help="idle measuring window (default 60)")
     p.add_argument("--backlog-files", default=None, help="comma-separated tree sizes (default 50000,200000)")
     p.add_argument("--backlog-seconds", type=float, default=None, help="time bound per backlog run (default 45)")
+    p.add_argument("--baseline", metavar="REV", help="also run s3-uploader at git revision REV (tool "
+                   f"{BASELINE}, same venv) and print each workload's A/B ratio against it")
     p.add_argument("--timeout", type=float, default=900, help="seconds before one transfer run is killed")
     p.add_argument("--work", type=Path, default=HERE / "work", help="workload trees and scratch (git-ignored)")
     p.add_argument("--results", type=Path, default=HERE / "results", help="where the JSON goes")
@@ -614,6 +633,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         a.variants[f"uploader-{name}"] = pairs
     a.tools = _csv(a.tools, TOOLS + tuple(a.variants) + tuple(n.split("-", 1)[1] for n in a.variants), "tool")
     a.tools = [t if t in TOOLS or t.startswith("uploader-") else f"uploader-{t}" for t in a.tools]
+    if a.baseline and BASELINE not in a.tools:
+        a.tools.append(BASELINE)
     a.variant_extra = []
     a.daemon = [] if a.no_daemon else _csv(a.daemon if a.daemon is not None else ",".join(DAEMON_FIGURES),
                                            DAEMON_FIGURES, "daemon figure")
@@ -654,7 +675,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         server.create_bucket(BUCKET)
         client = server.client()
-        tools = Tools(server, scratch, args.variants)
+        tools = Tools(server, scratch, args.variants, baseline_tree(args.baseline, args.work))
         if args.workloads and args.tools:
             runs = transfer_runs(args, server, tools, client, scratch)
             report["runs"] = runs
@@ -683,6 +704,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"results: {out}")
     failed = [r for r in report.get("runs", ()) if r["verify"] != "OK"]
     return 1 if failed else 0
+
+
+def baseline_tree(rev: Optional[str], work: Path) -> Optional[Path]:
+    """The source of revision ``rev`` exported under ``work`` (git archive: no worktree to clean up),
+    compiled like the checkout under test; None without ``rev``."""
+    if not rev:
+        return None
+    repo = HERE.parent
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    tree = work / f"baseline-{sha[:12]}"
+    if not (tree / "src" / "s3_uploader").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", sha, "src"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    compileall.compile_dir(str(tree / "src"), quiet=1)
+    log(f"baseline: {rev} ({sha[:12]}) from {tree}")
+    return tree
 
 
 def markdown(report: Dict[str, Any]) -> str:

@@ -85,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_OK
         if args.command == "demo":
             from .demo import run_demo
-            return run_demo(Path(args.dir), args.server, args.port)
+            return run_demo(lambda cfg: cmd_run(cfg, None), Path(args.dir), args.server, args.port)
         cfg = _load(args.config)
         if cfg is None:
             return EXIT_USAGE
@@ -316,7 +316,9 @@ def cmd_status(cfg: Config, args: Any) -> int:
     for line in cleanup_lines(data["cleanup"]):
         print(line)
     h = data["hooks"]
-    if cfg.hooks.configured or h["pending"] or h["delivered"] or h["given_up"]:
+    hk = cfg.hooks
+    if hk.on_uploaded or hk.on_parked or hk.on_deleted or hk.webhook_url or h["pending"] or h["delivered"] \
+            or h["given_up"]:
         print(f"Hooks: {h['pending']:,} pending, {h['delivered']:,} delivered, {h['given_up']:,} given up"
               + (f"; last error: {h['last_error']}" if h["last_error"] else ""))
     if data["last_errors"]:

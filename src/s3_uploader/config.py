@@ -5,17 +5,30 @@ apply a change to it without a restart, and a one-line help. ``parse_config(text
 into a :class:`Config` or raises :class:`ConfigError` listing *every* problem at once (section, key,
 the bad value and what was expected); ``load_config(path)`` reads a file and resolves relative paths
 against the file's folder; ``render_example()`` writes ``config.example.ini`` and ``render_reference()``
-the reference ``docs/configuration.md`` from the same table.
+the reference ``docs/configuration.md`` from the same table. The value types the rows use (durations,
+sizes, wildcards, timetables...) live in config_values.py, the rendering in config_docs.py.
 """
 from __future__ import annotations
 
 import configparser
-import fnmatch
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Literal, Optional, Tuple, Union
+
+from . import config_docs
+from .config_values import (ADDRESS, BOOL, COMMAND, FREE_SPACE, HTTP_URL, PATH, PATTERNS, PRESIGN_TTL, SCHEDULE, STR,
+                            FreeSpace, ScheduleEntry, ValueType)
+# Re-exported: callers read these from config, where they were first.
+from .config_values import parse_duration as parse_duration
+from .config_values import parse_schedule as parse_schedule
+from .config_values import parse_size as parse_size
+# The table's short names for the parameterised types.
+from .config_values import choice_type as _choice
+from .config_values import duration_type as _duration
+from .config_values import int_type as _int
+from .config_values import size_type as _size
 
 
 class ConfigError(Exception):
@@ -25,200 +38,6 @@ class ConfigError(Exception):
         self.errors = list(errors)
         super().__init__("\n".join(self.errors))
 
-
-# --------------------------------------------------------------------------------------------
-# Value types. Each is a callable ``parse(text) -> value`` that raises ValueError with a phrase
-# saying what was expected; ``describe`` is that phrase, used in errors and the example file.
-# --------------------------------------------------------------------------------------------
-
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-}
-_NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``30s``, ``5m``, ``2h``, ``7d`` or ``1w``; raises ValueError."""
-    m = _NUMBER_UNIT.match(text)
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _DURATION_UNITS:
-        raise ValueError("a duration: seconds, or a number with s, m, h, d or w (e.g. 30s, 5m, 7d)")
-    return float(m.group(1)) * _DURATION_UNITS[unit]
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``1048576``, ``64MB`` (10^6) or ``8MiB`` (2^20); raises ValueError."""
-    m = _NUMBER_UNIT.match(text)
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _SIZE_UNITS:
-        raise ValueError("a size: bytes, or a number with KB, MB, GB, TB (10^3) or KiB, MiB, GiB, TiB (2^10)")
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
-
-
-@dataclass(frozen=True)
-class FreeSpace:
-    """A free-space floor: an absolute byte count, or a percentage of the filesystem's size."""
-
-    bytes: int = 0
-    percent: float = 0.0
-
-    def floor_bytes(self, total_bytes: int) -> int:
-        return self.bytes if not self.percent else int(total_bytes * self.percent / 100.0)
-
-    def __bool__(self) -> bool:
-        return bool(self.bytes or self.percent)
-
-
-def parse_free_space(text: str) -> FreeSpace:
-    t = text.strip()
-    if t.endswith("%"):
-        try:
-            pct = float(t[:-1])
-        except ValueError:
-            pct = -1.0
-        if not 0 <= pct < 100:
-            raise ValueError("a size (e.g. 20GiB) or a percentage from 0 to 99 (e.g. 10%)")
-        return FreeSpace(percent=pct)
-    try:
-        return FreeSpace(bytes=parse_size(t))
-    except ValueError:
-        raise ValueError("a size (e.g. 20GiB) or a percentage from 0 to 99 (e.g. 10%)") from None
-
-
-def parse_bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("true or false")
-
-
-def parse_patterns(text: str) -> Tuple[str, ...]:
-    """Comma-separated shell wildcards; ``*`` also crosses ``/``. Empty items are dropped."""
-    pats = tuple(p.strip().replace("\\", "/") for p in text.split(",") if p.strip())
-    for p in pats:
-        try:
-            re.compile(fnmatch.translate(p))
-        except re.error:
-            raise ValueError(f"comma-separated shell wildcards (bad pattern {p!r})") from None
-    return pats
-
-
-def parse_address(text: str) -> Tuple[str, int]:
-    """``PORT``, ``:PORT`` or ``HOST:PORT``; a bare port binds 127.0.0.1 only."""
-    t = text.strip()
-    host, _, port = t.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("PORT, :PORT or HOST:PORT (e.g. 127.0.0.1:9101)")
-    return host, int(port)
-
-
-@dataclass(frozen=True)
-class ScheduleEntry:
-    minute_of_day: int
-    limit: Optional[int]  # bytes per second, None = unlimited
-
-
-def parse_schedule(text: str) -> Tuple[ScheduleEntry, ...]:
-    """An rclone-style timetable: ``08:00,512KiB 19:00,off``; each entry holds until the next one."""
-    out = []
-    expected = "a timetable of HH:MM,RATE entries separated by spaces (e.g. 08:00,512KiB 19:00,off)"
-    for item in text.split():
-        when, sep, rate = item.partition(",")
-        m = re.match(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$", when)
-        if not sep or not m:
-            raise ValueError(expected)
-        limit: Optional[int]
-        if rate.strip().lower() in ("off", "unlimited", "0"):
-            limit = None
-        else:
-            try:
-                limit = parse_size(rate)
-            except ValueError:
-                raise ValueError(expected) from None
-        out.append(ScheduleEntry(int(m.group(1)) * 60 + int(m.group(2)), limit))
-    out.sort(key=lambda e: e.minute_of_day)
-    return tuple(out)
-
-
-class _Type:
-    """A named parser with the phrase that says what it expects (for errors and the example).
-
-    ``pytype`` is the Python type of the parsed value, as the section classes below annotate it
-    (a unit test checks each field against it, so the table and the classes cannot drift).
-    """
-
-    def __init__(self, name: str, parse: Callable[[str], Any], describe: str, pytype: Any):
-        self.name, self.parse, self.describe, self.pytype = name, parse, describe, pytype
-
-
-def _int(minimum: int, maximum: Optional[int] = None) -> _Type:
-    def parse(text: str) -> int:
-        try:
-            v = int(text.strip())
-        except ValueError:
-            v = None
-        if v is None or v < minimum or (maximum is not None and v > maximum):
-            hi = f" to {maximum}" if maximum is not None else " or more"
-            raise ValueError(f"a whole number, {minimum}{hi}")
-        return v
-    return _Type("int", parse, "whole number", int)
-
-
-def _choice(*values: str, case: bool = False) -> _Type:
-    def parse(text: str) -> str:
-        t = text.strip()
-        for v in values:
-            if (t == v) if case else (t.lower() == v.lower()):
-                return v
-        raise ValueError("one of " + ", ".join(repr(v) if v else "(empty)" for v in values))
-    return _Type("choice", parse, "one of " + ", ".join(v or "(empty)" for v in values), Literal[values])
-
-
-def _duration(minimum: float = 0.0) -> _Type:
-    def parse(text: str) -> float:
-        v = parse_duration(text)
-        if v < minimum:
-            raise ValueError(f"a duration of at least {minimum:g}s")
-        return v
-    return _Type("duration", parse, "duration", float)
-
-
-def _size(minimum: int = 0) -> _Type:
-    def parse(text: str) -> int:
-        v = parse_size(text)
-        if v < minimum:
-            raise ValueError(f"a size of at least {minimum} bytes")
-        return v
-    return _Type("size", parse, "size", int)
-
-
-STR = _Type("str", lambda t: t.strip(), "text", str)
-
-
-def parse_command(text: str) -> str:
-    """A command line as written (stripped); raises ValueError when it cannot be split as a shell
-    would (an unclosed quote). Run without a shell: see :mod:`s3_uploader.hooks`."""
-    import shlex
-    try:
-        shlex.split(text)
-    except ValueError as exc:
-        raise ValueError(f"a command line split as a shell would ({exc})") from None
-    return text.strip()
-
-
-COMMAND = _Type("str", parse_command, "command line", str)
-PATH = _Type("path", lambda t: t.strip(), "path", str)
-BOOL = _Type("bool", parse_bool, "true/false", bool)
-PATTERNS = _Type("patterns", parse_patterns, "comma-separated wildcards", Tuple[str, ...])
-FREE_SPACE = _Type("free_space", parse_free_space, "size or percentage", FreeSpace)
-ADDRESS = _Type("address", parse_address, "HOST:PORT", Optional[Tuple[str, int]])  # None: empty = off
-SCHEDULE = _Type("schedule", parse_schedule, "timetable", Tuple[ScheduleEntry, ...])
 
 STORAGE_CLASSES = ("", "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
                    "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE")
@@ -230,7 +49,7 @@ class Option:
 
     section: str
     key: str
-    type: _Type
+    type: ValueType
     default: str  # as written in the INI file; "" means empty/off
     help: str
     reloadable: bool = True
@@ -354,24 +173,21 @@ OPTIONS: Tuple[Option, ...] = (
            "A forgotten row no longer stops a file at another path from being uploaded over its key "
            "(only a changed prefix can map one there). 0 = keep every row."),
     # --- telling people: hooks and webhook (hooks.py; every key applies to the next event) ------
-    Option("hooks", "on_uploaded", COMMAND, "", "Command run once per file uploaded (S3 holds it), without a "
-           "shell (split as a shell would; /bin/sh -c '...' for one), its details in S3U_* environment "
-           "variables (see Hooks and webhooks in docs/operations.md). Empty = none.",
-           example="/usr/local/bin/notify-clip"),
-    Option("hooks", "on_parked", COMMAND, "", "Command run once per file parked (it needs a person: S3U_ERROR "
-           "says why). Empty = none."),
+    Option("hooks", "on_uploaded", COMMAND, "", "Command run once per file uploaded (S3 holds it), without a shell "
+           "(split as a shell would; /bin/sh -c '...' for one), given the event in S3U_* environment variables "
+           "(see Hooks and webhooks in docs/operations.md). Empty = none.", example="/usr/local/bin/notify-clip"),
+    Option("hooks", "on_parked", COMMAND, "", "Command run once per file parked (S3U_ERROR says why). Empty = none."),
     Option("hooks", "on_deleted", COMMAND, "", "Command run once per local copy removed by cleanup, deleted or "
            "archived (S3U_EVENT says which; S3U_PATH is the archived copy). Empty = none."),
-    Option("hooks", "webhook_url", STR, "", "POST one JSON object per event (uploaded, parked, deleted, "
-           "archived) to this http(s) URL; a non-2xx answer or a timeout is retried. HTTPS trusts what the "
-           "S3 endpoint does ([s3] ca_bundle, ...). Empty = none.", example="https://example.net/hooks/s3"),
-    Option("hooks", "presign_ttl", _duration(0), "", "When set, S3U_URL and the webhook's url are a presigned "
-           "GET URL of the object valid this long from delivery (at most 7d, S3's maximum); empty = no URL.",
-           example="7d"),
-    Option("hooks", "hook_timeout", _duration(0.1), "30s", "A hook still running after this is killed (its "
-           "process group) and a webhook request abandoned; either counts as a failed attempt."),
-    Option("hooks", "hook_max_attempts", _int(1), "20", "Attempts per event and target; between them a backoff "
-           "from 2s doubling up to 10m. Then it is given up: one ERROR line and the given_up metric."),
+    Option("hooks", "webhook_url", HTTP_URL, "", "POST one JSON object per event to this URL; a non-2xx answer or a "
+           "timeout is retried; HTTPS trusts the CAs the S3 endpoint is trusted with. Empty = none.",
+           example="https://example.net/hooks/s3"),
+    Option("hooks", "presign_ttl", PRESIGN_TTL, "", "When set, S3U_URL and the webhook's url are a presigned GET URL "
+           "of the object, valid this long from delivery (at most 7d, S3's maximum); empty = no URL.", example="7d"),
+    Option("hooks", "hook_timeout", _duration(0.1), "30s", "A hook still running after this is killed (its process "
+           "group), a webhook request abandoned: a failed attempt."),
+    Option("hooks", "hook_max_attempts", _int(1), "20", "Attempts per event and target, with a backoff from 2s "
+           "doubling up to 10m; then it is given up (one ERROR line and the given_up metric)."),
 )
 
 SECTIONS: Tuple[str, ...] = tuple(dict.fromkeys(o.section for o in OPTIONS))
@@ -469,11 +285,6 @@ class HooksSection:
     hook_timeout: float
     hook_max_attempts: int
 
-    @property
-    def configured(self) -> bool:
-        """Whether any hook or the webhook is set (no event is recorded otherwise)."""
-        return bool(self.on_uploaded or self.on_parked or self.on_deleted or self.webhook_url)
-
 
 class Config:
     """A parsed, validated configuration. Immutable: a reload builds a new one and swaps it."""
@@ -497,9 +308,6 @@ class Config:
 
     def _section(self, name: str) -> Dict[str, Any]:
         return {k: v for (s, k), v in self.values.items() if s == name}
-
-    def get(self, section: str, key: str) -> Any:
-        return self.values[(section, key)]
 
     @property
     def watch_root(self) -> Path:
@@ -604,11 +412,6 @@ def _cross_checks(v: Dict[Tuple[str, str], Any]) -> Iterable[str]:
                    f"{{dd}} ({exc})")
         else:
             yield from _prefix_problems(prefix, expanded)
-    hook_url, ttl = v.get(("hooks", "webhook_url")), v.get(("hooks", "presign_ttl"))
-    if hook_url and not re.match(r"^https?://[^/\s]+(/\S*)?$", hook_url):
-        yield f"[hooks] webhook_url = {hook_url!r}: expected an http:// or https:// URL"
-    if ttl is not None and ttl > 7 * 86400:
-        yield f"[hooks] presign_ttl = {ttl:g}s: expected at most 7d (S3's longest presigned URL)"
     if v.get(("s3", "endpoint_url")):
         ep = v[("s3", "endpoint_url")]
         if not re.match(r"^https?://[^/\s]+/?$", ep):
@@ -657,61 +460,10 @@ def load_config(path: Union[str, os.PathLike]) -> Config:
 
 
 def render_example() -> str:
-    """The text of config.example.ini: every option with its help, default and an example."""
-    lines = [
-        "# s3-uploader configuration. Every key is listed with its default; uncomment to change.",
-        "# Durations: seconds or 30s, 5m, 2h, 7d. Sizes: bytes or KB/MB/GB (10^3) and KiB/MiB/GiB (2^10).",
-        "# Keys marked (restart) need a daemon restart; the rest apply live when this file is saved or on SIGHUP.",
-        "# Credentials are never read from here: they come from the AWS chain (environment, profile, role).",
-    ]
-    for sec in SECTIONS:
-        lines += ["", f"[{sec}]"]
-        for o in (o for o in OPTIONS if o.section == sec):
-            flags = [f for f in ("required" if o.required else "", "restart" if not o.reloadable else "") if f]
-            lines.append(f"# {o.help}" + (f" ({', '.join(flags)})" if flags else ""))
-            if o.required:
-                lines.append(f"{o.key} = {o.example}")
-            else:
-                lines.append(f"#{o.key} = {o.default}")
-                if o.example is not None:
-                    lines.append(f"#   e.g. {o.key} = {o.example}")
-    return "\n".join(lines) + "\n"
+    """The text of config.example.ini, from ``OPTIONS`` (see config_docs)."""
+    return config_docs.render_example(OPTIONS)
 
 
 def render_reference() -> str:
-    """The text of docs/configuration.md: every option of the table as Markdown, one table per section.
-
-    Generated like config.example.ini (``make docs``); a test checks the committed file equals it.
-    """
-    def cell(text: str) -> str:  # a table cell: '|' would end it, '*' could start emphasis
-        return text.replace("|", "\\|").replace("*", "\\*")
-
-    def code(text: str) -> str:
-        return f"`{text}`" if text else "(empty)"
-
-    lines = [
-        "# Configuration reference",
-        "",
-        "<!-- Generated from the config table (src/s3_uploader/config.py, OPTIONS) by `make docs`;",
-        "     do not edit: change the table and regenerate. -->",
-        "",
-        "`config.ini` is INI. `s3-uploader example-config` prints `config.example.ini`, the same keys with "
-        "their help, ready to edit. Durations are seconds or `30s`, `5m`, `2h`, `7d`; sizes are bytes or "
-        "`KB`/`MB`/`GB` (10^3) and `KiB`/`MiB`/`GiB` (2^10). Relative paths are relative to the config file's "
-        "folder. Credentials are never read from this file: they come from the AWS chain (environment, "
-        "`profile`, `credentials_file`, instance or task role).",
-        "",
-        "**Live** keys apply when the file is saved or on SIGHUP (see [Hot reload](operations.md#hot-reload)); "
-        "**restart** keys keep their running value until the daemon restarts. A bad value is an error naming "
-        "the section, the key, the value and what was expected (exit 2). What the keys act on: "
-        "[How it works](how-it-works.md), [Operations](operations.md).",
-    ]
-    for sec in SECTIONS:
-        lines += ["", f"## [{sec}]", "", "| key | default | expects | applies | what it does |",
-                  "|---|---|---|---|---|"]
-        for o in (o for o in OPTIONS if o.section == sec):
-            default = "required" if o.required else code(o.default)
-            applies = "live" if o.reloadable else "restart"
-            text = cell(o.help) + (f" Example: `{o.example}`." if o.example is not None else "")
-            lines.append(f"| `{o.key}` | {default} | {cell(o.type.describe)} | {applies} | {text} |")
-    return "\n".join(lines) + "\n"
+    """The text of docs/configuration.md, from ``OPTIONS`` (see config_docs)."""
+    return config_docs.render_reference(OPTIONS)

@@ -83,14 +83,6 @@ STOP_POLL = 0.1  # how often shutdown's waits look for a second stop signal
 PART_THREADS_CAP = 16
 
 
-# check_access failures that say the endpoint is down or overloaded, not that the bucket or the
-# credentials are wrong: the daemon starts anyway (``once`` does not)
-ENDPOINT_DOWN_CODES = frozenset({
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "ConnectionError", "ResponseStreamingError", "500", "502", "503", "504", "SlowDown",
-    "ServiceUnavailable", "InternalError"})
-
-
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -296,7 +288,7 @@ class Daemon:
             endpoint = self.cfg.s3.endpoint_url or "(AWS)"
             if exc.code == TLS_CODE:  # the endpoint answers, and we do not trust it: say that, not "no bucket"
                 raise StartupError(exc.reason) from None
-            if exc.code not in ENDPOINT_DOWN_CODES:
+            if not exc.endpoint_down:  # the bucket or the credentials are wrong; else the daemon starts anyway
                 raise StartupError(f"S3 bucket {self.cfg.s3.bucket} does not exist or you don't have access "
                                    f"({exc.reason})") from None
             if self.once:

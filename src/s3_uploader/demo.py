@@ -2,7 +2,8 @@
 
 Everything lives in one folder (``./demo`` by default): the server's data, a credentials file with a
 random key pair for a ``s3-uploader-demo`` profile, ``config.ini``, the state database and
-``inbox/``. Nothing touches ``~/.aws``. Ctrl-C stops the daemon, then the server.
+``inbox/``. Nothing touches ``~/.aws``. Ctrl-C stops the daemon, then the server. The daemon is run
+by the caller's ``run`` (cli passes its ``run`` command), so this module does not import cli.
 """
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Callable
 
 from . import logs
+from .config import Config, load_config
 from .embedded import LocalS3, ServerError, free_port
 
 BUCKET = "demo-bucket"
@@ -27,10 +30,11 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def run_demo(workdir: Path, server_kind: str = "seaweedfs", port: int = 8333) -> int:
-    from .cli import cmd_run
-    from .config import load_config
+def run_demo(run: Callable[[Config], int], workdir: Path, server_kind: str = "seaweedfs", port: int = 8333) -> int:
+    """Set up ``workdir``, start the server, then ``run(config)`` until it returns; stop the server.
 
+    Returns what ``run`` returned, or 1 when the server does not start.
+    """
     workdir = workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     creds = workdir / "credentials"
@@ -78,7 +82,7 @@ Press Ctrl-C to stop.
     try:
         cfg = load_config(cfg_path)
         logs.setup("INFO")
-        return cmd_run(cfg, None)
+        return run(cfg)
     finally:
         server.stop()
         print("demo stopped (data kept in %s)" % workdir)

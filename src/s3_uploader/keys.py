@@ -42,11 +42,10 @@ class Filters:
 
     def file_allowed(self, rel: str) -> bool:
         """Whether the file at relative path ``rel`` is a candidate for upload."""
-        if self.skip_hidden and any(part.startswith(".") for part in rel.split("/")):
+        folders, _, name = rel.rpartition("/")
+        if self.skip_hidden and folders and any(part.startswith(".") for part in folders.split("/")):
             return False
-        if self._exclude is not None and self._exclude.match(rel):
-            return False
-        return self._include is None or bool(self._include.match(rel))
+        return self.name_allowed(name, rel)
 
 
 def _compile(patterns: Sequence[str], flags: int) -> Optional["re.Pattern[str]"]:
@@ -126,7 +125,6 @@ class KeyMaker:
     def __init__(self, prefix_template: str, hostname: Optional[str] = None):
         self.template = prefix_template.strip("/")
         self.hostname = hostname or socket.gethostname().split(".")[0]
-        self.dated = any(p in self.template for p in ("{yyyy}", "{mm}", "{dd}"))
 
     def key_for(self, rel: str, mtime: float) -> str:
         name = escape_name(rel)

@@ -33,10 +33,17 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-from .remote import ObjectInfo
+from .remote import ObjectInfo, RemoteError
 
 # x-amz-server-side-encryption values whose objects' ETags are not the MD5 of their bytes
 ETAG_NOT_MD5 = ("aws:kms", "aws:kms:dsse")
+
+
+class Unconfirmed(RemoteError):
+    """S3 does not show what was sent (one of the problems below): a server failure, retried."""
+
+    def __init__(self, problem: str):
+        super().__init__(problem, "Unconfirmed", "server")
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
 

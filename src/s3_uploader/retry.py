@@ -1,29 +1,17 @@
 """What a failure means and when to try again: error classification and backoff, both pure.
 
 Every failure is classified once into a :class:`Failure` with a *kind* (a short word used in logs,
-status and metrics), whether trying again can help, and a hint for the user. botocore already
+status and metrics) and whether trying again can help. A remote's failure arrives classified (a
+:class:`~s3_uploader.remote.RemoteError`, whose ``hint`` says what the user can do); botocore already
 retries single requests; this is the per-file layer above it, whose schedule lives in SQLite.
 """
 from __future__ import annotations
 
-import errno
 import random
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
-# S3 error codes that clear up by themselves
-_TRANSIENT_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
-    "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed", "BadDigest",
-    "OperationAborted", "IncompleteBody", "XAmzContentSHA256Mismatch", "500", "502", "503", "504", "429",
-}
-_AUTH_CODES = {
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-    "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "403", "KMS.AccessDeniedException",
-    "KMS.DisabledException", "KMS.NotFoundException",
-}
-_PERMANENT_CODES = {"KeyTooLongError", "InvalidKey", "EntityTooLarge", "InvalidStorageClass",
-                    "InvalidArgument", "InvalidRequest", "MethodNotAllowed", "InvalidObjectName"}
+from .remote.errors import RemoteError, one_line
 
 
 @dataclass(frozen=True)
@@ -40,35 +28,14 @@ class Failure:
 
 
 def classify(exc: BaseException) -> Failure:
-    """Map an exception raised while uploading one file to a Failure."""
-    msg = _one_line(exc)
-    code = _s3_code(exc)
-    if code is not None:
-        if code in ("SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
-                    "RequestLimitExceeded", "429", "503"):
-            return Failure("throttled", msg)
-        if code == "NoSuchBucket":
-            return Failure("no_bucket", msg)
-        if code in _AUTH_CODES:
-            return Failure("auth", msg)
-        if code in _PERMANENT_CODES:
-            return Failure("invalid", msg, retry=False)
-        if code == "NoSuchUpload":
-            return Failure("server", msg)  # the multipart upload was aborted behind us: start over
-        return Failure("server", msg)  # unknown codes and 5xx: assume the service may recover
-    name = type(exc).__name__
-    if name == "TLSError":  # remote.TLSError: the message already names the endpoint and the reason
-        return Failure("tls", msg)
-    if name in ("SSLError", "SSLCertVerificationError"):  # botocore's (or ssl's): TLS, not the network
-        from .remote import tls_error_from_botocore
-        return Failure("tls", _one_line(tls_error_from_botocore(exc, "", None)))
-    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
-                "NoAuthTokenError", "UnauthorizedSSOTokenError", "SSOTokenLoadError", "ProfileNotFound"):
-        return Failure("auth", msg)
-    if name in ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
-                "ConnectionError", "ProxyConnectionError", "HTTPClientError", "ResponseStreamingError",
-                "IncompleteReadError", "ChecksumError", "FlexibleChecksumError", "AwsChunkedWrapperError"):
-        return Failure("network", msg)
+    """Map an exception raised while uploading one file to a Failure: a remote's
+    :class:`~s3_uploader.remote.RemoteError` keeps the kind the remote gave it; the rest are
+    local problems (the file, the disk) or bugs."""
+    msg = one_line(exc)
+    if isinstance(exc, RemoteError):
+        if exc.kind == "internal":  # the SDK refused the request: name its error, as for any bug
+            return Failure("internal", f"{exc.code}: {msg}")
+        return Failure(exc.kind, msg, retry=exc.retryable)
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return Failure("network", msg)
     if isinstance(exc, FileNotFoundError):
@@ -76,28 +43,8 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, PermissionError):
         return Failure("local", f"permission denied reading the file ({msg})")
     if isinstance(exc, OSError):
-        if exc.errno in (errno.ENOSPC, errno.EIO, errno.EROFS):
-            return Failure("local", msg)
         return Failure("local", msg)
-    return Failure("internal", f"{name}: {msg}")
-
-
-def _s3_code(exc: BaseException) -> Optional[str]:
-    resp = getattr(exc, "response", None)
-    if isinstance(resp, dict):
-        err = resp.get("Error") or {}
-        code = err.get("Code")
-        if code:
-            return str(code)
-        status = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        if status:
-            return str(status)
-    return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:500]
+    return Failure("internal", f"{type(exc).__name__}: {msg}")
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:

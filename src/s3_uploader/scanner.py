@@ -122,16 +122,6 @@ class Scanner:
             return self._prefix + rel  # rel is '/'-separated already: no need for os.path.join
         return os.path.join(self._prefix, *rel.split("/"))
 
-    def rel_of(self, path: str) -> Optional[str]:
-        """The relative path of absolute ``path`` inside root, or None when it is not inside."""
-        try:
-            rel = os.path.relpath(path, self.root)
-        except ValueError:  # another drive on Windows
-            return None
-        if rel == "." or rel.startswith(".."):
-            return None
-        return rel.replace(os.sep, "/")
-
     # -- the whole tree ----------------------------------------------------------------------
     def walk(self, start: str = "") -> Iterator[Tuple[str, List[FileStat]]]:
         """Yield ``(rel_dir, files)`` for every folder walked, depth first, from folder ``start``

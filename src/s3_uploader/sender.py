@@ -13,7 +13,7 @@ The contract is the uploader's, split around the request: :meth:`Uploader.read_s
 :meth:`Uploader.settle_small` after it, so a file sent here is read, proven, rechecked and recorded
 exactly as one sent by an upload worker. An answer whose ETag is not the MD5 (a bucket with
 default SSE-KMS answers so) is proven by a HEAD, which blocks: it runs on one of the sender's own
-daemon threads (:class:`~s3_uploader.uploader.DaemonThreads`) while the file keeps its slot. The
+daemon threads (:class:`~s3_uploader.threads.DaemonThreads`) while the file keeps its slot. The
 daemon decides which jobs come here (single PUTs read into memory, keys obstore keeps byte for
 byte, no ``sse = aws:kms`` configured, no bandwidth limit in force: the limiter blocks, and the loop
 must not); everything else goes to the upload workers.
@@ -33,7 +33,8 @@ import threading
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .retry import classify
-from .uploader import SHUTDOWN, DaemonThreads, Job, Outcome, SmallRead, Uploader
+from .threads import DaemonThreads
+from .uploader import SHUTDOWN, Job, Outcome, SmallRead, Uploader
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from s3_uploader.embedded import free_port
 from s3_uploader.health import StateSnapshot, health_problem
-from s3_uploader.remote import MemoryError_
+from s3_uploader.remote import memory_error
 
 
 def get(url: str) -> Tuple[int, str]:
@@ -81,7 +81,7 @@ def test_failures_by_reason_and_the_age_of_the_oldest_waiting_file_are_exported(
     workspace.config(daemon={"metrics_address": f"127.0.0.1:{port}"})
     with running_daemon(workspace.config_path, snapshot=StateSnapshot(interval=0.1)) as d:
         def bucket_gone(*args, **kw):  # as S3 answers when the bucket was deleted under us
-            raise MemoryError_("NoSuchBucket", "The specified bucket does not exist")
+            raise memory_error("NoSuchBucket", "The specified bucket does not exist")
 
         def bucket_gone_soon(*args, **kw):  # the same, for the asyncio sender's PUT
             bucket_gone()

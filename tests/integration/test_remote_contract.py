@@ -63,9 +63,9 @@ def test_a_wrong_content_md5_is_refused(remote):
         assert etag == info.etag == hashlib.md5(data).hexdigest() and info.sse == ""
         assert "not the MD5 sent" in single_put_problem(info, "f/bad.bin", len(data), md5.hexdigest(), etag)
         return
-    with pytest.raises(Exception) as ei:
+    with pytest.raises(RemoteError) as ei:
         remote.put_object("f/bad.bin", data, len(data), md5.digest(), PutOptions())
-    assert ei.value.response["Error"]["Code"] in ("BadDigest", "InvalidDigest")
+    assert ei.value.code in ("BadDigest", "InvalidDigest") and ei.value.kind == "server"
     assert remote.head("f/bad.bin") is None
 
 
@@ -80,10 +80,10 @@ def test_a_streamed_body_is_stored_whole_and_a_wrong_md5_refused(remote, tmp_pat
                                  hashlib.md5(data).digest(), PutOptions())
         assert etag == hashlib.md5(data).hexdigest()
         assert remote.head("f/streamed.bin").size == len(data)
-        with pytest.raises(Exception) as ei:
+        with pytest.raises(RemoteError) as ei:
             remote.put_object("f/streamed-bad.bin", FileBody(fd, len(data), lambda n: None), len(data),
                               hashlib.md5(b"other").digest(), PutOptions())
-        assert ei.value.response["Error"]["Code"] in ("BadDigest", "InvalidDigest")
+        assert ei.value.code in ("BadDigest", "InvalidDigest")
         assert remote.head("f/streamed-bad.bin") is None
     finally:
         os.close(fd)
@@ -151,6 +151,7 @@ def test_check_access_names_a_missing_bucket(remote, request):
     with pytest.raises(RemoteError) as ei:
         missing.check_access()
     assert "no such bucket" in ei.value.reason
+    assert ei.value.kind == "no_bucket" and not ei.value.endpoint_down
     missing.close()
 
 
@@ -175,7 +176,85 @@ def test_the_storage_class_is_sent_with_the_object(remote, request):
         assert head.get("StorageClass") == "STANDARD_IA"
 
 
-# -- obstore's failures, classified like boto3's ------------------------------------------------
+# -- failures: one typed error, classified by the remote where it reads the answer ----------------
+
+@pytest.fixture(params=["boto3", "obstore"])
+def proxied(request, s3_server, bucket, proxy):
+    """A real remote talking to the server through tests/faultproxy.py (``remote.proxy``)."""
+    if request.param == "obstore" and not obstore_available():
+        _no_obstore()
+    cls = ObstoreRemote if request.param == "obstore" else BotoRemote
+    r = cls(bucket, endpoint_url=proxy.endpoint, connect_timeout=2.0, read_timeout=10.0, **_creds(s3_server))
+    r.proxy = proxy
+    yield r
+    r.close()
+
+
+# more faults in a row than either SDK retries a request by itself (botocore 3 attempts, obstore 3)
+_IN_A_ROW = 4
+
+
+@pytest.mark.parametrize("fault, kind, code, status", [
+    ("slowdown", "throttled", "SlowDown", 503), ("throttle", "throttled", "TooManyRequests", 429),
+    ("internal", "server", "InternalError", 500), ("auth", "auth", "SignatureDoesNotMatch", 403)])
+def test_an_error_answer_is_one_typed_error_of_its_kind(proxied, fault, kind, code, status):
+    from s3_uploader.retry import classify
+    proxied.proxy.force("PutObject", *[fault] * _IN_A_ROW)
+    with pytest.raises(RemoteError) as ei:
+        proxied.put_object("t/x", b"x", 1, hashlib.md5(b"x").digest(), PutOptions())
+    err = ei.value
+    assert (err.kind, err.code, err.status) == (kind, code, status)
+    assert classify(err).kind == kind and err.endpoint_down == (kind != "auth")
+    assert str(err) and "\n" not in str(err) and err.hint
+
+
+def test_a_reset_connection_is_a_network_failure_and_the_endpoint_down(proxied):
+    proxied.proxy.force("PutObject", *["reset_request"] * _IN_A_ROW)
+    with pytest.raises(RemoteError) as ei:
+        proxied.put_object("t/reset", b"x", 1, hashlib.md5(b"x").digest(), PutOptions())
+    assert ei.value.kind == "network" and ei.value.endpoint_down
+
+
+def test_check_access_says_when_the_endpoint_is_down_rather_than_the_bucket_wrong(proxied):
+    proxied.check_access()
+    proxied.proxy.force("HeadBucket", *["slowdown"] * _IN_A_ROW)
+    with pytest.raises(RemoteError) as ei:
+        proxied.check_access()
+    assert ei.value.endpoint_down and ei.value.kind == "throttled"
+    proxied.proxy.outage(True)
+    with pytest.raises(RemoteError) as ei:
+        proxied.check_access()
+    assert ei.value.endpoint_down and ei.value.kind == "network"
+
+
+def test_a_gone_multipart_upload_and_an_error_in_a_200_answer_are_typed(proxied):
+    with pytest.raises(RemoteError) as ei:
+        proxied.list_parts("t/none.bin", "no-such-upload-id")
+    assert ei.value.gone and ei.value.kind == "server"
+    uid = proxied.create_multipart("t/big.bin", PutOptions())
+    etag = proxied.upload_part("t/big.bin", uid, 1, b"p" * 10, 10, hashlib.md5(b"p" * 10).digest())
+    # CompleteMultipartUpload may answer 200 with an <Error> body: botocore reads it as the error it is
+    proxied.proxy.force("CompleteMultipartUpload", *["error200"] * _IN_A_ROW)
+    with pytest.raises(RemoteError) as ei:
+        proxied.complete_multipart("t/big.bin", uid, [(1, etag)])
+    assert (ei.value.kind, ei.value.code) == ("server", "InternalError")
+    proxied.abort_multipart("t/big.bin", uid)
+
+
+def test_the_memory_remote_raises_the_same_typed_errors():
+    r = MemoryRemote("faults")
+    for mode, kind in (("throttled", "throttled"), ("server", "server"), ("permanent", "invalid")):
+        r.fail(mode)
+        with pytest.raises(RemoteError) as ei:
+            r.put_object("a", b"x", 1, hashlib.md5(b"x").digest(), PutOptions())
+        assert ei.value.kind == kind and ei.value.retryable == (kind != "invalid")
+    r.fail(None)
+    with pytest.raises(RemoteError) as ei:
+        r.list_parts("a", "no-such-upload")
+    assert ei.value.gone
+
+
+# -- obstore's own failures ------------------------------------------------------------------------
 
 def _no_obstore() -> None:
     """Below Python 3.11 obstore does not exist and boto3 sends everything: nothing to prove. From
@@ -196,9 +275,9 @@ def test_obstore_with_a_wrong_secret_is_an_auth_failure(s3_server, bucket, tmp_p
     creds = tmp_path / "credentials"
     creds.write_text(f"[bad]\naws_access_key_id = {s3_server.access_key}\naws_secret_access_key = not-the-secret\n")
     r = _obstore(s3_server, bucket, credentials_file=str(creds), profile="bad")
-    with pytest.raises(Exception) as ei:
+    with pytest.raises(RemoteError) as ei:
         r.put_object("a/x", b"x", 1, hashlib.md5(b"x").digest(), PutOptions())
-    assert classify(ei.value).kind == "auth"
+    assert ei.value.kind == classify(ei.value).kind == "auth"
     r.close()
 
 
@@ -207,9 +286,9 @@ def test_obstore_without_a_server_is_a_network_failure(s3_server, bucket, tmp_pa
     from s3_uploader.retry import classify
     r = _obstore(s3_server, bucket, endpoint=f"http://127.0.0.1:{free_port()}", connect_timeout=1.0,
                  **{k: v for k, v in _creds(s3_server).items() if k != "region"})
-    with pytest.raises(Exception) as ei:
+    with pytest.raises(RemoteError) as ei:
         r.put_object("a/x", b"x", 1, hashlib.md5(b"x").digest(), PutOptions())
-    assert classify(ei.value).kind == "network"
+    assert ei.value.kind == classify(ei.value).kind == "network" and ei.value.endpoint_down
     r.close()
 
 

@@ -51,8 +51,8 @@ def test_without_a_fixed_prefix_only_uploads_to_our_own_keys_are_aborted(tmp_pat
 def test_a_server_without_list_multipart_uploads_is_a_warning_not_a_failure_to_start(tmp_path, caplog):
     class NoListing(MemoryRemote):
         def list_multipart_uploads(self, prefix):
-            from s3_uploader.remote import MemoryError_
-            raise MemoryError_("NotImplemented", "A header you provided implies functionality that is not implemented")
+            from s3_uploader.remote import memory_error
+            raise memory_error("NotImplemented", "A header you provided implies functionality that is not implemented")
 
     d = daemon_on(tmp_path, NoListing(), "cams")
     d.prepare()

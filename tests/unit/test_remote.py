@@ -42,3 +42,32 @@ def test_trust_is_the_config_then_the_aws_chain_then_the_system_store(tmp_path):
     # a system store named by SSL_CERT_FILE that is not there: the system's own file, if any
     t = trust_bundle("", _Session(), {"SSL_CERT_FILE": str(tmp_path / "gone.pem")})
     assert t.system and t.bundle != str(tmp_path / "gone.pem")
+
+
+# -- botocore's errors without an answer, read into the one typed error where boto.py catches them --
+
+def test_botocore_errors_without_an_answer_are_typed_by_what_they_mean():
+    from botocore.exceptions import (EndpointConnectionError, NoCredentialsError, ParamValidationError,
+                                     ReadTimeoutError, SSLError)
+
+    from s3_uploader.remote.boto import botocore_error
+    assert botocore_error(NoCredentialsError()).kind == "auth"
+    down = botocore_error(EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
+    assert (down.kind, down.code, down.endpoint_down) == ("network", "EndpointConnectionError", True)
+    assert botocore_error(ReadTimeoutError(endpoint_url="http://127.0.0.1:9")).kind == "network"
+    assert botocore_error(ParamValidationError(report="Bucket is missing")).kind == "internal"
+    tls = botocore_error(SSLError(endpoint_url="https://s3.example.test/b/k",
+                                  error="[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+                                        "unable to get local issuer certificate (_ssl.c:1000)"))
+    assert tls.kind == "tls" and not tls.endpoint_down
+    assert str(tls).startswith("TLS certificate of https://s3.example.test not trusted: unknown issuer")
+
+
+def test_a_rustls_verdict_in_obstores_error_is_a_tls_failure_worded_as_openssls():
+    from s3_uploader.remote.trust import tls_error_from_rustls
+    text = ("Generic S3 error: error sending request\n\nDebug source:\nhyper_util::client::legacy::Error(Connect, "
+            "Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) })")
+    tls = tls_error_from_rustls(text, "https://s3.example.test")
+    assert tls is not None and tls.kind == "tls"
+    assert str(tls).startswith("TLS certificate of https://s3.example.test not trusted: unknown issuer")
+    assert tls_error_from_rustls("Generic S3 error: connection refused", "https://s3.example.test") is None

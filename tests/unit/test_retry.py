@@ -4,28 +4,48 @@ from __future__ import annotations
 import errno
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
+from s3_uploader.remote import RemoteError, TLSError, s3_error
 from s3_uploader.retry import Failure, backoff_delay, classify, decide_retry
 
 
-def client_error(code: str, status: int = 400) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                       "PutObject")
-
-
-def test_failures_are_classified_once_by_kind():
-    assert classify(client_error("SlowDown", 503)).kind == "throttled"
-    assert classify(client_error("InternalError", 500)).kind == "server"
-    assert classify(client_error("AccessDenied", 403)).kind == "auth"
-    assert classify(client_error("SignatureDoesNotMatch", 403)).kind == "auth"
-    assert classify(client_error("NoSuchBucket", 404)).kind == "no_bucket"
-    assert classify(NoCredentialsError()).kind == "auth"
-    assert classify(EndpointConnectionError(endpoint_url="http://x")).kind == "network"
-    assert classify(ReadTimeoutError(endpoint_url="http://x")).kind == "network"
-    invalid = classify(client_error("KeyTooLongError"))
+def test_a_remote_error_keeps_the_kind_its_remote_gave_it():
+    # the rule that turns an S3 error code into a kind (errors.kind_of_code), as every remote applies it
+    assert classify(s3_error("SlowDown", "slow down", 503)).kind == "throttled"
+    assert classify(s3_error("503", "503", 503)).kind == "throttled"
+    assert classify(s3_error("InternalError", "oops", 500)).kind == "server"
+    assert classify(s3_error("SomethingNew", "?", 400)).kind == "server"  # unknown: the service may recover
+    assert classify(s3_error("NoSuchUpload", "gone", 404)).kind == "server"  # start over
+    assert classify(s3_error("AccessDenied", "no", 403)).kind == "auth"
+    assert classify(s3_error("SignatureDoesNotMatch", "no", 403)).kind == "auth"
+    assert classify(s3_error("NoSuchBucket", "none", 404)).kind == "no_bucket"
+    invalid = classify(s3_error("KeyTooLongError", "too long", 400))
     assert invalid.kind == "invalid" and not invalid.retry
+    network = classify(RemoteError("Could not connect to the endpoint URL", "EndpointConnectionError", "network"))
+    assert (network.kind, network.message) == ("network", "Could not connect to the endpoint URL")
+    tls = classify(TLSError("https://s3.example.test", "unknown issuer"))
+    assert tls.kind == "tls" and tls.message.startswith("TLS certificate of https://s3.example.test not trusted")
+    assert classify(RemoteError("bad parameter", "ParamValidationError", "internal")).message == \
+        "ParamValidationError: bad parameter"
+
+
+def test_local_problems_and_bugs_are_classified_by_their_python_type():
     assert classify(PermissionError(errno.EACCES, "Permission denied")).kind == "local"
+    assert classify(OSError(errno.ENOSPC, "No space left on device")).kind == "local"
+    gone = classify(FileNotFoundError(errno.ENOENT, "No such file"))
+    assert gone.kind == "vanished" and not gone.retry
+    assert classify(ValueError("a bug")).message == "ValueError: a bug"
+
+
+def test_an_error_says_whether_the_endpoint_is_down_and_whether_an_upload_is_gone():
+    assert s3_error("SlowDown", "", 503).endpoint_down
+    assert s3_error("InternalError", "", 500).endpoint_down and s3_error("502", "", 502).endpoint_down
+    assert RemoteError("refused", "EndpointConnectionError", "network").endpoint_down
+    assert not s3_error("NotImplemented", "", 501).endpoint_down
+    assert not s3_error("AccessDenied", "", 403).endpoint_down
+    assert not TLSError("https://x", "unknown issuer").endpoint_down
+    assert s3_error("NoSuchUpload", "", 404).gone and not s3_error("NoSuchKey", "", 404).gone
+    assert s3_error("AccessDenied", "", 403).hint  # what the user can do
 
 
 def test_backoff_doubles_to_the_cap_with_bounded_jitter():
@@ -36,21 +56,21 @@ def test_backoff_doubles_to_the_cap_with_bounded_jitter():
 
 
 def test_a_file_is_parked_after_max_retries():
-    f = classify(client_error("InternalError", 500))
+    f = classify(s3_error("InternalError", "oops", 500))
     assert not decide_retry(f, 3, 3, 1, 10, 3600).park
     d = decide_retry(f, 4, 3, 1, 10, 3600)
     assert d.park and d.delay == 3600
 
 
 def test_auth_errors_wait_at_the_cap_without_parking_in_the_daemon_but_count_in_once():
-    f = classify(client_error("AccessDenied", 403))
+    f = classify(s3_error("AccessDenied", "no", 403))
     d = decide_retry(f, 99, 3, 1, 300, 3600, patient=True)
     assert not d.park and d.delay == 300
     assert decide_retry(f, 4, 3, 1, 300, 3600, patient=False).park
 
 
 def test_permanent_errors_park_at_once():
-    assert decide_retry(classify(client_error("KeyTooLongError")), 1, 10, 1, 10, 3600).park
+    assert decide_retry(classify(s3_error("KeyTooLongError", "too long", 400)), 1, 10, 1, 10, 3600).park
 
 
 # the certificate variables this process inherits (a CI box may name the system bundle in them): the

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import pytest
 from helpers import wait_for
 
-from s3_uploader.remote import MemoryError_, MemoryRemote, PutOptions
+from s3_uploader.remote import MemoryRemote, PutOptions, memory_error
 from s3_uploader.scanner import FileStat
 from s3_uploader.sender import AsyncSender
 from s3_uploader.store import Store, StoreError
@@ -151,7 +151,7 @@ def test_it_keeps_at_most_capacity_in_flight_and_records_each_file_once(rig):
 def test_failures_are_outcomes_of_their_file_and_the_rest_go_on(rig):
     sender, remote, job, recorded, _ = rig
     ok, down, bad = job("ok.bin"), job("down.bin"), job("bad.bin")
-    remote.fail["down.bin"] = MemoryError_("SlowDown", "reduce your request rate")
+    remote.fail["down.bin"] = memory_error("SlowDown", "reduce your request rate")
     remote.wrong_etag.add("bad.bin")
     for j in (ok, down, bad):
         remote.gate(j.key).set()

@@ -7,7 +7,7 @@ from typing import Dict, List
 
 import pytest
 
-from s3_uploader.remote import MemoryRemote, PutOptions
+from s3_uploader.remote import MemoryRemote, PutOptions, RemoteError
 from s3_uploader.scanner import FileStat
 from s3_uploader.store import Part, Store
 from s3_uploader.uploader import FileBody, Job, Settings, Uploader, part_size_for
@@ -233,7 +233,7 @@ class FlakyRemote(MemoryRemote):
 
 
 def lost_answer() -> BaseException:
-    exc = ConnectionResetError("connection reset by peer")
+    exc = RemoteError("connection reset by peer", "ConnectionError", "network")
     exc.after = True  # type: ignore[attr-defined]
     return exc
 
@@ -276,11 +276,11 @@ def test_an_upload_completed_just_before_its_answer_was_lost_is_recognised_and_n
 
 
 def test_a_throttled_list_parts_keeps_the_upload_and_every_part_already_sent(flaky):
-    from s3_uploader.remote import MemoryError_
+    from s3_uploader.remote import memory_error
     store, remote, up, data, fstat, path = flaky
-    remote.fail["upload_part"] = [None, None, ConnectionResetError("reset")]  # parts 1 and 2 arrive
+    remote.fail["upload_part"] = [None, None, RemoteError("reset", "ConnectionError", "network")]  # parts 1 and 2 arrive
     assert attempt(store, up, fstat, path, 1).kind == "failed"
-    remote.fail["list_parts"] = [MemoryError_("SlowDown", "Please reduce your request rate.")]
+    remote.fail["list_parts"] = [memory_error("SlowDown", "Please reduce your request rate.")]
     o = attempt(store, up, fstat, path, 2)
     assert o.kind == "failed" and o.failure.kind == "throttled"
     rec = store.get("big.bin")

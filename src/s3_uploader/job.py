@@ -1,0 +1,60 @@
+"""What the uploader is given and what it answers: one file's :class:`Job`, its :class:`Outcome`,
+and the :class:`Settings` it reads of the live config. Values only (no I/O), shared by the
+uploader, its :mod:`~s3_uploader.multipart` step, the asyncio sender, the scheduler and the recorder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+from .remote import PutOptions
+from .retry import Failure
+from .scanner import FileStat
+
+# an upload abandoned because shutdown ran out of time (a worker between parts, or the sender)
+SHUTDOWN = Failure("shutdown", "stopped by shutdown, resumes at next start")
+
+
+class Job(NamedTuple):
+    """One file to send: where it is, where it goes, and the signature stability approved."""
+
+    rel: str
+    path: str  # absolute path to open (already resolved inside the tree when following symlinks)
+    key: str
+    stat: FileStat
+    attempt: int = 1
+    upload_id: Optional[str] = None  # an open multipart upload to resume
+    part_size: Optional[int] = None
+    small: bool = False  # the daemon's asyncio sender may take it (see scheduler.Scheduler._sendable)
+
+
+class Outcome(NamedTuple):
+    """How one upload ended (a NamedTuple: one per file, and cheaper to build than a dataclass)."""
+
+    kind: str  # uploaded | changed | vanished | failed
+    job: Job
+    md5: Optional[str] = None
+    etag: Optional[str] = None
+    seconds: float = 0.0
+    failure: Optional[Failure] = None
+    reason: str = ""
+
+
+class SmallRead(NamedTuple):
+    """A small file read whole for one PUT: its bytes, their MD5, the options, when it started."""
+
+    data: bytes
+    md5: bytes
+    put_options: PutOptions
+    started: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the uploader needs of the (live) config, read once per file."""
+
+    multipart_threshold: int
+    multipart_chunksize: int
+    max_concurrency: int
+    put_options: PutOptions
+    follow_symlinks: bool

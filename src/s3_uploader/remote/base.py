@@ -1,0 +1,144 @@
+"""The contract every remote keeps (:class:`Remote`) and the values it deals in.
+
+Integrity: each PUT and UploadPart carries ``Content-MD5`` (or, by obstore, a signed SHA-256 of the
+body), which every S3 implementation verifies before storing; the returned ETag is then compared
+with the MD5 we computed, so the response itself proves the object (no second request per file).
+Where the ETag is not the MD5 (SSE-KMS, SSE-C) a HEAD proves it instead; the rules are in
+:mod:`s3_uploader.proof`.
+"""
+from __future__ import annotations
+
+import abc
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # without quotes
+    last_modified: Optional[float] = None
+    # from a HEAD only (a listing does not say): x-amz-server-side-encryption ("" when absent) and
+    # x-amz-server-side-encryption-customer-algorithm (SSE-C); see proof.etag_is_md5
+    sse: str = ""
+    sse_customer: str = ""
+
+
+@dataclass(frozen=True)
+class PutOptions:
+    storage_class: str = ""
+    sse: str = ""
+    sse_kms_key_id: str = ""
+
+    def extra_args(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}  # keyword arguments to boto3 (Any: its stubs type each one its own way)
+        if self.storage_class:
+            out["StorageClass"] = self.storage_class
+        if self.sse:
+            out["ServerSideEncryption"] = self.sse
+            if self.sse_kms_key_id and self.sse.startswith("aws:kms"):
+                out["SSEKMSKeyId"] = self.sse_kms_key_id
+        return out
+
+    @property
+    def etag_is_md5(self) -> bool:
+        """Whether these options let S3 answer with the MD5 as ETag: not when they ask for SSE-KMS.
+        Only a routing hint (the asyncio sender takes files whose answers prove them without a
+        HEAD): a bucket's default encryption applies whatever we ask, so proof never rests on this
+        but on the response (see :mod:`s3_uploader.proof`)."""
+        return not self.sse.startswith("aws:kms")
+
+
+@dataclass(frozen=True)
+class MultipartUpload:
+    key: str
+    upload_id: str
+    initiated: Optional[float] = None
+
+
+def md5_b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def multipart_etag(part_digests: Sequence[bytes]) -> str:
+    """The ETag S3 gives a multipart object: MD5 of the parts' binary MD5s, dash, part count."""
+    return f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
+
+
+def clean_etag(etag: Optional[str]) -> str:
+    return (etag or "").strip().strip('"').lower()
+
+
+class Remote(abc.ABC):
+    """The operations s3-uploader uses. Every failure of a request is raised as one
+    :class:`~.errors.RemoteError`, classified by the implementation where it reads the answer
+    (its ``kind``, ``code``, ``hint``); nothing above a remote sees an SDK's exceptions."""
+
+    bucket: str
+
+    @abc.abstractmethod
+    def check_access(self) -> None:
+        """Whether the bucket can be reached with these credentials: a RemoteError whose message
+        says why not (``no such bucket``, ``access denied: ...``, a TLS verdict, the network's)."""
+        ...
+
+    @abc.abstractmethod
+    def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
+        """Store ``body`` (bytes or a readable of ``length`` bytes) at ``key``; return the ETag S3
+        answered (the MD5 of the bytes, unless the object is encrypted with SSE-KMS or SSE-C: the
+        caller proves the object, see :mod:`s3_uploader.proof`)."""
+        ...
+
+    @abc.abstractmethod
+    def head(self, key: str) -> Optional[ObjectInfo]:
+        ...
+
+    @abc.abstractmethod
+    def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
+        """Every object directly in ``folder`` (a key prefix ending in '/', or '' for the root)."""
+        ...
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        ...
+
+    @abc.abstractmethod
+    def create_multipart(self, key: str, opts: PutOptions) -> str:
+        ...
+
+    @abc.abstractmethod
+    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes) -> str:
+        ...
+
+    @abc.abstractmethod
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
+        ...
+
+    @abc.abstractmethod
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        ...
+
+    @abc.abstractmethod
+    def list_parts(self, key: str, upload_id: str) -> Dict[int, Tuple[int, str]]:
+        """part number -> (size, etag) of the parts S3 holds for an open multipart upload."""
+        ...
+
+    @abc.abstractmethod
+    def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUpload]:
+        ...
+
+    def presign_get(self, key: str, ttl: int) -> str:
+        """A URL that GETs ``key`` without credentials for ``ttl`` seconds (at most 7 days): for hooks."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+    def async_ok(self, key: str) -> bool:
+        """Whether ``put_object_soon`` (the asyncio sender's PUT, which only some remotes have) can
+        send to ``key``; False here: a remote with that method says when."""
+        return False
+
