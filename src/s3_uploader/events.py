@@ -98,7 +98,8 @@ class EventLog:
                "CASE WHEN ? = 'parked' THEN last_error END, ?, ? FROM files WHERE path = ?")
         n = 0
         for raw in raws:
-            abs_path = os.path.join(base, *os.fsdecode(raw).split("/"))
+            # bytes, as the path itself: a name that is not UTF-8 cannot be SQLite TEXT
+            abs_path = os.fsencode(os.path.join(base, *os.fsdecode(raw).split("/")))
             for target in targets:
                 n += conn.execute(sql, (target, event, abs_path, cfg.s3.bucket, event, now, now, raw)).rowcount
         if n and self.on_record is not None:
@@ -115,7 +116,7 @@ def due(conn: sqlite3.Connection, now: float, limit: int, busy: Sequence[int] = 
     rows = conn.execute(f"SELECT {_COLUMNS} FROM hook_events WHERE state = 'pending' AND "
                         f"(next_attempt_at <= ? OR next_attempt_at > ?){skip} ORDER BY next_attempt_at, id LIMIT ?",
                         (now, now + 2 * BACKOFF_MAX, *busy, limit)).fetchall()
-    return [Event(r[0], r[1], r[2], os.fsdecode(r[3]), *r[4:]) for r in rows]
+    return [Event(r[0], r[1], r[2], os.fsdecode(r[3]), os.fsdecode(r[4]), *r[5:]) for r in rows]
 
 
 def next_due(conn: sqlite3.Connection) -> Optional[float]:

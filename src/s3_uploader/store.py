@@ -122,7 +122,7 @@ CREATE TABLE IF NOT EXISTS hook_events (
     target          TEXT NOT NULL,      -- 'command' or 'webhook'
     event           TEXT NOT NULL,      -- uploaded, parked, deleted, archived
     path            BLOB NOT NULL,      -- relative path, file system bytes
-    abs_path        TEXT NOT NULL,      -- where the file is (archived: its copy in archive_directory)
+    abs_path        BLOB NOT NULL,      -- where the file is (archived: its copy in archive_directory), bytes
     bucket          TEXT NOT NULL,
     key             TEXT,
     size            INTEGER,

@@ -2,6 +2,7 @@
 (delivered, failed with backoff, given up) under a fake clock."""
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Dict
@@ -74,8 +75,8 @@ def test_each_move_records_one_row_per_configured_target_committed_with_the_move
     assert [(r[0], r[1], r[2]) for r in got[2:]] == [
         ("command", "uploaded", b"b"), ("webhook", "uploaded", b"b"),
         ("command", "archived", b"a"), ("webhook", "archived", b"a"), ("webhook", "parked", b"p")]
-    assert got[0][3:] == (str(tmp_path / "inbox" / "a"), "bkt", "k/a", 3, '"etag"', None, "pending")
-    assert got[4][3] == str(tmp_path / "archive" / "a")  # archived: where its copy is now
+    assert got[0][3:] == (os.fsencode(tmp_path / "inbox" / "a"), "bkt", "k/a", 3, '"etag"', None, "pending")
+    assert got[4][3] == os.fsencode(tmp_path / "archive" / "a")  # archived: where its copy is now
     assert got[6][8] == "key too long"  # parked: why
 
 
@@ -166,3 +167,16 @@ def test_a_summary_of_a_database_from_before_hooks_is_all_zero(tmp_path):
     with Store(tmp_path / "s.db", readonly=True) as st:
         with st.connection() as conn:
             assert events.summary(conn) == {"pending": 0, "delivered": 0, "given_up": 0, "last_error": None}
+
+
+def test_a_file_whose_name_is_not_utf8_gets_its_events_with_its_own_bytes(tmp_path):
+    rel = os.fsdecode(b"front/caf\xe9.mp4")  # Latin-1 bytes: not UTF-8
+    clock = Clock()
+    with open_store(tmp_path, clock, on_uploaded="true") as st:
+        st.discover(rel, "front/caf%E9.mp4", 3, 7, 9)
+        st.start_upload(rel, 3, 7, 9)
+        st.finish_upload(rel, 3, 7, 9, "md5", '"etag"')
+        with st.connection() as conn:
+            (ev,) = events.due(conn, clock.t, 4)
+    assert (ev.rel, ev.path) == (rel, os.path.join(str(tmp_path / "inbox"), "front", os.fsdecode(b"caf\xe9.mp4")))
+    assert os.fsencode(ev.path).endswith(b"/front/caf\xe9.mp4")

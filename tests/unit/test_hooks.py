@@ -48,8 +48,8 @@ class Rig:
         self.store.events = self.hooks.event_log()
         self.hooks.start()
 
-    def upload(self, rel: str) -> None:
-        self.store.discover(rel, f"cams/{rel}", 3, 7, 9)
+    def upload(self, rel: str, key: str = "") -> None:
+        self.store.discover(rel, key or f"cams/{rel}", 3, 7, 9)
         self.store.start_upload(rel, 3, 7, 9)
         self.store.finish_upload(rel, 3, 7, 9, "md5", '"e7"')
 
@@ -97,6 +97,16 @@ def test_a_hook_runs_once_per_event_with_the_event_in_its_environment(rig, tmp_p
     assert r.rows() == []  # delivered: its row is gone, counted
     with r.store.connection() as conn:
         assert events.summary(conn)["delivered"] == 1
+
+
+def test_a_file_whose_name_is_not_utf8_reaches_its_hook_with_its_own_bytes(rig, tmp_path):
+    out = tmp_path / "seen.jsonl"
+    r = rig(on_uploaded=dump_hook(out))
+    rel = os.fsdecode(b"caf\xe9.mp4")
+    r.upload(rel, key="cams/caf%E9.mp4")  # (keys.py's escape of the byte)
+    wait_for(lambda: r.result("delivered") == 1, what="the hook delivered")
+    (env,) = lines(out)
+    assert os.fsencode(env["S3U_REL"]) == b"caf\xe9.mp4" and os.fsencode(env["S3U_PATH"]).endswith(b"/caf\xe9.mp4")
 
 
 def test_a_hook_that_hangs_is_killed_with_its_children_at_hook_timeout_and_tried_again(rig, tmp_path, caplog):
