@@ -547,10 +547,16 @@ class Store:
     def _event(self, event: str, raws: Sequence[bytes]) -> None:
         """Record ``event`` for the rows ``raws`` in the open transaction (the caller holds the lock
         since its move, so both are committed together)."""
-        if raws:
+        if not raws:
+            return
+        try:
             with self._transaction() as conn:
                 assert self.events is not None
                 self.events.record(conn, event, raws)
+        except StoreError:
+            raise
+        except Exception:  # a bug in the hooks' bookkeeping never fails the move itself
+            log.exception("Hooks: could not record the %s event of %d file(s); the move stands", event, len(raws))
 
     # -- reading ----------------------------------------------------------------------------------
     def get(self, rel: str) -> Optional[Record]:

@@ -180,3 +180,13 @@ def test_a_file_whose_name_is_not_utf8_gets_its_events_with_its_own_bytes(tmp_pa
             (ev,) = events.due(conn, clock.t, 4)
     assert (ev.rel, ev.path) == (rel, os.path.join(str(tmp_path / "inbox"), "front", os.fsdecode(b"caf\xe9.mp4")))
     assert os.fsencode(ev.path).endswith(b"/front/caf\xe9.mp4")
+
+
+def test_a_bug_in_recording_an_event_never_fails_the_move(tmp_path, caplog):
+    with open_store(tmp_path, Clock(), on_uploaded="true") as st:
+        def broken(conn, event, raws):
+            raise RuntimeError("a bug")
+        st.events.record = broken
+        upload(st, "a")
+        assert st.get("a").state == "uploaded"
+    assert "could not record the uploaded event of 1 file(s); the move stands" in caplog.text
