@@ -22,13 +22,18 @@ demo: $(STAMP)
 
 # The type check runs first, for Linux and for Windows (no Windows machine runs the tests: the win32
 # pass is what shows every POSIX-only call sits behind a sys.platform check); a type error fails CI.
-# The unit-file test runs `systemd-analyze verify`: install systemd's tools when they are missing and
-# we may (root, e.g. CI); otherwise that test fails and says how to get them.
+# The unit-file test runs `systemd-analyze verify`, the status page test headless Chromium and the
+# alert rules test `promtool`: install each (Debian's systemd, chromium, prometheus) when it is
+# missing and we may (root, e.g. CI); otherwise that test fails and says how to get it.
 test: $(STAMP)
 	$(BIN)/python -m mypy --platform linux
 	$(BIN)/python -m mypy --platform win32
 	@command -v systemd-analyze >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -144,9 +144,9 @@ def measure_queries(db: Path) -> Dict[str, Any]:
         marks = ",".join("?" * len(WAITING_STATES))
         out["counts_ms"] = round(1000 * timed(st.counts, 9), 3)
         out["counts_group_by_ms"] = round(1000 * timed(
-            lambda: st._read("SELECT state, count(*) FROM files GROUP BY state"), 5), 1)
+            lambda: st.db.read("SELECT state, count(*) FROM files GROUP BY state"), 5), 1)
         out["oldest_waiting_ms"] = round(1000 * timed(st.oldest_waiting, 9), 3)
-        out["oldest_waiting_before_ms"] = round(1000 * timed(lambda: st._read(
+        out["oldest_waiting_before_ms"] = round(1000 * timed(lambda: st.db.read(
             f"SELECT {_COLUMNS} FROM files WHERE state IN ({marks}) ORDER BY discovered_at LIMIT 1",
             WAITING_STATES), 9), 3)
         out["counts"] = st.counts()

@@ -8,20 +8,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Protocol
 
 from . import __version__, logs
-from .cleanup import cleanup_lines, cleanup_status
-from .outage import META_OUTAGE
-from .outage import stored as outage_stored
+from .cleanup import cleanup_lines
 from .config import Config, ConfigError, load_config, render_example
-from .store import STATES, WAITING_STATES, Store, StoreError, display
+from .runmode import RunMode
+from .status import status_data
+from .store import STATES, Store, StoreError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("s3_uploader.cli")
@@ -51,8 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     st = cmd("status", "Show what the state database holds: files per state, the oldest waiting, last errors.")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     cmd("retry", "Make every parked or failed file due for another attempt now (a running daemon picks them up).")
-    ls = cmd("ls", "List the objects under the configured prefix.")
+    ls = cmd("ls", "List the objects under the configured prefix, with their Content-Type (one HEAD per object).")
     ls.add_argument("prefix", nargs="?", default=None, help="list under this key prefix instead")
+    ls.add_argument("-l", "--long", action="store_true", help="also show each object's metadata, tags, Object "
+                                                              "Lock and stored checksum")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line (with --long's details)")
     demo = sub.add_parser("demo", help="Start a local S3-compatible server, a bucket and an inbox folder, and run "
                                        "the daemon on them (no AWS account needed).",
                           description="Start a local S3-compatible server on 127.0.0.1, a bucket and an inbox folder, "
@@ -112,14 +114,15 @@ def _setup_logs(cfg: Config) -> None:
     logs.setup(d.log_level, d.log_format, d.log_file, d.log_max_bytes, d.log_backup_count)
 
 
-def cmd_run(cfg: Config, args: Any, once: bool = False) -> int:
-    from .daemon import Daemon, StartupError
+def cmd_run(cfg: Config, args: Any, mode: RunMode = RunMode.SERVICE) -> int:
+    from .daemon import Daemon
+    from .preflight import StartupError
     try:
         _setup_logs(cfg)
     except OSError as exc:
         print(f"s3-uploader: cannot open log file {cfg.daemon.log_file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAIL
-    daemon = Daemon(cfg, once=once)
+    daemon = Daemon(cfg, mode=mode)
     install_signals(daemon)
     try:
         return daemon.run()
@@ -128,7 +131,15 @@ def cmd_run(cfg: Config, args: Any, once: bool = False) -> int:
         return EXIT_FAIL
 
 
-def install_signals(daemon: Any) -> None:
+class Signalled(Protocol):
+    """What the signal handlers tell a daemon: both only set a flag its main loop acts on."""
+
+    def signal_stop(self, signum: int) -> None: ...
+
+    def request_reload(self) -> None: ...
+
+
+def install_signals(daemon: Signalled) -> None:
     """SIGTERM/SIGINT: stop (a second one skips the drain). SIGHUP: reload, where the daemon can.
 
     The handlers only set flags (``daemon.signal_stop`` appends to a list, ``request_reload`` sets a
@@ -140,132 +151,20 @@ def install_signals(daemon: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    if hasattr(signal, "SIGHUP") and hasattr(daemon, "request_reload"):
+    if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     while _early_signals:
         on_stop(_early_signals.pop(0), None)
 
 
 def cmd_once(cfg: Config, args: Any) -> int:
-    return cmd_run(cfg, args, once=True)
+    return cmd_run(cfg, args, RunMode.ONCE)
 
 
 def cmd_check(cfg: Config, args: Any) -> int:
-    from .remote import TLS_CODE, RemoteError, remote_from_config
-    ok = True
-    print(f"Config OK: {cfg.source}")
-    root = cfg.watch_root
-    if not root.is_dir():
-        print(f"Watch directory does not exist: {root}" if not root.exists()
-              else f"Watch directory is not a directory: {root}")
-        ok = False
-    elif not os.access(root, os.R_OK | os.X_OK):
-        print(f"Watch directory cannot be read (permission denied): {root}")
-        ok = False
-    else:
-        print(f"Watch directory OK: {root}")
-        if cfg.watch.use_events:
-            print(events_line(str(root)))
-    if root.is_dir():
-        from .writers import WriterProbe
-        probe = WriterProbe(str(root))
-        # a warning, not a failure: size and mtime stability still decide for what it cannot see
-        print(probe.blind_spot() or f"Writer check OK: {probe.method()}")
-    db = Path(cfg.daemon.db_path)
-    folder = db.parent if not db.exists() else db
-    if os.access(folder if folder.exists() else folder.parent, os.W_OK):
-        print(f"State database OK: {db}")
-    else:
-        print(f"State database cannot be written: {db}")
-        ok = False
-    try:
-        remote = remote_from_config(cfg)
-        remote.check_access()
-        where = cfg.s3.endpoint_url or "AWS"
-        print(f"S3 bucket OK: s3://{cfg.s3.bucket}/{cfg.s3.prefix} ({where})")
-        remote.close()
-    except RemoteError as exc:
-        print(exc.reason if exc.code == TLS_CODE else
-              f"S3 bucket {cfg.s3.bucket} does not exist or you don't have access ({exc.reason})")
-        ok = False
-    except Exception as exc:  # e.g. a profile that does not exist
-        print(f"S3 bucket {cfg.s3.bucket} cannot be checked ({' '.join(str(exc).split())})")
-        ok = False
-    line = _destination_change(cfg, db)
-    if line:
-        print(line)
-    return EXIT_OK if ok else EXIT_FAIL
-
-
-def events_line(root: str) -> str:
-    """``check``'s line on filesystem events: the folders to watch against the inotify limit."""
-    from .watcher import watch_limit
-    folders = sum(1 for _ in os.walk(root))
-    limit = watch_limit()
-    if limit is None:
-        return f"Filesystem events: {folders:,} folder(s) to watch"
-    if folders > limit:
-        return (f"Filesystem events: WARNING: {folders:,} folders to watch, over the inotify limit of {limit:,} "
-                f"per user (fs.inotify.max_user_watches): the rest are seen only by rescans; raise it: "
-                f"sysctl -w fs.inotify.max_user_watches={max(2 * limit, 4 * folders)}")
-    return (f"Filesystem events: {folders:,} folder(s) to watch, inotify allows {limit:,} watches per user "
-            f"(fs.inotify.max_user_watches; other programs of the same user share it)")
-
-
-def _destination_change(cfg: Config, db: Path) -> Optional[str]:
-    """What the next start will do about a destination that differs from the one the database
-    records (None when it is the same, or nothing is recorded). Opens the database read-only."""
-    from .destination import Destination, recorded_destination
-    if not db.exists():
-        return None
-    try:
-        with Store(db, readonly=True) as store:
-            text = recorded_destination(store)
-    except StoreError:
-        return None  # the daemon's own start-up says what is wrong with it
-    if text is None:
-        return None
-    old = Destination.from_json(text)
-    if old == Destination.from_config(cfg):
-        return None
-    was = old.describe() if old is not None else "an unreadable record"
-    return f"Destination changed since the last run (was {was}): the next start uploads every file still present again"
-
-
-def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
-    """Everything ``status`` shows, as plain data (the JSON form)."""
-    now = time.time() if now is None else now
-    counts = store.counts()
-    oldest = store.oldest_waiting()
-    from .destination import Destination, recorded_destination
-    text = recorded_destination(store)
-    dest = Destination.from_json(text) if text is not None else None
-    out: Dict[str, Any] = {
-        "db_path": str(store.path),
-        "destination": dest.describe() if dest is not None else None,
-        "counts": counts,
-        "total": sum(counts.values()),
-        "waiting": sum(counts[s] for s in WAITING_STATES),
-        "oldest_waiting": None if oldest is None else {
-            "path": display(oldest.rel), "key": oldest.key, "state": oldest.state,
-            "age_seconds": round(max(0.0, now - oldest.discovered_at), 3),
-            "attempts": oldest.attempts, "last_error": oldest.last_error},
-        "last_errors": [{"at": at, "path": display(p) if p else None, "kind": kind, "message": msg}
-                        for at, p, kind, msg in store.last_errors(10)],
-        "parked": [{"path": display(r.rel), "kind": r.error_kind, "error": r.last_error, "attempts": r.attempts}
-                   for r in store.in_states(("parked",), limit=20)],
-        "cleanup": cleanup_status(store),
-        "outage": outage_stored(store.meta(META_OUTAGE)),
-        "hooks": hooks_summary(store),
-    }
-    return out
-
-
-def hooks_summary(store: Store) -> Dict[str, Any]:
-    """``status``'s "hooks" object: pending, delivered, given_up, last_error (see events.summary)."""
-    from .events import summary
-    with store.connection() as conn:
-        return summary(conn)
+    from .preflight import check
+    ok, refused = check(cfg, print)
+    return EXIT_USAGE if refused else EXIT_OK if ok else EXIT_FAIL
 
 
 def _age(seconds: float) -> str:
@@ -343,23 +242,46 @@ def cmd_retry(cfg: Config, args: Any) -> int:
 
 def cmd_ls(cfg: Config, args: Any) -> int:
     from .keys import KeyMaker
+    from .objects import describe_objects
     from .remote import remote_from_config
     remote = remote_from_config(cfg)
     prefix = args.prefix if args.prefix is not None else KeyMaker(cfg.s3.prefix).static_prefix
+    long = args.long or args.json
     n = total = 0
     try:
-        for page in remote.client.get_paginator("list_objects_v2").paginate(Bucket=cfg.s3.bucket, Prefix=prefix):
-            for o in page.get("Contents", ()):
-                print(f"{o['LastModified']:%Y-%m-%d %H:%M:%S}  {o['Size']:>12,}  {o['Key']}")
-                n += 1
-                total += o["Size"]
+        for o in describe_objects(remote.client, cfg.s3.bucket, prefix, long=long):
+            if args.json:
+                print(json.dumps(dict(o, last_modified=o["last_modified"].isoformat() if o["last_modified"] else None)))
+            else:
+                print(f"{o['last_modified']:%Y-%m-%d %H:%M:%S}  {o['size']:>12,}  {o['content_type'] or '-':<24}  "
+                      f"{o['key']}")
+                if long:
+                    for line in _ls_details(o):
+                        print(f"    {line}")
+            n += 1
+            total += o["size"]
     except Exception as exc:
         print(f"Cannot list s3://{cfg.s3.bucket}/{prefix}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAIL
     finally:
         remote.close()
-    print(f"{n} object(s), {total:,} bytes under s3://{cfg.s3.bucket}/{prefix}")
+    if not args.json:
+        print(f"{n} object(s), {total:,} bytes under s3://{cfg.s3.bucket}/{prefix}")
     return EXIT_OK
+
+
+def _ls_details(o: Dict[str, Any]) -> List[str]:
+    """``ls --long``'s lines under one object: metadata, tags, lock, checksum."""
+    def pairs(d: Optional[Dict[str, str]]) -> str:
+        return "(unknown)" if d is None else ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "(none)"
+    lines = [f"metadata: {pairs(o['metadata'])}", f"tags: {pairs(o['tags'])}"]
+    lock = o["lock"]
+    if lock["mode"] or lock["legal_hold"]:
+        lines.append(f"lock: {lock['mode'] or '-'} until {lock['retain_until'] or '-'}"
+                     f"{', legal hold' if lock['legal_hold'] else ''}")
+    if o["checksum"]:
+        lines.append(f"checksum: {pairs(o['checksum'])}")
+    return lines
 
 
 COMMANDS = {"run": cmd_run, "once": cmd_once, "check": cmd_check, "status": cmd_status, "retry": cmd_retry,

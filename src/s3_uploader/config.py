@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Literal, Optional, Tuple, Union
 
-from . import config_docs
+from . import config_docs, objects
 from .config_values import (ADDRESS, BOOL, COMMAND, FREE_SPACE, HTTP_URL, PATH, PATTERNS, PRESIGN_TTL, SCHEDULE, STR,
                             FreeSpace, ScheduleEntry, ValueType)
 # Re-exported: callers read these from config, where they were first.
@@ -38,6 +38,14 @@ class ConfigError(Exception):
         self.errors = list(errors)
         super().__init__("\n".join(self.errors))
 
+
+# What objects carry (objects.py parses and checks them; "pairs" parse an empty value themselves).
+CONTENT_TYPES = ValueType("pairs", objects.parse_content_types, "comma-separated .ext=type",
+                          Tuple[Tuple[str, str], ...])
+METADATA = ValueType("pairs", objects.parse_metadata, "comma-separated name=value", Tuple[Tuple[str, str], ...])
+TAGS = ValueType("pairs", objects.parse_tags, "comma-separated key=value", Tuple[Tuple[str, str], ...])
+CHECKSUM = ValueType("choice", objects.parse_checksum, "one of " + ", ".join(objects.CHECKSUMS),
+                     Literal["none", "crc64nvme", "crc32c", "sha256"])
 
 STORAGE_CLASSES = ("", "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
                    "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE")
@@ -107,6 +115,29 @@ OPTIONS: Tuple[Option, ...] = (
     Option("s3", "sse", _choice("", "AES256", "aws:kms", "aws:kms:dsse"), "", "Server-side encryption for new "
            "uploads; empty = the bucket's default."),
     Option("s3", "sse_kms_key_id", STR, "", "KMS key id or ARN, with sse = aws:kms."),
+    Option("s3", "content_types", CONTENT_TYPES, "", "Content-Type of new objects by the file's extension (any "
+           "case): adds to or overrides the shipped table (.mp4 video/mp4, .mov video/quicktime, .avi, .mkv, .ts, "
+           ".jpg, .png, .txt/.log text/plain, .csv, .json, .gz, .zip, .pdf, ...); other files are "
+           "application/octet-stream.", example=".bvr=video/x-bvr, .dat=application/x-bi-dat"),
+    Option("s3", "metadata", METADATA, "", "User metadata (x-amz-meta-*) on every new object, with the "
+           "placeholder {hostname}; names of letters, digits, '-', '_', '.'; values printable ASCII; within "
+           "S3's 2 KB. The file's mtime is always added as 'mtime' (rclone's name and format).",
+           example="site={hostname}, camera-group=north"),
+    Option("s3", "tags", TAGS, "", "Object tags on every new object (also on multipart uploads), with the "
+           "placeholder {hostname}: at most 10; keys up to 128 and values up to 256 characters of letters, "
+           "digits, spaces and + - = . _ : / @.", example="retention=evidence, site={hostname}"),
+    Option("s3", "object_lock_mode", _choice("", "governance", "compliance"), "", "Object Lock retention "
+           "for new objects (the bucket must have Object Lock; 'check' says): governance (removable with "
+           "a special permission) or compliance (no one, not even root, until it expires). Needs "
+           "object_lock_retain.", example="compliance"),
+    Option("s3", "object_lock_retain", _duration(0), "", "With object_lock_mode: how long each object is "
+           "locked, from its upload (retain-until = upload time + this).", example="30d"),
+    Option("s3", "object_lock_legal_hold", BOOL, "false", "Put a legal hold on every new object (locked "
+           "until the hold is removed; the bucket must have Object Lock)."),
+    Option("s3", "checksum_algorithm", CHECKSUM, "none", "A full-object checksum computed from the bytes "
+           "sent, which S3 verifies and stores with the object (composite per part for sha256 multipart). "
+           "none: Content-MD5 alone proves each request, as on every S3-compatible server (AWS adds its own "
+           "CRC64NVME anyway); crc64nvme and crc32c need the awscrt package.", example="crc64nvme"),
     # --- how it is sent ------------------------------------------------------------------
     Option("upload", "upload_workers", _int(1, 256), "64", "Files in flight at once (small files are bound by "
            "round trips, so this is far above the core count; each holds at most 1 MiB in memory).",
@@ -162,8 +193,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("daemon", "log_max_bytes", _size(0), "10MiB", "Rotate log_file at this size (0 = never).",
            reloadable=False),
     Option("daemon", "log_backup_count", _int(0), "5", "Rotated log files kept.", reloadable=False),
-    Option("daemon", "metrics_address", ADDRESS, "", "Serve Prometheus /metrics and /healthz here; a bare "
-           "port binds 127.0.0.1. Empty = off.", reloadable=False, example="127.0.0.1:9101"),
+    Option("daemon", "metrics_address", ADDRESS, "", "Serve Prometheus /metrics, /healthz and the status "
+           "page (/) here; a bare port binds 127.0.0.1. Empty = off.", reloadable=False, example="127.0.0.1:9101"),
     Option("daemon", "shutdown_timeout", _duration(0), "30s", "On SIGTERM, how long in-flight uploads may run "
            "before they are abandoned (multipart uploads resume at the next start; a single PUT is sent again). "
            "The whole stop takes at most this plus about 4 s; a second SIGTERM ends the drain at once."),
@@ -230,6 +261,13 @@ class S3Section:
                            "EXPRESS_ONEZONE"]
     sse: Literal["", "AES256", "aws:kms", "aws:kms:dsse"]
     sse_kms_key_id: str
+    content_types: Tuple[Tuple[str, str], ...]
+    metadata: Tuple[Tuple[str, str], ...]
+    tags: Tuple[Tuple[str, str], ...]
+    object_lock_mode: Literal["", "governance", "compliance"]
+    object_lock_retain: float
+    object_lock_legal_hold: bool
+    checksum_algorithm: Literal["none", "crc64nvme", "crc32c", "sha256"]
 
 
 @dataclass(frozen=True)
@@ -361,7 +399,7 @@ def parse_config(text: str, source: Optional[Path] = None) -> Config:
                           f" e.g. {opt.example})")
             values[(opt.section, opt.key)] = None
             continue
-        if not text_value.strip() and opt.type.name not in ("str", "path", "patterns", "choice"):
+        if not text_value.strip() and opt.type.name not in ("str", "path", "patterns", "choice", "pairs"):
             values[(opt.section, opt.key)] = _empty_value(opt)
             continue
         try:
@@ -400,6 +438,7 @@ def _cross_checks(v: Dict[Tuple[str, str], Any]) -> Iterable[str]:
     sse, kms = v.get(("s3", "sse")), v.get(("s3", "sse_kms_key_id"))
     if kms and sse not in ("aws:kms", "aws:kms:dsse", None):
         yield f"[s3] sse_kms_key_id = {kms!r}: expected only with sse = aws:kms or aws:kms:dsse"
+    yield from objects.cross_checks(v)
     base, cap = v.get(("upload", "retry_backoff_base")), v.get(("upload", "retry_backoff_max"))
     if base is not None and cap is not None and cap < base:
         yield (f"[upload] retry_backoff_max = {cap:g}s: expected at least retry_backoff_base ({base:g}s)")

@@ -10,7 +10,7 @@ a regular file) are forgotten, the watch count is checked against the folders wa
 directory whose symlink was retargeted is said once (ERROR) and turns health red (``root_moved``).
 
 Contract: discovery never uploads, never deletes a local file and never touches a row in flight
-(``is_inflight``); a file's error while it is scanned goes to ``set_aside`` (the daemon's
+(``is_inflight``); a file's error while it is scanned goes to ``set_aside`` (the recorder's
 containment) and the scan goes on; a :class:`~s3_uploader.store.StoreError` propagates.
 :meth:`Discovery.full_scan` is one pass (the step tests call); :meth:`Discovery.run` is the loop
 of the scanner thread.
@@ -23,17 +23,17 @@ import queue
 import stat as stat_mod
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .config import Config
+from .views import Stats
 from .keys import Filters, KeyMaker
+from .runmode import RunMode
 from .scanner import FileStat, Scanner
 from .store import WAITING_STATES, Store, display
 from .version import REMOVED_STATES, settled
 from .watcher import WATCH_LIMIT, inotify_watches, watch_limit
 
-if TYPE_CHECKING:
-    from .daemon import Stats
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Discovery:
 
     Its collaborators are passed in; those the daemon replaces while it runs (the config and what
     is built from it on a reload, the store opened at start) are passed as accessors and read
-    where used. ``set_aside(rel, step, exc, st=...)`` is the daemon's containment for one file's
+    where used. ``set_aside(rel, step, exc, st=...)`` is the recorder's containment for one file's
     error; ``is_inflight(rel)`` says whether an upload holds the file; ``watching()`` whether
     filesystem events are on (the watch count is checked only then).
     """
@@ -58,9 +58,9 @@ class Discovery:
                  scanner: Callable[[], Scanner], filters: Callable[[], Filters], keymaker: Callable[[], KeyMaker],
                  candidates: "queue.Queue[FileStat]", folder_requests: "queue.Queue[str]",
                  scan_request: threading.Event, stop: threading.Event, wake: threading.Event,
-                 scan_done: threading.Event, stats: "Stats", heartbeats: Dict[str, float],
+                 scan_done: threading.Event, stats: Stats, heartbeats: Dict[str, float],
                  is_inflight: Callable[[str], bool], set_aside: Callable[..., None], watching: Callable[[], bool],
-                 once: bool, clock: Callable[[], float], wall: Callable[[], float]):
+                 mode: RunMode, clock: Callable[[], float], wall: Callable[[], float]):
         self.root = root
         self._config = config
         self._store = store
@@ -78,7 +78,7 @@ class Discovery:
         self._is_inflight = is_inflight
         self._set_aside = set_aside
         self._watching = watching
-        self.once = once
+        self.mode = mode
         self.clock = clock
         self.wall = wall
         self._lost_warned_at = float("-inf")
@@ -102,12 +102,12 @@ class Discovery:
 
     def run(self) -> None:
         """The scanner thread: a full scan now and every ``scan_interval`` (sooner when one is
-        requested), the folders events report in between; in ``once`` mode one scan, then
+        requested), the folders events report in between; in a single pass one scan, then
         ``scan_done``. Returns when ``stop`` is set."""
         while not self.stop.is_set():
             self.heartbeats["scanner"] = self.clock()
             self.full_scan()
-            if self.once:
+            if self.mode.single_pass:
                 self.scan_done.set()
                 self.wake.set()
                 return

@@ -2,9 +2,10 @@
 
 Healthy means: the daemon is running (started, not stopping); the filesystem watcher thread is
 alive when filesystem events are in use; the scanner and scheduler threads are alive and their
-loops have beaten recently (``Daemon.heartbeats`` holds the monotonic time of each loop's last
-turn; the scanner beats between folders and while it waits). Upload workers are not timed: one
-large file on a slow link may legitimately take hours, and botocore's timeouts bound a hung request.
+loops have beaten recently (a :class:`~s3_uploader.views.HealthView`'s ``heartbeats`` hold the
+monotonic time of each loop's last turn; the scanner beats between folders and while it waits).
+Upload workers are not timed: one large file on a slow link may legitimately take hours, and
+botocore's timeouts bound a hung request.
 
 :func:`tracker_note` is not a health problem but a remark: the stability tracker full of files
 that have not become stable for long (logs appended to for ever). They give way to other files,
@@ -21,7 +22,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, Optional
 
-from .store import STATES, WAITING_STATES, StoreError
+from .store import STATES, WAITING_STATES, Store, StoreError
+from .views import HealthView, Observed, Tracked
 
 # A loop that has not beaten for this long is wedged (the scheduler beats at least every second,
 # the scanner between folders); generous, so a slow network share is not mistaken for a hang.
@@ -29,26 +31,27 @@ HEARTBEAT_MAX_AGE = 120.0
 LOOPS = ("scanner", "scheduler")
 
 
-def health_problem(daemon: Any, now: Optional[float] = None, max_age: Optional[float] = None) -> Optional[str]:
+def health_problem(daemon: Observed, now: Optional[float] = None, max_age: Optional[float] = None) -> Optional[str]:
     """None when ``daemon`` is healthy, else a one-line reason (what a 503 and the journal say)."""
-    now = daemon.clock() if now is None else now
-    max_age = getattr(daemon, "heartbeat_max_age", HEARTBEAT_MAX_AGE) if max_age is None else max_age
-    if daemon.stop_event.is_set():
+    return judge(daemon.health_view(), daemon.clock() if now is None else now, max_age)
+
+
+def judge(view: HealthView, now: float, max_age: Optional[float] = None) -> Optional[str]:
+    """The rule itself, on one reading of the daemon (``now``: monotonic seconds; ``max_age``
+    defaults to the view's)."""
+    max_age = view.max_age if max_age is None else max_age
+    if view.stopping:
         return "stopping"
-    threads = {t.name: t for t in getattr(daemon, "_threads", ())}
-    if not threads:
+    if not view.threads:
         return "starting"
-    moved = getattr(daemon, "root_moved", None)
-    if moved:
-        return f"the watch directory now resolves to {moved}, not where it did at start: restart to follow it"
-    watcher = daemon.watcher
-    if watcher is not None and not watcher.is_alive():
+    if view.root_moved:
+        return f"the watch directory now resolves to {view.root_moved}, not where it did at start: restart to follow it"
+    if view.watcher_alive is False:
         return "the filesystem watcher thread has stopped"
     for name in LOOPS:
-        t = threads.get(name)
-        if t is None or not t.is_alive():
+        if not view.threads.get(name):
             return f"the {name} thread has stopped"
-        beat = daemon.heartbeats.get(name)
+        beat = view.heartbeats.get(name)
         if beat is None:
             continue  # alive and about to beat: each loop beats first thing
         if now - beat > max_age:
@@ -56,29 +59,28 @@ def health_problem(daemon: Any, now: Optional[float] = None, max_age: Optional[f
     return None
 
 
-def health_note(daemon: Any) -> Optional[str]:
+def health_note(daemon: Observed) -> Optional[str]:
     """What ``/healthz`` adds to a healthy answer: an outage of the S3 endpoint, or a stability tracker
     full of files that never settle, which restarting the daemon would not mend (so they do not stop
     systemd's watchdog pings), but a monitor should see."""
-    notes = [n for n in (_outage_note(daemon), tracker_note(daemon)) if n]
+    notes = [n for n in (outage_note(daemon.activity().outage), tracker_note(daemon)) if n]
     return "; ".join(notes) if notes else None
 
 
-def _outage_note(daemon: Any) -> Optional[str]:
-    outage = getattr(daemon, "outage", None)
-    state = outage.state() if outage is not None else None
+def outage_note(state: Optional[Dict[str, Any]]) -> Optional[str]:
+    """One line on an outage in progress (:meth:`Outage.state`), None without one."""
     if state is None:
         return None
     return (f"S3 endpoint {state['endpoint']} not answering for {state['seconds']:.0f}s "
             f"({state['failures']} failed attempts; last: {state['error']})")
 
 
-def tracker_note(daemon: Any) -> Optional[str]:
-    """None unless the daemon's stability tracker is full and holds files unstable for long (the
-    scheduler counts them every few seconds into ``unsettled``); then one line saying so. ``daemon``
-    is the Daemon or its Scheduler: anything with ``tracker``, ``unsettled`` and ``unsettled_limit()``."""
+def tracker_note(daemon: Tracked) -> Optional[str]:
+    """None unless the stability tracker is full and holds files unstable for long (the scheduler
+    counts them every few seconds into ``unsettled``); then one line saying so. ``daemon`` is the
+    Daemon or its Scheduler."""
     tracker = daemon.tracker
-    n = getattr(daemon, "unsettled", 0)
+    n = daemon.unsettled
     if not n or len(tracker) < tracker.capacity:
         return None
     return (f"The stability tracker is full (max_pending_uploads = {tracker.capacity}) and {n} of "
@@ -96,7 +98,7 @@ class StateSnapshot:
         self.taken_at: Optional[float] = None  # monotonic
         self._lock = threading.Lock()
 
-    def refresh(self, store: Any, now: float, force: bool = False) -> None:
+    def refresh(self, store: Store, now: float, force: bool = False) -> None:
         """Re-read the store when the last reading is older than ``interval`` (or ``force``)."""
         with self._lock:
             if not force and self.taken_at is not None and now - self.taken_at < self.interval:

@@ -4,9 +4,10 @@ uploader, its :mod:`~s3_uploader.multipart` step, the asyncio sender, the schedu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
+from .objects import ObjectPolicy
 from .remote import PutOptions
 from .retry import Failure
 from .scanner import FileStat
@@ -58,3 +59,4 @@ class Settings:
     max_concurrency: int
     put_options: PutOptions
     follow_symlinks: bool
+    objects: ObjectPolicy = field(default_factory=ObjectPolicy)  # what each object carries

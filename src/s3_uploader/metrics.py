@@ -1,8 +1,10 @@
 """Prometheus metrics and a health check over HTTP, on ``[daemon] metrics_address``.
 
+``GET /`` is the status page and ``/api/status``, ``/api/history`` its data (:mod:`s3_uploader.statuspage`);
 ``GET /metrics`` serves the Prometheus text format (via the standard ``prometheus_client`` library,
 a regular dependency, so a plain ``pip install s3-uploader`` serves it); ``GET /healthz`` answers 200 ``ok``
 when :func:`~s3_uploader.health.health_problem` finds nothing wrong, else 503 with the reason.
+Read-only: GET and HEAD are answered, any other method 405.
 
 Numbers come from the daemon's own counters (read on each scrape: cheap) and from a
 :class:`~s3_uploader.health.StateSnapshot` of the database (refreshed by the daemon every few
@@ -20,6 +22,7 @@ listening socket, breaks every open connection and waits for their threads only 
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import threading
 import time
@@ -27,6 +30,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .health import StateSnapshot, health_note, health_problem
+from .statuspage import HEADERS as PAGE_HEADERS
+from .statuspage import ROUTES as PAGE_ROUTES
+from .statuspage import StatusPage
+from .views import Observed
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,7 @@ def _import_client() -> Any:
 class DaemonCollector:
     """A prometheus_client collector that reads the daemon's state when scraped."""
 
-    def __init__(self, daemon: Any, snapshot: StateSnapshot):
+    def __init__(self, daemon: Observed, snapshot: StateSnapshot):
         self.daemon = daemon
         self.snapshot = snapshot
 
@@ -79,13 +86,10 @@ class DaemonCollector:
             uploaded_files, uploaded_bytes = st.uploaded_files, st.uploaded_bytes
             retries, failures = st.retries, dict(st.failures)
             last_upload, scans, last_scan = st.last_upload_at, st.scans, st.last_scan_at
-            freed_files = getattr(st, "cleanup_files_freed", 0)
-            freed_bytes = getattr(st, "cleanup_bytes_freed", 0)
+            freed_files, freed_bytes = st.cleanup_files_freed, st.cleanup_bytes_freed
             events_lost, unwatched = dict(st.events_lost), st.unwatched_folders
-        outage = getattr(d, "outage", None)
-        outage_state = outage.state() if outage is not None else None
-        with d.inflight_lock:
-            inflight = len(d.inflight)
+        act = d.activity()
+        outage_state = act.outage
 
         files = GaugeMetricFamily(f"{PREFIX}_files", "Files in the state database, by state.", labels=["state"])
         for state, n in snap.counts.items():
@@ -103,8 +107,8 @@ class DaemonCollector:
             fail.add_metric([reason], n)
         yield fail
         yield GaugeMetricFamily(f"{PREFIX}_queue_depth", "Files found and not yet handed to an upload worker.",
-                                value=d.queue_depth())
-        yield GaugeMetricFamily(f"{PREFIX}_uploads_in_flight", "Files being uploaded now.", value=inflight)
+                                value=act.queued)
+        yield GaugeMetricFamily(f"{PREFIX}_uploads_in_flight", "Files being uploaded now.", value=act.uploading)
         since = snap.oldest_waiting_since
         yield GaugeMetricFamily(f"{PREFIX}_oldest_waiting_age_seconds", "Age of the oldest file not yet "
                                 "uploaded (0 when every file is in S3).",
@@ -116,7 +120,7 @@ class DaemonCollector:
         yield CounterMetricFamily(f"{PREFIX}_scans", "Full scans of the watched directory.", value=scans)
         yield CounterMetricFamily(f"{PREFIX}_endpoint_outages", "Outages of the S3 endpoint since the daemon "
                                   "started (it stopped answering, or answered only throttling or 5xx).",
-                                  value=outage.outages if outage is not None else 0)
+                                  value=act.outages)
         yield GaugeMetricFamily(f"{PREFIX}_endpoint_down_seconds", "How long the S3 endpoint has not been answering "
                                 "(0 while it answers).", value=outage_state["seconds"] if outage_state else 0.0)
         lost = CounterMetricFamily(f"{PREFIX}_filesystem_events_lost", "Times filesystem events were lost and a "
@@ -132,8 +136,7 @@ class DaemonCollector:
                                   value=freed_files)
         yield CounterMetricFamily(f"{PREFIX}_cleanup_freed_bytes", "Bytes freed locally by cleanup.",
                                   value=freed_bytes)
-        limiter = getattr(d, "limiter", None)
-        limit = limiter.limit() if limiter is not None else None
+        limit = act.bandwidth_limit
         yield GaugeMetricFamily(f"{PREFIX}_bandwidth_limit_bytes_per_second", "Upload bandwidth limit in force "
                                 "(0 = unlimited).", value=limit or 0)
         yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 when healthy (as /healthz), else 0.",
@@ -149,6 +152,20 @@ class DaemonCollector:
         yield GaugeMetricFamily(f"{PREFIX}_hook_events_pending", "Hook and webhook deliveries waiting (recorded "
                                 "in the state database, not yet delivered or given up).",
                                 value=hooks.pending if hooks is not None else 0)
+        yield from _disk_space(d.root)
+
+
+def _disk_space(root: str) -> Iterator[Any]:
+    """Free and total bytes of the watched directory's filesystem (nothing when it cannot be read)."""
+    from prometheus_client.core import GaugeMetricFamily
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        return
+    yield GaugeMetricFamily(f"{PREFIX}_watch_filesystem_free_bytes", "Bytes free for the daemon's user on the "
+                            "watched directory's filesystem.", value=usage.free)
+    yield GaugeMetricFamily(f"{PREFIX}_watch_filesystem_size_bytes", "Size in bytes of the watched directory's "
+                            "filesystem.", value=usage.total)
 
 
 class _Server(ThreadingHTTPServer):
@@ -248,7 +265,7 @@ def _break(conn: socket.socket) -> None:
 class MetricsServer:
     """Serves /metrics and /healthz for ``daemon`` on ``address`` (host, port) until :meth:`stop`."""
 
-    def __init__(self, daemon: Any, address: Tuple[str, int], snapshot: StateSnapshot):
+    def __init__(self, daemon: Observed, address: Tuple[str, int], snapshot: StateSnapshot):
         pc = _import_client()
         self.daemon = daemon
         self.snapshot = snapshot
@@ -258,6 +275,7 @@ class MetricsServer:
                                       "open to confirmed.", buckets=DURATION_BUCKETS, registry=self.registry)
         self._generate, self._content_type = pc.generate_latest, pc.CONTENT_TYPE_LATEST
         self._drain_lock = threading.Lock()
+        self.page = StatusPage(daemon)
         try:
             self.httpd = _Server(address, self._handler(), MAX_CONNECTIONS, CONNECTION_MAX_AGE)
         except OSError as exc:
@@ -275,7 +293,7 @@ class MetricsServer:
         self._thread = threading.Thread(target=self.httpd.serve, args=(self._stop,), name="metrics-http",
                                         daemon=True)
         self._thread.start()
-        log.info("Serving metrics on http://%s:%d/metrics and /healthz", *self.address)
+        log.info("Serving metrics on http://%s:%d/metrics and /healthz, the status page on /", *self.address)
         return self
 
     def stop(self, wait: float = STOP_WAIT) -> List[str]:
@@ -316,11 +334,15 @@ class MetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             timeout = REQUEST_TIMEOUT  # set on the connection's socket: every read and write is bounded
+            head_only = False  # answering HEAD: what GET would, without the body
 
             def do_GET(self) -> None:  # noqa: N802 - http.server API
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 try:
-                    if path == "/metrics":
+                    if path in PAGE_ROUTES:
+                        code, body, ctype = server.page.answer(path, query, time.monotonic())
+                        self._reply(code, body, ctype, PAGE_HEADERS)
+                    elif path == "/metrics":
                         self._reply(200, server.render(), server._content_type)
                     elif path == "/healthz":
                         problem = health_problem(server.daemon)
@@ -330,17 +352,34 @@ class MetricsServer:
                         else:
                             self._reply(503, f"unhealthy: {problem}\n".encode("utf-8"))
                     else:
-                        self._reply(404, b"not found: try /metrics or /healthz\n")
+                        self._reply(404, b"not found: try /, /metrics or /healthz\n")
                 except Exception:
                     log.exception("Error serving %s", path)
                     self._reply(500, b"internal error\n")
 
-            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            def do_HEAD(self) -> None:  # noqa: N802 - http.server API
+                self.head_only = True
+                try:
+                    self.do_GET()
+                finally:
+                    self.head_only = False
+
+            def __getattr__(self, name: str) -> Any:
+                # every other method (POST, PUT, DELETE, ...): nothing here changes state
+                if name.startswith("do_"):
+                    return lambda: self._reply(405, b"read-only: only GET and HEAD\n", extra={"Allow": "GET, HEAD"})
+                raise AttributeError(name)
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
+                       extra: Optional[Dict[str, str]] = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if not self.head_only:
+                    self.wfile.write(body)
 
             def log_message(self, fmt: str, *args: Any) -> None:  # scrapes every 15s would flood the log
                 log.debug("metrics: %s " + fmt, self.address_string(), *args)

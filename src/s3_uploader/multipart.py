@@ -16,8 +16,9 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .job import Job, Settings
+from .objects import Checksum, ObjectAttributes, checksum_of
 from .proof import Unconfirmed, is_md5_form, multipart_problem
-from .reading import Changed, pread, recheck
+from .reading import Changed, md5_of, pread, recheck
 from .remote import Remote, RemoteError, multipart_etag
 from .retry import classify
 from .store import Part, Store
@@ -58,13 +59,15 @@ class Multipart:
         self.throttle = throttle
         self.abandon = abandon
 
-    def send(self, fd: int, job: Job, cfg: Settings) -> Tuple[Optional[str], str]:
-        """Send the file open at ``fd`` (the version ``job`` names) as a multipart upload, resuming
-        the one recorded when S3 still holds its parts. Returns the content's multipart digest and
-        the ETag to record, or ``(None, etag)`` when S3 shows the upload completed before the last
-        stop. Raises :class:`~s3_uploader.reading.Changed`, :class:`Abandoned`, :class:`Unconfirmed`
-        or the remote's error; the upload id and the parts recorded stay for the next attempt
-        unless the file changed."""
+    def send(self, fd: int, job: Job, cfg: Settings, attrs: ObjectAttributes) -> Tuple[Optional[str], str]:
+        """Send the file open at ``fd`` (the version ``job`` names) as a multipart upload carrying
+        ``attrs`` (given to CreateMultipartUpload; each part sends its checksum when one is asked
+        for), resuming the one recorded when S3 still holds its parts. Returns the content's
+        multipart digest and the ETag to record, or ``(None, etag)`` when S3 shows the upload
+        completed before the last stop. Raises :class:`~s3_uploader.reading.Changed`,
+        :class:`Abandoned`, :class:`Unconfirmed` or the remote's error; the upload id and the parts
+        recorded stay for the next attempt unless the file changed, or the server refuses a resumed
+        upload as it is (then it is aborted and the next attempt starts over)."""
         size = job.stat.size
         part_size = part_size_for(size, cfg.multipart_chunksize)
         count = -(-size // part_size)
@@ -75,8 +78,9 @@ class Multipart:
                      completed.etag)
             self.store.set_multipart(job.rel, None, None)
             return None, completed.etag
+        resumed = upload_id is not None
         if upload_id is None:
-            upload_id = self.remote.create_multipart(job.key, cfg.put_options)
+            upload_id = self.remote.create_multipart(job.key, cfg.put_options.for_object(attrs))
             # recorded (and committed) before any part is sent: a crash leaves an upload we own
             self.store.set_multipart(job.rel, upload_id, part_size)
             self.store.commit()
@@ -85,6 +89,8 @@ class Multipart:
             log.info("Resuming multipart upload of %s: %d of %d parts already in S3", job.key, len(have), count)
         digests: Dict[int, bytes] = {n: bytes.fromhex(p.md5) for n, p in have.items()}
         etags: Dict[int, str] = {n: p.etag for n, p in have.items()}
+        algorithm = attrs.checksum  # each part's checksum goes with it, and all of them at Complete
+        checksums: Dict[int, str] = {}
         todo = [n for n in range(1, count + 1) if n not in have]
 
         def send_part(n: int, part_fd: int) -> None:
@@ -101,8 +107,11 @@ class Multipart:
             if len(data) != length:
                 raise Changed("file shrank while it was being read")
             d = hashlib.md5(data).digest()
+            checksum = (algorithm, checksum_of(algorithm, data)) if algorithm else None
             self.throttle(length)
-            etag = self.remote.upload_part(job.key, upload_id, n, data, length, d)
+            etag = self.remote.upload_part(job.key, upload_id, n, data, length, d, checksum)
+            if checksum is not None:
+                checksums[n] = checksum[1]
             # S3 checked the part against its Content-MD5 before storing it. An ETag that is not the
             # MD5 is normal for a KMS-encrypted upload, which the object's HEAD shows only once it
             # is complete: judged there (proof.multipart_problem), not here.
@@ -125,13 +134,21 @@ class Multipart:
                 raise error
             if self.abandon.is_set():
                 raise Abandoned()
+            if algorithm:
+                _checksums_sent(fd, part_size, have, algorithm, checksums)
             recheck(fd, job)  # before complete: never publish a torn object
             parts = [(n, etags[n]) for n in range(1, count + 1)]
-            etag = self.remote.complete_multipart(job.key, upload_id, parts)
+            etag = self.remote.complete_multipart(job.key, upload_id, parts,
+                                                  (algorithm, checksums) if algorithm else None)
         except (Changed, Unconfirmed):
             self._abort(job, upload_id)
             raise
         except RemoteError as exc:
+            if resumed and exc.code in _REFUSED:
+                # an upload from before the stop that the server no longer takes as it is (created
+                # with another checksum_algorithm, say): the next attempt starts it over
+                self._abort(job, upload_id)
+                raise
             if not exc.gone or len(digests) != count:
                 raise
             # completed already (the answer to an earlier Complete was lost)? else the next attempt starts over
@@ -228,6 +245,22 @@ class Multipart:
                         job.key, classify(exc).message)
             return
         self.store.set_multipart(job.rel, None, None)
+
+
+# what the server answers to a request the upload does not take as it is
+_REFUSED = ("InvalidRequest", "InvalidPart", "BadDigest", "InvalidArgument")
+
+
+def _checksums_sent(fd: int, part_size: int, have: Dict[int, Part], algorithm: str,
+                    checksums: Dict[int, str]) -> None:
+    """The checksums of the parts sent before the stop (S3 needs every part's at Complete; the
+    store keeps their MD5s, not these), computed from the file again; a part whose MD5 is not the
+    one recorded means the file changed."""
+    for n, p in have.items():
+        ck = Checksum(algorithm)
+        if md5_of(fd, p.size, (n - 1) * part_size, ck).hex() != p.md5:
+            raise Changed("changed while it was being read (a part sent before the stop differs)")
+        checksums[n] = ck.b64()
 
 
 class _CompletedEarlier(Exception):

@@ -17,9 +17,10 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 from .health import StateSnapshot, health_problem
+from .views import Activity, Observed, Stats
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +83,23 @@ def watchdog_interval(environ: Mapping[str, str] = os.environ) -> Optional[float
     return int(usec) / 1e6
 
 
-def status_line(daemon: Any, snapshot: StateSnapshot) -> str:
+def status_line(activity: Activity, stats: Stats, snapshot: StateSnapshot) -> str:
     """One line for ``systemctl status``: queued, uploading, failed, uploaded and the last upload."""
-    with daemon.inflight_lock:
-        uploading = len(daemon.inflight)
     c = snapshot.counts
     failed = c.get("failed", 0) + c.get("parked", 0)
-    last = daemon.stats.last_upload_at
+    with stats.lock:
+        last, uploaded = stats.last_upload_at, stats.uploaded_files
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "none yet"
-    outage = getattr(daemon, "outage", None)
-    down = outage.state() if outage is not None else None
+    down = activity.outage
     head = f"S3 endpoint not answering for {down['seconds']:.0f}s; " if down else ""
-    return (f"{head}{daemon.queue_depth()} queued, {uploading} uploading, {failed} failed, "
-            f"{daemon.stats.uploaded_files} uploaded since start; last upload {when}")
+    return (f"{head}{activity.queued} queued, {activity.uploading} uploading, {failed} failed, "
+            f"{uploaded} uploaded since start; last upload {when}")
 
 
 class ServiceNotifier:
     """What the daemon tells systemd, paced by ``tick(now)`` (monotonic seconds)."""
 
-    def __init__(self, daemon: Any, client: SdNotify, snapshot: StateSnapshot,
+    def __init__(self, daemon: Observed, client: SdNotify, snapshot: StateSnapshot,
                  watchdog_every: Optional[float] = None, status_interval: float = STATUS_INTERVAL):
         self.daemon = daemon
         self.client = client
@@ -124,7 +123,7 @@ class ServiceNotifier:
             self.client.notify("READY=1")
             self.ready = True
         if now >= self._next_status:
-            self.client.notify("STATUS=" + status_line(self.daemon, self.snapshot))
+            self.client.notify("STATUS=" + status_line(self.daemon.activity(), self.daemon.stats, self.snapshot))
             self._next_status = now + self.status_interval
         if self.ping_every is not None and now >= self._next_ping:
             problem = health_problem(self.daemon, now)

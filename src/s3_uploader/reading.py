@@ -12,10 +12,11 @@ import hashlib
 import os
 import stat as stat_mod
 import threading
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from . import tree
 from .job import Job
+from .objects import Checksum
 from .version import signature_of
 
 O_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
@@ -130,15 +131,18 @@ def read_whole(fd: int, size: int) -> bytes:
     return data
 
 
-def md5_of(fd: int, size: int) -> bytes:
-    """The MD5 of the first ``size`` bytes; Changed when fewer are there."""
+def md5_of(fd: int, size: int, offset: int = 0, checksum: Optional[Checksum] = None) -> bytes:
+    """The MD5 of ``size`` bytes from ``offset``, feeding ``checksum`` the same bytes in the same
+    pass; Changed when fewer are there."""
     h = hashlib.md5()
-    off = 0
-    while off < size:
-        b = pread(fd, min(_BUF, size - off), off)
+    off, end = offset, offset + size
+    while off < end:
+        b = pread(fd, min(_BUF, end - off), off)
         if not b:
-            raise Changed(f"file shrank while it was being read ({off} of {size} bytes)")
+            raise Changed(f"file shrank while it was being read ({off - offset} of {size} bytes)")
         h.update(b)
+        if checksum is not None:
+            checksum.update(b)
         off += len(b)
     return h.digest()
 

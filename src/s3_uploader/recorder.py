@@ -10,8 +10,15 @@ counters, and decides what a failure means (the retry policy).
   lines (:mod:`s3_uploader.outage`); any other failure gets its log line once per file and reason.
 
 Contract: a row that has moved on meanwhile (another path recorded it, or it was discovered again)
-is left as it is; one file's error while recording the sender's batch goes to ``set_aside`` (the
-daemon's containment) and the batch goes on; a :class:`~s3_uploader.store.StoreError` propagates.
+is left as it is; one file's error while recording the sender's batch goes to :meth:`Recorder.set_aside`
+and the batch goes on; a :class:`~s3_uploader.store.StoreError` propagates.
+
+Containment (:meth:`Recorder.set_aside`, which every stage is given): an error while handling one
+file (its stat, its row, its key, its job, recording its outcome) stays with that file. It is
+logged once with its traceback (it is a bug), the file's row, when it has one still waiting, is
+marked failed with kind ``internal`` (retried with backoff, then parked), the file leaves the
+scheduler's hands, and the loop goes on with the next file. Only a StoreError (the database is
+unusable, which no file can be set aside from) still ends a thread, and the daemon with it.
 Files recorded for the sender leave ``inflight``; the scheduler is woken when it has work to hand.
 """
 from __future__ import annotations
@@ -19,18 +26,20 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .config import Config
+from .dispatch import InFlight
+from .views import Stats
 from .outage import META_OUTAGE, Outage
+from .runmode import RunMode
 from .retry import Failure, decide_retry
+from .scanner import FileStat
 from .sender import AsyncSender
 from .store import WAITING_STATES, IllegalTransition, Store, StoreError, display
 from .uploader import Job, Outcome
 from .watcher import Hints
 
-if TYPE_CHECKING:
-    from .daemon import Stats
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +49,25 @@ class Recorder:
 
     It owns the :class:`~s3_uploader.outage.Outage` of the endpoint named ``endpoint`` (read by
     the daemon's tick, health and metrics as ``outage``). ``sender()`` is the asyncio sender if
-    any, ``has_ready()`` whether jobs wait to be handed over: with ``once`` they decide when the
-    scheduler is woken. ``set_aside(rel, step, exc)`` is the daemon's containment for one file.
+    any, ``has_ready()`` whether jobs wait to be handed over: in a single pass they decide when the
+    scheduler is woken. ``let_go(rel)`` is the scheduler's (see :meth:`set_aside`).
     """
 
-    def __init__(self, endpoint: str, *, config: Callable[[], Config], store: Callable[[], Store], stats: "Stats",
-                 hints: Hints, inflight: Set[str], inflight_lock: threading.Lock, wake: threading.Event,
+    def __init__(self, endpoint: str, *, config: Callable[[], Config], store: Callable[[], Store], stats: Stats,
+                 hints: Hints, inflight: InFlight, wake: threading.Event,
                  sender: Callable[[], Optional[AsyncSender]], has_ready: Callable[[], bool],
-                 set_aside: Callable[..., None], once: bool, clock: Callable[[], float], wall: Callable[[], float]):
+                 let_go: Callable[[str], None], mode: RunMode, clock: Callable[[], float], wall: Callable[[], float]):
         self._config = config
         self._store = store
         self.stats = stats
         self.hints = hints
         self.inflight = inflight
-        self.inflight_lock = inflight_lock
         self.wake = wake
         self._sender = sender
         self._has_ready = has_ready
-        self._set_aside = set_aside
-        self.once = once
+        self._let_go = let_go
+        self._bugs_said: Set[Tuple[str, str]] = set()  # (rel, step) whose internal error was logged in full
+        self.mode = mode
         self.wall = wall
         self._failure_logged: Dict[str, str] = {}  # rel -> failure kind last logged above DEBUG
         self.outage = Outage(endpoint, clock=clock, wall=wall, waiting=self.waiting_files,
@@ -106,17 +115,15 @@ class Recorder:
                             continue
                     self.record(o)
                 except Exception as exc:
-                    self._set_aside(o.job.rel, "recording the outcome of", exc)
+                    self.set_aside(o.job.rel, "recording the outcome of", exc)
         finally:
-            with self.inflight_lock:
-                for o in outcomes:
-                    self.inflight.discard(o.job.rel)
+            self.inflight.discard(*(o.job.rel for o in outcomes))
             # The scheduler is needed to hand over more work (woken when the sender has room for a
             # whole batch, not after every file: each turn of the scheduler costs more than a file),
-            # after anything but an upload (a retry to schedule), and in 'once' mode to see the end.
+            # after anything but an upload (a retry to schedule), and in a single pass to see the end.
             sender = self.sender
             room = sender is None or sender.backlog() - len(outcomes) <= sender.capacity
-            if (room and (self._has_ready() or self.once)) or len(outcomes) != len(done):
+            if (room and (self._has_ready() or self.mode.single_pass)) or len(outcomes) != len(done):
                 self.wake.set()
 
     def _record_sent_alone(self, o: Outcome, row: Tuple[str, int, int, int, str, str]) -> Optional[bool]:
@@ -125,7 +132,7 @@ class Recorder:
         try:
             return self.store.record_sent([row])[0]
         except Exception as exc:
-            self._set_aside(o.job.rel, "recording the upload of", exc)
+            self.set_aside(o.job.rel, "recording the upload of", exc)
             return None
 
     def _moved_on(self, job: Job, outcome: str) -> None:
@@ -177,7 +184,7 @@ class Recorder:
                                    count_attempt=False)
             return
         d = decide_retry(failure, job.attempt, up.max_retries, up.retry_backoff_base, up.retry_backoff_max,
-                         up.parked_retry_interval, patient=not self.once)
+                         up.parked_retry_interval, patient=self.mode.patient)
         next_at = self.wall() + d.delay if (failure.retry or not d.park) else None
         self.store.fail_upload(job.rel, failure.kind, failure.message, next_at, park=d.park)
         with self.stats.lock:
@@ -219,3 +226,48 @@ class Recorder:
             self.store.set_meta(META_OUTAGE, json.dumps(state) if state else "")
         except StoreError:
             pass  # the threads that write rows report a broken database
+
+    def set_aside(self, rel: str, step: str, exc: Exception, scheduled: bool = False,
+                  st: Optional[FileStat] = None) -> None:
+        """Called by a per-file step that raised ``exc`` while ``step`` (e.g. "checking") ``rel``.
+
+        A StoreError is raised again: the database is unusable, which is no file's problem. Anything
+        else is a bug: logged at ERROR with its traceback once per file and step (DEBUG after that),
+        the file's row, if it has one still waiting, is marked failed with kind ``internal`` (retried
+        with backoff like any failure, parked after ``max_retries``); a file with no row yet whose
+        stat ``st`` is known gets one, parked without a key (so ``status`` shows it and ``once`` does
+        not report success without it), checked again after ``parked_retry_interval``. With
+        ``scheduled`` (the scheduler's steps) the file is let go of: untracked and no longer in
+        flight, so nothing waits for it. Never raises anything else: the loop that called it goes on.
+        """
+        if isinstance(exc, StoreError):
+            raise exc
+        message = f"{step} the file: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        said = (rel, step) in self._bugs_said
+        if not said:
+            if len(self._bugs_said) >= 10000:  # bounded: a line may be said again, memory never grows
+                self._bugs_said.clear()
+            self._bugs_said.add((rel, step))
+        log.log(logging.DEBUG if said else logging.ERROR, "Internal error while %s %s (a bug; this file is set "
+                "aside and retried later, every other file goes on)", step, display(rel), exc_info=exc)
+        try:
+            if scheduled:
+                self._let_go(rel)
+            rec = self.store.get(rel)
+            up = self._config().upload
+            if rec is None and st is not None:
+                self.store.park_new(rel, st.size, st.mtime_ns, st.ino, "internal", message,
+                                    self.wall() + up.parked_retry_interval)
+                return
+            if rec is None or rec.state not in WAITING_STATES:
+                return  # no row to mark (a done file is done; one vanished is forgotten)
+            d = decide_retry(Failure("internal", message), rec.attempts + 1, up.max_retries, up.retry_backoff_base,
+                             up.retry_backoff_max, up.parked_retry_interval, patient=self.mode.patient)
+            self.store.fail_upload(rel, "internal", message, self.wall() + d.delay, park=d.park)
+            with self.stats.lock:
+                self.stats.failures["internal"] = self.stats.failures.get("internal", 0) + 1
+                self.stats.last_error = f"{display(rel)}: internal: {message}"
+        except StoreError:
+            raise
+        except Exception:  # setting it aside failed too: say so, and still let the loop go on
+            log.debug("Could not record the internal error of %s", display(rel), exc_info=True)

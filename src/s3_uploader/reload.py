@@ -6,8 +6,8 @@ written is not read. SIGHUP asks for the same reload at once.
 
 A reload parses and validates the *whole* file. If anything is wrong, every error is logged (one
 line each) and the running configuration stays as it was. Otherwise the new configuration is
-applied in one swap of ``daemon.cfg``: options marked ``reloadable`` take their new values; a
-changed restart-only option (directory, bucket, prefix, endpoint, workers, paths) is named in a
+applied in one swap of the daemon's config (:class:`ReloadTarget`): options marked ``reloadable``
+take their new values; a changed restart-only option (directory, bucket, prefix, endpoint, workers, paths) is named in a
 warning and keeps its running value. A new bucket, prefix or endpoint applies at the restart, where
 the state database follows it (see :mod:`s3_uploader.destination`): changing where keys go while
 uploads run would leave rows proven at one destination and sent to another. Uploads in flight are
@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Protocol, Tuple
 
 from . import logs
+from .bandwidth import BandwidthLimiter
 from .config import Config, ConfigError, Option, _cross_checks, load_config
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Reloader:
     """Watches the daemon's config file and applies changes; driven by ``tick(now)`` from the main loop.
 
     ``apply(new_config, changed_options)`` makes the daemon use a new configuration; the daemon
-    passes its own (see :func:`apply_to_daemon`).
+    passes :func:`apply_config` on itself.
     """
 
     def __init__(self, path: Path, running: Callable[[], Config], apply: Callable[[Config, List[Option]], None],
@@ -155,25 +156,42 @@ class Reloader:
         return True
 
 
-def apply_to_daemon(daemon: Any, new: Config, changed: List[Option]) -> None:
-    """Make ``daemon`` run with ``new``: one swap of ``daemon.cfg``, then the parts built from it.
+class ReloadTarget(Protocol):
+    """What a reload changes in a running daemon (the daemon is one)."""
+
+    limiter: BandwidthLimiter
+
+    def use_config(self, new: Config) -> None:
+        """Swap in ``new``: everything read from the config where it is used takes it from now on."""
+
+    def use_watch_settings(self, cfg: Config) -> None:
+        """Rebuild the filters and the scanner from ``cfg``'s ``[watch]`` section."""
+
+    def request_rescan(self) -> None:
+        """Start a full rescan now (and the next ``scan_interval`` from its end)."""
+
+    def wake_scheduler(self) -> None:
+        """Let the scheduler re-time its checks now."""
+
+
+def apply_config(daemon: ReloadTarget, new: Config, changed: List[Option]) -> None:
+    """Make ``daemon`` run with ``new``: one swap of the config, then the parts built from it.
 
     Everything else (stability, retry, cleanup, storage class, SSE, part sizes, shutdown timeout)
-    is read from ``daemon.cfg`` where it is used, so the swap is enough for those.
+    is read from the config where it is used, so the swap is enough for those.
     """
     keys = {(o.section, o.key) for o in changed}
-    daemon.cfg = new
+    daemon.use_config(new)
     if any(("watch", k) in keys for k in FILTER_KEYS):
-        daemon._apply_watch_settings(new)
+        daemon.use_watch_settings(new)
     if any(s == "watch" for s, _ in keys):
         # rescan under the new rules (newly included files are found, excluded ones dropped) and
         # start the next scan_interval from now
-        daemon.scan_request.set()
-    limiter = getattr(daemon, "limiter", None)
-    if limiter is not None and keys & {("upload", "max_bandwidth"), ("upload", "bandwidth_schedule")}:
-        limiter.configure(new.upload.max_bandwidth, new.upload.bandwidth_schedule)
+        daemon.request_rescan()
+    if keys & {("upload", "max_bandwidth"), ("upload", "bandwidth_schedule")}:
+        daemon.limiter.configure(new.upload.max_bandwidth, new.upload.bandwidth_schedule)
     if ("daemon", "log_format") in keys:
         logs.set_format(new.daemon.log_format)
     if ("daemon", "log_level") in keys:
         logs.set_level(new.daemon.log_level)
-    daemon.wake.set()  # the scheduler re-times its checks with the new stability settings
+    daemon.wake_scheduler()  # the scheduler re-times its checks with the new stability settings

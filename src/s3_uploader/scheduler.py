@@ -5,16 +5,19 @@ files). Each turn it takes the watcher's hints and the scanner's candidates whil
 brings failed files back when their retry is due, checks each tracked file when due (a file is
 ready once its signature has been unchanged for ``stable_seconds`` over ``stable_checks`` checks
 and no process holds it open for writing), makes jobs of the ready files (one row read for all)
-and hands them, in order, to the asyncio sender (small single PUTs) or the upload workers. A file
+and hands them, in order, to :class:`~s3_uploader.dispatch.Dispatch` (which routes each to the
+asyncio sender or the upload workers). A file
 unstable for long (see :meth:`Scheduler._gives_way`) yields its slot to files waiting for one,
 so files that never settle cannot starve the rest; ``unsettled`` counts them for health.
 
-Contract: a ready file enters ``inflight`` before its job is made, and from then on no scan, hint
-or retry takes it up again; a file with nothing to send is let go of (out of ``inflight``). One
-file's error in any step goes to ``set_aside`` (the daemon's containment, which calls
+Contract: a ready file enters ``inflight`` (the :class:`~s3_uploader.dispatch.InFlight` set) before
+its job is made, and from then on no scan, hint or retry takes it up again; a file with nothing to
+send is let go of (out of ``inflight``). One file's error in any step goes to ``set_aside``
+(:meth:`Recorder.set_aside <s3_uploader.recorder.Recorder.set_aside>`, which calls
 :meth:`Scheduler.let_go`) and the turn goes on; a :class:`~s3_uploader.store.StoreError`
 propagates. :meth:`Scheduler.run_once` is one turn at a given clock reading (the step tests call);
-:meth:`Scheduler.run` is the loop of the scheduler thread. In ``once`` mode it runs the one cleanup
+:meth:`Scheduler.run` is the loop of the scheduler thread. In a single pass
+(:attr:`RunMode.single_pass <s3_uploader.runmode.RunMode.single_pass>`) it runs the one cleanup
 pass when nothing is left to do, then asks the daemon to stop.
 """
 from __future__ import annotations
@@ -23,17 +26,18 @@ import collections
 import logging
 import queue
 import threading
-from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from . import logs
 from .bandwidth import BandwidthLimiter
 from .config import Config
 from .discovery import Discovery
+from .dispatch import Dispatch
 from .health import tracker_note
 from .keys import KeyMaker, key_problem
 from .remote import Remote
+from .runmode import RunMode
 from .scanner import FileStat, Scanner
-from .sender import AsyncSender
 from .stability import Observation, Tracker, assess, unsettled_after
 from .store import DONE_STATES, WAITING_STATES, IllegalTransition, Record, Store, display
 from .uploader import IN_MEMORY_MAX, Job, Settings
@@ -51,22 +55,22 @@ class Scheduler:
     """The scheduler thread's work, with a tracker of ``capacity`` slots.
 
     Its collaborators are passed in; those the daemon replaces while it runs (the config and what
-    is built from it on a reload, the store and remote opened at start, the probe and sender built
-    by ``Daemon.run``) are passed as accessors and read where used. The queues, events, ``inflight``
-    (with its lock) and ``heartbeats`` are shared with the daemon's other threads. ``set_aside(rel,
-    step, exc, scheduled=True, st=...)`` is the daemon's containment for one file's error;
-    ``request_stop()`` and ``run_cleanup_pass()`` are what ``once`` mode calls at its end.
+    is built from it on a reload, the store and remote opened at start, the probe built by
+    ``Daemon.run``) are passed as accessors and read where used. ``dispatch`` takes the jobs (and
+    owns ``inflight``); the queues, events and ``heartbeats`` are shared with the daemon's other
+    threads. ``set_aside(rel, step, exc, scheduled=True, st=...)`` is the recorder's containment for
+    one file's error; ``request_stop()`` and ``run_cleanup_pass()`` are what a single pass calls at
+    its end.
     """
 
     def __init__(self, capacity: int, *, config: Callable[[], Config], store: Callable[[], Store],
                  remote: Callable[[], Remote], scanner: Callable[[], Scanner], keymaker: Callable[[], KeyMaker],
                  settings: Callable[[], Settings], probe: Callable[[], WriterProbe],
-                 sender: Callable[[], Optional[AsyncSender]], candidates: "queue.Queue[FileStat]", hints: Hints,
-                 upload_q: "queue.Queue[Optional[Job]]", inflight: Set[str], inflight_lock: threading.Lock,
+                 dispatch: Dispatch, candidates: "queue.Queue[FileStat]", hints: Hints,
                  wake: threading.Event, stop: threading.Event, scan_request: threading.Event,
                  scan_done: threading.Event, heartbeats: Dict[str, float], limiter: BandwidthLimiter,
                  discovery: Discovery,
-                 set_aside: Callable[..., None], once: bool, request_stop: Callable[[], None],
+                 set_aside: Callable[..., None], mode: RunMode, request_stop: Callable[[], None],
                  run_cleanup_pass: Callable[[], object], clock: Callable[[], float], wall: Callable[[], float]):
         self._config = config
         self._store = store
@@ -75,12 +79,10 @@ class Scheduler:
         self._keymaker = keymaker
         self._settings = settings
         self._probe = probe
-        self._sender = sender
+        self.dispatch = dispatch
+        self.inflight = dispatch.inflight
         self.candidates = candidates
         self.hints = hints
-        self.upload_q = upload_q
-        self.inflight = inflight
-        self.inflight_lock = inflight_lock
         self.wake = wake
         self.stop = stop
         self.scan_request = scan_request
@@ -89,7 +91,7 @@ class Scheduler:
         self.limiter = limiter
         self.discovery = discovery
         self._set_aside = set_aside
-        self.once = once
+        self.mode = mode
         self._request_stop = request_stop
         self._run_cleanup_pass = run_cleanup_pass
         self.clock = clock
@@ -134,13 +136,8 @@ class Scheduler:
     def probe(self) -> WriterProbe:
         return self._probe()
 
-    @property
-    def sender(self) -> Optional[AsyncSender]:
-        return self._sender()
-
     def _is_inflight(self, rel: str) -> bool:
-        with self.inflight_lock:
-            return rel in self.inflight
+        return rel in self.inflight
 
     def held(self) -> int:
         """Files in the scheduler's hands: tracked, or ready and not yet handed over (status lines)."""
@@ -152,8 +149,7 @@ class Scheduler:
         self.tracker.remove(rel)
         self._waiting_logged.pop(rel, None)
         self._gave_way.pop(rel, None)
-        with self.inflight_lock:
-            self.inflight.discard(rel)
+        self.inflight.discard(rel)
 
     def run(self) -> None:
         """The scheduler thread: a turn (:meth:`run_once`), then a wait on ``wake`` for as long as the
@@ -179,8 +175,8 @@ class Scheduler:
         self._check_due(now)
         self._count_unsettled(now)
         self._make_jobs()
-        self._feed_workers()
-        if self.once and self._once_finished():
+        self.dispatch.feed(self.ready)
+        if self.mode.single_pass and self._once_finished():
             if not self._once_cleaned:
                 # the one cleanup pass of 'once'; files it queues again are uploaded before we stop
                 self._once_cleaned = True
@@ -192,12 +188,9 @@ class Scheduler:
             return 0.0
         nd = self.tracker.next_due()
         timeout = min(1.0, self._next_sweep - now, (nd - now) if nd is not None else 1.0)
-        if self.ready and self.upload_q.qsize() >= self._feed_limit():
+        if self.ready and self.dispatch.full():
             timeout = min(timeout, 0.05)
         return max(0.0, timeout)
-
-    def _feed_limit(self) -> int:
-        return 2 * self.config.upload.upload_workers
 
     def _take_hints(self, now: float) -> None:
         items, overflowed = self.hints.drain()
@@ -397,8 +390,7 @@ class Scheduler:
             return
         self.tracker.remove(rel)
         self._waiting_logged.pop(rel, None)
-        with self.inflight_lock:
-            self.inflight.add(rel)  # from now on no scan, hint or retry takes it up again
+        self.inflight.add(rel)  # from now on no scan, hint or retry takes it up again
         self._ready_batch.append((rel, st, path))
         if len(self._ready_batch) >= 256:  # the first uploads need not wait for a whole backlog
             self._make_jobs()
@@ -425,8 +417,7 @@ class Scheduler:
         when there is none), or let it go (released from ``inflight``) when there is nothing to send."""
         job = self._job_for(rel, st, path, rec)
         if job is None:
-            with self.inflight_lock:
-                self.inflight.discard(rel)
+            self.inflight.discard(rel)
             return
         self.ready.append(job._replace(small=True) if self._sendable(job) else job)
 
@@ -470,38 +461,24 @@ class Scheduler:
         except IllegalTransition as exc:  # moved on meanwhile (e.g. vanished): its new state decides
             log.debug("Not parking: %s", exc)
 
-    def _feed_workers(self) -> None:
-        """Hand ready jobs, in order, to the sender (small single PUTs) or the upload workers."""
-        limit = self._feed_limit()
-        sender = self.sender
-        while self.ready:
-            if sender is not None and self.ready[0].small and self.limiter.limit() is None:
-                if sender.backlog() >= 2 * sender.capacity:
-                    return
-                sender.submit(self.ready.popleft())
-            else:
-                if self.upload_q.qsize() >= limit:
-                    return
-                self.upload_q.put(self.ready.popleft())
-
     def _sendable(self, job: Job) -> bool:
-        """Whether the asyncio sender can take ``job``: a single PUT read into memory, no open
-        multipart upload to settle, an ETag that proves the object, and a key obstore keeps as it
-        is. (At hand-over, also no bandwidth limit in force: waiting for it would block the loop.)"""
-        if self.sender is None:
-            return False
-        s = self._settings()
-        return (job.stat.size <= IN_MEMORY_MAX and job.stat.size < s.multipart_threshold and job.upload_id is None
-                and s.put_options.etag_is_md5 and self.remote.async_ok(job.key))
+        """Whether the asyncio sender (if there is one) can take ``job``: :func:`fits_sender`.
+        (At hand-over, also no bandwidth limit in force: waiting for it would block the loop.)"""
+        return self.dispatch.sender is not None and fits_sender(job, self._settings(), self.remote.async_ok)
 
     def _once_finished(self) -> bool:
         if (not self.scan_done.is_set() or not self.candidates.empty() or len(self.tracker) or self.ready
                 or self._gave_way or self._next_candidate is not None):
             return False
-        if not self.upload_q.empty() or (self.sender is not None and self.sender.backlog()):
+        if not self.dispatch.idle():
             return False
-        with self.inflight_lock:
-            if self.inflight:
-                return False
         # failed files wait for their retry; parked ones have had theirs
         return not self.store.in_states(("failed",), limit=1)
+
+
+def fits_sender(job: Job, s: Settings, async_ok: Callable[[str], bool]) -> bool:
+    """Whether the asyncio sender can send ``job`` under settings ``s``: a single PUT read into
+    memory, no open multipart upload to settle, an ETag that proves the object, attributes obstore
+    can send (no Object Lock, no checksum), and a key obstore keeps as it is (``async_ok``)."""
+    return (job.stat.size <= IN_MEMORY_MAX and job.stat.size < s.multipart_threshold and job.upload_id is None
+            and s.put_options.etag_is_md5 and s.objects.obstore_ok and async_ok(job.key))

@@ -21,7 +21,7 @@ import errno
 import os
 import secrets
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 # Hidden names cleanup gives a file between "checked" and "removed" (see cleanup.Cleaner). The
 # scanner never treats a name with this prefix as a file to upload, whatever skip_hidden says.
@@ -268,3 +268,9 @@ def move_noreplace(src_folder: Folder, src: str, dst_folder: Folder, dst: str) -
         os.rename(src_folder._p(src), dst_folder._p(dst))
     else:
         os.rename(src, dst, src_dir_fd=src_folder.fd, dst_dir_fd=dst_folder.fd)
+
+
+def split_rel(rel: str) -> Tuple[List[str], str]:
+    """A relative path ('/' separators) as (its folders from the root, its name)."""
+    parts = rel.split("/")
+    return parts[:-1], parts[-1]

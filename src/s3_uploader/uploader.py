@@ -25,9 +25,10 @@ from typing import Callable, List, Optional, Tuple
 from .job import SHUTDOWN, Job, Outcome, Settings, SmallRead
 from .logs import per_file
 from .multipart import Abandoned, Multipart, part_size_for
+from .objects import Checksum, ObjectAttributes, checksum_of
 from .proof import Unconfirmed, single_put_problem
 from .reading import Changed, FileBody, md5_of, open_version, read_whole, recheck, recheck_fd, recheck_path
-from .remote import Remote
+from .remote import PutOptions, Remote
 from .retry import classify
 from .store import Store, StoreError
 from .threads import DaemonThreads
@@ -53,13 +54,14 @@ class Uploader:
 
     def __init__(self, remote: Remote, store: Store, settings: Callable[[], Settings], part_workers: int = 4,
                  throttle: Optional[Callable[[int], None]] = None, abandon: Optional[threading.Event] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
         self.remote = remote
         self.store = store
         self.settings = settings
         self.throttle = throttle or (lambda n: None)
         self.abandon = abandon or threading.Event()
         self.clock = clock
+        self.wall = wall  # when an upload starts, for Object Lock's retain-until
         self._parts = DaemonThreads(part_workers, name="part")
         self.multipart = Multipart(remote, store, self._parts, self.throttle, self.abandon)
 
@@ -77,10 +79,11 @@ class Uploader:
             return fd
         md5: Optional[str]  # None: a multipart upload found completed before the last stop
         try:
+            attrs = self._attrs(job, cfg)
             if job.stat.size < cfg.multipart_threshold:
-                md5, etag = self._put_single(fd, job, cfg)
+                md5, etag = self._put_single(fd, job, cfg, attrs)
             else:
-                md5, etag = self.multipart.send(fd, job, cfg)
+                md5, etag = self.multipart.send(fd, job, cfg, attrs)
             recheck(fd, job)
         except Changed as exc:
             return Outcome("changed", job, reason=str(exc))
@@ -113,7 +116,7 @@ class Uploader:
             return Outcome("failed", job, failure=classify(exc))
         finally:
             os.close(fd)
-        return SmallRead(data, hashlib.md5(data).digest(), cfg.put_options, t0)
+        return SmallRead(data, hashlib.md5(data).digest(), self._options(cfg, self._attrs(job, cfg), data), t0)
 
     @staticmethod
     def proven_by_answer(read: "SmallRead", etag: str) -> bool:
@@ -138,6 +141,16 @@ class Uploader:
             return Outcome("failed", job, failure=classify(exc))
         return self._uploaded(job, read.started, md5, etag)
 
+    def _attrs(self, job: Job, cfg: Settings) -> ObjectAttributes:
+        """What this file's object carries (:mod:`s3_uploader.objects`), its upload starting now."""
+        return cfg.objects.attributes(job.rel, job.stat.mtime_ns, self.wall())
+
+    @staticmethod
+    def _options(cfg: Settings, attrs: ObjectAttributes, data: bytes) -> PutOptions:
+        """The options of a single PUT of ``data``: the configuration's, what the object carries,
+        and the checksum of ``data`` when one is asked for."""
+        return cfg.put_options.for_object(attrs, checksum_of(attrs.checksum, data) if attrs.checksum else "")
+
     def _uploaded(self, job: Job, started: float, md5: Optional[str], etag: str) -> Outcome:
         secs = self.clock() - started
         per_file(log, "Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
@@ -156,21 +169,24 @@ class Uploader:
             return Outcome("failed", job, failure=classify(exc))
 
     # -- single PUT -------------------------------------------------------------------------------
-    def _put_single(self, fd: int, job: Job, cfg: Settings) -> Tuple[str, str]:
+    def _put_single(self, fd: int, job: Job, cfg: Settings, attrs: ObjectAttributes) -> Tuple[str, str]:
         size = job.stat.size
         if size <= IN_MEMORY_MAX:
             data = read_whole(fd, size)
             recheck_fd(fd, job)  # grown or rewritten while read: not sent
             digest = hashlib.md5(data).digest()
+            opts = self._options(cfg, attrs, data)
             self.throttle(size)
-            etag = self.remote.put_object(job.key, data, size, digest, cfg.put_options)
+            etag = self.remote.put_object(job.key, data, size, digest, opts)
         else:
-            # Streamed from the file: one pass for the MD5 (Content-MD5 must be known before the
-            # first byte is sent), one to send; memory stays at one buffer per upload.
-            digest = md5_of(fd, size)
+            # Streamed from the file: one pass for the MD5 and any checksum (Content-MD5 must be
+            # known before the first byte is sent), one to send; memory stays at one buffer per upload.
+            checksum = Checksum(attrs.checksum) if attrs.checksum else None
+            digest = md5_of(fd, size, checksum=checksum)
+            opts = cfg.put_options.for_object(attrs, checksum.b64() if checksum is not None else "")
             body = FileBody(fd, size, self.throttle)
             try:
-                etag = self.remote.put_object(job.key, body, size, digest, cfg.put_options)
+                etag = self.remote.put_object(job.key, body, size, digest, opts)
             except Exception:
                 if body.short:
                     raise Changed("file shrank while it was being read") from None

@@ -18,6 +18,7 @@ from s3_uploader import cleanup as cleanup_mod
 from s3_uploader import scheduler as scheduler_mod
 from s3_uploader.config import load_config
 from s3_uploader.daemon import Daemon
+from s3_uploader.runmode import RunMode
 from s3_uploader.keys import KeyMaker
 from s3_uploader.scanner import Scanner
 from s3_uploader.store import Store
@@ -69,7 +70,7 @@ def _run_once(workspace, transport: str, **cleanup: Any) -> Daemon:
     workspace.config(s3={"transport": transport},
                      upload={"max_retries": 2, "retry_backoff_base": "0.05s", "retry_backoff_max": "0.1s"},
                      cleanup=cleanup)
-    d = Daemon(load_config(workspace.config_path), once=True)
+    d = Daemon(load_config(workspace.config_path), mode=RunMode.ONCE)
     d.exit_code = d.run()
     return d
 

@@ -63,6 +63,7 @@ from helpers import cli, get_bytes, write_config
 
 from s3_uploader.config import load_config
 from s3_uploader.daemon import Daemon
+from s3_uploader.runmode import RunMode
 from s3_uploader.keys import escape_name, key_problem
 from s3_uploader.remote import MemoryRemote
 from s3_uploader.store import DONE_STATES, STATES, Store, StoreError
@@ -110,10 +111,10 @@ class CrashableStore(Store):
     """A Store that can be crashed: what is not committed is lost, and every later write refused."""
 
     def crash(self) -> None:
-        with self._lock:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            self._broken = StoreError(f"State database {self.path}: crashed by the test (kill -9)")
+        with self.db.lock:
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+            self.db.broken = StoreError(f"State database {self.path}: crashed by the test (kill -9)")
 
 
 class Bugs(logging.Handler):
@@ -201,7 +202,7 @@ class UploaderModel(RuleBasedStateMachine):
 
     def _start(self, run: bool) -> Tuple[Daemon, CrashableStore]:
         store = CrashableStore(self.db)
-        return Daemon(load_config(self.config(run)), remote=self.remote, store=store, once=not run), store
+        return Daemon(load_config(self.config(run)), remote=self.remote, store=store, mode=RunMode.SERVICE if run else RunMode.ONCE), store
 
     def _run(self, d: Daemon) -> int:
         """``d.run()`` on this thread without the DAC capabilities (its threads inherit that)."""
@@ -530,7 +531,7 @@ def _event(what: str) -> None:
 
 def _quiet(d: Daemon) -> bool:
     """Nothing tracked, queued or in flight (a hint for when to stop; nothing relies on it)."""
-    return not (len(d.tracker) or d.ready or d.upload_q.qsize() or d.inflight or d.candidates.qsize())
+    return not (len(d.tracker) or d.ready or d.dispatch.queue.qsize() or d.inflight or d.candidates.qsize())
 
 
 def _until(cond, timeout: float) -> bool:

@@ -168,7 +168,7 @@ def test_shutdown_steps_all_run_and_the_first_error_decides_the_exit_code(worksp
         def broken_metrics_stop(*a, **kw):
             metrics_stop()  # stopped all the same (no thread left for the leak check), then fails
             raise RuntimeError("second failure")
-        d.uploader.close = broken_part_threads_close  # step 3: fails first
+        d.dispatch.uploader.close = broken_part_threads_close  # step 3: fails first
         d.metrics.stop = broken_metrics_stop  # step 4
         with caplog.at_level(logging.INFO, logger="s3_uploader"):
             d.request_stop()

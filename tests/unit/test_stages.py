@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, List, Optional, Set, Tuple
+from typing import Any, List, Tuple
 
 from s3_uploader.bandwidth import limiter_from_config
 from s3_uploader.config import parse_config
-from s3_uploader.daemon import Stats
 from s3_uploader.discovery import Discovery
+from s3_uploader.dispatch import Dispatch, InFlight
 from s3_uploader.keys import Filters, KeyMaker
 from s3_uploader.recorder import Recorder
 from s3_uploader.remote import MemoryRemote, PutOptions
 from s3_uploader.retry import Failure
+from s3_uploader.runmode import RunMode
 from s3_uploader.scheduler import Scheduler
 from s3_uploader.scanner import FileStat, Scanner
 from s3_uploader.store import Store
 from s3_uploader.uploader import Job, Outcome, Settings
+from s3_uploader.views import Stats
 from s3_uploader.watcher import Hints
 from s3_uploader.writers import WriterProbe
 
@@ -47,7 +49,7 @@ def test_discovery_alone_queues_a_new_file_and_forgets_the_waiting_row_of_a_vani
             folder_requests=queue.Queue(), scan_request=threading.Event(), stop=threading.Event(),
             wake=threading.Event(), scan_done=threading.Event(), stats=Stats(), heartbeats={},
             is_inflight=lambda rel: False, set_aside=lambda *a, **kw: set_aside.append(a),
-            watching=lambda: False, once=True, clock=lambda: 0.0, wall=lambda: 1e9)
+            watching=lambda: False, mode=RunMode.ONCE, clock=lambda: 0.0, wall=lambda: 1e9)
         assert disc.full_scan() == 1
         assert candidates.get_nowait().rel == "new.txt" and candidates.empty()
         row = store.get("new.txt")
@@ -61,12 +63,12 @@ def test_recorder_alone_counts_an_upload_and_schedules_a_failure_for_its_retry(t
     cfg = _config(tmp_path)
     stats = Stats()
     wake = threading.Event()
-    inflight = {"a.txt", "b.txt"}
-    set_aside: List[Tuple[Any, ...]] = []
+    inflight = InFlight({"a.txt", "b.txt"})
+    let_go: List[str] = []
     with Store(cfg.daemon.db_path) as store:
         rec = Recorder("(test)", config=lambda: cfg, store=lambda: store, stats=stats, hints=Hints(),
-                       inflight=inflight, inflight_lock=threading.Lock(), wake=wake, sender=lambda: None,
-                       has_ready=lambda: False, set_aside=lambda *a, **kw: set_aside.append(a), once=False,
+                       inflight=inflight, wake=wake, sender=lambda: None,
+                       has_ready=lambda: False, let_go=let_go.append, mode=RunMode.SERVICE,
                        clock=lambda: 0.0, wall=lambda: 1000.0)
         jobs = {}
         for rel in ("a.txt", "b.txt"):
@@ -82,7 +84,7 @@ def test_recorder_alone_counts_an_upload_and_schedules_a_failure_for_its_retry(t
         assert stats.failures == {"server": 1} and stats.retries == 1
         assert not inflight, "recorded files leave inflight"
         assert wake.is_set(), "a failure wakes the scheduler to schedule its retry"
-        assert not set_aside
+        assert not let_go
 
 
 def test_scheduler_alone_makes_a_job_of_a_file_only_after_stable_seconds_of_an_unchanged_signature(tmp_path):
@@ -95,8 +97,7 @@ def test_scheduler_alone_makes_a_job_of_a_file_only_after_stable_seconds_of_an_u
     keymaker = KeyMaker("")
     candidates: "queue.Queue[FileStat]" = queue.Queue(maxsize=10)
     hints = Hints()
-    upload_q: "queue.Queue[Optional[Job]]" = queue.Queue()
-    inflight: Set[str] = set()
+    inflight = InFlight()
     probe = WriterProbe(str(cfg.watch_root), clock=lambda: now[0])
     set_aside: List[Tuple[Any, ...]] = []
     stop, wake, scan_request, scan_done = (threading.Event() for _ in range(4))
@@ -106,18 +107,21 @@ def test_scheduler_alone_makes_a_job_of_a_file_only_after_stable_seconds_of_an_u
             filters=lambda: filters, keymaker=lambda: keymaker, candidates=candidates,
             folder_requests=queue.Queue(), scan_request=scan_request, stop=stop, wake=wake, scan_done=scan_done,
             stats=Stats(), heartbeats={}, is_inflight=lambda rel: rel in inflight,
-            set_aside=lambda *a, **kw: set_aside.append(a), watching=lambda: False, once=False,
+            set_aside=lambda *a, **kw: set_aside.append(a), watching=lambda: False, mode=RunMode.SERVICE,
             clock=lambda: now[0], wall=lambda: 1e9)
+        dispatch = Dispatch(workers=cfg.upload.upload_workers, inflight=inflight, store=lambda: store,
+                            record=lambda o: None, limiter=limiter_from_config(cfg), wake=wake,
+                            abandon=threading.Event(), set_aside=lambda *a, **kw: set_aside.append(a))
+        upload_q = dispatch.queue
         settings = Settings(cfg.upload.multipart_threshold, cfg.upload.multipart_chunksize,
                             cfg.upload.max_concurrency, PutOptions(), False)
         sched = Scheduler(
             cfg.upload.max_pending_uploads, config=lambda: cfg, store=lambda: store, remote=MemoryRemote,
             scanner=lambda: scanner, keymaker=lambda: keymaker, settings=lambda: settings,
-            probe=lambda: probe, sender=lambda: None,
-            candidates=candidates, hints=hints, upload_q=upload_q, inflight=inflight,
-            inflight_lock=threading.Lock(), wake=wake, stop=stop, scan_request=scan_request, scan_done=scan_done,
+            probe=lambda: probe, dispatch=dispatch, candidates=candidates, hints=hints, wake=wake, stop=stop,
+            scan_request=scan_request, scan_done=scan_done,
             heartbeats={}, limiter=limiter_from_config(cfg), discovery=disc,
-            set_aside=lambda *a, **kw: set_aside.append(a), once=False, request_stop=stop.set,
+            set_aside=lambda *a, **kw: set_aside.append(a), mode=RunMode.SERVICE, request_stop=stop.set,
             run_cleanup_pass=lambda: None, clock=lambda: now[0], wall=lambda: 1e9)
 
         def turn(at: float) -> float:
@@ -136,5 +140,5 @@ def test_scheduler_alone_makes_a_job_of_a_file_only_after_stable_seconds_of_an_u
         turn(20.0)  # 10 s since the signature was last seen to change, two checks agreeing
         job = upload_q.get_nowait()
         assert job.rel == "a.txt" and job.key == "a.txt" and job.stat.size == len(b"second, longer")
-        assert "a.txt" not in sched.tracker and inflight == {"a.txt"} and sched.held() == 0
+        assert "a.txt" not in sched.tracker and "a.txt" in inflight and len(inflight) == 1 and sched.held() == 0
         assert not set_aside and not stop.is_set()

@@ -14,7 +14,7 @@ from helpers import Clock, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3_uploader.cli import status_data
+from s3_uploader.status import status_data
 from s3_uploader.config import ConfigError, parse_config
 from s3_uploader.daemon import Daemon
 from s3_uploader.store import (SCHEMA_VERSION, SOURCES, STATES, TRANSITIONS, WAITING_STATES, IllegalTransition, Part,
@@ -146,8 +146,8 @@ def test_wal_mode_and_full_sync(tmp_path):
     try:
         # synchronous is a setting of each connection: ask the store's own (2 is FULL: a commit is on
         # disk before it returns, so a committed upload survives a power cut; NORMAL, 1, would not be)
-        assert s._read("PRAGMA synchronous") == [(2,)]
-        assert s._read("PRAGMA journal_mode") == [("wal",)]
+        assert s.db.read("PRAGMA synchronous") == [(2,)]
+        assert s.db.read("PRAGMA journal_mode") == [("wal",)]
     finally:
         s.close()
     c = sqlite3.connect(tmp_path / "s.db")
@@ -171,7 +171,7 @@ def test_the_committer_commits_each_burst_of_writes_within_the_interval_and_slee
             s.discover_many([(f"f{burst}", f"f{burst}", 1, 1, 1)])
             wait_for(lambda: committed_rows(tmp_path / "s.db") == burst + 1, timeout=5,
                      what=f"burst {burst} committed")
-            assert not s._written.is_set() or s._dirty  # asleep until the next write (or committing it)
+            assert not s.db._written.is_set() or s.db._dirty  # asleep until the next write (or committing it)
     finally:
         s.close()
     assert committed_rows(tmp_path / "s.db") == 3
@@ -197,8 +197,8 @@ def test_a_commit_that_lost_writes_makes_the_store_refuse_every_later_write(tmp_
     store = Store(tmp_path / "s.db")
     store.discover_many([("kept.txt", "kept.txt", 1, 1, 1)])
     store.commit()
-    real = store._conn
-    store._conn = _FullOnCommit(real)
+    real = store.db.conn
+    store.db.conn = _FullOnCommit(real)
     store.discover_many([("lost.txt", "lost.txt", 1, 1, 2)])
     with pytest.raises(StoreError, match="the disk is full"):
         store.commit()
@@ -221,10 +221,10 @@ def test_the_database_refuses_a_second_row_with_a_key_another_row_holds(tmp_path
                     "INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at) "
                     "VALUES(CAST('c.txt' AS BLOB), x'', 'k/a.txt', 'uploaded', 1, 1, 3, 0, 0)"):
             with pytest.raises(IllegalTransition, match="UNIQUE constraint failed: files.key"):
-                st._write(sql)
+                st.db.write(sql)
         # a row without a key can never be sent (and so never be cleaned up)
         with pytest.raises(IllegalTransition, match="CHECK constraint failed"):
-            st._write("UPDATE files SET key = NULL WHERE path = CAST('b.txt' AS BLOB)")
+            st.db.write("UPDATE files SET key = NULL WHERE path = CAST('b.txt' AS BLOB)")
         assert {r.rel: r.key for r in st.iter_all()} == {"a.txt": "k/a.txt", "b.txt": "k/b.txt"}
 
 
@@ -331,7 +331,7 @@ def test_a_version_1_database_whose_rows_share_keys_is_migrated_without_losing_a
     conn.close()
 
     with Store(db, clock=lambda: 99.0) as st:
-        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "4"  # through 2 and 3, on to 4
+        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "5"  # through 2, 3 and 4, on to 5
         got = {r.rel: r for r in st.iter_all()}
         assert len(got) == 5  # every row kept
         assert st.counts() == {"pending": 1, "uploading": 0, "uploaded": 2, "failed": 0, "parked": 1,
@@ -350,7 +350,7 @@ def test_a_version_1_database_whose_rows_share_keys_is_migrated_without_losing_a
         assert got["plain.txt"].key == "plain.txt"
         # the constraint is in force from now on
         with pytest.raises(IllegalTransition, match="UNIQUE"):
-            st._write("UPDATE files SET key = 'plain.txt' WHERE path = CAST('x\\y.txt' AS BLOB)")
+            st.db.write("UPDATE files SET key = 'plain.txt' WHERE path = CAST('x\\y.txt' AS BLOB)")
     assert "z\\y.txt would go to S3 key x\\y.txt" in caplog.text
     with Store(db) as st:  # opening it again changes nothing
         assert {r.rel: r.key for r in st.iter_all()} == {r: g.key for r, g in got.items()}
@@ -365,7 +365,7 @@ MINIMAL = "[watch]\ndirectory_to_watch = /data\n[s3]\nbucket = b-1\n"
 def counted(store: Store) -> Dict[str, int]:
     """Rows per state, counted the slow way (what ``counts()`` did before schema 3)."""
     out = {s: 0 for s in STATES}
-    for state, n in store._read("SELECT state, count(*) FROM files GROUP BY state"):
+    for state, n in store.db.read("SELECT state, count(*) FROM files GROUP BY state"):
         out[state] = n
     return out
 
@@ -494,7 +494,7 @@ def test_counts_stay_exact_through_every_kind_of_move(ops):
                         store.close()
                         store = Store(db, clock=clock)
                 except IllegalTransition:  # a move the machine or the schema refuses: that statement only
-                    assert store._broken is None
+                    assert store.db.broken is None
                 assert store.counts() == counted(store), f"after {op}"
         finally:
             store.close()
@@ -519,7 +519,7 @@ def test_a_version_2_database_is_migrated_keeping_every_row_and_counted_once(tmp
         assert store.counts() == expected and store.oldest_waiting().state in ("pending", "uploading")
         assert status_data(store)["total"] == 7
     with Store(db, clock=Clock()) as store:
-        assert store.meta("schema_version") == "4"  # on through 3 (schema 4 adds hook_events)
+        assert store.meta("schema_version") == str(SCHEMA_VERSION)
         assert len(list(store.iter_all())) == 7
         assert store.counts() == counted(store) == expected
         store.finish_upload("f0", 1, 1, 1, "m", "m")
@@ -557,11 +557,11 @@ def vm_steps(store: Store, fn) -> int:
         steps[0] += 1
         return 0
 
-    store._conn.set_progress_handler(tick, 1)
+    store.db.conn.set_progress_handler(tick, 1)
     try:
         fn()
     finally:
-        store._conn.set_progress_handler(None, 0)
+        store.db.conn.set_progress_handler(None, 0)
     return steps[0]
 
 
@@ -580,7 +580,7 @@ def test_counts_the_oldest_waiting_file_status_and_an_idle_forget_pass_cost_the_
             })
         with Store(db, readonly=True) as store:  # what ``status`` runs, in its own process
             costs[-1]["status"] = vm_steps(store, lambda: status_data(store))
-            oldest = store._read("SELECT path FROM files NOT INDEXED WHERE state IN ('pending', 'uploading', "
+            oldest = store.db.read("SELECT path FROM files NOT INDEXED WHERE state IN ('pending', 'uploading', "
                                  "'failed', 'parked') ORDER BY discovered_at LIMIT 1")[0][0]
             assert store.oldest_waiting().rel == oldest.decode()
     small, big = costs

@@ -142,3 +142,8 @@ def test_a_no_replace_rename_never_replaces_and_a_quarantine_name_round_trips(tm
     long = "x" * 250
     q = tree.quarantine_name(long)
     assert len(q) <= tree.NAME_MAX and tree.original_name(q) is None
+
+
+def test_a_relative_path_splits_into_its_folders_and_its_name():
+    assert tree.split_rel("a/b/c.mp4") == (["a", "b"], "c.mp4")
+    assert tree.split_rel("c.mp4") == ([], "c.mp4")

@@ -14,6 +14,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
+from ..objects import ObjectAttributes
+
+# a part's checksum: (algorithm as S3 spells it, e.g. CRC32C; its base64 value)
+PartChecksum = Tuple[str, str]
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -29,11 +34,21 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class PutOptions:
+    """How an object is stored: the configuration's storage class and encryption, and per object
+    (:meth:`for_object`) what it carries (:class:`~s3_uploader.objects.ObjectAttributes`) and, for a
+    single PUT, the value of its checksum (base64, of ``attrs.checksum``'s algorithm) over the body."""
+
     storage_class: str = ""
     sse: str = ""
     sse_kms_key_id: str = ""
+    attrs: Optional[ObjectAttributes] = None
+    checksum: str = ""
+
+    def for_object(self, attrs: ObjectAttributes, checksum: str = "") -> "PutOptions":
+        return PutOptions(self.storage_class, self.sse, self.sse_kms_key_id, attrs, checksum)
 
     def extra_args(self) -> Dict[str, Any]:
+        """Keyword arguments to boto3's PutObject; CreateMultipartUpload's are :meth:`create_args`."""
         out: Dict[str, Any] = {}  # keyword arguments to boto3 (Any: its stubs type each one its own way)
         if self.storage_class:
             out["StorageClass"] = self.storage_class
@@ -41,7 +56,25 @@ class PutOptions:
             out["ServerSideEncryption"] = self.sse
             if self.sse_kms_key_id and self.sse.startswith("aws:kms"):
                 out["SSEKMSKeyId"] = self.sse_kms_key_id
+        if self.attrs is not None:
+            out.update(self.attrs.boto_args())
+            if self.checksum:  # a header with our value: never botocore's aws-chunked trailer
+                out["Checksum" + self.attrs.checksum] = self.checksum
         return out
+
+    def create_args(self) -> Dict[str, Any]:
+        """CreateMultipartUpload's keyword arguments: a CRC is a full-object checksum (S3 combines the
+        parts'), SHA-256 can only be composite (a checksum of the parts' checksums)."""
+        out = self.extra_args()
+        if self.attrs is not None and self.attrs.checksum:
+            out["ChecksumAlgorithm"] = self.attrs.checksum
+            out["ChecksumType"] = "COMPOSITE" if self.attrs.checksum == "SHA256" else "FULL_OBJECT"
+        return out
+
+    @property
+    def obstore_ok(self) -> bool:
+        """Whether obstore can send all of it (not Object Lock, not a checksum)."""
+        return self.attrs is None or self.attrs.obstore_ok
 
     @property
     def etag_is_md5(self) -> bool:
@@ -110,11 +143,17 @@ class Remote(abc.ABC):
         ...
 
     @abc.abstractmethod
-    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes,
+                    checksum: Optional[PartChecksum] = None) -> str:
+        """Send one part; with ``checksum``, S3 verifies the part's checksum too (an upload created
+        with that algorithm needs it)."""
         ...
 
     @abc.abstractmethod
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]],
+                           checksums: Optional[Tuple[str, Dict[int, str]]] = None) -> str:
+        """Complete with ``parts`` (number, ETag); ``checksums`` (algorithm, number -> value) for an
+        upload created with a checksum algorithm."""
         ...
 
     @abc.abstractmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Literal, Optional, Sequence, Tuple, Type, cast
 
-from .base import MultipartUpload, ObjectInfo, PutOptions, Remote, clean_etag, md5_b64
+from .base import MultipartUpload, ObjectInfo, PartChecksum, PutOptions, Remote, clean_etag, md5_b64
 from .errors import TLS_CODE, RemoteError, kind_of_code, one_line, s3_error
 from .trust import TLSError, Trust, read_bundle, tls_error_from_botocore, trust_bundle
 
@@ -200,20 +200,26 @@ class BotoRemote(Remote):
 
     def create_multipart(self, key: str, opts: PutOptions) -> str:
         with ASKING:
-            return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **opts.extra_args())["UploadId"]
+            return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **opts.create_args())["UploadId"]
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes,
+                    checksum: Optional[PartChecksum] = None) -> str:
+        extra: Dict[str, Any] = {"Checksum" + checksum[0]: checksum[1]} if checksum else {}
         with ASKING:
             r = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                        Body=body, ContentLength=length, ContentMD5=md5_b64(md5))
+                                        Body=body, ContentLength=length, ContentMD5=md5_b64(md5), **extra)
         return clean_etag(r.get("ETag"))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]],
+                           checksums: Optional[Tuple[str, Dict[int, str]]] = None) -> str:
+        listed: Any = [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in sorted(parts)]
+        if checksums is not None:
+            for p in listed:
+                p["Checksum" + checksums[0]] = checksums[1][p["PartNumber"]]
         # botocore turns a 200 response carrying an <Error> body into a ClientError (s3 customisation)
         with ASKING:
-            r = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in sorted(parts)]})
+            r = self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                      MultipartUpload={"Parts": listed})
         return clean_etag(r.get("ETag"))
 
     def abort_multipart(self, key: str, upload_id: str) -> None:

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
-from .base import MultipartUpload, ObjectInfo, PutOptions, Remote, multipart_etag
+from ..objects import checksum_of
+from .base import MultipartUpload, ObjectInfo, PartChecksum, PutOptions, Remote, multipart_etag
 from .errors import RemoteError, s3_error
 
 # the HTTP status S3 answers each error code the memory remote raises with
@@ -105,6 +106,8 @@ class MemoryRemote(Remote):
         data = self._read(body, length)
         if hashlib.md5(data).digest() != md5:
             raise memory_error("BadDigest", "The Content-MD5 you specified did not match what we received.")
+        if opts.checksum and opts.attrs is not None and checksum_of(opts.attrs.checksum, data) != opts.checksum:
+            raise memory_error("BadDigest", "The checksum you specified did not match what we received.")
         etag = self._etag(hashlib.md5(data).hexdigest())
         with self._lock:
             self.objects[key] = (data, etag, opts)
@@ -140,26 +143,33 @@ class MemoryRemote(Remote):
             self.uploads[uid] = _MemUpload(key, opts)
             return uid
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes,
+                    checksum: Optional[PartChecksum] = None) -> str:
         with self._lock:
             self._count("upload_part", key)
             up = self.uploads.get(upload_id)
         if up is None:
             raise memory_error("NoSuchUpload")
         data = self._read(body, length)
-        if hashlib.md5(data).digest() != md5:
+        if hashlib.md5(data).digest() != md5 or (checksum and checksum_of(checksum[0], data) != checksum[1]):
             raise memory_error("BadDigest")
         etag = self._etag(hashlib.md5(data).hexdigest())
         with self._lock:
             up.parts[number] = (data, etag)
         return etag
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]],
+                           checksums: Optional[Tuple[str, Dict[int, str]]] = None) -> str:
         with self._lock:
             self._count("complete_multipart", key)
             up = self.uploads.get(upload_id)
             if up is None:
                 raise memory_error("NoSuchUpload")
+            # as AWS: an upload created with a checksum algorithm completes with every part's value
+            algorithm = up.opts.attrs.checksum if up.opts.attrs is not None else ""
+            if (checksums[0] if checksums else "") != algorithm or (checksums and any(
+                    checksum_of(algorithm, up.parts[n][0]) != checksums[1].get(n) for n, _ in parts if n in up.parts)):
+                raise memory_error("InvalidPart", "part checksums missing or wrong for the upload's algorithm")
             chosen = []
             for n, e in sorted(parts):
                 if n not in up.parts or up.parts[n][1] != e:

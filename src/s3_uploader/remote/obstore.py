@@ -12,7 +12,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
-from .base import MultipartUpload, ObjectInfo, PutOptions, Remote, clean_etag
+from .base import MultipartUpload, ObjectInfo, PartChecksum, PutOptions, Remote, clean_etag
 from .boto import ASKING, BotoRemote
 from .errors import RemoteError, one_line, s3_error
 from .trust import TLSError, Trust, origin, read_bundle, tls_error_from_rustls
@@ -84,11 +84,13 @@ class ObstoreRemote(Remote):
     def create_multipart(self, key: str, opts: PutOptions) -> str:
         return self.boto.create_multipart(key, opts)
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes) -> str:
-        return self.boto.upload_part(key, upload_id, number, body, length, md5)
+    def upload_part(self, key: str, upload_id: str, number: int, body: Any, length: int, md5: bytes,
+                    checksum: Optional[PartChecksum] = None) -> str:
+        return self.boto.upload_part(key, upload_id, number, body, length, md5, checksum)
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
-        return self.boto.complete_multipart(key, upload_id, parts)
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[Tuple[int, str]],
+                           checksums: Optional[Tuple[str, Dict[int, str]]] = None) -> str:
+        return self.boto.complete_multipart(key, upload_id, parts, checksums)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self.boto.abort_multipart(key, upload_id)
@@ -175,14 +177,15 @@ class ObstoreRemote(Remote):
             return store
 
     def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
-        if not _obstore_key_ok(key) or not isinstance(body, (bytes, bytearray, memoryview)):
+        if not _obstore_key_ok(key) or not isinstance(body, (bytes, bytearray, memoryview)) or not opts.obstore_ok:
             # a streamed body goes by boto3: unsigned payload plus Content-MD5 costs less per byte
-            # than obstore's SHA-256 signature, and it is never held in memory whole
+            # than obstore's SHA-256 signature, and it is never held in memory whole; so does an
+            # object obstore cannot send whole (Object Lock, a checksum: headers it has no way to send)
             return self.boto.put_object(key, body, length, md5, opts)
         import obstore
-        store, attrs = self._prepare(opts)
+        store, attrs, tags = self._prepare(opts)
         try:
-            r = obstore.put(store, key, body, attributes=attrs, use_multipart=False)
+            r = obstore.put(store, key, body, attributes=attrs, tags=tags, use_multipart=False)
         except Exception as exc:
             raise obstore_error(exc, self._endpoint_origin) from None
         return clean_etag(r.get("e_tag"))
@@ -197,13 +200,15 @@ class ObstoreRemote(Remote):
         obstore's own runtime, so one thread keeps many in flight. ``done(etag, None)`` or
         ``done(None, error)`` is called on the loop when it ends, with the same answers and errors
         as :meth:`put_object` (a cancelled request: ``asyncio.CancelledError``). Returns the
-        request's future (``cancel()`` abandons it). Only for keys :meth:`async_ok` accepts."""
+        request's future (``cancel()`` abandons it). Only for keys :meth:`async_ok` accepts and
+        options obstore can send (``opts.obstore_ok``)."""
         import asyncio
 
         import obstore
-        store, attrs = self._prepare(opts)
+        store, attrs, tags = self._prepare(opts)
         # an asyncio Future already (obstore's stub says coroutine): ensure_future hands it back as it is
-        fut = asyncio.ensure_future(obstore.put_async(store, key, data, attributes=attrs, use_multipart=False))
+        fut = asyncio.ensure_future(obstore.put_async(store, key, data, attributes=attrs, tags=tags,
+                                                      use_multipart=False))
 
         def settle(f: "asyncio.Future[Any]") -> None:
             if f.cancelled():
@@ -221,12 +226,17 @@ class ObstoreRemote(Remote):
     def _endpoint_origin(self) -> str:
         return origin(self.client.meta.endpoint_url)
 
-    def _prepare(self, opts: PutOptions) -> Tuple[Any, Optional[Dict[str, str]]]:
+    def _prepare(self, opts: PutOptions) -> Tuple[Any, Optional[Dict[str, str]], Optional[Dict[str, str]]]:
+        """The store, obstore's ``attributes`` (storage class, Content-Type, user metadata) and ``tags``."""
         store = self._store(opts)
         if self._creds is None:
             with ASKING:  # no credentials: botocore's own error, an auth failure
                 self._credentials()
-        return store, ({"Storage-Class": opts.storage_class} if opts.storage_class else None)
+        attrs = opts.attrs.obstore_attributes() if opts.attrs is not None else {}
+        if opts.storage_class:
+            attrs["Storage-Class"] = opts.storage_class
+        tags = dict(opts.attrs.tags) if opts.attrs is not None and opts.attrs.tags else None
+        return store, attrs or None, tags
 
 
 def obstore_error(exc: BaseException, endpoint: str = "") -> RemoteError:

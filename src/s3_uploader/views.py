@@ -1,0 +1,111 @@
+"""What the daemon's parts share, and the small typed views the outside parts read it through.
+
+:class:`Stats` is the counters (written by the stages, read by status lines, metrics and health).
+Health (:mod:`s3_uploader.health`), metrics, systemd notifications and the status line never read
+the daemon's attributes: they are given an :class:`Observed` (the daemon is one) and ask it for
+frozen readings, :class:`HealthView` and :class:`Activity`, taken at the moment of asking.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Protocol
+
+from .stability import Tracker
+
+if TYPE_CHECKING:
+    from .history import History
+    from .store import Store
+
+
+@dataclass
+class Stats:
+    """Counters for status lines, metrics and health. Written under ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started_at: float = field(default_factory=time.time)
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    failures: Dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    changed_while_reading: int = 0
+    last_upload_at: Optional[float] = None
+    last_error: Optional[str] = None
+    scans: int = 0
+    last_scan_at: Optional[float] = None
+    last_scan_seconds: float = 0.0
+    last_scan_files: int = 0
+    upload_seconds: List[float] = field(default_factory=list)  # drained by the metrics exporter
+    cleanup_passes: int = 0
+    cleanup_files_freed: int = 0  # deleted or archived after S3 proved the object
+    cleanup_bytes_freed: int = 0
+    cleanup_requeued: int = 0  # object missing/different or file changed: uploaded again
+    cleanup_held: int = 0  # held back in the last pass (reasons: store meta 'cleanup.last_pass')
+    cleanup_disk_full: bool = False  # below min_free_space with nothing proven in S3 left to delete
+    last_cleanup_at: Optional[float] = None
+    events_lost: Dict[str, int] = field(default_factory=dict)  # by reason: overflow, watch_limit
+    unwatched_folders: int = 0  # folders of the last full scan that inotify does not watch
+
+    def add(self, **kw: float) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+@dataclass(frozen=True)
+class HealthView:
+    """What :func:`~s3_uploader.health.health_problem` judges, read at one moment.
+
+    ``threads``: the daemon's own threads by name, True while alive (empty: not started yet);
+    ``watcher_alive``: None without filesystem events; ``heartbeats``: the monotonic time of each
+    loop's last turn; ``max_age``: how long a loop may go without one."""
+
+    stopping: bool
+    threads: Mapping[str, bool]
+    watcher_alive: Optional[bool]
+    root_moved: Optional[str]
+    heartbeats: Mapping[str, float]
+    max_age: float
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the status line and the metrics show besides counters: files queued (found, not yet
+    started), uploading now, the endpoint outage in progress (:meth:`Outage.state`, None while
+    it answers), outages since start, and the bandwidth limit in force (None: unlimited)."""
+
+    queued: int
+    uploading: int
+    outage: Optional[Dict[str, Any]]
+    outages: int
+    bandwidth_limit: Optional[float]
+
+
+class Tracked(Protocol):
+    """The stability tracker's state (the daemon, or its scheduler): what ``tracker_note`` reads."""
+
+    @property
+    def tracker(self) -> Tracker: ...
+
+    @property
+    def unsettled(self) -> int: ...
+
+    def unsettled_limit(self) -> float: ...
+
+
+class Observed(Tracked, Protocol):
+    """A running daemon as health, metrics and systemd notifications see it."""
+
+    stats: Stats
+    clock: Callable[[], float]  # monotonic seconds
+    wall: Callable[[], float]  # Unix time
+    history: "History"  # the per-minute counters behind the status page's charts
+    root: str  # the watched directory (its filesystem's free space is a metric)
+
+    @property
+    def store(self) -> "Store": ...
+
+    def health_view(self) -> HealthView: ...
+
+    def activity(self) -> Activity: ...
