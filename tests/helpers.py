@@ -13,9 +13,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
 T = TypeVar("T")
 PY = sys.executable
@@ -231,3 +233,45 @@ class NotifySocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Receiver:
+    """A local HTTP receiver on a thread (a webhook's far end): answers each POST with the next code
+    of ``codes`` (then 200), ``slow`` seconds late; keeps what it received. A context manager."""
+
+    def __init__(self, codes: Iterable[int] = (), slow: float = 0.0):
+        self.codes, self.slow = list(codes), slow
+        self.received: List[Dict[str, Any]] = []
+        rx = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                rx.received.append({"type": self.headers["Content-Type"], "body": json.loads(body)})
+                time.sleep(rx.slow)  # a slow receiver is what the timeout test is about
+                code = rx.codes.pop(0) if rx.codes else 200
+                self.send_response(code)
+                if code in (301, 302, 307):
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="receiver", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

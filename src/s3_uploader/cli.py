@@ -214,6 +214,12 @@ def cmd_status(cfg: Config, args: Any) -> int:
               f"attempt(s); last: {o.get('error', '')})")
     for line in cleanup_lines(data["cleanup"]):
         print(line)
+    h = data["hooks"]
+    hk = cfg.hooks
+    if hk.on_uploaded or hk.on_parked or hk.on_deleted or hk.webhook_url or h["pending"] or h["delivered"] \
+            or h["given_up"]:
+        print(f"Hooks: {h['pending']:,} pending, {h['delivered']:,} delivered, {h['given_up']:,} given up"
+              + (f"; last error: {h['last_error']}" if h["last_error"] else ""))
     if data["last_errors"]:
         print("Last errors:")
         for e in data["last_errors"]:

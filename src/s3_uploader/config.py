@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from . import config_docs, objects
 from .config_checks import cross_checks
-from .config_values import ADDRESS, BOOL, FREE_SPACE, PATH, PATTERNS, SCHEDULE, STR, FreeSpace, ScheduleEntry, ValueType
+from .config_values import (ADDRESS, BOOL, COMMAND, FREE_SPACE, HTTP_URL, PATH, PATTERNS, PRESIGN_TTL, SCHEDULE, STR,
+                            FreeSpace, ScheduleEntry, ValueType)
 # Re-exported: callers read these from config, where they were first.
 from .config_values import parse_duration as parse_duration
 from .config_values import parse_schedule as parse_schedule
@@ -202,6 +203,22 @@ OPTIONS: Tuple[Option, ...] = (
            "something else, so it does not grow for ever; checked hourly. "
            "A forgotten row no longer stops a file at another path from being uploaded over its key "
            "(only a changed prefix can map one there). 0 = keep every row."),
+    # --- telling people: hooks and webhook (hooks.py; every key applies to the next event) ------
+    Option("hooks", "on_uploaded", COMMAND, "", "Command run once per file uploaded (S3 holds it), without a shell "
+           "(split as a shell would; /bin/sh -c '...' for one), given the event in S3U_* environment variables "
+           "(see Hooks and webhooks in docs/operations.md). Empty = none.", example="/usr/local/bin/notify-clip"),
+    Option("hooks", "on_parked", COMMAND, "", "Command run once per file parked (S3U_ERROR says why). Empty = none."),
+    Option("hooks", "on_deleted", COMMAND, "", "Command run once per local copy removed by cleanup, deleted or "
+           "archived (S3U_EVENT says which; S3U_PATH is the archived copy). Empty = none."),
+    Option("hooks", "webhook_url", HTTP_URL, "", "POST one JSON object per event to this URL; a non-2xx answer or a "
+           "timeout is retried; HTTPS trusts the CAs the S3 endpoint is trusted with. Empty = none.",
+           example="https://example.net/hooks/s3"),
+    Option("hooks", "presign_ttl", PRESIGN_TTL, "", "When set, S3U_URL and the webhook's url are a presigned GET URL "
+           "of the object, valid this long from delivery (at most 7d, S3's maximum); empty = no URL.", example="7d"),
+    Option("hooks", "hook_timeout", _duration(0.1), "30s", "A hook still running after this is killed (its process "
+           "group), a webhook request abandoned: a failed attempt."),
+    Option("hooks", "hook_max_attempts", _int(1), "20", "Attempts per event and target, with a backoff from 2s "
+           "doubling up to 10m; then it is given up (one ERROR line and the given_up metric)."),
 )
 
 SECTIONS: Tuple[str, ...] = tuple(dict.fromkeys(o.section for o in OPTIONS))
@@ -296,6 +313,17 @@ class DaemonSection:
     forget_after: float
 
 
+@dataclass(frozen=True)
+class HooksSection:
+    on_uploaded: str
+    on_parked: str
+    on_deleted: str
+    webhook_url: str
+    presign_ttl: float
+    hook_timeout: float
+    hook_max_attempts: int
+
+
 class Config:
     """A parsed, validated configuration. Immutable: a reload builds a new one and swaps it."""
 
@@ -304,6 +332,7 @@ class Config:
     upload: UploadSection
     cleanup: CleanupSection
     daemon: DaemonSection
+    hooks: HooksSection
 
     def __init__(self, values: Dict[Tuple[str, str], Any], source: Optional[Path] = None):
         self.values = dict(values)
@@ -313,6 +342,7 @@ class Config:
         self.upload = UploadSection(**self._section("upload"))
         self.cleanup = CleanupSection(**self._section("cleanup"))
         self.daemon = DaemonSection(**self._section("daemon"))
+        self.hooks = HooksSection(**self._section("hooks"))
 
     def _section(self, name: str) -> Dict[str, Any]:
         return {k: v for (s, k), v in self.values.items() if s == name}

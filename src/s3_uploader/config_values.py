@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Tuple
 
@@ -188,7 +189,38 @@ def _at_least(name: str, parse_value: Callable[[str], Any], pytype: Any, minimum
     return ValueType(name, parse, name, pytype)
 
 
+def parse_command(text: str) -> str:
+    """A command line as written (stripped); raises ValueError when it cannot be split as a shell
+    would (an unclosed quote). Run without a shell: see :mod:`s3_uploader.hooks`."""
+    try:
+        shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"a command line split as a shell would ({exc})") from None
+    return text.strip()
+
+
 STR = ValueType("str", lambda t: t.strip(), "text", str)
+COMMAND = ValueType("str", parse_command, "command line", str)
+
+
+def parse_http_url(text: str) -> str:
+    """An http:// or https:// URL, or empty (off); raises ValueError."""
+    t = text.strip()
+    if t and not re.match(r"^https?://[^/\s]+(/\S*)?$", t):
+        raise ValueError("an http:// or https:// URL")
+    return t
+
+
+def parse_presign_ttl(text: str) -> float:
+    """A duration of at most 7 days, S3's longest presigned URL; raises ValueError."""
+    v = parse_duration(text)
+    if v > 7 * 86400:
+        raise ValueError("a duration of at most 7d (S3's longest presigned URL)")
+    return v
+
+
+HTTP_URL = ValueType("str", parse_http_url, "http(s) URL", str)
+PRESIGN_TTL = ValueType("duration", parse_presign_ttl, "duration (at most 7d)", float)
 PATH = ValueType("path", lambda t: t.strip(), "path", str)
 BOOL = ValueType("bool", parse_bool, "true/false", bool)
 PATTERNS = ValueType("patterns", parse_patterns, "comma-separated wildcards", Tuple[str, ...])

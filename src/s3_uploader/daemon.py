@@ -30,6 +30,7 @@ from .discovery import Discovery
 from .dispatch import Dispatch, InFlight
 from .health import HEARTBEAT_MAX_AGE, StateSnapshot
 from .history import History
+from .hooks import Hooks
 from .housekeeping import Housekeeping
 from .job import LiveSettings
 from .keys import Filters, KeyMaker
@@ -122,6 +123,7 @@ class Daemon:
         self.keymaker = KeyMaker(cfg.s3.prefix)
         self.snapshot = StateSnapshot()
         self.history = History(lambda: self.store, self.stats, wall)  # the status page's charts
+        self.hooks: Optional[Hooks] = None  # hooks and webhook (hooks.py): built by run()
         self.limiter = limiter_from_config(cfg, clock=clock, wall=wall, cancel=self.abandon, on_cancel=Abandoned)
         # the stages, each given what it works with
         self.recorder = Recorder(
@@ -191,6 +193,9 @@ class Daemon:
     def run(self) -> int:
         """Run until stopped (or, in a single pass, until done). Returns the exit code."""
         self.prepare()
+        # hooks: events recorded by the store's moves from now on, delivered by their own threads
+        self.hooks = Hooks(self.store, lambda: self.cfg, lambda: self.remote, clock=self.wall)
+        self.store.events = self.hooks.event_log()
         if self.mode.serves:
             self.service.start_metrics()
         self.store.start()
@@ -229,6 +234,8 @@ class Daemon:
                 log.warning("Filesystem events unavailable (%s); relying on rescans every %gs", exc,
                             self.cfg.watch.scan_interval)
                 self.watcher = None
+        if self.hooks is not None:  # hooks: their threads (not the daemon's: never waited for by the drain)
+            self.hooks.start()
         self.threads.spawn("scanner", self.discovery.run)
         self.threads.spawn("scheduler", self.scheduler.run)
         if self.mode.serves:  # always running: cleanup may be switched on by a reload
@@ -378,7 +385,11 @@ class Daemon:
         by = time.monotonic() + INTAKE_STOP_WAIT
         if self.watcher is not None:
             self.watcher.stop(timeout=INTAKE_STOP_WAIT)
-        self.threads.join(self.threads.named("scanner", "scheduler", "cleanup"), by, "stopping intake")
+        intake = self.threads.named("scanner", "scheduler", "cleanup")
+        if self.hooks is not None:  # hooks: running ones killed now, their events left for the next start
+            self.hooks.stop()
+            intake += self.hooks.threads()
+        self.threads.join(intake, by, "stopping intake")
 
     def _stop_part_threads(self) -> None:
         if self.dispatch.uploader is not None:

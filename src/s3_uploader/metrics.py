@@ -141,6 +141,17 @@ class DaemonCollector:
                                 "(0 = unlimited).", value=limit or 0)
         yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 when healthy (as /healthz), else 0.",
                                 value=0 if health_problem(d) else 1)
+        hooks = getattr(d, "hooks", None)  # hooks and webhook (hooks.py)
+        deliveries = CounterMetricFamily(f"{PREFIX}_hook_deliveries", "Hook and webhook delivery attempts since "
+                                         "start, by target (command, webhook), event and result (delivered; "
+                                         "retried: failed, tried again later; given_up).",
+                                         labels=["target", "event", "result"])
+        for (target, event, result), n in sorted(hooks.counts().items() if hooks is not None else ()):
+            deliveries.add_metric([target, event, result], n)
+        yield deliveries
+        yield GaugeMetricFamily(f"{PREFIX}_hook_events_pending", "Hook and webhook deliveries waiting (recorded "
+                                "in the state database, not yet delivered or given up).",
+                                value=hooks.pending if hooks is not None else 0)
         yield from _disk_space(d.root)
 
 

@@ -38,5 +38,13 @@ def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
                    for r in store.in_states(("parked",), limit=20)],
         "cleanup": cleanup_status(store),
         "outage": outage_stored(store.meta(META_OUTAGE)),
+        "hooks": hooks_summary(store),
     }
     return out
+
+
+def hooks_summary(store: Store) -> Dict[str, Any]:
+    """The "hooks" object: pending, delivered, given_up, last_error (see events.summary)."""
+    from .events import summary
+    with store.connection() as conn:
+        return summary(conn)

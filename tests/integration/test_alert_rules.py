@@ -23,9 +23,6 @@ ALERTS = CONTRIB / "prometheus" / "alerts.yml"
 ALERT_TESTS = CONTRIB / "prometheus" / "alerts.test.yml"
 DASHBOARD = CONTRIB / "grafana" / "s3-uploader.json"
 METRIC = re.compile(r"\bs3_uploader_[a-z0-9_]+")
-# Served once the hooks branch is merged (its contract: docs/operations.md). The lead deletes this
-# constant (and its two uses below) at that merge; the test then holds every name to /metrics.
-FROM_HOOKS_BRANCH = {"s3_uploader_hook_deliveries_total", "s3_uploader_hook_events_pending"}
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -97,5 +94,4 @@ def test_every_metric_the_alerts_and_the_dashboard_use_is_served_by_a_running_da
         wait_for(lambda: len(list_keys(s3_client, workspace.bucket)) == 1, what="the upload")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             served = served_names(r.read().decode())
-    assert not FROM_HOOKS_BRANCH & served, "the hooks branch is merged: delete FROM_HOOKS_BRANCH"
-    assert sorted(used - served - FROM_HOOKS_BRANCH) == []
+    assert sorted(used - served) == []

@@ -98,7 +98,7 @@ def test_a_long_outage_parks_nothing_and_every_file_goes_when_the_endpoint_recov
     assert max(attempts) > 3, attempts
     # one WARNING when it started, not one per file per attempt: those went to DEBUG
     warnings = [x for x in out.splitlines() if " WARNING " in x]
-    assert len([x for x in warnings if "is not answering" in x]) == 1, warnings
+    assert len([x for x in warnings if "is not answering" in x]) == 1, "\n".join(warnings)
     assert len([x for x in warnings if "Upload of" in x]) <= 2, warnings
     assert len(re.findall(r"DEBUG .*Upload of during-outage/\S+ failed \(network", out)) >= 3 * len(files) - 2
 

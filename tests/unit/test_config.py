@@ -203,3 +203,19 @@ def test_a_prefix_with_a_backslash_is_a_config_error_and_leading_or_trailing_sla
     cfg.write_text("[watch]\ndirectory_to_watch = /tmp\n[s3]\nbucket = b\nprefix = a//b\n")
     r = cli("check", "-c", str(cfg))
     assert r.returncode == 2 and "[s3] prefix = 'a//b'" in r.stderr
+
+
+def test_hooks_keys_are_checked_each_with_what_it_expects_and_default_to_off():
+    with pytest.raises(ConfigError) as ei:
+        parse_config(MINIMAL + "[hooks]\non_uploaded = notify 'unclosed\nwebhook_url = ftp://x/y\n"
+                               "presign_ttl = 8d\nhook_max_attempts = 0\n")
+    joined = "\n".join(ei.value.errors)
+    assert "[hooks] on_uploaded = \"notify 'unclosed\": expected a command line split as a shell would" in joined
+    assert "[hooks] webhook_url = 'ftp://x/y': expected an http:// or https:// URL" in joined
+    assert "[hooks] presign_ttl = '8d': expected a duration of at most 7d" in joined
+    assert "[hooks] hook_max_attempts = '0': expected a whole number, 1 or more" in joined
+    assert len(ei.value.errors) == 4
+    h = parse_config(MINIMAL).hooks
+    assert (h.on_uploaded, h.webhook_url, h.presign_ttl, h.hook_timeout, h.hook_max_attempts) == ("", "", 0.0, 30.0, 20)
+    h = parse_config(MINIMAL + "[hooks]\non_parked = /bin/sh -c 'echo \"$S3U_REL\"'\npresign_ttl = 7d\n").hooks
+    assert (h.on_parked, h.presign_ttl) == ("/bin/sh -c 'echo \"$S3U_REL\"'", 7 * 86400.0)

@@ -331,7 +331,7 @@ def test_a_version_1_database_whose_rows_share_keys_is_migrated_without_losing_a
     conn.close()
 
     with Store(db, clock=lambda: 99.0) as st:
-        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "4"  # through 2 and 3, on to 4
+        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "5"  # through 2, 3 and 4, on to 5
         got = {r.rel: r for r in st.iter_all()}
         assert len(got) == 5  # every row kept
         assert st.counts() == {"pending": 1, "uploading": 0, "uploaded": 2, "failed": 0, "parked": 1,
@@ -510,7 +510,8 @@ def test_a_version_2_database_is_migrated_keeping_every_row_and_counted_once(tmp
     conn = sqlite3.connect(str(db))
     conn.executescript("DROP TRIGGER files_counted_insert; DROP TRIGGER files_counted_delete; "
                        "DROP TRIGGER files_counted_move; DROP TABLE state_counts; DROP INDEX files_waiting; "
-                       "DROP INDEX files_gone; UPDATE meta SET value = '2' WHERE name = 'schema_version';")
+                       "DROP INDEX files_gone; DROP TABLE hook_events; "
+                       "UPDATE meta SET value = '2' WHERE name = 'schema_version';")
     conn.close()
     expected = {"pending": 5, "uploading": 1, "uploaded": 0, "failed": 0, "parked": 0, "deleted": 1, "archived": 0}
     # ``status`` before the daemon has opened it since the upgrade: counted the old way, nothing written

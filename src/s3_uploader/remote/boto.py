@@ -153,6 +153,11 @@ class BotoRemote(Remote):
         except BotoCoreError as exc:
             raise botocore_error(exc) from None
 
+    def presign_get(self, key: str, ttl: int) -> str:
+        # signed locally with the client's credentials: no request is made
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                  ExpiresIn=min(int(ttl), 7 * 86400))
+
     def close(self) -> None:
         self.client.close()
 

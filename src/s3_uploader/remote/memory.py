@@ -202,3 +202,8 @@ class MemoryRemote(Remote):
             items = [MultipartUpload(u.key, uid, u.initiated) for uid, u in self.uploads.items()
                      if u.key.startswith(prefix)]
         return iter(items)
+
+    def presign_get(self, key: str, ttl: int) -> str:
+        """A well-formed URL naming the object (nothing serves it: the bucket is in memory)."""
+        from urllib.parse import quote
+        return f"memory://{self.bucket}/{quote(key)}?X-Amz-Expires={min(int(ttl), 7 * 86400)}"

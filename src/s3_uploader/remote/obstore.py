@@ -101,6 +101,9 @@ class ObstoreRemote(Remote):
     def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUpload]:
         return self.boto.list_multipart_uploads(prefix)
 
+    def presign_get(self, key: str, ttl: int) -> str:
+        return self.boto.presign_get(key, ttl)
+
     def close(self) -> None:
         self.boto.close()
 

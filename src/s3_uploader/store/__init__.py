@@ -13,6 +13,10 @@ invariants the database itself enforces.
 - :mod:`.rows`: the Python values of rows (:class:`Record`, :class:`Part`) and the path encoding;
 - :mod:`.claim`: one daemon per database (:class:`DatabaseClaim`).
 
+Hooks: ``store.events`` (an :class:`~s3_uploader.events.EventLog`, set by the daemon) has each move
+to uploaded, parked, deleted or archived write its event in the move's own transaction
+(:mod:`.moves`); :meth:`Store.connection` is how :mod:`s3_uploader.events` reaches its table.
+
 A move is ``UPDATE ... WHERE path = ? AND state IN (allowed sources)``, so two threads can never
 both move the same row. Writes are grouped: they run inside an open transaction that a committer
 commits every ``commit_interval`` seconds (group commit); ``commit()`` makes everything so far
@@ -27,14 +31,16 @@ a bounded batch at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .claim import DatabaseClaim
-from .database import Database, StoreError
+from .database import Database, StoreError, explain
 from .machine import DONE_STATES, ONE_STEP_SOURCES, SOURCES, STATES, TRANSITIONS, WAITING_STATES, IllegalTransition
 from .moves import Moves
 from .reads import Reads
@@ -223,3 +229,28 @@ class Store:
     def query(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
         """The rows of one read statement. Raises StoreError when the database cannot be read."""
         return self.db.read(sql, params)
+
+    # -- hooks (events.py: hook_events) ---------------------------------------------------------------
+    @property
+    def events(self) -> Optional[Any]:
+        """The :class:`~s3_uploader.events.EventLog` the moves record hook events with (None: none)."""
+        return self.moves.events
+
+    @events.setter
+    def events(self, log: Optional[Any]) -> None:
+        self.moves.events = log
+
+    @contextlib.contextmanager
+    def connection(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock, for events.py's several statements at once: with ``write``,
+        inside the open group-commit transaction (durable with the next commit, or at once with
+        :meth:`commit`). A database error becomes StoreError."""
+        if write:
+            with self.db.transaction() as conn:
+                yield conn
+            return
+        with self.db.lock:
+            try:
+                yield self.db.conn
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(explain(self.path, exc)) from None

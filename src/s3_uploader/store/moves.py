@@ -11,17 +11,24 @@ A file whose key another row holds (a prefix changed, two names that an older ve
 one key) gets a row *without* a key: parked, ``error_kind = 'collision'``, ``last_error`` naming
 both paths and the key; it is never uploaded while so. Discovering it again (a change, a retry)
 gives it its own key when that key is free by then.
+
+Hooks: when :attr:`Moves.events` (an :class:`~s3_uploader.events.EventLog`) wants an event for a
+move to uploaded, parked, deleted or archived, the move writes it into ``hook_events`` in the same
+transaction (:mod:`s3_uploader.events` owns that table's statements).
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 from typing import Any, List, Optional, Sequence, Tuple
 
 from ..version import is_new_version
-from .database import Database
+from .database import Database, StoreError
 from .machine import DONE_STATES, ONE_STEP_SOURCES, IllegalTransition, move_sql
 from .reads import Reads
 from .rows import Part, Record, collision_message, dec, display, enc, parent
+
+log = logging.getLogger(__name__)
 
 ERRORS_KEPT = 200
 _INSERT_NEW = ("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at) "
@@ -34,6 +41,23 @@ class Moves:
     def __init__(self, db: Database, reads: Reads):
         self.db = db
         self.reads = reads
+        # hooks (events.EventLog): set by the daemon; records an event row in the transaction of the
+        # move that causes it, only for the events a hook or the webhook is configured for
+        self.events: Optional[Any] = None
+
+    def _event(self, event: str, raws: Sequence[bytes]) -> None:
+        """Record ``event`` for the rows ``raws`` in the open transaction (the caller holds the lock
+        since its move, so both are committed together)."""
+        if not raws:
+            return
+        try:
+            with self.db.transaction() as conn:
+                assert self.events is not None
+                self.events.record(conn, event, raws)
+        except StoreError:
+            raise
+        except Exception:  # a bug in the hooks' bookkeeping never fails the move itself
+            log.exception("Hooks: could not record the %s event of %d file(s); the move stands", event, len(raws))
 
     def discover(self, rel: str, key: str, size: int, mtime_ns: int, inode: int,
                  retry_at: Optional[float] = None) -> Record:
@@ -102,6 +126,8 @@ class Moves:
                           "last_error, error_kind, discovered_at, updated_at) "
                           "VALUES(?, ?, NULL, 'parked', ?, ?, ?, ?, ?, 'collision', ?, ?)",
                           (raw, enc(parent(rel)), size, mtime_ns, inode, retry_at, message, now, now))
+            if self.events is not None and self.events.wanted("parked"):  # hooks (a moved row: in _move)
+                self._event("parked", [raw])
         else:
             # without a key it has no upload to resume (one left open is aborted at start-up as
             # owned by no file)
@@ -170,8 +196,13 @@ class Moves:
                "attempts = 0, next_attempt_at = NULL, last_error = NULL, error_kind = NULL, upload_id = NULL, "
                f"part_size = NULL WHERE path = ? AND state IN ({marks}) AND size = ? AND mtime_ns = ? AND inode = ? "
                "AND key IS NOT NULL")
-        return self._moves(sql, [(now, md5, etag, now, enc(r), *ONE_STEP_SOURCES, s, m, i)
-                                 for r, s, m, i, md5, etag in rows])
+        params = [(now, md5, etag, now, enc(r), *ONE_STEP_SOURCES, s, m, i) for r, s, m, i, md5, etag in rows]
+        if self.events is None or not self.events.wanted("uploaded"):
+            return self._moves(sql, params)
+        with self.db.lock:  # hooks: the events in the transaction of the moves
+            moved = self._moves(sql, params)
+            self._event("uploaded", [p[4] for p, m in zip(params, moved) if m])
+            return moved
 
     def _moves(self, sql: str, params: Sequence[Sequence[Any]]) -> List[bool]:
         """Run the guarded move ``sql`` once per row in the open transaction; which rows moved."""
@@ -213,8 +244,11 @@ class Moves:
             return
         sql, sources = move_sql(state, ())
         sql = sql.replace("WHERE path = ?", "WHERE size = ? AND mtime_ns = ? AND inode = ? AND path = ?")
-        if self.db.write(sql, (state, self.db.clock(), *signature, enc(rel), *sources)).rowcount != 1:
-            raise IllegalTransition(f"{display(rel)}: its row no longer describes the version removed")
+        with self.db.lock:
+            if self.db.write(sql, (state, self.db.clock(), *signature, enc(rel), *sources)).rowcount != 1:
+                raise IllegalTransition(f"{display(rel)}: its row no longer describes the version removed")
+            if self.events is not None and self.events.wanted(state):  # hooks: in the move's transaction
+                self._event(state, [enc(rel)])
 
     def forget(self, rel: str) -> None:
         """Drop the row of a file that vanished before it was uploaded (nothing to send any more)."""
@@ -266,11 +300,18 @@ class Moves:
 
     def _move(self, rel: str, dst: str, **fields: Any) -> None:
         sql, sources = move_sql(dst, tuple(fields))
-        cur = self.db.write(sql, (dst, self.db.clock(), *fields.values(), enc(rel), *sources))
-        if cur.rowcount != 1:
-            rec = self.reads.get(rel)
-            have = rec.state if rec else "no row"
-            raise IllegalTransition(f"{display(rel)}: cannot move {have} -> {dst}")
+        with self.db.lock:
+            # hooks: an event when a hook wants it, in the move's transaction (parked again: none)
+            hook = self.events is not None and self.events.wanted(dst) and (
+                dst != "parked" or not self.db.read("SELECT 1 FROM files WHERE path = ? AND state = 'parked'",
+                                                    (enc(rel),)))
+            cur = self.db.write(sql, (dst, self.db.clock(), *fields.values(), enc(rel), *sources))
+            if cur.rowcount != 1:
+                rec = self.reads.get(rel)
+                have = rec.state if rec else "no row"
+                raise IllegalTransition(f"{display(rel)}: cannot move {have} -> {dst}")
+            if hook:
+                self._event(dst, [enc(rel)])
 
     def add_error(self, rel: Optional[str], kind: str, message: str) -> None:
         cur = self.db.write("INSERT INTO errors(at, path, kind, message) VALUES(?, ?, ?, ?)",

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 # 3: rows per state kept by triggers (state_counts); partial indexes for the oldest waiting row, for
 #    paging through the waiting rows, and for forgetting rows deleted or archived long ago
 # 4 (history): per-minute counters of the status page's charts (table history_minutes, see history.py)
-SCHEMA_VERSION = 4
+# 5 (hooks): hook_events, the hooks' and webhook's deliveries still to make (events.py), written in the
+#    transaction of the move that caused them
+SCHEMA_VERSION = 5
 _FILES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
     path            BLOB PRIMARY KEY,   -- relative path, file system bytes, '/' separators
@@ -105,6 +107,29 @@ CREATE TABLE IF NOT EXISTS history_minutes (
 );
 """
 SCHEMA += HISTORY_SCHEMA
+# schema 5 (hooks): one row per event and target (command or webhook); a delivered row is deleted
+# (counted in meta), a given-up one kept until pruned; events.py owns every statement on it
+HOOK_EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hook_events (
+    id              INTEGER PRIMARY KEY,
+    target          TEXT NOT NULL,      -- 'command' or 'webhook'
+    event           TEXT NOT NULL,      -- uploaded, parked, deleted, archived
+    path            BLOB NOT NULL,      -- relative path, file system bytes
+    abs_path        BLOB NOT NULL,      -- where the file is (archived: its copy in archive_directory), bytes
+    bucket          TEXT NOT NULL,
+    key             TEXT,
+    size            INTEGER,
+    etag            TEXT,
+    error           TEXT,               -- parked: why
+    at              REAL NOT NULL,      -- wall clock of the move
+    state           TEXT NOT NULL DEFAULT 'pending',  -- pending or given_up
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS hook_events_due ON hook_events(state, next_attempt_at);
+"""
+SCHEMA += HOOK_EVENTS_SCHEMA
 # the literal state lists of the partial indexes above: a query uses one only when its WHERE repeats it
 WAITING_SQL = "state IN ('pending', 'uploading', 'failed', 'parked')"
 GONE_SQL = "state IN ('deleted', 'archived')"
@@ -120,6 +145,8 @@ def migrate(conn: sqlite3.Connection, found: Optional[int], now: float) -> None:
         _migrate_v2(conn)
     if found is not None and found < 4:
         _migrate_v3_history(conn)
+    if found is not None and found < 5:
+        _migrate_v4_hooks(conn)
     conn.executescript(SCHEMA)
     if found is None:
         conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -187,6 +214,13 @@ def _migrate_v3_history(conn: sqlite3.Connection) -> None:
     """Schema 3 -> 4 (history): the per-minute table of the status page's charts, empty."""
     with _migration(conn, 4):
         for statement in _statements(HISTORY_SCHEMA):
+            conn.execute(statement)
+
+
+def _migrate_v4_hooks(conn: sqlite3.Connection) -> None:
+    """Schema 4 -> 5 (hooks): the ``hook_events`` table, empty."""
+    with _migration(conn, 5):
+        for statement in _statements(HOOK_EVENTS_SCHEMA):
             conn.execute(statement)
 
 
