@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
-from . import config_docs, objects
+from . import config_docs
 from .config_checks import cross_checks
-from .config_values import (ADDRESS, BOOL, COMMAND, FREE_SPACE, HTTP_URL, PATH, PATTERNS, PRESIGN_TTL, SCHEDULE, STR,
-                            FreeSpace, ScheduleEntry, ValueType)
+from .config_values import (ADDRESS, BOOL, CHECKSUM, COMMAND, CONTENT_TYPES, FREE_SPACE, HTTP_URL, METADATA, PATH,
+                            PATTERNS, PRESIGN_TTL, SCHEDULE, STR, TAGS, FreeSpace, ScheduleEntry, ValueType)
 # Re-exported: callers read these from config, where they were first.
 from .config_values import parse_duration as parse_duration
 from .config_values import parse_schedule as parse_schedule
@@ -38,14 +38,6 @@ class ConfigError(Exception):
         self.errors = list(errors)
         super().__init__("\n".join(self.errors))
 
-
-# What objects carry (objects.py parses and checks them; "pairs" parse an empty value themselves).
-CONTENT_TYPES = ValueType("pairs", objects.parse_content_types, "comma-separated .ext=type",
-                          Tuple[Tuple[str, str], ...])
-METADATA = ValueType("pairs", objects.parse_metadata, "comma-separated name=value", Tuple[Tuple[str, str], ...])
-TAGS = ValueType("pairs", objects.parse_tags, "comma-separated key=value", Tuple[Tuple[str, str], ...])
-CHECKSUM = ValueType("choice", objects.parse_checksum, "one of " + ", ".join(objects.CHECKSUMS),
-                     Literal["none", "crc64nvme", "crc32c", "sha256"])
 
 STORAGE_CLASSES = ("", "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
                    "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE")

@@ -13,6 +13,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Tuple
 
+from . import objects
+
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -228,3 +230,10 @@ FREE_SPACE = ValueType("free_space", parse_free_space, "size or percentage", Fre
 ADDRESS = ValueType("address", parse_address, "HOST:PORT", Optional[Tuple[str, int]])  # None: empty = off
 SCHEDULE = ValueType("schedule", parse_schedule, "timetable", Tuple[ScheduleEntry, ...])
 
+# What objects carry (objects.py parses and checks them; "pairs" parse an empty value themselves).
+CONTENT_TYPES = ValueType("pairs", objects.parse_content_types, "comma-separated .ext=type",
+                          Tuple[Tuple[str, str], ...])
+METADATA = ValueType("pairs", objects.parse_metadata, "comma-separated name=value", Tuple[Tuple[str, str], ...])
+TAGS = ValueType("pairs", objects.parse_tags, "comma-separated key=value", Tuple[Tuple[str, str], ...])
+CHECKSUM = ValueType("choice", objects.parse_checksum, "one of " + ", ".join(objects.CHECKSUMS),
+                     Literal["none", "crc64nvme", "crc32c", "sha256"])
