@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from helpers import cli, wait_for
+from helpers import cli, pid_alive, wait_for
 
 from s3_uploader.embedded import free_port
 
@@ -34,22 +34,9 @@ def test_demo_uploads_a_dropped_file_and_stops_its_server_on_ctrl_c(tmp_path):
         assert r.returncode == 0 and "hello.txt" in r.stdout, r.stdout + r.stderr
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, out()
-        wait_for(lambda: not _alive(server_pid), 30, what="the demo server to stop")
+        wait_for(lambda: not pid_alive(server_pid), 30, what="the demo server to stop")
         assert "demo stopped" in out()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is gone for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from helpers import Receiver, wait_for
+from helpers import Receiver, pid_alive, wait_for
 
 from s3_uploader import events
 from s3_uploader.config import Config, parse_config
@@ -118,7 +118,7 @@ def test_a_hook_that_hangs_is_killed_with_its_children_at_hook_timeout_and_tried
         wait_for(lambda: r.result("retried") == 1, timeout=10, what="the hanging hook killed")
     took = time.monotonic() - started
     child = int(pid_file.read_text())
-    wait_for(lambda: not _alive(child), timeout=5, what="its child, in its process group, killed too")
+    wait_for(lambda: not pid_alive(child), timeout=5, what="its child, in its process group, killed too")
     assert 0.5 <= took < 5, took
     ((target, event, state, attempts, error),) = r.rows()
     assert (state, attempts) == ("pending", 1) and error.startswith("killed after hook_timeout (0.5s)")
@@ -197,16 +197,3 @@ def test_a_webhook_that_answers_too_late_is_a_failed_attempt(rig):
         error = r.hooks.post(rx.url, {}, 0.3, r.cfg)
         took = time.monotonic() - t0
     assert error is not None and "timed out" in error and took < 1.4, (error, took)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (killed, not yet reaped by its parent, init here) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
