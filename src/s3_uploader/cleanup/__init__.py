@@ -19,7 +19,8 @@ A file is removed only when all of these hold, checked in the pass itself:
 2. S3 lists the object now with that size (and ETag, where comparable). Candidates are grouped by
    their key's folder and each folder is listed with ListObjectsV2, so a pass costs one listing
    per folder (at most ``cleanup_prefix_batch_size`` of them, for at most ``cleanup_batch_size``
-   candidates), not one request per file;
+   candidates), not one request per file. A row that records the checksum S3 answered at upload
+   (``checksum_algorithm``) also needs one HEAD showing that checksum (:func:`checksum_decision`);
 3. the file is still the one that was uploaded, proven on the object that is then removed: it is
    renamed to a hidden quarantine name in its own folder, opened once (``O_NOFOLLOW``), and that
    descriptor must show a regular file with the recorded inode, size and mtime, that no process

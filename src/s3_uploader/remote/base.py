@@ -108,15 +108,15 @@ def multipart_etag(part_digests: Sequence[bytes]) -> str:
 _CHECKSUM_FIELDS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
 
 
-def stored_checksum(response: Mapping[str, Any]) -> str:
+def stored_checksum(response: Mapping[str, Any], kind: str = "") -> str:
     """The checksum an S3 response (PutObject, CompleteMultipartUpload, HeadObject with
     ``ChecksumMode=ENABLED``) shows for the object, as ``ALGORITHM:TYPE:value`` (type FULL_OBJECT or
-    COMPOSITE, '' when the server does not say; the value base64, ``-N`` for a composite one), or ''
-    when it shows none. This string is what a row records and cleanup compares (:func:`same_checksum`)."""
+    COMPOSITE; ``kind`` when the server does not say, as for a single PUT, whose checksum is the whole
+    object's by definition; the value base64, ``-N`` for a composite one), or '' when it shows none. This string is what a row records and cleanup compares (:func:`same_checksum`)."""
     for alg in _CHECKSUM_FIELDS:
         value = response.get("Checksum" + alg)
         if value:
-            return f"{alg}:{response.get('ChecksumType') or ''}:{value}"
+            return f"{alg}:{response.get('ChecksumType') or kind}:{value}"
     return ""
 
 

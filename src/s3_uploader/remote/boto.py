@@ -172,7 +172,7 @@ class BotoRemote(Remote):
         with ASKING:
             r = self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=length,
                                        ContentMD5=md5_b64(md5), **opts.extra_args())
-        return clean_etag(r.get("ETag")), stored_checksum(r)
+        return clean_etag(r.get("ETag")), stored_checksum(r, "FULL_OBJECT")
 
     def head(self, key: str) -> Optional[ObjectInfo]:
         return self._head(key, False)
