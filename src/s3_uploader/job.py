@@ -43,6 +43,7 @@ class Outcome(NamedTuple):
     seconds: float = 0.0
     failure: Optional[Failure] = None
     reason: str = ""
+    checksum: Optional[str] = None  # uploaded: the checksum S3 stores with the object (remote.stored_checksum)
 
 
 class SmallRead(NamedTuple):

@@ -59,12 +59,13 @@ class Multipart:
         self.throttle = throttle
         self.abandon = abandon
 
-    def send(self, fd: int, job: Job, cfg: Settings, attrs: ObjectAttributes) -> Tuple[Optional[str], str]:
+    def send(self, fd: int, job: Job, cfg: Settings, attrs: ObjectAttributes) -> Tuple[Optional[str], str, str]:
         """Send the file open at ``fd`` (the version ``job`` names) as a multipart upload carrying
         ``attrs`` (given to CreateMultipartUpload; each part sends its checksum when one is asked
         for), resuming the one recorded when S3 still holds its parts. Returns the content's
-        multipart digest and the ETag to record, or ``(None, etag)`` when S3 shows the upload
-        completed before the last stop. Raises :class:`~s3_uploader.reading.Changed`,
+        multipart digest, the ETag to record and the checksum S3 shows it stores with the object (read
+        by the HEAD that proves it, only when one is asked for; '' when none), or ``(None, etag, '')``
+        when S3 shows the upload completed before the last stop. Raises :class:`~s3_uploader.reading.Changed`,
         :class:`Abandoned`, :class:`Unconfirmed` or the remote's error; the upload id and the parts
         recorded stay for the next attempt unless the file changed, or the server refuses a resumed
         upload as it is (then it is aborted and the next attempt starts over)."""
@@ -77,7 +78,7 @@ class Multipart:
             log.info("Multipart upload of %s was completed before the last stop; S3 shows it (ETag %s)", job.key,
                      completed.etag)
             self.store.set_multipart(job.rel, None, None)
-            return None, completed.etag
+            return None, completed.etag, ""
         resumed = upload_id is not None
         if upload_id is None:
             upload_id = self.remote.create_multipart(job.key, cfg.put_options.for_object(attrs))
@@ -161,7 +162,7 @@ class Multipart:
         # Always a HEAD (one request per file of hundreds of MiB): it shows the object is there with
         # its size, and the ETag a listing will show (some servers show the whole object's MD5, not
         # Complete's "-N"), which is what is recorded for cleanup to compare with.
-        info = self.remote.head(job.key)
+        info = self.remote.head_checksum(job.key) if algorithm else self.remote.head(job.key)
         not_md5 = [n for n in range(1, count + 1) if is_md5_form(etags[n]) and etags[n] != digests[n].hex()]
         problem = multipart_problem(info, job.key, size, expected, etag, not_md5)
         if problem is not None:
@@ -171,7 +172,7 @@ class Multipart:
         # the md5 recorded is the content's own multipart digest (MD5 of the parts' MD5s, "-N"), which
         # we computed from the bytes sent, whatever the server's ETag is (opaque with SSE-KMS): cleanup
         # hashes the file the same way before it removes it
-        return expected, info.etag or etag or expected
+        return expected, info.etag or etag or expected, info.checksum
 
     def _submit_part(self, send: Callable[[int, int], None], n: int, fd: int) -> Future:
         part_fd = os.dup(fd)

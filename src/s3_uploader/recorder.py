@@ -146,7 +146,8 @@ class Recorder:
         """Write an upload's outcome to the database and the counters; schedule a retry if failed."""
         job = o.job
         if o.kind == "uploaded":
-            self.store.finish_upload(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino, o.md5, o.etag)
+            self.store.finish_upload(job.rel, job.stat.size, job.stat.mtime_ns, job.stat.ino, o.md5, o.etag,
+                                     o.checksum)
             self._count_uploaded([o])
         elif o.kind == "changed":
             log.info("File changed while it was being uploaded (%s); will upload again when stable: %s",

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from .job import SHUTDOWN, Job, Outcome, Settings, SmallRead
 from .logs import per_file
@@ -81,9 +81,9 @@ class Uploader:
         try:
             attrs = self._attrs(job, cfg)
             if job.stat.size < cfg.multipart_threshold:
-                md5, etag = self._put_single(fd, job, cfg, attrs)
+                md5, etag, checksum = self._put_single(fd, job, cfg, attrs)
             else:
-                md5, etag = self.multipart.send(fd, job, cfg, attrs)
+                md5, etag, checksum = self.multipart.send(fd, job, cfg, attrs)
             recheck(fd, job)
         except Changed as exc:
             return Outcome("changed", job, reason=str(exc))
@@ -95,7 +95,7 @@ class Uploader:
             return Outcome("failed", job, failure=classify(exc))
         finally:
             os.close(fd)
-        return self._uploaded(job, t0, md5, etag)
+        return self._uploaded(job, t0, md5, etag, checksum)
 
     # -- one small file, in two halves around a PUT sent elsewhere (the asyncio sender) ---------
     def read_small(self, job: Job) -> "Outcome | SmallRead":
@@ -151,10 +151,10 @@ class Uploader:
         and the checksum of ``data`` when one is asked for."""
         return cfg.put_options.for_object(attrs, checksum_of(attrs.checksum, data) if attrs.checksum else "")
 
-    def _uploaded(self, job: Job, started: float, md5: Optional[str], etag: str) -> Outcome:
+    def _uploaded(self, job: Job, started: float, md5: Optional[str], etag: str, checksum: str = "") -> Outcome:
         secs = self.clock() - started
         per_file(log, "Successfully uploaded %s (%d bytes in %.3f s)", job.key, job.stat.size, secs)
-        return Outcome("uploaded", job, md5=md5, etag=etag, seconds=secs)
+        return Outcome("uploaded", job, md5=md5, etag=etag, seconds=secs, checksum=checksum or None)
 
     def _begin(self, job: Job, cfg: Settings) -> "int | Outcome":
         """Log the attempt and open the file: its descriptor, or the Outcome when it cannot be read."""
@@ -169,7 +169,9 @@ class Uploader:
             return Outcome("failed", job, failure=classify(exc))
 
     # -- single PUT -------------------------------------------------------------------------------
-    def _put_single(self, fd: int, job: Job, cfg: Settings, attrs: ObjectAttributes) -> Tuple[str, str]:
+    def _put_single(self, fd: int, job: Job, cfg: Settings, attrs: ObjectAttributes) -> Tuple[str, str, str]:
+        """Send the file as one PUT: (its MD5, the ETag to record, the checksum S3 answered it
+        stores with the object, '' when none was sent or answered)."""
         size = job.stat.size
         if size <= IN_MEMORY_MAX:
             data = read_whole(fd, size)
@@ -177,7 +179,7 @@ class Uploader:
             digest = hashlib.md5(data).digest()
             opts = self._options(cfg, attrs, data)
             self.throttle(size)
-            etag = self.remote.put_object(job.key, data, size, digest, opts)
+            etag, stored = self._put(job.key, data, size, digest, opts)
         else:
             # Streamed from the file: one pass for the MD5 and any checksum (Content-MD5 must be
             # known before the first byte is sent), one to send; memory stays at one buffer per upload.
@@ -186,7 +188,7 @@ class Uploader:
             opts = cfg.put_options.for_object(attrs, checksum.b64() if checksum is not None else "")
             body = FileBody(fd, size, self.throttle)
             try:
-                etag = self.remote.put_object(job.key, body, size, digest, opts)
+                etag, stored = self._put(job.key, body, size, digest, opts)
             except Exception:
                 if body.short:
                     raise Changed("file shrank while it was being read") from None
@@ -194,7 +196,14 @@ class Uploader:
             if body.short:
                 raise Changed("file shrank while it was being read")
         md5 = digest.hex()
-        return md5, self._prove_single(job, size, md5, etag)
+        return md5, self._prove_single(job, size, md5, etag), stored
+
+    def _put(self, key: str, body: Any, size: int, digest: bytes, opts: PutOptions) -> Tuple[str, str]:
+        """The PUT: (ETag, stored checksum); the server's answer about a checksum is read only when
+        one was sent (the default, none, costs nothing)."""
+        if opts.checksum:
+            return self.remote.put_object_answer(key, body, size, digest, opts)
+        return self.remote.put_object(key, body, size, digest, opts), ""
 
     def _prove_single(self, job: Job, size: int, md5: str, etag: str) -> str:
         """The ETag to record for a single PUT that S3 answered with ``etag``, once the object is

@@ -238,6 +238,12 @@ def test_every_upload_path_sends_the_attributes_and_a_checksum_the_server_verifi
     assert a.checksum == ("" if checksum == "none" else checksum.upper())
     if size < 5 * MiB:  # a single PUT carries its whole checksum (multipart: each part's, checked at Complete)
         assert opts.checksum == ("" if checksum == "none" else checksum_of(checksum.upper(), data))
+    # what the server answered it stores is what the row will record (cleanup compares it): none when none sent
+    assert o.checksum == (None if checksum == "none" else paths.remote.checksums[rel])
+    if checksum == "sha256" and size >= 5 * MiB:  # multipart SHA-256 is composite: of the parts', "-N"
+        assert o.checksum.startswith("SHA256:COMPOSITE:") and o.checksum.endswith("-3")
+    elif checksum != "none":  # full-object: the whole file's value, on every path
+        assert o.checksum == f"{checksum.upper()}:FULL_OBJECT:{checksum_of(checksum.upper(), data)}"
 
 
 def test_a_resumed_upload_sends_every_parts_checksum_at_complete_the_earlier_ones_computed_again(paths):

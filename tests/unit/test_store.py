@@ -331,7 +331,7 @@ def test_a_version_1_database_whose_rows_share_keys_is_migrated_without_losing_a
     conn.close()
 
     with Store(db, clock=lambda: 99.0) as st:
-        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "5"  # through 2, 3 and 4, on to 5
+        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "6"  # through 2, 3, 4 and 5, on to 6
         got = {r.rel: r for r in st.iter_all()}
         assert len(got) == 5  # every row kept
         assert st.counts() == {"pending": 1, "uploading": 0, "uploaded": 2, "failed": 0, "parked": 1,
@@ -524,6 +524,28 @@ def test_a_version_2_database_is_migrated_keeping_every_row_and_counted_once(tmp
         assert store.counts() == counted(store) == expected
         store.finish_upload("f0", 1, 1, 1, "m", "m")
         assert store.counts() == counted(store)
+
+
+def test_a_version_5_database_gets_the_checksum_column_keeping_every_row(tmp_path):
+    db = tmp_path / "state.db"
+    with Store(db, clock=Clock()) as store:
+        store.discover_many([(f"f{i}", f"f{i}", 1, 1, 1) for i in range(3)])
+        store.start_upload("f0", 1, 1, 1)
+        store.finish_upload("f0", 1, 1, 1, "m", "m")
+    conn = sqlite3.connect(str(db))  # what schema 5 was: no files.checksum
+    conn.executescript("ALTER TABLE files DROP COLUMN checksum; UPDATE meta SET value = '5' WHERE name = 'schema_version';")
+    conn.close()
+    with Store(db, clock=Clock()) as store:
+        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "6"
+        rows = {r.rel: r for r in store.iter_all()}
+        assert len(rows) == 3 and rows["f0"].state == "uploaded" and rows["f0"].checksum is None
+        store.start_upload("f1", 1, 1, 1)
+        store.finish_upload("f1", 1, 1, 1, "m", "m", "CRC32C:FULL_OBJECT:AAAAAA==")
+        assert store.get("f1").checksum == "CRC32C:FULL_OBJECT:AAAAAA=="
+        # uploaded again by the one-step path (no checksum sent): the old one must not stay recorded
+        store.discover("f1", "f1", 2, 2, 2)
+        assert store.record_sent([("f1", 2, 2, 2, "n", "n")]) == [True]
+        assert store.get("f1").checksum is None
 
 
 # -- what runs every few seconds costs the same at any size ----------------------------------------------

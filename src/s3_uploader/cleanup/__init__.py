@@ -19,7 +19,8 @@ A file is removed only when all of these hold, checked in the pass itself:
 2. S3 lists the object now with that size (and ETag, where comparable). Candidates are grouped by
    their key's folder and each folder is listed with ListObjectsV2, so a pass costs one listing
    per folder (at most ``cleanup_prefix_batch_size`` of them, for at most ``cleanup_batch_size``
-   candidates), not one request per file;
+   candidates), not one request per file. A row that records the checksum S3 answered at upload
+   (``checksum_algorithm``) also needs one HEAD showing that checksum (:func:`checksum_decision`);
 3. the file is still the one that was uploaded, proven on the object that is then removed: it is
    renamed to a hidden quarantine name in its own folder, opened once (``O_NOFOLLOW``), and that
    descriptor must show a regular file with the recorded inode, size and mtime, that no process
@@ -45,24 +46,26 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..keys import key_folder
-from ..remote import ObjectInfo, Remote
+from ..remote import ObjectInfo, Remote, RemoteError
 from ..store import WAITING_STATES, IllegalTransition, Record, Store, StoreError, display, enc
 from ..store.rows import parent
 from ..version import safe_rel
-from .decision import (ARCHIVE_EXISTS, BUSY, CANNOT_REMOVE, CANNOT_STAT, CONTENT_DIFFERS, ETAG_DIFFERS, FILE_GONE,
-                       FILE_MODIFIED, FORGET, HOLD, INTERNAL, LIST_FAILED, NOT_DUE, NOT_REGULAR, NOT_UPLOADED,
-                       OBJECT_MISSING, OK, OPEN_FOR_WRITING, OUTSIDE_TREE, REMOVE, REQUEUE, SIZE_DIFFERS,
-                       CleanupSettings, Decision, LocalState, decide, etag_matches, is_due, object_problem)
+from .decision import (ARCHIVE_EXISTS, BUSY, CANNOT_REMOVE, CANNOT_STAT, CHECKSUM_DIFFERS, CHECKSUM_MISSING,
+                       CONTENT_DIFFERS, ETAG_DIFFERS, FILE_GONE, FILE_MODIFIED, FORGET, HEAD_FAILED, HOLD, INTERNAL,
+                       LIST_FAILED, NOT_DUE, NOT_REGULAR, NOT_UPLOADED, OBJECT_MISSING, OK, OPEN_FOR_WRITING,
+                       OUTSIDE_TREE, REMOVE, REQUEUE, SIZE_DIFFERS, CleanupSettings, Decision, LocalState,
+                       checksum_decision, decide, etag_matches, is_due, object_problem)
 from .removal import META_QUARANTINE, Removal
 from .status import (META_BYTES_FREED, META_FILES_FREED, META_LAST_PASS, META_REQUEUED, PassResult, cleanup_lines,
                      cleanup_status, human)
 
-__all__ = ["ARCHIVE_EXISTS", "BUSY", "CANNOT_REMOVE", "CANNOT_STAT", "CONTENT_DIFFERS", "ETAG_DIFFERS", "FILE_GONE",
+__all__ = ["ARCHIVE_EXISTS", "BUSY", "CANNOT_REMOVE", "CANNOT_STAT", "CHECKSUM_DIFFERS", "CHECKSUM_MISSING",
+           "CONTENT_DIFFERS", "HEAD_FAILED", "ETAG_DIFFERS", "FILE_GONE",
            "FILE_MODIFIED", "FORGET", "HOLD", "INTERNAL", "LIST_FAILED", "META_BYTES_FREED", "META_FILES_FREED",
            "META_LAST_PASS", "META_QUARANTINE", "META_REQUEUED", "NOT_DUE", "NOT_REGULAR", "NOT_UPLOADED",
            "OBJECT_MISSING", "OK", "OPEN_FOR_WRITING", "OUTSIDE_TREE", "REMOVE", "REQUEUE", "SIZE_DIFFERS", "Cleaner",
-           "CleanupSettings", "Decision", "LocalState", "PassResult", "cleanup_lines", "cleanup_status", "decide",
-           "etag_matches", "is_due", "object_problem"]
+           "CleanupSettings", "Decision", "LocalState", "PassResult", "checksum_decision", "cleanup_lines", "cleanup_status",
+           "decide", "etag_matches", "is_due", "object_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,8 @@ class Cleaner:
             try:
                 local = self._local(rec.rel)
                 d = decide(rec, listings[folder].get(_key(rec)), local, now, s, for_space=(mode == "space"))
+                if d.action == REMOVE and rec.checksum:  # one HEAD, only for a row that records a checksum
+                    d = self._checksum_proof(rec)
                 self._act(rec, local, d, res, s)
             except StoreError:
                 raise
@@ -213,6 +218,18 @@ class Cleaner:
                 continue
             listings[folder] = found
         return listings, failed
+
+    def _checksum_proof(self, rec: Record) -> Decision:
+        """The proof's last step for a row that records a checksum: one HEAD asking for the object's
+        stored checksum (:func:`~.decision.checksum_decision`); a failed HEAD holds the file."""
+        try:
+            head = self.remote.head_checksum(_key(rec))
+        except RemoteError as exc:
+            return Decision(HOLD, HEAD_FAILED, " ".join(str(exc).split())[:300])
+        d = checksum_decision(rec, head)
+        log.debug("Cleanup: HEAD of %s shows checksum %s, recorded %s: %s", _key(rec),
+                  (head.checksum or "none") if head is not None else "(no object)", rec.checksum, d.reason)
+        return d
 
     def _local(self, rel: str) -> LocalState:
         """The path of ``rel`` now, never following a symlink: not inside when the relative path

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 from ..config import FreeSpace
-from ..remote import ObjectInfo, clean_etag
+from ..remote import ObjectInfo, clean_etag, same_checksum
 from ..store import Record
 from ..version import Signature, mtime_ns_of
 
@@ -41,6 +41,9 @@ LIST_FAILED = "S3 listing failed"
 ARCHIVE_EXISTS = "archive destination exists"
 CANNOT_REMOVE = "cannot remove"
 CANNOT_STAT = "cannot stat"
+CHECKSUM_DIFFERS = "checksum differs"  # S3 stores another checksum than it answered at upload
+CHECKSUM_MISSING = "checksum not shown"  # S3 answered one at upload and shows none now
+HEAD_FAILED = "S3 HEAD failed"  # asking for the stored checksum failed: look again next pass
 CONTENT_DIFFERS = "content differs"  # same signature, other bytes than the MD5 recorded at upload
 INTERNAL = "internal error"  # a bug while handling this candidate (logged with its traceback)
 
@@ -166,6 +169,31 @@ def decide(record: Record, listed: Optional[ObjectInfo], local: LocalState, now:
         return Decision(REQUEUE, FILE_MODIFIED, "size, mtime or inode changed since the upload")
     if problem is not None:
         return Decision(REQUEUE, *problem)
+    return Decision(REMOVE, OK)
+
+
+def checksum_decision(record: Record, head: Optional[ObjectInfo]) -> Decision:
+    """The last step of the proof of a row that records a checksum (S3 answered at upload that it
+    stores it), once :func:`decide` said remove: ``head`` is the object's HEAD asking for its stored
+    checksum (``Remote.head_checksum``). Remove only when it shows the same checksum.
+
+    Another checksum, or an object gone or of another size since the listing, means the object at
+    the key is not the one uploaded: the file is uploaded again (as for another ETag). No checksum
+    shown, where the server answered one at upload, proves nothing either way (a server or a proxy
+    that stopped showing it, or an object replaced without one): the file is held, never removed
+    on the listing alone, and ``status`` counts it under :data:`CHECKSUM_MISSING`.
+    """
+    assert record.checksum
+    if head is None or head.size != record.size:
+        problem = object_problem(record, head)
+        assert problem is not None
+        return Decision(REQUEUE, *problem)
+    if not head.checksum:
+        return Decision(HOLD, CHECKSUM_MISSING, f"S3 shows no checksum for {record.key}; it answered "
+                                                f"{record.checksum} at upload")
+    if not same_checksum(record.checksum, head.checksum):
+        return Decision(REQUEUE, CHECKSUM_DIFFERS, f"S3 stores {head.checksum} for {record.key}, "
+                                                   f"{record.checksum} at upload")
     return Decision(REMOVE, OK)
 
 

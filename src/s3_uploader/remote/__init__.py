@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
-from .base import MultipartUpload, ObjectInfo, PutOptions, Remote, clean_etag, md5_b64, multipart_etag
+from .base import (MultipartUpload, ObjectInfo, PutOptions, Remote, clean_etag, md5_b64, multipart_etag, same_checksum,
+                   stored_checksum)
 from .boto import BotoRemote
 from .errors import TLS_CODE, RemoteError, TLSError, s3_error
 from .memory import MemoryRemote, memory_error
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BotoRemote", "MemoryRemote", "MultipartUpload", "ObjectInfo", "ObstoreRemote", "PutOptions", "Remote",
            "RemoteError", "TLSError", "TLS_CODE", "Trust", "clean_etag", "md5_b64", "memory_error", "multipart_etag",
+           "same_checksum", "stored_checksum",
            "obstore_available", "read_bundle", "remote_from_config", "s3_error", "trust_bundle"]
 
 

@@ -12,7 +12,7 @@ import abc
 import base64
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from ..objects import ObjectAttributes
 
@@ -30,6 +30,9 @@ class ObjectInfo:
     # x-amz-server-side-encryption-customer-algorithm (SSE-C); see proof.etag_is_md5
     sse: str = ""
     sse_customer: str = ""
+    # from a HEAD asking for it only (Remote.head_checksum): the checksum S3 stores with the object,
+    # as :func:`stored_checksum` spells it ("" when the server shows none)
+    checksum: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,31 @@ def multipart_etag(part_digests: Sequence[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
 
 
+# the checksum algorithms S3 may answer with, as its response fields name them (Checksum<ALG>)
+_CHECKSUM_FIELDS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
+
+
+def stored_checksum(response: Mapping[str, Any], kind: str = "") -> str:
+    """The checksum an S3 response (PutObject, CompleteMultipartUpload, HeadObject with
+    ``ChecksumMode=ENABLED``) shows for the object, as ``ALGORITHM:TYPE:value`` (type FULL_OBJECT or
+    COMPOSITE; ``kind`` when the server does not say, as for a single PUT, whose checksum is the whole
+    object's by definition; the value base64, ``-N`` for a composite one), or '' when it shows none. This string is what a row records and cleanup compares (:func:`same_checksum`)."""
+    for alg in _CHECKSUM_FIELDS:
+        value = response.get("Checksum" + alg)
+        if value:
+            return f"{alg}:{response.get('ChecksumType') or kind}:{value}"
+    return ""
+
+
+def same_checksum(recorded: str, shown: str) -> bool:
+    """Whether two :func:`stored_checksum` strings name the same stored checksum: same algorithm and
+    value; the type counts only when both say it (a server may leave it out of one answer)."""
+    a, b = recorded.split(":", 2), shown.split(":", 2)
+    if len(a) != 3 or len(b) != 3:
+        return False
+    return a[0] == b[0] and a[2] == b[2] and (not a[1] or not b[1] or a[1] == b[1])
+
+
 def clean_etag(etag: Optional[str]) -> str:
     return (etag or "").strip().strip('"').lower()
 
@@ -125,9 +153,20 @@ class Remote(abc.ABC):
         caller proves the object, see :mod:`s3_uploader.proof`)."""
         ...
 
+    def put_object_answer(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> Tuple[str, str]:
+        """:meth:`put_object`, returning (ETag, the checksum S3 answered it stores, as
+        :func:`stored_checksum` spells it, '' when none): for a PUT that sends a checksum. Here the
+        remote shows none; a remote whose server answers one says so."""
+        return self.put_object(key, body, length, md5, opts), ""
+
     @abc.abstractmethod
     def head(self, key: str) -> Optional[ObjectInfo]:
         ...
+
+    def head_checksum(self, key: str) -> Optional[ObjectInfo]:
+        """:meth:`head` asking for the stored checksum too (``ChecksumMode=ENABLED``): its
+        ``checksum`` is the one S3 stores with the object ('' when it shows none). Here: none shown."""
+        return self.head(key)
 
     @abc.abstractmethod
     def list_folder(self, folder: str) -> Iterator[ObjectInfo]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Literal, Optional, Sequence, Tuple, Type, cast
 
-from .base import MultipartUpload, ObjectInfo, PartChecksum, PutOptions, Remote, clean_etag, md5_b64
+from .base import MultipartUpload, ObjectInfo, PartChecksum, PutOptions, Remote, clean_etag, md5_b64, stored_checksum
 from .errors import TLS_CODE, RemoteError, kind_of_code, one_line, s3_error
 from .trust import TLSError, Trust, read_bundle, tls_error_from_botocore, trust_bundle
 
@@ -166,23 +166,34 @@ class BotoRemote(Remote):
         return tls_error_from_botocore(exc, self.client.meta.endpoint_url, self.trust)
 
     def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
+        return self.put_object_answer(key, body, length, md5, opts)[0]
+
+    def put_object_answer(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> Tuple[str, str]:
         with ASKING:
             r = self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=length,
                                        ContentMD5=md5_b64(md5), **opts.extra_args())
-        return clean_etag(r.get("ETag"))
+        return clean_etag(r.get("ETag")), stored_checksum(r, "FULL_OBJECT")
 
     def head(self, key: str) -> Optional[ObjectInfo]:
+        return self._head(key, False)
+
+    def head_checksum(self, key: str) -> Optional[ObjectInfo]:
+        return self._head(key, True)
+
+    def _head(self, key: str, checksum: bool) -> Optional[ObjectInfo]:
         from botocore.exceptions import ClientError
+        extra: Dict[str, Any] = {"ChecksumMode": "ENABLED"} if checksum else {}
         with ASKING:
             try:
-                r = self.client.head_object(Bucket=self.bucket, Key=key)
+                r = self.client.head_object(Bucket=self.bucket, Key=key, **extra)
             except ClientError as exc:
                 if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                     return None
                 raise
         lm = r.get("LastModified")
         return ObjectInfo(key, int(r["ContentLength"]), clean_etag(r.get("ETag")), lm.timestamp() if lm else None,
-                          r.get("ServerSideEncryption") or "", r.get("SSECustomerAlgorithm") or "")
+                          r.get("ServerSideEncryption") or "", r.get("SSECustomerAlgorithm") or "",
+                          stored_checksum(r) if checksum else "")
 
     def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
         with ASKING:

@@ -5,6 +5,7 @@ It raises :class:`~.errors.RemoteError` itself, built as S3's answer would be re
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
@@ -54,6 +55,8 @@ class MemoryRemote(Remote):
         self.exists = exists
         self.sse = sse
         self.objects: Dict[str, Tuple[bytes, str, PutOptions]] = {}
+        # key -> the checksum stored with the object (base.stored_checksum's spelling), when it has one
+        self.checksums: Dict[str, str] = {}
         self.uploads: Dict[str, _MemUpload] = {}
         self.calls: Dict[str, int] = {}
         self._lock = threading.Lock()
@@ -81,7 +84,7 @@ class MemoryRemote(Remote):
         self.calls[op] = self.calls.get(op, 0) + 1
         if not self.exists and op != "check_access":
             raise memory_error("NoSuchBucket", "The specified bucket does not exist")
-        if op in ("head", "delete", "check_access", "abort_multipart", "list_multipart_uploads"):
+        if op in ("head", "head_checksum", "delete", "check_access", "abort_multipart", "list_multipart_uploads"):
             return
         mode = self._fault_keys.get(key or "") or self._fault_all
         if op == "list_folder" and mode is None:
@@ -101,6 +104,10 @@ class MemoryRemote(Remote):
                 raise RemoteError("no such bucket", "NoSuchBucket", "no_bucket", status=404)
 
     def put_object(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> str:
+        return self.put_object_answer(key, body, length, md5, opts)[0]
+
+    def put_object_answer(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> Tuple[str, str]:
+        """As AWS: a PUT that sent a checksum stores it (a full-object one) and answers it."""
         with self._lock:
             self._count("put_object", key)
         data = self._read(body, length)
@@ -109,9 +116,17 @@ class MemoryRemote(Remote):
         if opts.checksum and opts.attrs is not None and checksum_of(opts.attrs.checksum, data) != opts.checksum:
             raise memory_error("BadDigest", "The checksum you specified did not match what we received.")
         etag = self._etag(hashlib.md5(data).hexdigest())
+        checksum = f"{opts.attrs.checksum}:FULL_OBJECT:{opts.checksum}" if opts.checksum and opts.attrs else ""
         with self._lock:
             self.objects[key] = (data, etag, opts)
-        return etag
+            self._set_checksum(key, checksum)
+        return etag, checksum
+
+    def _set_checksum(self, key: str, checksum: str) -> None:
+        if checksum:
+            self.checksums[key] = checksum
+        else:
+            self.checksums.pop(key, None)
 
     def _etag(self, md5: str) -> str:
         """The ETag S3 gives bytes with MD5 ``md5``: the MD5, or with KMS an opaque value."""
@@ -122,6 +137,13 @@ class MemoryRemote(Remote):
             self._count("head")
             o = self.objects.get(key)
         return ObjectInfo(key, len(o[0]), o[1], sse=self.sse) if o else None
+
+    def head_checksum(self, key: str) -> Optional[ObjectInfo]:
+        with self._lock:
+            self._count("head_checksum")
+            o = self.objects.get(key)
+            checksum = self.checksums.get(key, "")
+        return ObjectInfo(key, len(o[0]), o[1], sse=self.sse, checksum=checksum) if o else None
 
     def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
         with self._lock:
@@ -134,6 +156,7 @@ class MemoryRemote(Remote):
         with self._lock:
             self._count("delete")
             self.objects.pop(key, None)
+            self.checksums.pop(key, None)
 
     def create_multipart(self, key: str, opts: PutOptions) -> str:
         with self._lock:
@@ -180,6 +203,7 @@ class MemoryRemote(Remote):
             if self.sse.startswith("aws:kms"):
                 etag = self._etag("") + etag[32:]  # opaque, but still "-N"
             self.objects[key] = (data, etag, up.opts)
+            self._set_checksum(key, _multipart_checksum(algorithm, data, [d for d, _ in chosen]))
             del self.uploads[upload_id]
             return etag
 
@@ -207,3 +231,15 @@ class MemoryRemote(Remote):
         """A well-formed URL naming the object (nothing serves it: the bucket is in memory)."""
         from urllib.parse import quote
         return f"memory://{self.bucket}/{quote(key)}?X-Amz-Expires={min(int(ttl), 7 * 86400)}"
+
+
+def _multipart_checksum(algorithm: str, data: bytes, parts: Sequence[bytes]) -> str:
+    """The checksum S3 stores with a multipart object created with ``algorithm`` (as
+    :meth:`PutOptions.create_args` asks): a CRC over the whole object (FULL_OBJECT), SHA-256 of the
+    parts' SHA-256s with ``-N`` (COMPOSITE); '' without one."""
+    if not algorithm:
+        return ""
+    if algorithm != "SHA256":
+        return f"{algorithm}:FULL_OBJECT:{checksum_of(algorithm, data)}"
+    digests = b"".join(hashlib.sha256(p).digest() for p in parts)
+    return f"SHA256:COMPOSITE:{base64.b64encode(hashlib.sha256(digests).digest()).decode('ascii')}-{len(parts)}"

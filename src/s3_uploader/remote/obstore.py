@@ -75,6 +75,9 @@ class ObstoreRemote(Remote):
     def head(self, key: str) -> Optional[ObjectInfo]:
         return self.boto.head(key)
 
+    def head_checksum(self, key: str) -> Optional[ObjectInfo]:
+        return self.boto.head_checksum(key)
+
     def list_folder(self, folder: str) -> Iterator[ObjectInfo]:
         return self.boto.list_folder(folder)
 
@@ -189,6 +192,11 @@ class ObstoreRemote(Remote):
         except Exception as exc:
             raise obstore_error(exc, self._endpoint_origin) from None
         return clean_etag(r.get("e_tag"))
+
+    def put_object_answer(self, key: str, body: Any, length: int, md5: bytes, opts: PutOptions) -> Tuple[str, str]:
+        if opts.obstore_ok:  # nothing obstore cannot send: no checksum asked for, none to answer
+            return self.put_object(key, body, length, md5, opts), ""
+        return self.boto.put_object_answer(key, body, length, md5, opts)
 
     def async_ok(self, key: str) -> bool:
         """Whether :meth:`put_object_soon` can send to ``key``."""

@@ -157,8 +157,8 @@ class Store:
         return self.moves.start_upload(rel, size, mtime_ns, inode)
 
     def finish_upload(self, rel: str, size: int, mtime_ns: int, inode: int, md5: Optional[str],
-                      etag: Optional[str]) -> None:
-        return self.moves.finish_upload(rel, size, mtime_ns, inode, md5, etag)
+                      etag: Optional[str], checksum: Optional[str] = None) -> None:
+        return self.moves.finish_upload(rel, size, mtime_ns, inode, md5, etag, checksum)
 
     def record_sent(self, rows: Sequence[Tuple[str, int, int, int, str, str]]) -> List[bool]:
         return self.moves.record_sent(rows)

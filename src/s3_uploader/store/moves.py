@@ -175,13 +175,15 @@ class Moves:
         self._move(rel, "uploading", size=size, mtime_ns=mtime_ns, inode=inode)
 
     def finish_upload(self, rel: str, size: int, mtime_ns: int, inode: int, md5: Optional[str],
-                      etag: Optional[str]) -> None:
+                      etag: Optional[str], checksum: Optional[str] = None) -> None:
         """uploading -> uploaded: S3 confirmed the object and the file did not change while read.
-        The parts recorded for its multipart upload (if any) are forgotten with it."""
+        ``checksum`` is the checksum S3 answered it stores with the object (None: none), which
+        cleanup compares before it removes the file. The parts recorded for its multipart upload
+        (if any) are forgotten with it."""
         now = self.db.clock()
         with self.db.lock:
             self._move(rel, "uploaded", size=size, mtime_ns=mtime_ns, inode=inode, md5=md5, etag=etag,
-                       uploaded_at=now, attempts=0, next_attempt_at=None, last_error=None, error_kind=None,
+                       checksum=checksum, uploaded_at=now, attempts=0, next_attempt_at=None, last_error=None, error_kind=None,
                        upload_id=None, part_size=None)
             self.db.write("DELETE FROM parts WHERE path = ?", (enc(rel),))
 
@@ -194,7 +196,8 @@ class Moves:
         marks = ",".join("?" * len(ONE_STEP_SOURCES))
         sql = ("UPDATE files SET state = 'uploaded', updated_at = ?, md5 = ?, etag = ?, uploaded_at = ?, "
                "attempts = 0, next_attempt_at = NULL, last_error = NULL, error_kind = NULL, upload_id = NULL, "
-               f"part_size = NULL WHERE path = ? AND state IN ({marks}) AND size = ? AND mtime_ns = ? AND inode = ? "
+               f"part_size = NULL, checksum = NULL WHERE path = ? AND state IN ({marks}) AND size = ? AND mtime_ns = ? "
+               "AND inode = ? "
                "AND key IS NOT NULL")
         params = [(now, md5, etag, now, enc(r), *ONE_STEP_SOURCES, s, m, i) for r, s, m, i, md5, etag in rows]
         if self.events is None or not self.events.wanted("uploaded"):

@@ -46,6 +46,7 @@ class Record(NamedTuple):
     uploaded_at: Optional[float] = None
     upload_id: Optional[str] = None
     part_size: Optional[int] = None
+    checksum: Optional[str] = None  # the checksum S3 answered it stores, ALGORITHM:TYPE:value (schema 6)
 
     @property
     def signature(self) -> Signature:
@@ -54,7 +55,7 @@ class Record(NamedTuple):
 
 # the columns of a Record, in its order (SELECT {COLUMNS} ... then record(row))
 COLUMNS = ("path, key, state, size, mtime_ns, inode, md5, etag, attempts, next_attempt_at, last_error, "
-           "error_kind, discovered_at, updated_at, uploaded_at, upload_id, part_size")
+           "error_kind, discovered_at, updated_at, uploaded_at, upload_id, part_size, checksum")
 
 
 def record(row: Sequence[Any]) -> Record:

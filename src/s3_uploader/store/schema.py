@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 # 4 (history): per-minute counters of the status page's charts (table history_minutes, see history.py)
 # 5 (hooks): hook_events, the hooks' and webhook's deliveries still to make (events.py), written in the
 #    transaction of the move that caused them
-SCHEMA_VERSION = 5
+# 6 (checksum): files.checksum, the checksum S3 answered it stores with the object (cleanup compares it)
+SCHEMA_VERSION = 6
 _FILES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
     path            BLOB PRIMARY KEY,   -- relative path, file system bytes, '/' separators
@@ -51,6 +52,8 @@ CREATE TABLE IF NOT EXISTS {name} (
     uploaded_at     REAL,               -- when S3 confirmed it
     upload_id       TEXT,               -- an open multipart upload (resumable)
     part_size       INTEGER,
+    checksum        TEXT,               -- ALGORITHM:TYPE:value S3 answered it stores (remote.stored_checksum);
+                                        -- NULL when none was sent or answered
     CHECK (key IS NOT NULL OR state IN ('parked', 'deleted', 'archived'))  -- keyless: never sent
 ) WITHOUT ROWID;
 """
@@ -147,6 +150,8 @@ def migrate(conn: sqlite3.Connection, found: Optional[int], now: float) -> None:
         _migrate_v3_history(conn)
     if found is not None and found < 5:
         _migrate_v4_hooks(conn)
+    if found is not None and found < 6:
+        _migrate_v5_checksum(conn)
     conn.executescript(SCHEMA)
     if found is None:
         conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -222,6 +227,14 @@ def _migrate_v4_hooks(conn: sqlite3.Connection) -> None:
     with _migration(conn, 5):
         for statement in _statements(HOOK_EVENTS_SCHEMA):
             conn.execute(statement)
+
+
+def _migrate_v5_checksum(conn: sqlite3.Connection) -> None:
+    """Schema 5 -> 6 (checksum): ``files.checksum``, NULL in every row kept (nothing recorded one:
+    cleanup proves them as before). A table rebuilt from schema 1 by this start has it already."""
+    with _migration(conn, 6):
+        if "checksum" not in {row[1] for row in conn.execute("PRAGMA table_info(files)")}:
+            conn.execute("ALTER TABLE files ADD COLUMN checksum TEXT")
 
 
 def _recount(conn: sqlite3.Connection) -> None:
