@@ -171,7 +171,7 @@ class Discovery:
             self.stats.last_scan_seconds = secs
             self.stats.last_scan_files = files
         # the scan's own CPU (this thread's): what each periodic rescan costs the box
-        log.debug("Scan: %d files, %d to upload, %.2fs (%.2fs CPU); %s: %d folders, %d not listed again",
+        log.debug("Scan: %d files, %d to upload, %.2fs (%.3fs CPU); %s: %d folders, %d not listed again",
                   files, found, secs, cpu, "quick" if quick else "full", folders, skipped)
         return found
 
