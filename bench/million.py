@@ -201,9 +201,9 @@ def project(quiet_pct: float, passes: List[Dict[str, Any]]) -> Dict[str, Any]:
     every 6 h (code without quick passes: a full pass every 5 min), from the passes measured."""
     full = [p["cpu"] for p in passes if p["kind"] == "full"]
     quick = [p["cpu"] for p in passes if p["kind"] == "quick"]
-    full_cpu = statistics.median(full) if full else 0.0
+    full_cpu = round(statistics.median(full), 3) if full else 0.0
     if quick:
-        quick_cpu = statistics.median(quick)
+        quick_cpu = round(statistics.median(quick), 3)
         pct = quiet_pct + 100 * (quick_cpu / DEFAULT_SCAN + full_cpu / DEFAULT_FULL)
     else:
         quick_cpu = None
