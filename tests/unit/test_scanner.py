@@ -7,7 +7,7 @@ import socket
 import time
 
 import pytest
-from helpers import Clock
+from helpers import Clock, wait_for
 
 from s3_uploader.keys import Filters
 from s3_uploader.scanner import Scanner
@@ -249,3 +249,45 @@ def test_discovery_skips_settled_folders_in_quick_scans_until_the_full_scan_is_d
         assert memo.full_due(clock(), cfg.watch.full_scan_interval)
         disc.full_scan(quick=False)
         assert memo.skipped_folders == 0 and memo.full_at == clock.t
+
+
+def test_a_requested_rescan_is_full_and_the_others_quick_until_full_scan_interval(cams, tmp_path):
+    """Events lost, no room for an event's file, a reload: each asks for a rescan (``scan_request``),
+    and that one lists every folder; the periodic ones in between are quick."""
+    import queue
+    import threading
+
+    from s3_uploader.config import parse_config
+    from s3_uploader.daemon import Stats
+    from s3_uploader.discovery import Discovery
+    from s3_uploader.keys import KeyMaker
+    from s3_uploader.store import Store
+
+    cfg = parse_config(f"[watch]\ndirectory_to_watch = {cams}\nscan_interval = 0.1s\nfull_scan_interval = 1h\n"
+                       f"[s3]\nbucket = b\n[daemon]\ndb_path = {tmp_path / 's.db'}\n")
+    scanner, filters = Scanner(cams, Filters()), Filters()
+    request, stop = threading.Event(), threading.Event()
+    with Store(cfg.daemon.db_path) as store:
+        disc = Discovery(
+            str(cams), config=lambda: cfg, store=lambda: store, scanner=lambda: scanner, filters=lambda: filters,
+            keymaker=lambda: KeyMaker(""), candidates=queue.Queue(), folder_requests=queue.Queue(),
+            scan_request=request, stop=stop, wake=threading.Event(), scan_done=threading.Event(), stats=Stats(),
+            heartbeats={}, is_inflight=lambda rel: False, set_aside=lambda *a, **kw: None, watching=lambda: False,
+            once=False, clock=time.monotonic, wall=time.time)
+        kinds: list = []
+        real = disc.full_scan
+        disc.full_scan = lambda quick=False: (kinds.append("quick" if quick else "full"), real(quick))[1]
+        t = threading.Thread(target=disc.run, name="test-scanner")
+        t.start()
+        try:
+            wait_for(lambda: len(kinds) >= 3, what="three rescans")
+            asked_at = len(kinds)
+            request.set()
+            wait_for(lambda: len(kinds) >= asked_at + 2, what="the requested rescan")
+        finally:
+            stop.set()
+            request.set()
+            t.join(10)
+        assert not t.is_alive()
+    assert kinds[0] == "full" and set(kinds[1:asked_at]) == {"quick"}
+    assert "full" in kinds[asked_at:asked_at + 2]  # the pass that started after the request
