@@ -122,8 +122,9 @@ def seed(db: Path, root: Path, cfg_path: Path) -> int:
 
 
 def write_config(path: Path, root: Path, db: Path, endpoint: str, port: int, scan: float,
-                 full: Optional[float]) -> Path:
+                 full: Optional[float], events: bool = True) -> Path:
     full_line = "" if full is None else f"full_scan_interval = {full:g}s\n"
+    full_line += "" if events else "use_events = false\n"
     path.write_text(f"[watch]\ndirectory_to_watch = {root}\nscan_interval = {scan:g}s\n{full_line}"
                     f"[s3]\nbucket = {BUCKET}\nendpoint_url = {endpoint}\n"
                     f"[daemon]\ndb_path = {db}\nlog_level = DEBUG\nmetrics_address = 127.0.0.1:{port}\n")
@@ -250,6 +251,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--full-scan-interval", type=float, default=240.0)
     ap.add_argument("--quiet-seconds", type=float, default=30.0)
     ap.add_argument("--window", type=float, default=300.0)
+    ap.add_argument("--no-events", action="store_true", help="use_events = false (rescans only)")
     ap.add_argument("--old-src", help="another src folder: measured too, over the same tree and database")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--reuse", action="store_true", help="the tree and database in --work are there already")
@@ -269,8 +271,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     report: Dict[str, Any] = {"files": args.files, "per_folder": args.per_folder, "seed_with": args.seed_with,
                               "at": dt.datetime.now(dt.timezone.utc).isoformat(), "commit": commit,
                               "old_src": args.old_src, "cpus": os.cpu_count(), "load_at_start": os.getloadavg()}
+    # the same endpoint for every run over this database: a new one is a new destination, and the
+    # daemon would (rightly) upload every file again
+    port_file = work / "s3.port"
+    port = int(port_file.read_text()) if args.reuse and port_file.exists() else free_port()
+    port_file.write_text(str(port))
     try:
-        with LocalS3(work / "s3") as server:
+        with LocalS3(work / "s3", port=port) as server:
             server.create_bucket(BUCKET)
             env = {**os.environ, **server.env()}
             env.pop("AWS_PROFILE", None)
@@ -283,6 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 report["build_s"] = round(time.perf_counter() - t, 1)
                 print(f"built {args.files:,} files in {report['folders']:,} folders in {report['build_s']}s",
                       flush=True)
+            if not db.exists():
                 cfg = write_config(work / "seed.ini", root, db, server.endpoint, free_port(), 300, None)
                 t = time.perf_counter()
                 if args.seed_with == "db":
@@ -304,7 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 runs.append(("old", {**env, "PYTHONPATH": str(Path(args.old_src).resolve())}, None))
             for name, run_env, full in runs:
                 cfg = write_config(work / f"{name}.ini", root, db, server.endpoint, free_port(),
-                                   args.scan_interval, full)
+                                   args.scan_interval, full, events=not args.no_events)
                 report[name] = measure(sys.executable, cfg, run_env, work / f"{name}-run.log", args)
                 report[name]["db_bytes"] = db_bytes(db)
                 print(f"{name}: {json.dumps(report[name])}", flush=True)
