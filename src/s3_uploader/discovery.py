@@ -1,11 +1,14 @@
 """Discovery: the first stage of the data flow. Finds the files to upload and hands them on.
 
-A full rescan at start and every ``scan_interval`` (the guarantee: whatever events missed, the
+A rescan at start and every ``scan_interval`` (the guarantee: whatever events missed, the
 next rescan finds), and subtree scans of the folders that events report (a folder created or moved
 in raised no events for its files). Each folder's listing is diffed against the database: new
 files get a row (pending) and changed ones are discovered again (the store decides their key);
 both go to the scheduler through the bounded ``candidates`` queue, so a million new files never sit
-in memory. After a full scan, waiting rows whose file is gone (or no longer included, or no longer
+in memory. A rescan is full at start, when one is requested (events lost, no room for a hint, a
+reload) and every ``full_scan_interval``; the others are quick: they skip the folders whose entries
+are unchanged since a listing that found all their files settled (``scanner.FolderMemo`` says what
+that guarantees). After every rescan, waiting rows whose file is gone (or no longer included, or no longer
 a regular file) are forgotten, the watch count is checked against the folders walked, and a watch
 directory whose symlink was retargeted is said once (ERROR) and turns health red (``root_moved``).
 
@@ -101,12 +104,15 @@ class Discovery:
         return self._keymaker()
 
     def run(self) -> None:
-        """The scanner thread: a full scan now and every ``scan_interval`` (sooner when one is
+        """The scanner thread: a scan now and every ``scan_interval`` (sooner when one is
         requested), the folders events report in between; in a single pass one scan, then
-        ``scan_done``. Returns when ``stop`` is set."""
+        ``scan_done``. A scan is full when requested or ``full_scan_interval`` is due, else
+        quick. Returns when ``stop`` is set."""
+        requested = True  # the first scan lists every folder
         while not self.stop.is_set():
             self.heartbeats["scanner"] = self.clock()
-            self.full_scan()
+            full = requested or self.scanner.memo.full_due(self.clock(), self._config().watch.full_scan_interval)
+            self.full_scan(quick=not full)
             if self.mode.single_pass:
                 self.scan_done.set()
                 self.wake.set()
@@ -117,6 +123,7 @@ class Discovery:
                 self._scan_requested_folders()
                 left = deadline - self.clock()
                 if left <= 0 or self.scan_request.is_set():
+                    requested = self.scan_request.is_set()
                     self.scan_request.clear()
                     break
                 self.scan_request.wait(min(left, 1.0))
@@ -132,13 +139,16 @@ class Discovery:
                 seen.add(rel_dir)
                 self.scan_folder(rel_dir)
 
-    def full_scan(self) -> int:
-        """One pass over the whole tree; returns the number of candidate files found."""
+    def full_scan(self, quick: bool = False) -> int:
+        """One pass over the whole tree; returns the number of candidate files found. ``quick``: the
+        folders the scanner's memo says are unchanged are not listed again."""
         t0, wall0, cpu0 = self.clock(), self.wall(), time.thread_time()
         files = found = folders = 0
         last_dir = None
         self._check_root_target()
-        for rel_dir, listing in self.scanner.walk():
+        scanner = self.scanner  # a reload may swap it: this pass is one scanner's
+        scanner.memo.begin_pass(full=not quick)
+        for rel_dir, listing in scanner.walk(quick=quick):
             if self.stop.is_set():
                 return found
             if rel_dir != last_dir:  # a big folder comes in several slices, one after another
@@ -148,14 +158,19 @@ class Discovery:
             found += self.diff_folder(rel_dir, listing)
             self.heartbeats["scanner"] = self.clock()
         if not self.stop.is_set():
+            if not quick:
+                scanner.memo.full_done(t0)
             self._sweep_vanished(wall0)
             self._check_watches(folders)
         secs, cpu = self.clock() - t0, time.thread_time() - cpu0
+        skipped = scanner.memo.skipped_folders
+        files += scanner.memo.skipped_files  # at rest in the folders not listed again
         with self.stats.lock:
             self.stats.scans += 1
             self.stats.last_scan_at = self.wall()
         # the scan's own CPU (this thread's): what each periodic rescan costs the box
-        log.debug("Scan: %d files, %d to upload, %.2fs (%.2fs CPU)", files, found, secs, cpu)
+        log.debug("Scan: %d files, %d to upload, %.2fs (%.3fs CPU); %s: %d folders, %d not listed again",
+                  files, found, secs, cpu, "quick" if quick else "full", folders, skipped)
         return found
 
     def _check_root_target(self) -> None:
@@ -228,6 +243,7 @@ class Discovery:
         known = self.store.signatures_of([f.rel for f in listing])
         new_rows: List[Tuple[str, str, int, int, int]] = []
         todo: List[FileStat] = []
+        at_rest = 0  # files already accounted for: a folder of only those may be skipped by quick scans
         for f in listing:
             rec = known.pop(f.rel, None)
             try:
@@ -240,6 +256,7 @@ class Discovery:
                     todo.append(f)
                     continue
                 if settled(state, sig, f.signature):
+                    at_rest += 1
                     continue  # done, or failed/parked with its retry scheduled
                 if self._is_inflight(f.rel):
                     continue  # the upload's own re-check catches the change
@@ -260,6 +277,8 @@ class Discovery:
                 todo.append(f)
             except Exception as exc:
                 self._set_aside(f.rel, "scanning", exc, st=f)
+        if at_rest < len(listing):
+            self.scanner.memo.unsettled(rel_dir)
         if new_rows:
             try:
                 collided = self.store.discover_many(new_rows, retry_at=self.collision_retry_at())
