@@ -17,7 +17,8 @@ first line, opens one upstream connection per client connection and forwards byt
   multiple of N, the connection whose bytes pass it is reset (RST both ways) once the bytes up to
   the mark are delivered; what it sent past the mark is dropped. One connection at a time: work
   in flight on the others survives, as when one flow is dropped; cutting all of them at once would
-  leave no request bigger than N / (requests in flight) able to finish.
+  leave no request bigger than N / (requests in flight) able to finish. A request bigger than N
+  may never finish.
 
 A connection queues at most 4 MiB per direction (a TCP window's worth at this RTT), so a single
 connection is limited by ``--rate`` or the server, not by the relay. On SIGTERM or SIGINT it stops

@@ -116,7 +116,7 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     head = ["workload", "tool", "files/s", "MB/s", "CPU ms/file", "CPU s/GiB", "peak RSS MB"]
     head += [f"speed, CPU vs {a}" for a in anchors]
     if relayed:
-        head += ["sent / delivered", "cuts", "relay CPU"]
+        head += ["total time s", "sent / delivered", "cuts", "relay CPU"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if not r["n"]:
@@ -132,7 +132,8 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
             else:
                 cells.append("")
         if relayed:
-            cells += [f"{r['sent_per_delivered']:.3f}", f"{r['relay_cuts']:g}", f"{r['relay_cpu_pct']:.0f}%"]
+            cells += [f"{r['secs']:.1f}", f"{r['sent_per_delivered']:.3f}", f"{r['relay_cuts']:g}",
+                      f"{r['relay_cpu_pct']:.0f}%"]
         if r.get("failed"):
             cells[1] += f" ({r['failed']} of {r['n'] + r['failed']} runs failed)"
         lines.append("| " + " | ".join(cells) + " |")
