@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import proc_cpu  # noqa: E402  (the harness's own reading of /proc/PID/stat)
+from measure import proc_cpu  # noqa: E402  (the harness's own reading of /proc/PID/stat)
 
 HERE = Path(__file__).resolve().parent
 DAY = 86400.0

@@ -4,6 +4,8 @@
 - ``large``: a few 128 MiB files (8 at scale 1), above the multipart threshold.
 - ``mixed``: a camera-like tree, ``cam<N>/<date>/<hour>/`` with one 1-24 MiB ``.mp4`` per event,
   3-10 ``.jpg`` stills of 50 KiB-2.5 MiB and a small ``.dat`` sidecar (500 MiB at scale 1).
+- ``camera``: the flaky regime's mix, per event one 20-60 MB ``.mp4`` and 2-6 ``.jpg`` of 100-300 KB
+  (400 MB at scale 1): whole files bigger than a link that drops stays up for, and small ones.
 
 Data is incompressible (Mersenne Twister bytes seeded per file, so any one file can be regenerated
 alone) and every mtime is fixed in the past. A tree is regenerated only when its manifest (name,
@@ -65,7 +67,24 @@ def plan_mixed(seed: int, scale: float) -> Plan:
     return out
 
 
-PLANS = {"small": plan_small, "large": plan_large, "mixed": plan_mixed}
+def plan_camera(seed: int, scale: float) -> Plan:
+    """A camera's day on a metered uplink: per event one 20-60 MB ``.mp4`` and 2-6 ``.jpg`` stills of
+    100-300 KB (MB = 10^6), events until 400 MB at scale 1 (at least 2 events)."""
+    total = int(400e6 * scale)
+    r = random.Random(seed ^ 0xCA3E7A)
+    out: Plan = []
+    acc = evt = 0
+    while acc < total or evt < 2:
+        d = f"cam{evt % 2 + 1}/2026-01-{1 + evt // 24:02d}/{evt % 24:02d}"
+        items = [(f"{d}/evt{evt:04d}_{j}.jpg", r.randint(100_000, 300_000)) for j in range(r.randint(2, 6))]
+        items.append((f"{d}/evt{evt:04d}.mp4", r.randint(20_000_000, 60_000_000)))
+        out += items
+        acc += sum(s for _, s in items)
+        evt += 1
+    return out
+
+
+PLANS = {"small": plan_small, "large": plan_large, "mixed": plan_mixed, "camera": plan_camera}
 
 
 def _file_seed(seed: int, rel: str) -> int:
