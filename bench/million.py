@@ -57,7 +57,7 @@ from typing import Any, Dict, List, Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from rows import db_bytes  # noqa: E402
-from run import proc_cpu, proc_rss  # noqa: E402  (the harness's own readings of /proc/PID)
+from measure import proc_cpu, proc_rss  # noqa: E402  (the harness's own readings of /proc/PID)
 
 BUCKET = "million"
 DEFAULT_SCAN, DEFAULT_FULL = 300.0, 6 * 3600.0

@@ -83,7 +83,8 @@ class Watcher:
         self._lost_log: Optional[_LostEventsLog] = None
 
     def start(self) -> None:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
+                                     FileModifiedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
         from watchdog.observers import Observer
 
         watcher = self
@@ -101,7 +102,14 @@ class Watcher:
         obs.name = "watcher"
         obs.daemon = True
         try:
-            obs.schedule(Handler(), self.root, recursive=True)
+            # Only the events _on_event uses. On Linux watchdog asks the kernel for just these, so
+            # reading a file or listing a folder (IN_OPEN, IN_CLOSE_NOWRITE: our own scans and
+            # uploads, and any reader) queues nothing: with every event subscribed, one rescan of a
+            # tree of a few thousand folders overflowed the kernel's queue, and the overflow's
+            # rescan overflowed it again, for ever.
+            obs.schedule(Handler(), self.root, recursive=True,
+                         event_filter=[FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileMovedEvent,
+                                       DirMovedEvent, FileClosedEvent])
             obs.start()
         except BaseException:
             self._lost_log.detach()
