@@ -15,9 +15,18 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
+
+from s3_uploader.config import Config
+from s3_uploader.keys import Filters, KeyMaker
+from s3_uploader.remote import MemoryRemote, Remote
+from s3_uploader.scanner import Scanner
+from s3_uploader.store import Store
+from s3_uploader.uploader import Settings
+from s3_uploader.writers import WriterProbe
 
 T = TypeVar("T")
 PY = sys.executable
@@ -289,3 +298,23 @@ def pid_alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+@dataclass
+class SimpleLive:
+    """A :class:`s3_uploader.views.Live` of given parts, for the stages built without a Daemon (a test
+    swaps a part by assigning it, as a reload does). ``probe`` and ``settings`` left None: parts the
+    test never reaches."""
+
+    cfg: Config
+    store: Store
+    scanner: Scanner
+    filters: Filters
+    keymaker: KeyMaker
+    remote: Remote = field(default_factory=MemoryRemote)
+    probe: Optional[WriterProbe] = None
+    settings: Optional[Settings] = None
+
+    def upload_settings(self) -> Settings:
+        assert self.settings is not None
+        return self.settings

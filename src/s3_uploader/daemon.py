@@ -137,10 +137,9 @@ class Daemon:
                                  record=self.recorder.record, limiter=self.limiter, wake=self.wake,
                                  abandon=self.abandon, set_aside=set_aside)
         self.discovery = Discovery(
-            self.root, config=lambda: self.cfg, store=lambda: self.store, scanner=lambda: self.scanner,
-            filters=lambda: self.filters, keymaker=lambda: self.keymaker, candidates=self.candidates,
-            folder_requests=self.folder_requests, scan_request=self.scan_request, stop=self.stop_event,
-            wake=self.wake, scan_done=self.scan_done, stats=self.stats, heartbeats=self.heartbeats,
+            self.root, live=self, candidates=self.candidates, folder_requests=self.folder_requests,
+            scan_request=self.scan_request, stop=self.stop_event, wake=self.wake, scan_done=self.scan_done,
+            stats=self.stats, heartbeats=self.heartbeats,
             is_inflight=self.inflight.__contains__, set_aside=set_aside, watching=lambda: self.watcher is not None,
             mode=mode, clock=clock, wall=wall)
         self.housekeeping = Housekeeping(
@@ -148,21 +147,14 @@ class Daemon:
             inflight=self.inflight, stats=self.stats, stop=self.stop_event, heartbeats=self.heartbeats,
             clock=clock, wall=wall)
         self.scheduler = Scheduler(
-            cfg.upload.max_pending_uploads, config=lambda: self.cfg, store=lambda: self.store,
-            remote=lambda: self.remote, scanner=lambda: self.scanner, keymaker=lambda: self.keymaker,
-            settings=self.upload_settings, probe=lambda: self._probe(), dispatch=self.dispatch,
-            candidates=self.candidates, hints=self.hints, wake=self.wake, stop=self.stop_event,
-            scan_request=self.scan_request, scan_done=self.scan_done, heartbeats=self.heartbeats,
-            discovery=self.discovery, set_aside=set_aside, mode=mode,
-            request_stop=self.request_stop, run_cleanup_pass=self.housekeeping.run_cleanup_pass, clock=clock,
-            wall=wall)
+            cfg.upload.max_pending_uploads, live=self, dispatch=self.dispatch, candidates=self.candidates,
+            hints=self.hints, wake=self.wake, stop=self.stop_event, scan_request=self.scan_request,
+            scan_done=self.scan_done, heartbeats=self.heartbeats, discovery=self.discovery, set_aside=set_aside,
+            mode=mode, request_stop=self.request_stop, run_cleanup_pass=self.housekeeping.run_cleanup_pass,
+            clock=clock, wall=wall)
         self.service = Service(self, self.snapshot)  # metrics, reload, systemd: started when mode.serves
 
     # -- what the stages read ---------------------------------------------------------------------
-    def _probe(self) -> WriterProbe:
-        assert self.probe is not None  # built by run() before the scheduler starts
-        return self.probe
-
     @property
     def remote(self) -> Remote:
         assert self._remote is not None

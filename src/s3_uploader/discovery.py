@@ -28,12 +28,10 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from .config import Config
-from .views import Stats
-from .keys import Filters, KeyMaker
+from .views import Live, Stats
 from .runmode import RunMode
-from .scanner import FileStat, Scanner
-from .store import WAITING_STATES, Store, display
+from .scanner import FileStat
+from .store import WAITING_STATES, display
 from .version import REMOVED_STATES, settled
 from .watcher import WATCH_LIMIT, inotify_watches, watch_limit
 
@@ -51,25 +49,19 @@ class Discovery:
     """The scanner thread's work over the tree at ``root``.
 
     Its collaborators are passed in; those the daemon replaces while it runs (the config and what
-    is built from it on a reload, the store opened at start) are passed as accessors and read
-    where used. ``set_aside(rel, step, exc, st=...)`` is the recorder's containment for one file's
-    error; ``is_inflight(rel)`` says whether an upload holds the file; ``watching()`` whether
-    filesystem events are on (the watch count is checked only then).
+    is built from it on a reload, the store opened at start) are read through ``live``
+    (:class:`~s3_uploader.views.Live`) where used. ``set_aside(rel, step, exc, st=...)`` is the
+    recorder's containment for one file's error; ``is_inflight(rel)`` says whether an upload holds
+    the file; ``watching()`` whether filesystem events are on (the watch count is checked only then).
     """
 
-    def __init__(self, root: str, *, config: Callable[[], Config], store: Callable[[], Store],
-                 scanner: Callable[[], Scanner], filters: Callable[[], Filters], keymaker: Callable[[], KeyMaker],
-                 candidates: "queue.Queue[FileStat]", folder_requests: "queue.Queue[str]",
-                 scan_request: threading.Event, stop: threading.Event, wake: threading.Event,
-                 scan_done: threading.Event, stats: Stats, heartbeats: Dict[str, float],
+    def __init__(self, root: str, *, live: Live, candidates: "queue.Queue[FileStat]",
+                 folder_requests: "queue.Queue[str]", scan_request: threading.Event, stop: threading.Event,
+                 wake: threading.Event, scan_done: threading.Event, stats: Stats, heartbeats: Dict[str, float],
                  is_inflight: Callable[[str], bool], set_aside: Callable[..., None], watching: Callable[[], bool],
                  mode: RunMode, clock: Callable[[], float], wall: Callable[[], float]):
         self.root = root
-        self._config = config
-        self._store = store
-        self._scanner = scanner
-        self._filters = filters
-        self._keymaker = keymaker
+        self.live = live
         self.candidates = candidates
         self.folder_requests = folder_requests
         self.scan_request = scan_request
@@ -87,22 +79,6 @@ class Discovery:
         self._lost_warned_at = float("-inf")
         self.root_moved: Optional[str] = None  # where the watch directory resolves now, if not where it did
 
-    @property
-    def store(self) -> Store:
-        return self._store()
-
-    @property
-    def scanner(self) -> Scanner:
-        return self._scanner()
-
-    @property
-    def filters(self) -> Filters:
-        return self._filters()
-
-    @property
-    def keymaker(self) -> KeyMaker:
-        return self._keymaker()
-
     def run(self) -> None:
         """The scanner thread: a scan now and every ``scan_interval`` (sooner when one is
         requested), the folders events report in between; in a single pass one scan, then
@@ -111,13 +87,13 @@ class Discovery:
         requested = True  # the first scan lists every folder
         while not self.stop.is_set():
             self.heartbeats["scanner"] = self.clock()
-            full = requested or self.scanner.memo.full_due(self.clock(), self._config().watch.full_scan_interval)
+            full = requested or self.live.scanner.memo.full_due(self.clock(), self.live.cfg.watch.full_scan_interval)
             self.full_scan(quick=not full)
             if self.mode.single_pass:
                 self.scan_done.set()
                 self.wake.set()
                 return
-            deadline = self.clock() + self._config().watch.scan_interval
+            deadline = self.clock() + self.live.cfg.watch.scan_interval
             while not self.stop.is_set():
                 self.heartbeats["scanner"] = self.clock()
                 self._scan_requested_folders()
@@ -146,7 +122,7 @@ class Discovery:
         files = found = folders = 0
         last_dir = None
         self._check_root_target()
-        scanner = self.scanner  # a reload may swap it: this pass is one scanner's
+        scanner = self.live.scanner  # a reload may swap it: this pass is one scanner's
         scanner.memo.begin_pass(full=not quick)
         for rel_dir, listing in scanner.walk(quick=quick):
             if self.stop.is_set():
@@ -179,10 +155,10 @@ class Discovery:
         be found any more, silently; so say so (ERROR, once) and turn health red (``root_moved``):
         a restart follows it, and systemd's watchdog restarts us."""
         now = os.path.realpath(self.root)
-        moved = None if now == self.scanner.real_root else now
+        moved = None if now == self.live.scanner.real_root else now
         if moved is not None and moved != self.root_moved:
             log.error("Watch directory %s now resolves to %s (it was %s at start): its files are not found until "
-                      "the daemon restarts; restart it", self.root, now, self.scanner.real_root)
+                      "the daemon restarts; restart it", self.root, now, self.live.scanner.real_root)
         elif moved is None and self.root_moved is not None:
             log.info("Watch directory %s resolves to %s again", self.root, now)
         self.root_moved = moved
@@ -222,14 +198,14 @@ class Discovery:
                         "fs.inotify.max_user_watches = %s reached, no permission, or reached through a "
                         "symlink); changes there are found by the rescan every %gs. Raise the limit: "
                         "sysctl -w fs.inotify.max_user_watches=%d",
-                        missing, folders, limit if limit is not None else "?", self._config().watch.scan_interval,
+                        missing, folders, limit if limit is not None else "?", self.live.cfg.watch.scan_interval,
                         max(2 * (limit or 0), 4 * folders, 524288))
         elif before and not missing:
             log.info("Filesystem events: every folder is watched again (%d)", folders)
 
     def scan_folder(self, rel_dir: str) -> None:
         """Scan one folder's subtree (a folder created or moved in: its files raised no events)."""
-        for d, listing in self.scanner.walk(rel_dir):
+        for d, listing in self.live.scanner.walk(rel_dir):
             if self.stop.is_set():
                 return
             self.diff_folder(d, listing)
@@ -240,7 +216,7 @@ class Discovery:
         Rows whose file is gone are found by ``_sweep_vanished`` after the full scan, so a folder
         never has to be held whole.
         """
-        known = self.store.signatures_of([f.rel for f in listing])
+        known = self.live.store.signatures_of([f.rel for f in listing])
         new_rows: List[Tuple[str, str, int, int, int]] = []
         todo: List[FileStat] = []
         at_rest = 0  # files already accounted for: a folder of only those may be skipped by quick scans
@@ -248,7 +224,7 @@ class Discovery:
             rec = known.pop(f.rel, None)
             try:
                 if rec is None:
-                    new_rows.append((f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino))
+                    new_rows.append((f.rel, self.live.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino))
                     todo.append(f)
                     continue
                 state, sig = rec[0], rec[1:]
@@ -261,7 +237,7 @@ class Discovery:
                 if self._is_inflight(f.rel):
                     continue  # the upload's own re-check catches the change
                 if state in REMOVED_STATES:
-                    fresh = self.scanner.stat_one(f.rel)  # looked at after the row was read
+                    fresh = self.live.scanner.stat_one(f.rel)  # looked at after the row was read
                     if fresh is None:
                         continue  # the listing saw the file cleanup has removed since: its row stays
                     f = fresh
@@ -269,8 +245,8 @@ class Discovery:
                     log.info("File changed since it was uploaded; will upload again: %s", display(f.rel))
                 # a new version of a file in S3 takes the key of its own mtime; a waiting row keeps
                 # its key (the store decides which)
-                r = self.store.discover(f.rel, self.keymaker.key_for(f.rel, f.mtime), f.size, f.mtime_ns, f.ino,
-                                        retry_at=self.collision_retry_at())
+                key = self.live.keymaker.key_for(f.rel, f.mtime)
+                r = self.live.store.discover(f.rel, key, f.size, f.mtime_ns, f.ino, retry_at=self.collision_retry_at())
                 if r.key is None:
                     log.error("%s", r.last_error)
                     continue
@@ -278,10 +254,10 @@ class Discovery:
             except Exception as exc:
                 self._set_aside(f.rel, "scanning", exc, st=f)
         if at_rest < len(listing):
-            self.scanner.memo.unsettled(rel_dir)
+            self.live.scanner.memo.unsettled(rel_dir)
         if new_rows:
             try:
-                collided = self.store.discover_many(new_rows, retry_at=self.collision_retry_at())
+                collided = self.live.store.discover_many(new_rows, retry_at=self.collision_retry_at())
             except Exception as exc:  # not one file's: the slice is set aside, the next rescan tries it again
                 self._set_aside(rel_dir or ".", "recording the new files of folder", exc)
                 new = {r[0] for r in new_rows}
@@ -311,7 +287,7 @@ class Discovery:
         """Rows still waiting whose file is gone or no longer included (e.g. its folder was removed)."""
         after = b""
         while not self.stop.is_set():
-            rows = self.store.in_states(WAITING_STATES, after=after, limit=500)
+            rows = self.live.store.in_states(WAITING_STATES, after=after, limit=500)
             if not rows:
                 return
             after = os.fsencode(rows[-1].rel)
@@ -329,29 +305,30 @@ class Discovery:
         a socket, a folder, a symlink not followed) took its place, so no scan will ever bring that
         row up to date. A path that cannot be looked at now (e.g. a folder without permission) keeps
         its row."""
-        if not self.filters.file_allowed(rel):
+        if not self.live.filters.file_allowed(rel):
             log.info("File no longer matches include/exclude; not uploading: %s", display(rel))
-            self.store.forget(rel)
+            self.live.store.forget(rel)
             return
-        path = self.scanner.abspath(rel)
+        path = self.live.scanner.abspath(rel)
         try:
             st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             log.warning("File vanished before it was uploaded: %s", display(rel))
-            self.store.forget(rel)
+            self.live.store.forget(rel)
             return
         except OSError:
             return
-        if stat_mod.S_ISREG(st.st_mode) or (stat_mod.S_ISLNK(st.st_mode) and self.scanner.stat_one(rel) is not None):
+        if stat_mod.S_ISREG(st.st_mode) or \
+                (stat_mod.S_ISLNK(st.st_mode) and self.live.scanner.stat_one(rel) is not None):
             return
         log.warning("File was replaced by something that is not a regular file before it was uploaded; not "
                     "uploading: %s", display(rel))
-        self.store.forget(rel)
+        self.live.store.forget(rel)
 
     def collision_retry_at(self) -> float:
         """When a file parked for a collision is checked again: like any parked file (the other
         file may be renamed or gone by then)."""
-        return self.wall() + self._config().upload.parked_retry_interval
+        return self.wall() + self.live.cfg.upload.parked_retry_interval
 
 
 def _read_sysctl(path: str) -> str:

@@ -14,15 +14,14 @@ import logging
 from typing import Callable, Deque, List, Optional, Tuple
 
 from . import logs
-from .config import Config
 from .discovery import Discovery
 from .dispatch import Dispatch
-from .keys import KeyMaker, key_problem
-from .remote import Remote
-from .scanner import FileStat, Scanner
-from .store import DONE_STATES, IllegalTransition, Record, Store, display
+from .keys import key_problem
+from .scanner import FileStat
+from .store import DONE_STATES, IllegalTransition, Record, display
 from .uploader import IN_MEMORY_MAX, Job, Settings
 from .version import REMOVED_STATES
+from .views import Live
 
 log = logging.getLogger("s3_uploader.scheduler")  # the scheduler's lines, as before the split
 
@@ -32,18 +31,12 @@ BATCH_MAX = 256  # ready files made into jobs at once: the first uploads need no
 class HandOver:
     """Ready files (``add``) made into jobs (``make_jobs``) on the ``ready`` queue that ``dispatch`` feeds on.
 
-    Its collaborators that the daemon replaces while it runs are accessors, read where used.
+    Its collaborators that the daemon replaces while it runs are read through ``live``
+    (:class:`~s3_uploader.views.Live`) where used.
     """
 
-    def __init__(self, *, config: Callable[[], Config], store: Callable[[], Store], remote: Callable[[], Remote],
-                 scanner: Callable[[], Scanner], keymaker: Callable[[], KeyMaker], settings: Callable[[], Settings],
-                 dispatch: Dispatch, discovery: Discovery, set_aside: Callable[..., None]):
-        self._config = config
-        self._store = store
-        self._remote = remote
-        self._scanner = scanner
-        self._keymaker = keymaker
-        self._settings = settings
+    def __init__(self, *, live: Live, dispatch: Dispatch, discovery: Discovery, set_aside: Callable[..., None]):
+        self.live = live
         self.dispatch = dispatch
         self.inflight = dispatch.inflight
         self.discovery = discovery
@@ -67,7 +60,7 @@ class HandOver:
         """Jobs for every file found ready since the last call, with one row read for all."""
         batch, self._batch = self._batch, []
         if batch:
-            recs = self._store().get_many([rel for rel, _, _ in batch])
+            recs = self.live.store.get_many([rel for rel, _, _ in batch])
             for rel, st, path in batch:
                 try:
                     self.make_job(rel, st, path, recs.get(rel))
@@ -88,7 +81,7 @@ class HandOver:
             return None  # forgotten meanwhile (vanished); a new event or scan brings it back
         if rec.state == "uploaded" and rec.signature == st.signature:
             return None  # already uploaded (a scan and an event raced)
-        scanner = self._scanner()
+        scanner = self.live.scanner
         if rec.state in REMOVED_STATES:
             fresh = scanner.stat_one(rel)  # after the row was read: not the file cleanup removed since
             if fresh is None or fresh.signature != st.signature:
@@ -96,8 +89,9 @@ class HandOver:
         if rec.key is None or rec.signature != st.signature or rec.state in DONE_STATES:
             # changed, a new file at a deleted/archived path (its own key, from its mtime), or
             # parked for a collision (the other file may be gone or renamed by now)
-            rec = self._store().discover(rel, self._keymaker().key_for(rel, st.mtime), st.size, st.mtime_ns, st.ino,
-                                         retry_at=self.discovery.collision_retry_at())
+            key = self.live.keymaker.key_for(rel, st.mtime)
+            rec = self.live.store.discover(rel, key, st.size, st.mtime_ns, st.ino,
+                                           retry_at=self.discovery.collision_retry_at())
             if rec.key is None:
                 log.error("%s", rec.last_error)
                 return None
@@ -106,7 +100,7 @@ class HandOver:
             self._park_unsendable(rec, problem)
             return None
         logs.per_file(log, "File ready (%d bytes): %s", st.size, display(rel))
-        if self._config().watch.follow_symlinks:
+        if self.live.cfg.watch.follow_symlinks:
             # resolved now and re-checked: a link retargeted since the check must not lead outside
             resolved = scanner.resolve_inside(path)
             if resolved is None:
@@ -120,14 +114,15 @@ class HandOver:
         (checked again after a rescan, a retry or a reload): it is parked again, never an error."""
         log.error("Cannot upload %s: %s; parked (rename the file to upload it)", display(rec.rel), problem)
         try:
-            self._store().fail_upload(rec.rel, "invalid", problem, None, park=True)
+            self.live.store.fail_upload(rec.rel, "invalid", problem, None, park=True)
         except IllegalTransition as exc:  # moved on meanwhile (e.g. vanished): its new state decides
             log.debug("Not parking: %s", exc)
 
     def _sendable(self, job: Job) -> bool:
         """Whether the asyncio sender (if there is one) can take ``job``: :func:`fits_sender`.
         (At hand-over, also no bandwidth limit in force: waiting for it would block the loop.)"""
-        return self.dispatch.sender is not None and fits_sender(job, self._settings(), self._remote().async_ok)
+        live = self.live
+        return self.dispatch.sender is not None and fits_sender(job, live.upload_settings(), live.remote.async_ok)
 
 
 def fits_sender(job: Job, s: Settings, async_ok: Callable[[str], bool]) -> bool:

@@ -29,19 +29,16 @@ import queue
 import threading
 from typing import Callable, Dict, Optional
 
-from .config import Config
 from .discovery import Discovery
 from .dispatch import Dispatch
 from .health import tracker_note
 from .handover import HandOver
-from .keys import KeyMaker
-from .remote import Remote
 from .runmode import RunMode
-from .scanner import FileStat, Scanner
+from .scanner import FileStat
 from .stability import Observation, Tracker, assess, unsettled_after
-from .store import WAITING_STATES, Store, display
-from .uploader import Settings
+from .store import WAITING_STATES, display
 from .version import REMOVED_STATES, is_new_version, settled
+from .views import Live
 from .watcher import Hints
 from .writers import WriterProbe
 
@@ -56,26 +53,19 @@ class Scheduler:
 
     Its collaborators are passed in; those the daemon replaces while it runs (the config and what
     is built from it on a reload, the store and remote opened at start, the probe built by
-    ``Daemon.run``) are passed as accessors and read where used. ``dispatch`` takes the jobs (and
-    owns ``inflight``); the queues, events and ``heartbeats`` are shared with the daemon's other
-    threads. ``set_aside(rel, step, exc, scheduled=True, st=...)`` is the recorder's containment for
-    one file's error; ``request_stop()`` and ``run_cleanup_pass()`` are what a single pass calls at
-    its end.
+    ``Daemon.run``) are read through ``live`` (:class:`~s3_uploader.views.Live`) where used.
+    ``dispatch`` takes the jobs (and owns ``inflight``); the queues, events and ``heartbeats`` are
+    shared with the daemon's other threads. ``set_aside(rel, step, exc, scheduled=True, st=...)`` is
+    the recorder's containment for one file's error; ``request_stop()`` and ``run_cleanup_pass()``
+    are what a single pass calls at its end.
     """
 
-    def __init__(self, capacity: int, *, config: Callable[[], Config], store: Callable[[], Store],
-                 remote: Callable[[], Remote], scanner: Callable[[], Scanner], keymaker: Callable[[], KeyMaker],
-                 settings: Callable[[], Settings], probe: Callable[[], WriterProbe],
-                 dispatch: Dispatch, candidates: "queue.Queue[FileStat]", hints: Hints,
-                 wake: threading.Event, stop: threading.Event, scan_request: threading.Event,
+    def __init__(self, capacity: int, *, live: Live, dispatch: Dispatch, candidates: "queue.Queue[FileStat]",
+                 hints: Hints, wake: threading.Event, stop: threading.Event, scan_request: threading.Event,
                  scan_done: threading.Event, heartbeats: Dict[str, float], discovery: Discovery,
                  set_aside: Callable[..., None], mode: RunMode, request_stop: Callable[[], None],
                  run_cleanup_pass: Callable[[], object], clock: Callable[[], float], wall: Callable[[], float]):
-        self._config = config
-        self._store = store
-        self._scanner = scanner
-        self._keymaker = keymaker
-        self._probe = probe
+        self.live = live
         self.dispatch = dispatch
         self.inflight = dispatch.inflight
         self.candidates = candidates
@@ -93,8 +83,7 @@ class Scheduler:
         self.clock = clock
         self.wall = wall
         self.tracker = Tracker(capacity)
-        self.handover = HandOver(config=config, store=store, remote=remote, scanner=scanner, keymaker=keymaker,
-                                 settings=settings, dispatch=dispatch, discovery=discovery, set_aside=set_aside)
+        self.handover = HandOver(live=live, dispatch=dispatch, discovery=discovery, set_aside=set_aside)
         self.ready = self.handover.ready  # jobs not yet taken by dispatch
         # files that gave their tracker slot away (rel -> when), oldest first; at most ``capacity`` of them
         self._gave_way: "collections.OrderedDict[str, float]" = collections.OrderedDict()
@@ -109,24 +98,10 @@ class Scheduler:
         self.finished = False  # once mode: everything is done and the stop was requested
 
     @property
-    def config(self) -> Config:
-        return self._config()
-
-    @property
-    def store(self) -> Store:
-        return self._store()
-
-    @property
-    def scanner(self) -> Scanner:
-        return self._scanner()
-
-    @property
-    def keymaker(self) -> KeyMaker:
-        return self._keymaker()
-
-    @property
     def probe(self) -> WriterProbe:
-        return self._probe()
+        probe = self.live.probe
+        assert probe is not None  # built by Daemon.run before the scheduler thread starts
+        return probe
 
     def _is_inflight(self, rel: str) -> bool:
         return rel in self.inflight
@@ -205,33 +180,33 @@ class Scheduler:
         if self.tracker.full:
             self.scan_request.set()  # no room: the rescan will find it
             return
-        st = self.scanner.stat_one(rel)
+        st = self.live.scanner.stat_one(rel)
         if st is None:
             # nothing to send there: a waiting row (e.g. one cleanup queued again, of a file that no
             # longer matches include/exclude) must not wait for ever
-            rec = self.store.get(rel)
+            rec = self.live.store.get(rel)
             if rec is not None and rec.state in WAITING_STATES:
                 self.discovery.forget_if_gone(rel)
             return
-        rec = self.store.get(rel)
+        rec = self.live.store.get(rel)
         if rec is not None and settled(rec.state, rec.signature, st.signature):
             return  # already uploaded, or failed with its retry scheduled
         if rec is not None and rec.state in REMOVED_STATES:
-            st = self.scanner.stat_one(rel)  # after the row was read: not the file cleanup removed since
+            st = self.live.scanner.stat_one(rel)  # after the row was read: not the file cleanup removed since
             if st is None:
                 return
-        key = self.keymaker.key_for(rel, st.mtime)
+        key = self.live.keymaker.key_for(rel, st.mtime)
         if rec is None:
-            collided = self.store.discover_many([(rel, key, st.size, st.mtime_ns, st.ino)],
-                                                retry_at=self.discovery.collision_retry_at())
+            collided = self.live.store.discover_many([(rel, key, st.size, st.mtime_ns, st.ino)],
+                                                     retry_at=self.discovery.collision_retry_at())
             if collided:
                 log.error("%s", collided[0].last_error)
                 return
         elif is_new_version(rec.state, rec.signature, st.signature) and rec.state != "pending":
             if rec.state == "uploaded":
                 log.info("File changed since it was uploaded; will upload again: %s", display(rel))
-            rec = self.store.discover(rel, key, st.size, st.mtime_ns, st.ino,
-                                      retry_at=self.discovery.collision_retry_at())
+            rec = self.live.store.discover(rel, key, st.size, st.mtime_ns, st.ino,
+                                           retry_at=self.discovery.collision_retry_at())
             if rec.key is None:
                 log.error("%s", rec.last_error)
                 return
@@ -268,7 +243,7 @@ class Scheduler:
     def unsettled_limit(self) -> float:
         if self.unsettled_after is not None:
             return self.unsettled_after
-        return unsettled_after(self.config.watch.stable_seconds)
+        return unsettled_after(self.live.cfg.watch.stable_seconds)
 
     def _gives_way(self, rel: str, now: float) -> bool:
         """Whether ``rel`` (tracked, just found not ready) leaves the tracker to let others in.
@@ -336,10 +311,10 @@ class Scheduler:
         room = self.tracker.capacity - len(self.tracker)
         if room <= 0:
             return
-        up = self.config.upload
+        up = self.live.cfg.upload
         # no delay we set is longer than this: a row due later was scheduled by a clock since set back
         horizon = 2 * max(up.parked_retry_interval, up.retry_backoff_max) + 3600
-        for rec in self.store.due_retries(self.wall(), room, horizon):
+        for rec in self.live.store.due_retries(self.wall(), room, horizon):
             if self._is_inflight(rec.rel) or rec.rel in self.tracker:
                 continue
             # it was proven stable before it failed: the same signature now is enough
@@ -354,11 +329,11 @@ class Scheduler:
                 self._set_aside(rel, "checking", exc, scheduled=True)
 
     def _check_one_due(self, rel: str, now: float) -> None:
-        st = self.scanner.stat_one(rel)
+        st = self.live.scanner.stat_one(rel)
         if st is None:
             self.tracker.remove(rel)
             self._waiting_logged.pop(rel, None)
-            rec = self.store.get(rel)
+            rec = self.live.store.get(rel)
             if rec is not None and rec.state in WAITING_STATES:
                 self.discovery.forget_if_gone(rel)
             return
@@ -366,10 +341,10 @@ class Scheduler:
 
     def _check(self, rel: str, st: FileStat, now: float) -> None:
         """One stability check of a tracked file with a fresh stat."""
-        w = self.config.watch
+        w = self.live.cfg.watch
         prev = self.tracker.observation(rel)
         v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks)
-        path = self.scanner.abspath(rel)
+        path = self.live.scanner.abspath(rel)
         if v.ready and self.probe.is_being_written(path, st.dev, st.ino):
             v = assess(prev, st.signature, now, w.stable_seconds, w.stable_checks, writer_open=True)
             self._log_wait(rel, "Waiting for writer to close file: %s")
@@ -398,4 +373,4 @@ class Scheduler:
         if not self.dispatch.idle():
             return False
         # failed files wait for their retry; parked ones have had theirs
-        return not self.store.in_states(("failed",), limit=1)
+        return not self.live.store.in_states(("failed",), limit=1)

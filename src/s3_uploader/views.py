@@ -4,6 +4,8 @@
 Health (:mod:`s3_uploader.health`), metrics, systemd notifications and the status line never read
 the daemon's attributes: they are given an :class:`Observed` (the daemon is one) and ask it for
 frozen readings, :class:`HealthView` and :class:`Activity`, taken at the moment of asking.
+The stages (discovery, scheduling, the hand-over) read the parts the daemon replaces while it runs
+through one :class:`Live` (the daemon is one).
 """
 from __future__ import annotations
 
@@ -14,8 +16,14 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 from .stability import Tracker
 
 if TYPE_CHECKING:
+    from .config import Config
     from .history import History
+    from .keys import Filters, KeyMaker
+    from .remote import Remote
+    from .scanner import Scanner
     from .store import Store
+    from .uploader import Settings
+    from .writers import WriterProbe
 
 
 @dataclass
@@ -102,3 +110,33 @@ class Observed(Protocol):
     def health_view(self) -> HealthView: ...
 
     def activity(self) -> Activity: ...
+
+
+class Live(Protocol):
+    """The parts the daemon replaces while it runs, as the stages read them: the config and what a
+    reload builds from it (``scanner``, ``filters``, ``upload_settings()``), the store and remote
+    opened at start, the writer probe built by ``Daemon.run`` (None before). Each reading is the
+    part in force at that moment, so a stage reads it where it uses it and keeps no copy."""
+
+    @property
+    def cfg(self) -> "Config": ...
+
+    @property
+    def store(self) -> "Store": ...
+
+    @property
+    def remote(self) -> "Remote": ...
+
+    @property
+    def scanner(self) -> "Scanner": ...
+
+    @property
+    def filters(self) -> "Filters": ...
+
+    @property
+    def keymaker(self) -> "KeyMaker": ...
+
+    @property
+    def probe(self) -> "Optional[WriterProbe]": ...
+
+    def upload_settings(self) -> "Settings": ...

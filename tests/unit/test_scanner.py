@@ -7,7 +7,7 @@ import socket
 import time
 
 import pytest
-from helpers import Clock, wait_for
+from helpers import Clock, SimpleLive, wait_for
 
 from s3_uploader.keys import Filters
 from s3_uploader.scanner import Scanner
@@ -271,8 +271,8 @@ def test_a_requested_rescan_is_full_and_the_others_quick_until_full_scan_interva
     request, stop = threading.Event(), threading.Event()
     with Store(cfg.daemon.db_path) as store:
         disc = Discovery(
-            str(cams), config=lambda: cfg, store=lambda: store, scanner=lambda: scanner, filters=lambda: filters,
-            keymaker=lambda: KeyMaker(""), candidates=queue.Queue(), folder_requests=queue.Queue(),
+            str(cams), live=SimpleLive(cfg, store, scanner, filters, KeyMaker("")), candidates=queue.Queue(),
+            folder_requests=queue.Queue(),
             scan_request=request, stop=stop, wake=threading.Event(), scan_done=threading.Event(), stats=Stats(),
             heartbeats={}, is_inflight=lambda rel: False, set_aside=lambda *a, **kw: None, watching=lambda: False,
             mode=RunMode.SERVICE, clock=time.monotonic, wall=time.time)

@@ -14,7 +14,7 @@ from s3_uploader.discovery import Discovery
 from s3_uploader.dispatch import Dispatch, InFlight
 from s3_uploader.keys import Filters, KeyMaker
 from s3_uploader.recorder import Recorder
-from s3_uploader.remote import MemoryRemote, PutOptions
+from s3_uploader.remote import PutOptions
 from s3_uploader.retry import Failure
 from s3_uploader.runmode import RunMode
 from s3_uploader.scheduler import Scheduler
@@ -24,6 +24,8 @@ from s3_uploader.uploader import Job, Outcome, Settings
 from s3_uploader.views import Stats
 from s3_uploader.watcher import Hints
 from s3_uploader.writers import WriterProbe
+
+from helpers import SimpleLive
 
 
 def _config(tmp_path: Any, watch: str = "") -> Any:
@@ -44,8 +46,7 @@ def test_discovery_alone_queues_a_new_file_and_forgets_the_waiting_row_of_a_vani
     with Store(cfg.daemon.db_path, clock=lambda: 100.0) as store:  # rows found before the scan (at 1e9)
         store.discover("gone.txt", "gone.txt", 3, 1, 1)  # waiting, its file long gone
         disc = Discovery(
-            str(cfg.watch_root), config=lambda: cfg, store=lambda: store, scanner=lambda: scanner,
-            filters=lambda: filters, keymaker=lambda: KeyMaker(""), candidates=candidates,
+            str(cfg.watch_root), live=SimpleLive(cfg, store, scanner, filters, KeyMaker("")), candidates=candidates,
             folder_requests=queue.Queue(), scan_request=threading.Event(), stop=threading.Event(),
             wake=threading.Event(), scan_done=threading.Event(), stats=Stats(), heartbeats={},
             is_inflight=lambda rel: False, set_aside=lambda *a, **kw: set_aside.append(a),
@@ -102,9 +103,11 @@ def test_scheduler_alone_makes_a_job_of_a_file_only_after_stable_seconds_of_an_u
     set_aside: List[Tuple[Any, ...]] = []
     stop, wake, scan_request, scan_done = (threading.Event() for _ in range(4))
     with Store(cfg.daemon.db_path, clock=lambda: 1e9) as store:
+        live = SimpleLive(cfg, store, scanner, filters, keymaker, probe=probe, settings=Settings(
+            cfg.upload.multipart_threshold, cfg.upload.multipart_chunksize, cfg.upload.max_concurrency,
+            PutOptions(), False))
         disc = Discovery(
-            str(cfg.watch_root), config=lambda: cfg, store=lambda: store, scanner=lambda: scanner,
-            filters=lambda: filters, keymaker=lambda: keymaker, candidates=candidates,
+            str(cfg.watch_root), live=live, candidates=candidates,
             folder_requests=queue.Queue(), scan_request=scan_request, stop=stop, wake=wake, scan_done=scan_done,
             stats=Stats(), heartbeats={}, is_inflight=lambda rel: rel in inflight,
             set_aside=lambda *a, **kw: set_aside.append(a), watching=lambda: False, mode=RunMode.SERVICE,
@@ -113,12 +116,8 @@ def test_scheduler_alone_makes_a_job_of_a_file_only_after_stable_seconds_of_an_u
                             record=lambda o: None, limiter=limiter_from_config(cfg), wake=wake,
                             abandon=threading.Event(), set_aside=lambda *a, **kw: set_aside.append(a))
         upload_q = dispatch.queue
-        settings = Settings(cfg.upload.multipart_threshold, cfg.upload.multipart_chunksize,
-                            cfg.upload.max_concurrency, PutOptions(), False)
         sched = Scheduler(
-            cfg.upload.max_pending_uploads, config=lambda: cfg, store=lambda: store, remote=MemoryRemote,
-            scanner=lambda: scanner, keymaker=lambda: keymaker, settings=lambda: settings,
-            probe=lambda: probe, dispatch=dispatch, candidates=candidates, hints=hints, wake=wake, stop=stop,
+            cfg.upload.max_pending_uploads, live=live, dispatch=dispatch, candidates=candidates, hints=hints, wake=wake, stop=stop,
             scan_request=scan_request, scan_done=scan_done,
             heartbeats={}, discovery=disc,
             set_aside=lambda *a, **kw: set_aside.append(a), mode=RunMode.SERVICE, request_stop=stop.set,
