@@ -124,9 +124,9 @@ class Dispatch:
         sender = self.sender
         while ready:
             if sender is not None and ready[0].small and self.limiter.limit() is None:
-                if sender.backlog() >= 2 * sender.capacity:
-                    return
-                sender.submit(ready.popleft())
+                if sender.backlog() >= 2 * sender.capacity or not sender.submit(ready[0]):
+                    return  # full, or closed by a shutdown still reaching the scheduler: the job waits
+                ready.popleft()
             else:
                 if self.full():
                     return

@@ -75,13 +75,16 @@ class AsyncSender:
         self._record_by = 0.0  # loop time by which they are
 
     # -- from other threads ----------------------------------------------------------------------
-    def submit(self, job: Job) -> None:
-        """Queue ``job``; it starts as soon as fewer than ``capacity`` requests are in flight."""
+    def submit(self, job: Job) -> bool:
+        """Queue ``job``; it starts as soon as fewer than ``capacity`` requests are in flight.
+        Returns False, taking nothing, once :meth:`close` has been called (shutdown): the caller
+        keeps the job, whose row stays pending for the next start."""
         with self._lock:
             if self._closing:
-                raise RuntimeError("the sender is closed")
+                return False
             self._queue.append(job)
             self._notify_locked()
+            return True
 
     def backlog(self) -> int:
         """Jobs queued or in flight."""

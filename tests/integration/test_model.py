@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
@@ -214,13 +214,29 @@ class UploaderModel(RuleBasedStateMachine):
                 _set_dac(True)
 
     # -- file events -----------------------------------------------------------------------------
+    @staticmethod
+    def _in_folder(p: Path, act: Callable[[], None]) -> None:
+        """Make ``p``'s folder and act in it. Cleanup removes empty folders as the model makes
+        them (mkdir's own exist_ok check can then see the folder gone, or the act find it
+        gone): that is the daemon doing its job, so make it again, a few times."""
+        for attempt in range(5):
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                act()
+                return
+            except (FileExistsError, FileNotFoundError):
+                if attempt == 4:
+                    raise
+
     def _write_new(self, rel: str, data: bytes) -> None:
         p = self.path(rel)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(p):
-            os.unlink(p)
-        with open(p, "xb") as f:
-            f.write(data)
+
+        def write() -> None:
+            if os.path.lexists(p):
+                os.unlink(p)
+            with open(p, "xb") as f:
+                f.write(data)
+        self._in_folder(p, write)
         self.entries[rel] = Entry("file", data)
 
     def _existing_file(self, rel: str) -> Optional[Entry]:
@@ -240,8 +256,7 @@ class UploaderModel(RuleBasedStateMachine):
                 self._write_new(rel, data)
             elif name == "fifo":
                 if not os.path.lexists(p):
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    os.mkfifo(p)
+                    self._in_folder(p, lambda: os.mkfifo(p))
                     self.entries[rel] = Entry("fifo")
             elif name == "delete":
                 if os.path.lexists(p):

@@ -104,3 +104,24 @@ def test_the_drain_drops_jobs_not_started_which_stay_pending_for_the_next_start(
         assert not dispatch.inflight and dispatch.queue.empty() and dispatch.idle()
         rows = [store.get(rel) for rel in ("a.txt", "b.txt")]
         assert [r.state for r in rows if r is not None] == ["pending", "pending"]
+
+
+def test_a_job_the_closed_sender_refuses_stays_ready_and_nothing_raises(tmp_path):
+    """Shutdown closes the sender while the scheduler may still turn (seen after a full disk): feed
+    keeps the job in ``ready`` (its row stays pending for the next start) instead of dying."""
+    cfg, store, dispatch, _ = _world(tmp_path)
+
+    class Closed:
+        capacity = 4
+
+        def backlog(self) -> int:
+            return 0
+
+        def submit(self, job: Job) -> bool:
+            return False  # what AsyncSender.submit answers once close() was called
+
+    dispatch.sender = Closed()  # type: ignore[assignment]
+    ready: Deque[Job] = collections.deque([_job(cfg, store, "a.jpg", b"a")._replace(small=True)])
+    dispatch.feed(ready)
+    assert [j.rel for j in ready] == ["a.jpg"] and dispatch.queue.empty()
+    store.close()
