@@ -208,9 +208,10 @@ class Remote(abc.ABC):
     def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUpload]:
         ...
 
+    @abc.abstractmethod
     def presign_get(self, key: str, ttl: int) -> str:
         """A URL that GETs ``key`` without credentials for ``ttl`` seconds (at most 7 days): for hooks."""
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:  # noqa: B027 - optional
         pass
