@@ -198,13 +198,14 @@ class Recorder:
         if d.park:
             when = f"tried again in {d.delay:.0f}s or with 's3-uploader retry'" if next_at else \
                 "it will not be retried until the file changes or 's3-uploader retry'"
-            log.error("Upload of %s failed (%s); parked after %d attempt(s), %s", job.key, failure, job.attempt, when)
+            log.error("Upload of %s failed (%s); parked after %d attempt(s), %s%s", job.key, failure, job.attempt, when,
+                      failure.advice())
         elif quiet:
             log.debug("Upload of %s failed (%s); retry %d in %.1fs", job.key, failure, job.attempt, d.delay)
         elif failure.kind in ("auth", "no_bucket", "tls"):
             what = {"auth": "credentials/permission", "no_bucket": "bucket", "tls": "TLS trust"}[failure.kind]
-            log.error("Upload of %s failed: %s problem (%s); retrying in %.0fs", job.key, what, failure.message,
-                      d.delay)
+            log.error("Upload of %s failed: %s problem (%s); retrying in %.0fs%s", job.key, what, failure.message,
+                      d.delay, failure.advice())
         elif job.attempt > up.max_retries:  # an outage (network, throttling): waits without being parked
             log.warning("Upload of %s failed (%s); endpoint problem, not parked: retry %d in %.1fs", job.key,
                         failure, job.attempt, d.delay)

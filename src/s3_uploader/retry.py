@@ -22,6 +22,11 @@ class Failure:
     kind: str  # throttled | server | network | tls | auth | no_bucket | invalid | local | changed | vanished | internal
     message: str
     retry: bool = True
+    hint: str = ""  # what the user can do (the remote's RemoteError.hint); said with the ERROR lines
+
+    def advice(self) -> str:
+        """``"; HINT"`` to end a log line with, or nothing when there is no hint."""
+        return f"; {self.hint}" if self.hint else ""
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
@@ -35,7 +40,7 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, RemoteError):
         if exc.kind == "internal":  # the SDK refused the request: name its error, as for any bug
             return Failure("internal", f"{exc.code}: {msg}")
-        return Failure(exc.kind, msg, retry=exc.retryable)
+        return Failure(exc.kind, msg, retry=exc.retryable, hint=exc.hint)
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return Failure("network", msg)
     if isinstance(exc, FileNotFoundError):
@@ -59,7 +64,9 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float
     return step / 2 + rng() * step / 2
 
 
-ENDPOINT_KINDS = ("network", "throttled")  # failures of the endpoint, not of the file
+# failures of the endpoint, not of the file, that a patient caller does not count against max_retries
+# (a 5xx is counted: it may be this request's; it still starts an outage, see outage.ENDPOINT_KINDS)
+UNCOUNTED_KINDS = ("network", "throttled")
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ def decide_retry(failure: Failure, attempts: int, max_retries: int, base: float,
         return RetryDecision(True, parked_interval)
     if patient and failure.kind in ("auth", "no_bucket", "tls"):
         return RetryDecision(False, max(cap, base))
-    if patient and failure.kind in ENDPOINT_KINDS:
+    if patient and failure.kind in UNCOUNTED_KINDS:
         # an unreachable or throttling endpoint says nothing about the file either: keep backing
         # off at the cap, so a long outage parks nothing and every file goes as soon as it is over
         return RetryDecision(False, backoff_delay(attempts, base, cap, rng))

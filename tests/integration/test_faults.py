@@ -122,7 +122,8 @@ def test_a_credential_error_while_running_is_logged_as_such_and_retried_at_the_c
     d.wait_log(r"Successfully uploaded secret-fail\.txt", timeout=60)
     out = d.output()
     lines = re.findall(r"ERROR.*Upload of secret-fail\.txt failed: credentials/permission problem "
-                       r"\(.*SignatureDoesNotMatch.*\); retrying in 1s", out)
+                       r"\(.*SignatureDoesNotMatch.*\); retrying in 1s; check the credentials, the clock and the "
+                       r"bucket policy", out)
     assert len(lines) == 1, out[-3000:]  # once per file and reason: the next two attempts said nothing new
     # one request per attempt: botocore does not repeat a 403, and the daemon waits retry_backoff_max
     assert proxy.count("PutObject", key="secret-fail.txt") == 4

@@ -104,3 +104,16 @@ def test_an_outage_is_never_a_reason_to_park_in_the_daemon_but_counts_in_once():
         assert not d.park and d.delay == 300
         assert decide_retry(f, 4, 3, 1, 300, 3600, patient=False).park
     assert decide_retry(Failure("server", "500"), 4, 3, 1, 300, 3600, patient=True).park
+
+
+def test_a_remote_error_brings_its_hint_for_the_user_to_the_failure_and_a_tls_line_says_it_once():
+    denied = classify(s3_error("AccessDenied", "no", 403))
+    assert denied.hint == "check the credentials, the clock and the bucket policy"
+    assert denied.advice() == "; check the credentials, the clock and the bucket policy"
+    assert classify(s3_error("NoSuchBucket", "none", 404)).advice() == "; check [s3] bucket and [s3] region"
+    # the certificate line already names ca_bundle: no second copy of it
+    untrusted = classify(TLSError("https://s3.example.test", "unknown issuer"))
+    assert "ca_bundle" in untrusted.message and untrusted.advice() == ""
+    plain_port = classify(TLSError("https://127.0.0.1:9000", "wrong version number", certificate=False))
+    assert "https:// URL on a plain-http port" in plain_port.advice()
+    assert classify(PermissionError("denied")).advice() == ""  # local problems carry none

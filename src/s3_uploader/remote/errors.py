@@ -121,6 +121,8 @@ class TLSError(RemoteError):
                 via = f" (trusting {trust.source}{' ' + trust.bundle if trust.bundle else ''})"
             text = f"TLS certificate of {endpoint} not trusted: {reason}{via}; set [s3] ca_bundle or " \
                    "AWS_CA_BUNDLE to the PEM file of the CA that signed it"
+            hint = ""  # the line already says what to set
         else:
             text = f"TLS with {endpoint} failed: {reason}"
-        super().__init__(text, TLS_CODE, "tls")
+            hint = "check the endpoint URL: an https:// URL on a plain-http port fails like this"
+        super().__init__(text, TLS_CODE, "tls", hint=hint)
