@@ -187,7 +187,8 @@ class Reading:
     periods: Periods
     paused: bool  # files wait for a period to end
     resume_at: Optional[float]  # when they may go (None: not paused)
-    waiting: int  # files held back by the budget at the last hand-over (until a period ends or never)
+    waiting: int  # files held back by the budget at the last hand-over, until a period ends
+    reserved: int = 0  # bytes reserved by uploads handed over and not finished
 
     @property
     def active(self) -> bool:
@@ -348,7 +349,7 @@ class Budget:
         with self._lock:
             p = self._roll(self.wall())
             return Reading(self._limits, self._used, p, self._paused_until is not None, self._paused_until,
-                           self._waiting)
+                           self._waiting, sum(self._held.values()))
 
     def ends_pass(self, nothing_else: bool) -> bool:
         """Whether a single pass ends here: the budget holds files back until a period ends, nothing

@@ -382,3 +382,34 @@ def test_feed_with_a_budget_sends_what_fits_to_the_workers_and_parks_what_never_
         small = store.get("small")
         assert small is not None and small.state == "pending" and small.attempts == 0  # paused, not failed
         assert dispatch._sender_allowed() is False
+
+
+def test_a_reload_that_changes_a_budget_key_reconfigures_the_running_budget_at_once(tz):
+    from s3_uploader.bandwidth import BandwidthLimiter
+    from s3_uploader.config import parse_config
+    from s3_uploader.reload import apply_config, merge
+
+    tz("UTC")
+    base = "[watch]\ndirectory_to_watch = /data/in\n[s3]\nbucket = b\n[upload]\nmax_bytes_per_day = 1MiB\n"
+    running = parse_config(base)
+    new, applied, _ = merge(running, parse_config(base.replace("1MiB", "2GiB") + "max_bytes_per_month = 50GiB\n"))
+    assert {o.key for o in applied} == {"max_bytes_per_day", "max_bytes_per_month"}
+
+    class Target:
+        limiter = BandwidthLimiter()
+        budget = Budget(DictLedger(), running.upload.max_bytes_per_day, 0, wall=Wall(local(2026, 11, 30)))
+        cfg = running
+
+        def use_config(self, c: Any) -> None:
+            self.cfg = c
+
+        def use_watch_settings(self, c: Any) -> None: ...
+
+        def request_rescan(self) -> None: ...
+
+        def wake_scheduler(self) -> None: ...
+
+    t = Target()
+    assert t.budget.reading().limits == (MiB, 0)
+    apply_config(t, new, applied)
+    assert t.budget.reading().limits == (2 * 1024 * MiB, 50 * 1024 * MiB)
