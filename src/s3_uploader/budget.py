@@ -8,7 +8,8 @@ What counts: every request body byte the daemon sends while a budget is set, cha
 (:meth:`Budget.charge`, called where the bandwidth limiter paces it: a single PUT's body, each
 1 MiB of a streamed PUT, each part of a multipart upload), so a part sent again, or a file sent
 again after a failure, is paid for again, as a metered link bills it. Headers and requests without a
-body (HEAD, listings, completing a multipart upload) are not counted. While a budget is set every
+body (HEAD, listings, completing a multipart upload) are not counted, nor the re-sends botocore
+makes by itself within one request (its own retries: counted once). While a budget is set every
 upload goes through the upload workers (as with a bandwidth limit): the asyncio sender does not
 pass through the limiter, and no byte may go uncounted.
 
