@@ -21,8 +21,8 @@ pending: no attempt counted, nothing parked) until the period whose limit holds 
 until uploads in flight finish when only they hold it back. While files wait for a period to end,
 uploads are *paused*: one WARNING line says how much is used and when they resume, one INFO line
 says when they do. A file larger than a whole period's limit can never fit: it is parked with one
-ERROR line naming the file, its size and the key to raise, and looked at again when the next
-period starts (or at once with ``s3-uploader retry``). Uploads in flight when the budget runs out
+ERROR line naming the file, its size and the key to raise, and looked at again within the hour
+(:data:`PARK_RECHECK`; at once with ``s3-uploader retry``), so a raised limit lets it go. Uploads in flight when the budget runs out
 finish: the overrun is bounded by what they send beyond their reservation (a part sent again).
 
 The count survives restarts: it lives in the state database's ``meta`` table (``budget:day:<date>``
@@ -49,6 +49,10 @@ META_DAY = "budget:day:"  # + YYYY-MM-DD: bytes sent that local day
 META_MONTH = "budget:month:"  # + YYYY-MM: bytes sent that local month
 META_STATE = "budget:state"  # JSON: limits, paused, resume time (what ``status`` shows)
 KEYS = {"day": "max_bytes_per_day", "month": "max_bytes_per_month"}
+# A file too large for a whole period is parked and looked at again this long after at most. Not
+# at the next period: the scheduler takes a row due further ahead than a few hours for one scheduled
+# by a clock since set back, and would look at it again at once (scheduler._sweep_retries' horizon).
+PARK_RECHECK = 3600.0
 
 LocalTime = Callable[[float], time.struct_time]
 MkTime = Callable[[Tuple[int, int, int, int, int, int, int, int, int]], float]
@@ -276,7 +280,7 @@ class Budget:
         """Hand over, in order, the jobs of ``ready`` that fit in what is left; the rest stay in
         ``ready``, in order. ``hand(job)`` returns False when the workers' queue is full (the job
         and those after it stay); ``park(job, message, retry_at)`` parks a file larger than a whole
-        period's limit, to be looked at again at ``retry_at`` (when the next period starts); ``sent_before(job)`` is what an open
+        period's limit, to be looked at again at ``retry_at``; ``sent_before(job)`` is what an open
         multipart upload has already sent (only the rest is reserved)."""
         kept: List["Job"] = []
         paused_until: Optional[float] = None
@@ -304,8 +308,8 @@ class Budget:
                 limit = limits[0] if v.never == "day" else limits[1]
                 msg = (f"larger ({human_bytes(job.stat.size)}) than [upload] {key} "
                        f"({human_bytes(limit)}): it can never fit in one {v.never}'s budget; raise {key} "
-                       f"and run 's3-uploader retry' (parked, looked at again every {v.never})")
-                park(job, msg, p.next_day if v.never == "day" else p.next_month)
+                       f"and run 's3-uploader retry' (parked; looked at again within the hour)")
+                park(job, msg, min(p.next_day if v.never == "day" else p.next_month, now + PARK_RECHECK))
                 continue
             kept.append(job)
             if v.until is not None:

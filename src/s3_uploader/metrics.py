@@ -161,7 +161,11 @@ def _budget(budget: Any) -> Iterator[Any]:
     from prometheus_client.core import GaugeMetricFamily
     if budget is None:
         return
-    r = budget.reading()
+    try:
+        r = budget.reading()  # reads the store when a new day begins
+    except Exception:  # the database's trouble is reported by the daemon's threads; a scrape goes on
+        log.debug("Cannot read the data budget", exc_info=True)
+        return
     used = GaugeMetricFamily(f"{PREFIX}_budget_bytes_used", "Request body bytes sent in the current local day "
                              "or month, counted while a data budget is set.", labels=["period"])
     limit = GaugeMetricFamily(f"{PREFIX}_budget_bytes_limit", "Data budget per local day or month "

@@ -244,7 +244,10 @@ def test_a_file_larger_than_the_whole_budget_is_parked_with_one_error_naming_the
     assert handed == ["ok"] and not ready
     [(rel, message, retry_at)] = parked
     assert rel == "huge.mp4" and "3.0 MiB" in message and "max_bytes_per_day (2.0 MiB)" in message
-    assert "raise max_bytes_per_day" in message and retry_at == local(2026, 12, 1)
+    assert "raise max_bytes_per_day" in message and retry_at == local(2026, 11, 30, 11)  # within the hour
+    wall.t = local(2026, 11, 30, 23, 30)
+    _, [(_, _, retry_at)] = _gate(b, collections.deque([job("huge.mp4", 3 * MiB)]))
+    assert retry_at == local(2026, 12, 1)  # or at the next period, when that comes first
 
 
 def test_a_job_that_fits_when_the_queue_is_full_stays_and_holds_nothing(tz):
@@ -376,7 +379,7 @@ def test_feed_with_a_budget_sends_what_fits_to_the_workers_and_parks_what_never_
         assert [j.rel for j in ready] == ["small"]  # waits for what is in flight (70 + 30 reserved)
         huge = store.get("huge")
         assert huge is not None and huge.state == "parked" and huge.attempts == 0 and huge.error_kind == "budget"
-        assert huge.next_attempt_at == local(2026, 12, 1) and "huge" not in dispatch.inflight
+        assert huge.next_attempt_at == local(2026, 11, 30, 11) and "huge" not in dispatch.inflight
         [line] = [r.getMessage() for r in caplog.records]
         assert line.startswith("Cannot upload huge: larger (101 B) than [upload] max_bytes_per_day (100 B)")
         small = store.get("small")
