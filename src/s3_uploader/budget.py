@@ -22,8 +22,9 @@ until uploads in flight finish when only they hold it back. While files wait for
 uploads are *paused*: one WARNING line says how much is used and when they resume, one INFO line
 says when they do. A file larger than a whole period's limit can never fit: it is parked with one
 ERROR line naming the file, its size and the key to raise, and looked at again within the hour
-(:data:`PARK_RECHECK`; at once with ``s3-uploader retry``), so a raised limit lets it go. Uploads in flight when the budget runs out
-finish: the overrun is bounded by what they send beyond their reservation (a part sent again).
+(:data:`PARK_RECHECK`; at once with ``s3-uploader retry``), so a raised limit lets it go. Uploads
+in flight when the budget runs out finish: the overrun is bounded by what they send beyond their
+reservation (a part sent again).
 
 The count survives restarts: it lives in the state database's ``meta`` table (``budget:day:<date>``
 and ``budget:month:<year-month>``, rows of past periods pruned), with ``budget:state`` (limits,

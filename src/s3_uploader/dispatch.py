@@ -8,11 +8,11 @@ own lock, instead of sharing a set and a lock.
 job, in order, to the asyncio sender (small single PUTs, no bandwidth limit in force) or to the
 queue, holding back while both are full enough (twice their capacity) that handing more over would
 only move the backlog out of the scheduler's sight. A job the sender will not start after all (a
-limit came into force) is diverted to the workers. While a data budget is set (:mod:`s3_uploader.budget`), every job goes
-to the workers, through the budget's gate: only files that fit in what is left are handed over.
-:meth:`Dispatch.drain` is the shutdown's step 2:
-jobs not started are dropped (their rows stay pending for the next start), the uploads in flight
-get until a deadline or a second stop signal, then are abandoned.
+limit came into force) is diverted to the workers. While a data budget is set
+(:mod:`s3_uploader.budget`), every job goes to the workers, through the budget's gate: only files
+that fit in what is left are handed over. :meth:`Dispatch.drain` is the shutdown's step 2: jobs
+not started are dropped (their rows stay pending for the next start), the uploads in flight get
+until a deadline or a second stop signal, then are abandoned.
 """
 from __future__ import annotations
 
