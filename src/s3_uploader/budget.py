@@ -222,6 +222,15 @@ class Budget:
         self._periods: Optional[Periods] = None
         self._used = (0, 0)
         self._held: Dict[str, int] = {}  # rel -> bytes reserved by an upload handed over
+        self._held_total = 0
+        # What the last hand-over left in ``ready`` (its first ``_settled`` jobs, ``_settled_waiting``
+        # of them until ``_settled_until``) and under which state (periods, limits, used, held): while
+        # that state holds, those jobs still do not fit, and a paused daemon with thousands of files
+        # waiting looks only at the new ones at each turn of the scheduler.
+        self._settled_state: Optional[Tuple[Any, ...]] = None
+        self._settled = 0
+        self._settled_waiting = 0
+        self._settled_until: Optional[float] = None
         self._paused_until: Optional[float] = None
         self._waiting = 0
 
@@ -273,7 +282,7 @@ class Budget:
     def release(self, rel: str) -> None:
         """The upload of ``rel`` handed over by :meth:`gate` has ended (whatever its outcome)."""
         with self._lock:
-            self._held.pop(rel, None)
+            self._held_total -= self._held.pop(rel, 0)
 
     # -- the gate ---------------------------------------------------------------------------------
     def gate(self, ready: Deque["Job"], hand: Callable[["Job"], bool], park: Callable[["Job", str, float], None],
@@ -283,26 +292,31 @@ class Budget:
         and those after it stay); ``park(job, message, retry_at)`` parks a file larger than a whole
         period's limit, to be looked at again at ``retry_at``; ``sent_before(job)`` is what an open
         multipart upload has already sent (only the rest is reserved)."""
-        kept: List["Job"] = []
-        paused_until: Optional[float] = None
-        waiting = 0
         with self._lock:
             now = self.wall()
             p = self._roll(now)
             limits, used = self._limits, self._used
+            # more held back only lets less fit: the jobs the last pass kept still do not, unless
+            # the periods, the limits, what was used or what is held changed since
+            same = self._settled_state == (p.day, p.month, limits, used, self._held_total)
+            skip = self._settled if same and self._settled <= len(ready) else 0
+            waiting, paused_until = (self._settled_waiting, self._settled_until) if skip else (0, None)
+        kept: List["Job"] = [ready.popleft() for _ in range(skip)]
+        complete = True
         while ready:
             job = ready.popleft()
             size = max(0, job.stat.size - (sent_before(job) if job.upload_id else 0))
             with self._lock:
-                held = sum(self._held.values())
-                v = decide(size, limits, used, held, p)
+                v = decide(size, limits, used, self._held_total, p)
                 if v.go:
+                    self._held_total += size - self._held.get(job.rel, 0)
                     self._held[job.rel] = size
             if v.go:
                 if hand(job):
                     continue
                 self.release(job.rel)
                 kept.append(job)
+                complete = False
                 break
             if v.never is not None:
                 key = KEYS[v.never]
@@ -316,10 +330,18 @@ class Budget:
             if v.until is not None:
                 waiting += 1
                 paused_until = v.until if paused_until is None else min(paused_until, v.until)
+        with self._lock:
+            self._settled_state = (p.day, p.month, limits, used, self._held_total) if complete else None
+            self._settled, self._settled_waiting, self._settled_until = len(kept), waiting, paused_until
+            was = self._paused_until
         kept.extend(ready)
         ready.clear()
         ready.extend(kept)
-        self._note_pause(paused_until, waiting, now, p, limits, used)
+        if complete:
+            self._note_pause(paused_until, waiting, now, p, limits, used)
+        elif was is not None and was <= now:
+            # stopped at a full queue before the jobs held back: the pause is over only when its time is
+            self._note_pause(None, 0, now, p, limits, used)
 
     def _note_pause(self, until: Optional[float], waiting: int, now: float, p: Periods, limits: Tuple[int, int],
                     used: Tuple[int, int]) -> None:
@@ -355,7 +377,7 @@ class Budget:
         with self._lock:
             p = self._roll(self.wall())
             return Reading(self._limits, self._used, p, self._paused_until is not None, self._paused_until,
-                           self._waiting, sum(self._held.values()))
+                           self._waiting, self._held_total)
 
     def ends_pass(self, nothing_else: bool) -> bool:
         """Whether a single pass ends here: the budget holds files back until a period ends, nothing

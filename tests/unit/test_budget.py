@@ -416,3 +416,47 @@ def test_a_reload_that_changes_a_budget_key_reconfigures_the_running_budget_at_o
     assert t.budget.reading().limits == (MiB, 0)
     apply_config(t, new, applied)
     assert t.budget.reading().limits == (2 * 1024 * MiB, 50 * 1024 * MiB)
+
+
+def test_while_nothing_changes_a_paused_gate_looks_only_at_new_jobs(tz, monkeypatch):
+    import s3_uploader.budget as budget_module
+
+    tz("UTC")
+    wall = Wall(local(2026, 11, 30, 10))
+    b = Budget(DictLedger(), 100, 0, wall=wall)
+    b.charge(95)
+    looked: List[int] = []
+    real = budget_module.decide
+    monkeypatch.setattr(budget_module, "decide", lambda size, *a: looked.append(size) or real(size, *a))
+    ready = collections.deque(job(f"w{i}", 10) for i in range(1000))
+    _gate(b, ready)
+    assert len(looked) == 1000 and len(ready) == 1000 and b.reading().waiting == 1000
+    looked.clear()
+    _gate(b, ready)  # a turn of the scheduler with nothing new: nothing looked at again
+    assert looked == [] and b.reading().paused and b.reading().waiting == 1000
+    ready.append(job("new", 20))
+    _gate(b, ready)
+    assert looked == [20] and b.reading().waiting == 1001 and ready[-1].rel == "new"
+    looked.clear()
+    wall.t = local(2026, 12, 1, 0, 0, ) + 1  # a new day: every job is looked at again, and they go
+    handed, _ = _gate(b, ready, room=3)
+    assert handed == ["w0", "w1", "w2"] and len(looked) == 4  # the fourth fit but the queue was full
+    looked.clear()
+    _gate(b, ready, room=0)  # a full queue last time: looked at again from the start
+    assert len(looked) == 1
+
+
+def test_a_pass_stopped_by_a_full_queue_does_not_end_a_pause_before_its_time(tz, caplog):
+    tz("UTC")
+    wall = Wall(local(2026, 11, 30, 10))
+    b = Budget(DictLedger(), 100, 0, wall=wall)
+    b.charge(60)
+    ready = collections.deque([job("big", 50), job("s1", 5), job("s2", 5)])
+    with caplog.at_level(logging.INFO, logger="s3_uploader.budget"):
+        assert _gate(b, ready)[0] == ["s1", "s2"] and b.reading().paused
+        ready.extend([job("s3", 5), job("s4", 5)])
+        assert _gate(b, ready, room=0)[0] == [] and b.reading().paused  # stopped at s3: still paused
+        assert len(caplog.records) == 1  # the pause, said once; no resume
+        wall.t = local(2026, 12, 1, 0, 1)
+        _gate(b, ready, room=0)
+    assert not b.reading().paused and caplog.records[-1].getMessage().startswith("Upload budget: uploads resume")
