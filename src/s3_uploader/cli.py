@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol
 
 from . import __version__, logs
+from .budget import human_bytes
 from .cleanup import cleanup_lines
 from .config import Config, ConfigError, load_config, render_example
 from .runmode import RunMode
@@ -177,6 +178,23 @@ def _age(seconds: float) -> str:
     return f"{m}m {sec}s" if m else f"{sec}s"
 
 
+def budget_lines(b: Optional[Dict[str, Any]]) -> List[str]:
+    """What ``status`` says of the data budgets (nothing when none is set)."""
+    if not b:
+        return []
+    lines = []
+    for name, where in (("day", "today"), ("month", "this month")):
+        p = b.get(name)
+        if p:
+            lines.append(f"Upload budget {where} ({p['period']}): {human_bytes(p['used'])} of "
+                         f"{human_bytes(p['limit'])} used, {human_bytes(p['left'])} left "
+                         f"([upload] max_bytes_per_{name})")
+    if b["paused"]:
+        lines.append(f"Uploads PAUSED by the budget: {b['waiting']:,} file(s) wait; uploads resume at "
+                     f"{b['resume_at_local']}")
+    return lines
+
+
 def cmd_status(cfg: Config, args: Any) -> int:
     try:
         with Store(cfg.daemon.db_path, readonly=True) as store:
@@ -212,6 +230,8 @@ def cmd_status(cfg: Config, args: Any) -> int:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o["since"])) if o.get("since") else "?"
         print(f"S3 endpoint {o['endpoint']}: NOT ANSWERING since {since} ({o.get('failures', 0)} failed "
               f"attempt(s); last: {o.get('error', '')})")
+    for line in budget_lines(data["budget"]):
+        print(line)
     for line in cleanup_lines(data["cleanup"]):
         print(line)
     h = data["hooks"]

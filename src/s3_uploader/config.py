@@ -160,6 +160,13 @@ OPTIONS: Tuple[Option, ...] = (
            "e.g. 10MiB); empty or 0 = unlimited.", example="10MiB"),
     Option("upload", "bandwidth_schedule", SCHEDULE, "", "rclone-style timetable of limits, each from its time "
            "of day until the next entry; overrides max_bandwidth.", example="08:00,512KiB 19:00,off"),
+    Option("upload", "max_bytes_per_day", _size(0), "", "Data budget: upload at most this many bytes (request "
+           "bodies sent, re-sends included) per local calendar day, from midnight; when it is used, uploads pause "
+           "(files stay pending) until the next day. A file larger than the whole budget is parked with an "
+           "error. Empty or 0 = no limit.", example="2GiB"),
+    Option("upload", "max_bytes_per_month", _size(0), "", "Data budget per local calendar month, from the 1st at "
+           "midnight; as max_bytes_per_day (both apply when both are set). Empty or 0 = no limit.",
+           example="50GiB"),
     Option("upload", "connect_timeout", _duration(0.1), "10s", "Timeout to connect to the endpoint.",
            reloadable=False),
     Option("upload", "read_timeout", _duration(0.1), "60s", "Timeout waiting for the endpoint to answer.",
@@ -283,6 +290,8 @@ class UploadSection:
     max_concurrency: int
     max_bandwidth: int
     bandwidth_schedule: Tuple[ScheduleEntry, ...]
+    max_bytes_per_day: int
+    max_bytes_per_month: int
     connect_timeout: float
     read_timeout: float
 

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from . import logs, preflight
 from .bandwidth import limiter_from_config
+from .budget import Budget, StoreLedger
 from .config import Config
 from .discovery import Discovery
 from .dispatch import Dispatch, InFlight
@@ -125,6 +126,8 @@ class Daemon:
         self.history = History(lambda: self.store, self.stats, wall)  # the status page's charts
         self.hooks: Optional[Hooks] = None  # hooks and webhook (hooks.py): built by run()
         self.limiter = limiter_from_config(cfg, clock=clock, wall=wall, cancel=self.abandon, on_cancel=Abandoned)
+        self.budget = Budget(StoreLedger(lambda: self.store), cfg.upload.max_bytes_per_day,
+                             cfg.upload.max_bytes_per_month, wall=wall)  # data budgets (budget.py)
         # the stages, each given what it works with
         self.recorder = Recorder(
             cfg.s3.endpoint_url or "(AWS)", config=lambda: self.cfg, store=lambda: self.store, stats=self.stats,
@@ -135,7 +138,7 @@ class Daemon:
         set_aside = self.recorder.set_aside
         self.dispatch = Dispatch(workers=cfg.upload.upload_workers, inflight=self.inflight, store=lambda: self.store,
                                  record=self.recorder.record, limiter=self.limiter, wake=self.wake,
-                                 abandon=self.abandon, set_aside=set_aside)
+                                 abandon=self.abandon, set_aside=set_aside, budget=self.budget)
         self.discovery = Discovery(
             self.root, live=self, candidates=self.candidates, folder_requests=self.folder_requests,
             scan_request=self.scan_request, stop=self.stop_event, wake=self.wake, scan_done=self.scan_done,

@@ -8,9 +8,11 @@ own lock, instead of sharing a set and a lock.
 job, in order, to the asyncio sender (small single PUTs, no bandwidth limit in force) or to the
 queue, holding back while both are full enough (twice their capacity) that handing more over would
 only move the backlog out of the scheduler's sight. A job the sender will not start after all (a
-limit came into force) is diverted to the workers. :meth:`Dispatch.drain` is the shutdown's step 2:
-jobs not started are dropped (their rows stay pending for the next start), the uploads in flight
-get until a deadline or a second stop signal, then are abandoned.
+limit came into force) is diverted to the workers. While a data budget is set
+(:mod:`s3_uploader.budget`), every job goes to the workers, through the budget's gate: only files
+that fit in what is left are handed over. :meth:`Dispatch.drain` is the shutdown's step 2: jobs
+not started are dropped (their rows stay pending for the next start), the uploads in flight get
+until a deadline or a second stop signal, then are abandoned.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ import time
 from typing import Callable, Deque, Iterable, List, Optional, Set
 
 from .bandwidth import BandwidthLimiter
+from .budget import Budget
 from .sender import AsyncSender
-from .store import IllegalTransition, Store
+from .store import IllegalTransition, Store, display
 from .threads import Threads
 from .remote import Remote
 from .uploader import Job, Outcome, Settings, Uploader
@@ -74,8 +77,9 @@ class Dispatch:
     def __init__(self, *, workers: int, inflight: InFlight, store: Callable[[], Store],
                  record: Callable[[Outcome], None],
                  limiter: BandwidthLimiter, wake: threading.Event, abandon: threading.Event,
-                 set_aside: Callable[..., None]):
+                 set_aside: Callable[..., None], budget: Optional[Budget] = None):
         self.workers = workers
+        self.budget = budget  # data budgets (budget.py); None: never any
         self.inflight = inflight
         self._store = store
         self._record = record
@@ -97,10 +101,10 @@ class Dispatch:
         :attr:`sender` whether a job can go there."""
         parts = max(max_concurrency, min(self.workers * max_concurrency, PART_THREADS_CAP))
         self.uploader = Uploader(remote, store, settings, part_workers=parts, abandon=self.abandon, clock=clock,
-                                 wall=wall, throttle=self.limiter.throttle)
+                                 wall=wall, throttle=self._pay)
         if hasattr(remote, "put_object_soon"):
             self.sender = AsyncSender(remote, self.uploader, record_many, capacity=self.workers,
-                                      allowed=lambda: self.limiter.limit() is None, divert=self.divert)
+                                      allowed=self._sender_allowed, divert=self.divert)
 
     def start(self, spawn: Callable[[str, Callable[[], None]], threading.Thread]) -> None:
         """Start the sender's loop (if any) and ``workers`` upload workers through ``spawn(name, target)``."""
@@ -108,6 +112,16 @@ class Dispatch:
             self._threads.append(spawn("sender", self.sender.run))
         for i in range(self.workers):
             self._threads.append(spawn(f"upload-{i}", self._worker_loop))
+
+    def _pay(self, nbytes: int) -> None:
+        """Before ``nbytes`` of a body are sent: wait for the bandwidth limit, then charge the budget."""
+        self.limiter.throttle(nbytes)
+        if self.budget is not None:
+            self.budget.charge(nbytes)
+
+    def _sender_allowed(self) -> bool:
+        """The asyncio sender paces nothing and charges nothing: only while no limit or budget is in force."""
+        return self.limiter.limit() is None and not (self.budget is not None and self.budget.active)
 
     # -- routing ---------------------------------------------------------------------------------
     def feed_limit(self) -> int:
@@ -120,10 +134,14 @@ class Dispatch:
 
     def feed(self, ready: Deque[Job]) -> None:
         """Hand jobs from the front of ``ready``, in order, to the sender (small, no limit in force)
-        or the upload queue, until the one the next job goes to is full."""
+        or the upload queue, until the one the next job goes to is full. With a data budget in force,
+        the budget's gate decides which go (to the upload queue) and which wait in ``ready``."""
+        if self.budget is not None and self.budget.active:
+            self.budget.gate(ready, self._hand, self._park_too_large, self._sent_before)
+            return
         sender = self.sender
         while ready:
-            if sender is not None and ready[0].small and self.limiter.limit() is None:
+            if sender is not None and ready[0].small and self._sender_allowed():
                 if sender.backlog() >= 2 * sender.capacity or not sender.submit(ready[0]):
                     return  # full, or closed by a shutdown still reaching the scheduler: the job waits
                 ready.popleft()
@@ -131,6 +149,32 @@ class Dispatch:
                 if self.full():
                     return
                 self.queue.put(ready.popleft())
+
+    def _hand(self, job: Job) -> bool:
+        if self.full():
+            return False
+        self.queue.put(job)
+        return True
+
+    def _park_too_large(self, job: Job, message: str, retry_at: float) -> None:
+        """A file larger than a whole period's budget: parked (no attempt counted), said once per look."""
+        log.error("Cannot upload %s: %s", display(job.rel), message)
+        try:
+            self._store().fail_upload(job.rel, "budget", message, retry_at, park=True, count_attempt=False)
+        except IllegalTransition as exc:  # moved on meanwhile (vanished): its new state decides
+            log.debug("Not parking: %s", exc)
+        self.inflight.discard(job.rel)
+
+    def _sent_before(self, job: Job) -> int:
+        """Bytes an open multipart upload of ``job`` has sent already (its recorded parts)."""
+        assert job.upload_id is not None
+        return sum(p.size for p in self._store().parts(job.rel, job.upload_id).values())
+
+    def budget_ends_pass(self, nothing_else: bool) -> bool:
+        """A single pass: whether it ends because the budget holds the files left back (see
+        :meth:`Budget.ends_pass <s3_uploader.budget.Budget.ends_pass>`)."""
+        return (self.budget is not None and self.budget.active and self.queue.empty()
+                and self.budget.ends_pass(nothing_else))
 
     def divert(self, jobs: List[Job]) -> None:
         """Jobs the sender will not start (a bandwidth limit came into force): to the upload
@@ -160,6 +204,8 @@ class Dispatch:
                 self._set_aside(job.rel, "uploading", exc)
             finally:
                 self.inflight.discard(job.rel)
+                if self.budget is not None:
+                    self.budget.release(job.rel)
                 self.wake.set()
 
     def process(self, job: Job) -> None:

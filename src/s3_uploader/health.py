@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, Optional
 
+from .budget import Reading, budget_note
 from .store import STATES, WAITING_STATES, Store, StoreError
 from .views import HealthView, Observed, Tracked
 
@@ -60,11 +61,20 @@ def judge(view: HealthView, now: float, max_age: Optional[float] = None) -> Opti
 
 
 def health_note(daemon: Observed) -> Optional[str]:
-    """What ``/healthz`` adds to a healthy answer: an outage of the S3 endpoint, or a stability tracker
-    full of files that never settle, which restarting the daemon would not mend (so they do not stop
-    systemd's watchdog pings), but a monitor should see."""
-    notes = [n for n in (outage_note(daemon.activity().outage), tracker_note(daemon.scheduler)) if n]
+    """What ``/healthz`` adds to a healthy answer: an outage of the S3 endpoint, a stability tracker
+    full of files that never settle, or uploads paused by the data budget, which restarting the
+    daemon would not mend (so they do not stop systemd's watchdog pings), but a monitor should see."""
+    notes = [n for n in (outage_note(daemon.activity().outage), tracker_note(daemon.scheduler),
+                         budget_note(_budget_reading(daemon))) if n]
     return "; ".join(notes) if notes else None
+
+
+def _budget_reading(daemon: Observed) -> Optional[Reading]:
+    budget = getattr(daemon, "budget", None)  # data budgets (budget.py)
+    try:
+        return budget.reading() if budget is not None else None  # reads the store when a new day begins
+    except StoreError:  # reported by the daemon's threads; health is judged on the rest
+        return None
 
 
 def outage_note(state: Optional[Dict[str, Any]]) -> Optional[str]:

@@ -139,6 +139,7 @@ class DaemonCollector:
         limit = act.bandwidth_limit
         yield GaugeMetricFamily(f"{PREFIX}_bandwidth_limit_bytes_per_second", "Upload bandwidth limit in force "
                                 "(0 = unlimited).", value=limit or 0)
+        yield from _budget(getattr(d, "budget", None))
         yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 when healthy (as /healthz), else 0.",
                                 value=0 if health_problem(d) else 1)
         hooks = getattr(d, "hooks", None)  # hooks and webhook (hooks.py)
@@ -153,6 +154,33 @@ class DaemonCollector:
                                 "in the state database, not yet delivered or given up).",
                                 value=hooks.pending if hooks is not None else 0)
         yield from _disk_space(d.root)
+
+
+def _budget(budget: Any) -> Iterator[Any]:
+    """The data budgets (budget.py): bytes used and the limit per period, paused or not, resume time."""
+    from prometheus_client.core import GaugeMetricFamily
+    if budget is None:
+        return
+    try:
+        r = budget.reading()  # reads the store when a new day begins
+    except Exception:  # the database's trouble is reported by the daemon's threads; a scrape goes on
+        log.debug("Cannot read the data budget", exc_info=True)
+        return
+    used = GaugeMetricFamily(f"{PREFIX}_budget_bytes_used", "Request body bytes sent in the current local day "
+                             "or month, counted while a data budget is set.", labels=["period"])
+    limit = GaugeMetricFamily(f"{PREFIX}_budget_bytes_limit", "Data budget per local day or month "
+                              "(max_bytes_per_day, max_bytes_per_month; 0 = no limit).", labels=["period"])
+    for i, period in enumerate(("day", "month")):
+        used.add_metric([period], r.used[i])
+        limit.add_metric([period], r.limits[i])
+    yield used
+    yield limit
+    yield GaugeMetricFamily(f"{PREFIX}_budget_paused", "1 while uploads are paused because the data budget is "
+                            "used (files wait for the next period), else 0.", value=1 if r.paused else 0)
+    yield GaugeMetricFamily(f"{PREFIX}_budget_files_waiting", "Files held back by the data budget until the next "
+                            "period.", value=r.waiting if r.paused else 0)
+    yield GaugeMetricFamily(f"{PREFIX}_budget_resume_timestamp_seconds", "When uploads paused by the data budget "
+                            "resume (Unix time; 0 = not paused).", value=r.resume_at or 0.0)
 
 
 def _disk_space(root: str) -> Iterator[Any]:

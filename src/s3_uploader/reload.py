@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Protocol, Tuple
 
 from . import logs
 from .bandwidth import BandwidthLimiter
+from .budget import Budget
 from .config import Config, ConfigError, Option, load_config
 from .config_checks import cross_checks
 
@@ -159,6 +160,7 @@ class ReloadTarget(Protocol):
     """What a reload changes in a running daemon (the daemon is one)."""
 
     limiter: BandwidthLimiter
+    budget: Budget
 
     def use_config(self, new: Config) -> None:
         """Swap in ``new``: everything read from the config where it is used takes it from now on."""
@@ -189,6 +191,9 @@ def apply_config(daemon: ReloadTarget, new: Config, changed: List[Option]) -> No
         daemon.request_rescan()
     if keys & {("upload", "max_bandwidth"), ("upload", "bandwidth_schedule")}:
         daemon.limiter.configure(new.upload.max_bandwidth, new.upload.bandwidth_schedule)
+    if keys & {("upload", "max_bytes_per_day"), ("upload", "max_bytes_per_month")}:
+        # at once: the next hand-over decides by the new limits (files waiting go if they now fit)
+        daemon.budget.configure(new.upload.max_bytes_per_day, new.upload.max_bytes_per_month)
     if ("daemon", "log_format") in keys:
         logs.set_format(new.daemon.log_format)
     if ("daemon", "log_level") in keys:

@@ -143,6 +143,11 @@ class Scheduler:
         self._count_unsettled(now)
         self.handover.make_jobs()
         self.dispatch.feed(self.ready)
+        if self.mode.single_pass and self.dispatch.budget_ends_pass(  # the data budget is used up (budget.py)
+                self.scan_done.is_set() and not len(self.tracker) and self.candidates.empty()):
+            self.finished = True
+            self._request_stop()
+            return 0.0
         if self.mode.single_pass and self._once_finished():
             if not self._once_cleaned:
                 # the one cleanup pass of 'once'; files it queues again are uploaded before we stop

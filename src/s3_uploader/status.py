@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Optional
 
+from .budget import stored_status as budget_status
 from .cleanup import cleanup_status
 from .destination import Destination, recorded_destination
 from .outage import META_OUTAGE
@@ -39,6 +40,7 @@ def status_data(store: Store, now: Optional[float] = None) -> Dict[str, Any]:
         "cleanup": cleanup_status(store),
         "outage": outage_stored(store.meta(META_OUTAGE)),
         "hooks": hooks_summary(store),
+        "budget": budget_status(store, now),
     }
     return out
 
