@@ -22,7 +22,8 @@ until uploads in flight finish when only they hold it back. While files wait for
 uploads are *paused*: one WARNING line says how much is used and when they resume, one INFO line
 says when they do. A file larger than a whole period's limit can never fit: it is parked with one
 ERROR line naming the file, its size and the key to raise, and looked at again within the hour
-(:data:`PARK_RECHECK`; at once with ``s3-uploader retry``), so a raised limit lets it go. Uploads
+(:data:`PARK_RECHECK`; at once with ``s3-uploader retry``, or when a reload raises or removes a
+limit), so a raised limit lets it go. Uploads
 in flight when the budget runs out finish: the overrun is bounded by what they send beyond their
 reservation (a part sent again).
 
@@ -151,6 +152,9 @@ class Ledger(Protocol):
 
     def save_state(self, state: Dict[str, Any]) -> None: ...
 
+    def unpark(self, now: float) -> int:
+        """Make the files parked as too large for the budget due at ``now``; returns how many."""
+
 
 class StoreLedger:
     """A :class:`Ledger` in the state database's ``meta`` table (``store()``: the daemon's store,
@@ -174,6 +178,9 @@ class StoreLedger:
 
     def save_state(self, state: Dict[str, Any]) -> None:
         self._store().set_meta(META_STATE, json.dumps(state, sort_keys=True))
+
+    def unpark(self, now: float) -> int:
+        return self._store().retry_parked(now, kind="budget")
 
 
 def used_in(store: "Store", name: str) -> int:
@@ -245,6 +252,12 @@ class Budget:
                 self._paused_until, self._waiting = None, 0
             self._save_state()
         log.info("Upload budget now %s", self._describe_limits())
+        # a limit raised or removed: files parked as larger than a whole period may fit now, so they
+        # are looked at again at once rather than within the hour
+        if any(o and (not n or n > o) for o, n in zip(old, self._limits)):
+            woken = self.ledger.unpark(self.wall())
+            if woken:
+                log.info("%d file(s) parked as too large for the upload budget are looked at again", woken)
 
     @property
     def active(self) -> bool:
@@ -323,7 +336,7 @@ class Budget:
                 limit = limits[0] if v.never == "day" else limits[1]
                 msg = (f"larger ({human_bytes(job.stat.size)}) than [upload] {key} "
                        f"({human_bytes(limit)}): it can never fit in one {v.never}'s budget; raise {key} "
-                       f"and run 's3-uploader retry' (parked; looked at again within the hour)")
+                       f"(parked; looked at again at once when a reload raises it, else within the hour)")
                 park(job, msg, min(p.next_day if v.never == "day" else p.next_month, now + PARK_RECHECK))
                 continue
             kept.append(job)

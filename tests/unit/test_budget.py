@@ -60,6 +60,7 @@ class DictLedger:
     def __init__(self) -> None:
         self.rows: Dict[str, int] = {}
         self.state: Dict[str, Any] = {}
+        self.unparked = 0  # calls of unpark
 
     def used(self, name: str) -> int:
         return self.rows.get(name, 0)
@@ -73,6 +74,10 @@ class DictLedger:
 
     def save_state(self, state: Dict[str, Any]) -> None:
         self.state = dict(state)
+
+    def unpark(self, now: float) -> int:
+        self.unparked += 1
+        return 0
 
 
 def job(rel: str, size: int, upload_id: Any = None) -> Job:
@@ -281,6 +286,12 @@ def test_a_reload_takes_effect_at_the_next_hand_over(tz):
     b.configure(200, 0)
     assert _gate(b, ready)[0] == ["a"] and not b.reading().paused
     assert ledger.state["max_bytes_per_day"] == 200 and ledger.state["paused"] is False
+    assert ledger.unparked == 1  # raised: files parked as too large are looked at again
+    b.configure(150, 0)
+    b.configure(150, 5000)  # lowered, then a month limit added: nothing parked can fit better
+    assert ledger.unparked == 1
+    b.configure(0, 5000)  # the day's limit removed
+    assert ledger.unparked == 2
 
 
 def test_a_single_pass_ends_only_once_nothing_runs_and_nothing_else_is_left(tz):
@@ -385,6 +396,16 @@ def test_feed_with_a_budget_sends_what_fits_to_the_workers_and_parks_what_never_
         small = store.get("small")
         assert small is not None and small.state == "pending" and small.attempts == 0  # paused, not failed
         assert dispatch._sender_allowed() is False
+        # a file parked for another reason is not the budget's to wake
+        store.fail_upload("fits", "invalid", "refused", None, park=True)
+        dispatch.budget.configure(100, 0)  # the same limits: nothing to look at again
+        assert store.get("huge").next_attempt_at == local(2026, 11, 30, 11)  # type: ignore[union-attr]
+        with caplog.at_level(logging.INFO):
+            dispatch.budget.configure(200, 0)  # raised by a reload: the parked file may fit now
+        huge, fits = store.get("huge"), store.get("fits")
+        assert huge is not None and huge.state == "parked" and huge.next_attempt_at == local(2026, 11, 30, 10)
+        assert fits is not None and fits.next_attempt_at is None
+        assert "1 file(s) parked as too large for the upload budget are looked at again" in caplog.text
 
 
 def test_a_reload_that_changes_a_budget_key_reconfigures_the_running_budget_at_once(tz):

@@ -186,8 +186,8 @@ class Store:
     def recover_interrupted(self) -> int:
         return self.moves.recover_interrupted()
 
-    def retry_parked(self, now: Optional[float] = None) -> int:
-        return self.moves.retry_parked(now)
+    def retry_parked(self, now: Optional[float] = None, kind: Optional[str] = None) -> int:
+        return self.moves.retry_parked(now, kind)
 
     def add_error(self, rel: Optional[str], kind: str, message: str) -> None:
         return self.moves.add_error(rel, kind, message)

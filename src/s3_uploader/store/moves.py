@@ -295,10 +295,16 @@ class Moves:
                             (self.db.clock(),))
         return cur.rowcount
 
-    def retry_parked(self, now: Optional[float] = None) -> int:
-        """Make every parked and failed file due now (the ``retry`` command). Returns how many."""
-        cur = self.db.write("UPDATE files SET next_attempt_at = ?, attempts = 0 WHERE state IN ('parked', 'failed')",
-                            (self.db.clock() if now is None else now,))
+    def retry_parked(self, now: Optional[float] = None, kind: Optional[str] = None) -> int:
+        """Make every parked and failed file due now (the ``retry`` command), or with ``kind`` only the
+        parked ones whose last failure was of that kind. Returns how many."""
+        at = self.db.clock() if now is None else now
+        if kind is not None:
+            cur = self.db.write("UPDATE files SET next_attempt_at = ?, attempts = 0 "
+                                "WHERE state = 'parked' AND error_kind = ?", (at, kind))
+        else:
+            cur = self.db.write("UPDATE files SET next_attempt_at = ?, attempts = 0 "
+                                "WHERE state IN ('parked', 'failed')", (at,))
         return cur.rowcount
 
     def _move(self, rel: str, dst: str, **fields: Any) -> None:
