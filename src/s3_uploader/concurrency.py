@@ -14,9 +14,11 @@ that of TCP slow start and AIMD, with the "did it help?" test of a gradient cont
   every change of the limit, answers for one mean latency are not counted: the pipe is filling or
   draining, and its rate belongs to neither limit; nor does the very first window's (connections
   being made, the process starting), which only gives the first latency. A window in which jobs waited for a slot less
-  than :data:`BUSY_SHARE` of the time says nothing about the limit (the work handed over, or our
-  CPU, held the rate) and changes nothing.
-- **Slow start.** From :data:`START` the limit doubles after each window whose files/s or bytes/s
+  than :data:`BUSY_SHARE` of the time, or in which fewer than :data:`FILLED` of the slots were in
+  use on average (Little's law: rate × latency), says nothing about the limit (the work handed
+  over, or our CPU, held the rate) and changes nothing.
+- **Slow start.** From :data:`START`, once two windows in a row agree (within :data:`AGREE`: while
+  the process starts, the rate climbs whatever the limit), the limit doubles after each window whose files/s or bytes/s
   beat the last accepted window's by at least a quarter of the step (×2 must gain 25%): on a
   round-trip-bound link a doubling nearly doubles the rate. The first step that does not pay in two
   windows in a row (one short window on a busy box can read 15% low) is taken back and the
@@ -54,6 +56,9 @@ MAX_WINDOW = 5.0  # ...and at most (then judged with whatever it has, if it has 
 WINDOW_LATENCIES = 4  # ...otherwise this many mean latencies
 MIN_SAMPLES = 32  # answers a window needs before it is judged
 BUSY_SHARE = 0.8  # share of a window during which jobs waited for a slot, for the window to count
+FILLED = 0.5  # ...and the share of the limit in use on average (rate x latency), for it to count
+AGREE = 0.2  # before the first step: two windows at the start whose files/s are this close (±20%)
+STEADY_TRIES = 4  # ...or this many windows, on a box too noisy for two to agree
 GAIN = 0.25  # a step of ×f must raise throughput by GAIN × (f - 1) to be kept
 PROBE_STEP = 1.25  # settled: the size of a probe
 PROBE_EVERY = 20.0  # settled: seconds between probes
@@ -122,6 +127,8 @@ class Controller:
         self._cooldown = 0  # windows still to wait after a back-off
         self._strikes = 0  # slow start: windows in a row in which a doubling did not pay
         self._warm = False  # whether the first window (start-up, not the limit) has been seen
+        self._steady = False  # slow start: whether two windows at the start agreed (then it may step)
+        self._steady_tries = 0
         self._calm_from = now  # no new back-off before this
         self._waiting = False  # jobs waited for a slot at the last turn
         # the window being counted (reset by _open)
@@ -175,13 +182,24 @@ class Controller:
         if not self._warm:  # the first window holds the start: connections made, the pipe filling
             self._warm = True
             return None
-        if w.busy < BUSY_SHARE:  # not limited by the limit: nothing to learn about it
+        # Not held by the limit: jobs did not wait for a slot, or they did but fewer than half the
+        # slots were in use (Little's law: in flight = rate x latency; the sender could not start
+        # them faster, our CPU is the limit). Nothing to learn about the limit.
+        if w.busy < BUSY_SHARE or w.files_per_s * w.latency < FILLED * self.limit:
             return None
         if self._base is None:  # the first window at this limit since a change of course
             self._base, self._base_limit = w, self.limit
-            if self.phase == "start":
-                return self._set(now, self.limit * 2, "slow start")
-            return self._settled(now)
+            return None if self.phase == "start" else self._settled(now)
+        if self.phase == "start" and not self._steady:
+            # Before the first step, two windows in a row at the start must agree: while the process
+            # starts (a scan, the first files read) the rate climbs whatever the limit, and a
+            # doubling measured then would be credited with it.
+            agree = abs(w.files_per_s / max(self._base.files_per_s, 1e-9) - 1) <= AGREE
+            self._base, self._steady_tries = w, self._steady_tries + 1
+            if not agree and self._steady_tries < STEADY_TRIES:
+                return None
+            self._steady = True
+            return self._set(now, self.limit * 2, "slow start")
         if self.phase in ("start", "probe"):
             step = self.limit / self._base_limit
             gain = max(w.files_per_s / max(self._base.files_per_s, 1e-9),

@@ -181,3 +181,23 @@ def test_the_slow_first_window_of_the_start_does_not_make_the_first_doubling_loo
     t, _ = drive(c, 1.0, rtt=0.5, room=10)  # start-up: connections being made, the process warming up
     drive(c, 60.0, rtt=0.002, room=32, t0=t)  # then a link where more than 32 never pays
     assert c.limit == START
+
+
+def test_a_rate_that_climbs_while_the_process_starts_is_not_credited_to_a_doubling():
+    # loopback and our own CPU: the rate is what the CPU gives (climbing from 300 to 1,500 files/s
+    # over the first 2 s, while the scan and the first reads run), whatever the limit; what is in
+    # flight waits in our process (latency = limit / rate)
+    c = Controller()
+    t, owed = 0.0, 0.0
+    trace: List[int] = []
+    while t < 30.0:
+        t += TICK
+        rate = min(c.limit / 0.001, 300 + 1200 * min(1.0, t / 2.0))
+        owed += rate * TICK
+        while owed >= 1:
+            owed -= 1
+            c.on_answer(t, c.limit / rate, 4096)
+        c.step(t, True)
+        trace.append(c.limit)
+    assert c.limit == START
+    assert max(trace) <= 2 * START  # a doubling tried once the rate held still, and taken back
