@@ -21,13 +21,13 @@ from s3_uploader.concurrency import START
 from s3_uploader.embedded import free_port
 
 RELAY = Path(__file__).resolve().parents[2] / "bench" / "relay.py"
-FILES = 3000
+FILES = 4000
 
 
 @pytest.fixture
 def relay(s3_server) -> Iterator[str]:
-    """``bench/relay.py`` adding 60 ms to every round trip in front of the server; yields its endpoint."""
-    p = subprocess.Popen([sys.executable, str(RELAY), "--upstream", f"127.0.0.1:{s3_server.port}", "--rtt", "60ms"],
+    """``bench/relay.py`` adding 100 ms to every round trip in front of the server; yields its endpoint."""
+    p = subprocess.Popen([sys.executable, str(RELAY), "--upstream", f"127.0.0.1:{s3_server.port}", "--rtt", "100ms"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
     try:
         assert p.stdout is not None
@@ -54,12 +54,8 @@ def test_over_a_link_with_a_round_trip_time_the_limit_rises_and_metrics_show_it(
     with running_daemon(workspace.config_path) as d:
         sender = d.dispatch.sender
         assert sender is not None, "obstore's asyncio sender (the default transport)"
-        seen = {"most": 0}
-
-        def risen() -> bool:
-            seen["most"] = max(seen["most"], sender.capacity)
-            return sender.capacity > START
-        wait_for(risen, timeout=20, interval=0.01, what=f"the limit to rise above {START}")
+        wait_for(lambda: sender.capacity > START, timeout=20, interval=0.01,
+                 what=f"the limit to rise above {START}")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
         gauge = next(float(line.split()[1]) for line in text.splitlines()
