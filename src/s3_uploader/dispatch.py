@@ -101,7 +101,8 @@ class Dispatch:
         self.uploader = Uploader(remote, store, settings, part_workers=parts, abandon=self.abandon, clock=clock,
                                  wall=wall, throttle=self.limiter.throttle)
         if hasattr(remote, "put_object_soon"):
-            self.sender = AsyncSender(remote, self.uploader, record_many, controller=controller_for(self.upload_workers),
+            self.sender = AsyncSender(remote, self.uploader, record_many,
+                                      controller=controller_for(self.upload_workers),
                                       allowed=lambda: self.limiter.limit() is None, divert=self.divert)
 
     def start(self, spawn: Callable[[str, Callable[[], None]], threading.Thread]) -> None:

@@ -7,9 +7,10 @@ runtime and answer through a callback on the loop (no coroutine or Task per file
 keeps up to ``capacity`` requests in flight while the Python work per file (open, read, hash,
 recheck) runs back to back. ``capacity`` is a :class:`~s3_uploader.concurrency.Controller`'s limit,
 which follows the link (``upload_workers = auto``) or is pinned; the bodies in flight also stay
-under :data:`~s3_uploader.concurrency.MEMORY_CAP` bytes whatever the limit. Nothing is written to the database when a file starts (its row stays
-waiting while the request is in flight: see the one-step move in :mod:`s3_uploader.store`); the
-rows of every file finished in one turn of the loop are written together.
+under :data:`~s3_uploader.concurrency.MEMORY_CAP` bytes whatever the limit. Nothing is written to
+the database when a file starts (its row stays waiting while the request is in flight: see the
+one-step move in :mod:`s3_uploader.store`); the rows of every file finished in one turn of the loop
+are written together.
 
 The contract is the uploader's, split around the request: :meth:`Uploader.read_small` before it and
 :meth:`Uploader.settle_small` after it, so a file sent here is read, proven, rechecked and recorded
@@ -249,27 +250,27 @@ class AsyncSender:
         self._inflight.pop(token, None)
         assert self._loop is not None
         now = self._loop.time()
-        if isinstance(exc, asyncio.CancelledError):
-            outcome = Outcome("failed", job, failure=SHUTDOWN)
-        elif exc is not None:
-            failure = classify(exc)
-            self.controller.on_failure(now, failure.kind)
-            outcome = Outcome("failed", job, failure=failure)
-        elif not self.uploader.proven_by_answer(read, etag or ""):
+        if exc is not None:
+            if isinstance(exc, asyncio.CancelledError):
+                failure = SHUTDOWN
+            else:
+                failure = classify(exc)
+                self.controller.on_failure(now, failure.kind)  # throttled, network: fewer in flight
+            self._done(Outcome("failed", job, failure=failure))
+            return
+        # answered: a sample of the link for the controller, whatever the proof then takes
+        self.controller.on_answer(now, now - started, len(read.data))
+        if not self.uploader.proven_by_answer(read, etag or ""):
             # not the MD5 (a bucket with default SSE-KMS answers so): the proof is a HEAD, which
             # blocks, so it runs on a worker thread; the file keeps its slot and its place in
             # _inflight (a stop waits for it, a cancel abandons it) until the HEAD answers
-            assert self._loop is not None
             # daemon threads, not the loop's default executor: asyncio.run and the interpreter's
             # exit would both wait for a HEAD that shutdown abandoned
             head = self._loop.run_in_executor(self._heads, self.uploader.settle_small, job, read, etag or "")
             self._inflight[token] = head
             head.add_done_callback(functools.partial(self._proven, token, job))
             return
-        else:
-            self.controller.on_answer(now, now - started, len(read.data))
-            outcome = self._settle(job, read, etag or "")
-        self._done(outcome)
+        self._done(self._settle(job, read, etag or ""))
 
     def _proven(self, token: int, job: Job, head: "asyncio.Future[Outcome]") -> None:
         self._inflight.pop(token, None)
