@@ -25,6 +25,7 @@ from .config_values import parse_duration as parse_duration
 from .config_values import parse_schedule as parse_schedule
 from .config_values import parse_size as parse_size
 # The table's short names for the parameterised types.
+from .config_values import auto_int_type as _auto_int
 from .config_values import choice_type as _choice
 from .config_values import duration_type as _duration
 from .config_values import int_type as _int
@@ -138,9 +139,11 @@ OPTIONS: Tuple[Option, ...] = (
            "none: Content-MD5 alone proves each request, as on every S3-compatible server (AWS adds its own "
            "CRC64NVME anyway); crc64nvme and crc32c need the awscrt package.", example="crc64nvme"),
     # --- how it is sent ------------------------------------------------------------------
-    Option("upload", "upload_workers", _int(1, 256), "64", "Files in flight at once (small files are bound by "
-           "round trips, so this is far above the core count; each holds at most 1 MiB in memory).",
-           reloadable=False),
+    Option("upload", "upload_workers", _auto_int(1, 512), "auto", "Files in flight at once. auto: small files' "
+           "requests in flight follow the link, from 64 within 4-512: more while files/s or bytes/s grows with "
+           "them, fewer on throttling (halved) or timeouts, their bodies under 128 MiB in all (a number pins "
+           "it); 64 upload threads for large files. Small files are bound by round trips (files/s ~ in flight "
+           "/ round-trip time), so this is far above the core count.", reloadable=False),
     Option("upload", "max_pending_uploads", _int(1), "10000", "Files held in memory at once (waiting to be "
            "stable or queued); bounds memory when a million files appear at once.", reloadable=False),
     Option("upload", "max_retries", _int(0), "10", "Failed attempts before a file is parked (still shown by "
@@ -279,7 +282,7 @@ class S3Section:
 
 @dataclass(frozen=True)
 class UploadSection:
-    upload_workers: int
+    upload_workers: Optional[int]  # None = auto
     max_pending_uploads: int
     max_retries: int
     retry_backoff_base: float

@@ -160,6 +160,23 @@ def int_type(minimum: int, maximum: Optional[int] = None) -> ValueType:
     return ValueType("int", parse, "whole number", int)
 
 
+def auto_int_type(minimum: int, maximum: int) -> ValueType:
+    """``auto`` (any case; the value None: the daemon decides) or a whole number from ``minimum``
+    to ``maximum``."""
+    def parse(text: str) -> Optional[int]:
+        t = text.strip()
+        if t.lower() == "auto":
+            return None
+        try:
+            v = int(t)
+        except ValueError:
+            v = None
+        if v is None or not minimum <= v <= maximum:
+            raise ValueError(f"auto, or a whole number {minimum} to {maximum}")
+        return v
+    return ValueType("int", parse, "auto or whole number", Optional[int])
+
+
 def choice_type(*values: str, case: bool = False) -> ValueType:
     """One of ``values``, compared ignoring case unless ``case``; the value is returned as listed."""
     def parse(text: str) -> str:

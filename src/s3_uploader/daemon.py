@@ -295,7 +295,8 @@ class Daemon:
 
     def activity(self) -> Activity:
         return Activity(queued=self.queue_depth(), uploading=len(self.inflight), outage=self.outage.state(),
-                        outages=self.outage.outages, bandwidth_limit=self.limiter.limit())
+                        outages=self.outage.outages, bandwidth_limit=self.limiter.limit(),
+                        concurrency=self.dispatch.concurrency())
 
     def queue_depth(self) -> int:
         """Files found and not yet started: in the scheduler, handed over, or waiting to be diffed."""

@@ -24,6 +24,7 @@ from typing import Callable, Deque, Iterable, List, Optional, Set
 
 from .bandwidth import BandwidthLimiter
 from .budget import Budget
+from .concurrency import controller_for, worker_threads
 from .sender import AsyncSender
 from .store import IllegalTransition, Store, display
 from .threads import Threads
@@ -74,11 +75,12 @@ class Dispatch:
     scheduler hands over more.
     """
 
-    def __init__(self, *, workers: int, inflight: InFlight, store: Callable[[], Store],
+    def __init__(self, *, workers: Optional[int], inflight: InFlight, store: Callable[[], Store],
                  record: Callable[[Outcome], None],
                  limiter: BandwidthLimiter, wake: threading.Event, abandon: threading.Event,
                  set_aside: Callable[..., None], budget: Optional[Budget] = None):
-        self.workers = workers
+        self.upload_workers = workers  # [upload] upload_workers: None = auto (the sender's limit adapts)
+        self.workers = worker_threads(workers)
         self.budget = budget  # data budgets (budget.py); None: never any
         self.inflight = inflight
         self._store = store
@@ -103,7 +105,8 @@ class Dispatch:
         self.uploader = Uploader(remote, store, settings, part_workers=parts, abandon=self.abandon, clock=clock,
                                  wall=wall, throttle=self._pay)
         if hasattr(remote, "put_object_soon"):
-            self.sender = AsyncSender(remote, self.uploader, record_many, capacity=self.workers,
+            self.sender = AsyncSender(remote, self.uploader, record_many,
+                                      controller=controller_for(self.upload_workers),
                                       allowed=self._sender_allowed, divert=self.divert)
 
     def start(self, spawn: Callable[[str, Callable[[], None]], threading.Thread]) -> None:
@@ -181,6 +184,11 @@ class Dispatch:
         workers, which pace every body through the limiter."""
         for job in jobs:
             self.queue.put(job)
+
+    def concurrency(self) -> int:
+        """Small-file requests the sender keeps in flight at most now (its controller's limit), or
+        the upload workers when there is no sender."""
+        return self.sender.capacity if self.sender is not None else self.workers
 
     def queued(self) -> int:
         """Jobs handed over and not started (status lines)."""

@@ -140,6 +140,9 @@ class DaemonCollector:
         yield GaugeMetricFamily(f"{PREFIX}_bandwidth_limit_bytes_per_second", "Upload bandwidth limit in force "
                                 "(0 = unlimited).", value=limit or 0)
         yield from _budget(getattr(d, "budget", None))
+        yield GaugeMetricFamily(f"{PREFIX}_upload_concurrency", "Small-file requests kept in flight at most now "
+                                "(upload_workers = auto: adapts to the link; a number: that number).",
+                                value=act.concurrency)
         yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 when healthy (as /healthz), else 0.",
                                 value=0 if health_problem(d) else 1)
         hooks = getattr(d, "hooks", None)  # hooks and webhook (hooks.py)

@@ -5,9 +5,12 @@ thread per upload, sixteen threads take turns on one interpreter lock and much o
 handing it over. Here one thread runs an event loop: obstore's requests run on its own (Rust)
 runtime and answer through a callback on the loop (no coroutine or Task per file), so the loop
 keeps up to ``capacity`` requests in flight while the Python work per file (open, read, hash,
-recheck) runs back to back. Nothing is written to the database when a file starts (its row stays
-waiting while the request is in flight: see the one-step move in :mod:`s3_uploader.store`); the
-rows of every file finished in one turn of the loop are written together.
+recheck) runs back to back. ``capacity`` is a :class:`~s3_uploader.concurrency.Controller`'s limit,
+which follows the link (``upload_workers = auto``) or is pinned; the bodies in flight also stay
+under :data:`~s3_uploader.concurrency.MEMORY_CAP` bytes whatever the limit. Nothing is written to
+the database when a file starts (its row stays waiting while the request is in flight: see the
+one-step move in :mod:`s3_uploader.store`); the rows of every file finished in one turn of the loop
+are written together.
 
 The contract is the uploader's, split around the request: :meth:`Uploader.read_small` before it and
 :meth:`Uploader.settle_small` after it, so a file sent here is read, proven, rechecked and recorded
@@ -32,6 +35,7 @@ import logging
 import threading
 from typing import Any, Callable, Deque, Dict, List, Optional
 
+from .concurrency import MEMORY_CAP, START, Controller
 from .retry import classify
 from .threads import DaemonThreads
 from .uploader import SHUTDOWN, Job, Outcome, SmallRead, Uploader
@@ -50,13 +54,23 @@ class AsyncSender:
     after the first unrecorded answer (each call costs more than a row). While ``allowed()`` is
     false (a bandwidth limit came into force), queued jobs are not started here but handed to
     ``divert(jobs)`` (the upload workers, which wait for the limiter).
+
+    How many requests are in flight at most is ``controller.limit`` (a fixed ``capacity`` when no
+    controller is given); the sender tells the controller each answer, failure and turn.
     """
 
-    def __init__(self, remote: Any, uploader: Uploader, finish: Callable[[List[Outcome]], None], capacity: int,
-                 allowed: Callable[[], bool] = lambda: True, divert: Optional[Callable[[List[Job]], None]] = None):
+    def __init__(self, remote: Any, uploader: Uploader, finish: Callable[[List[Outcome]], None],
+                 capacity: Optional[int] = None, allowed: Callable[[], bool] = lambda: True,
+                 divert: Optional[Callable[[List[Job]], None]] = None, controller: Optional[Controller] = None,
+                 memory_cap: int = MEMORY_CAP):
         self.remote = remote
         self.uploader = uploader
-        self.capacity = max(1, capacity)
+        if controller is None:
+            n = max(1, capacity or START)
+            controller = Controller(start=n, low=n, high=n)
+        self.controller = controller
+        self.memory_cap = memory_cap
+        self._bytes = 0  # bodies of the requests started and not answered (the memory bound)
         self._finish = finish
         self._allowed = allowed
         self._divert = divert
@@ -70,9 +84,15 @@ class AsyncSender:
         # token -> the request's handle (anything with cancel()); None while it is being started
         self._inflight: Dict[int, Any] = {}
         self._tokens = itertools.count()
-        self._heads = DaemonThreads(self.capacity, name="sender-head")  # HEADs that prove an answer
+        heads = min(controller.high, max(controller.low, START))  # each HEAD holds a boto3 connection
+        self._heads = DaemonThreads(heads, name="sender-head")  # HEADs that prove an answer
         self._outcomes: List[Outcome] = []  # answered, not yet recorded
         self._record_by = 0.0  # loop time by which they are
+
+    @property
+    def capacity(self) -> int:
+        """Requests in flight at most, now (the controller's limit)."""
+        return self.controller.limit
 
     # -- from other threads ----------------------------------------------------------------------
     def submit(self, job: Job) -> bool:
@@ -154,14 +174,17 @@ class AsyncSender:
             with self._lock:
                 self._notified = False
                 # answered files no longer hold a slot, even before they are recorded
-                n = min(self.capacity - self._running + len(self._outcomes), len(self._queue))
-                batch = [self._queue.popleft() for _ in range(n)]
-                self._running += n
+                n = max(0, min(self.capacity - self._running + len(self._outcomes), len(self._queue)))
+                batch = self._take(n)
+                self._running += len(batch)
+                # jobs left waiting by the limit (not by the memory bound) say it holds the rate back
+                waiting = len(batch) == n and bool(self._queue)
                 idle = self._closing and self._running == 0
             if idle:
                 return
             for job in batch:
                 self._start(job)
+            self.controller.step(self._loop.time(), waiting)
             await self._wakeup.wait()
             self._wakeup.clear()
             if self._outcomes and (len(self._outcomes) >= min(RECORD_BATCH, self._running) or self._closing
@@ -175,6 +198,18 @@ class AsyncSender:
                 finally:
                     with self._lock:
                         self._running -= len(outcomes)
+
+    def _take(self, n: int) -> List[Job]:
+        """Up to ``n`` jobs from the queue's front whose bodies fit under the memory cap (always
+        one when nothing is in flight, so a file near the cap is not starved). Under the lock."""
+        batch: List[Job] = []
+        while len(batch) < n and self._queue:
+            size = self._queue[0].stat.size
+            if self._bytes + size > self.memory_cap and (self._bytes or batch):
+                break
+            self._bytes += size
+            batch.append(self._queue.popleft())
+        return batch
 
     async def _drain(self) -> None:
         """Recording failed (the database refused a write): the loop is about to end with that
@@ -200,8 +235,9 @@ class AsyncSender:
                 return
             token = next(self._tokens)
             self._inflight[token] = None
+            assert self._loop is not None
             handle = self.remote.put_object_soon(job.key, read.data, read.md5, read.put_options,
-                                                 functools.partial(self._sent, token, job, read))
+                                                 functools.partial(self._sent, token, job, read, self._loop.time()))
             if token in self._inflight:  # not answered at once
                 self._inflight[token] = handle
         except Exception as exc:  # a failure of one file is that file's, never the loop's
@@ -209,26 +245,32 @@ class AsyncSender:
             log.exception("Unexpected error uploading %s", job.key)
             self._done(Outcome("failed", job, failure=classify(exc)))
 
-    def _sent(self, token: int, job: Job, read: SmallRead, etag: Optional[str], exc: Optional[BaseException]) -> None:
+    def _sent(self, token: int, job: Job, read: SmallRead, started: float, etag: Optional[str],
+              exc: Optional[BaseException]) -> None:
         self._inflight.pop(token, None)
-        if isinstance(exc, asyncio.CancelledError):
-            outcome = Outcome("failed", job, failure=SHUTDOWN)
-        elif exc is not None:
-            outcome = Outcome("failed", job, failure=classify(exc))
-        elif not self.uploader.proven_by_answer(read, etag or ""):
+        assert self._loop is not None
+        now = self._loop.time()
+        if exc is not None:
+            if isinstance(exc, asyncio.CancelledError):
+                failure = SHUTDOWN
+            else:
+                failure = classify(exc)
+                self.controller.on_failure(now, failure.kind)  # throttled, network: fewer in flight
+            self._done(Outcome("failed", job, failure=failure))
+            return
+        # answered: a sample of the link for the controller, whatever the proof then takes
+        self.controller.on_answer(now, now - started, len(read.data))
+        if not self.uploader.proven_by_answer(read, etag or ""):
             # not the MD5 (a bucket with default SSE-KMS answers so): the proof is a HEAD, which
             # blocks, so it runs on a worker thread; the file keeps its slot and its place in
             # _inflight (a stop waits for it, a cancel abandons it) until the HEAD answers
-            assert self._loop is not None
             # daemon threads, not the loop's default executor: asyncio.run and the interpreter's
             # exit would both wait for a HEAD that shutdown abandoned
             head = self._loop.run_in_executor(self._heads, self.uploader.settle_small, job, read, etag or "")
             self._inflight[token] = head
             head.add_done_callback(functools.partial(self._proven, token, job))
             return
-        else:
-            outcome = self._settle(job, read, etag or "")
-        self._done(outcome)
+        self._done(self._settle(job, read, etag or ""))
 
     def _proven(self, token: int, job: Job, head: "asyncio.Future[Outcome]") -> None:
         self._inflight.pop(token, None)
@@ -252,6 +294,7 @@ class AsyncSender:
         return Outcome("failed", job, failure=classify(exc))
 
     def _done(self, outcome: Outcome) -> None:
+        self._bytes -= outcome.job.stat.size  # the loop's thread alone counts bytes (_take, here)
         self._outcomes.append(outcome)
         assert self._wakeup is not None and self._loop is not None
         if len(self._outcomes) == 1:  # the first of a batch: recorded at the latest RECORD_DELAY from now

@@ -71,13 +71,15 @@ class HealthView:
 class Activity:
     """What the status line and the metrics show besides counters: files queued (found, not yet
     started), uploading now, the endpoint outage in progress (:meth:`Outage.state`, None while
-    it answers), outages since start, and the bandwidth limit in force (None: unlimited)."""
+    it answers), outages since start, the bandwidth limit in force (None: unlimited), and the limit on requests
+    in flight (:mod:`s3_uploader.concurrency`)."""
 
     queued: int
     uploading: int
     outage: Optional[Dict[str, Any]]
     outages: int
     bandwidth_limit: Optional[float]
+    concurrency: int = 0  # small-file requests the sender keeps in flight at most now (adaptive)
 
 
 class Tracked(Protocol):

@@ -66,6 +66,7 @@ def test_metrics_count_files_bytes_states_and_durations_of_real_uploads(workspac
         assert m[("s3_uploader_healthy", ())] == 1
         assert m[("s3_uploader_cleanup_freed_files_total", ())] == 0
         assert m[("s3_uploader_bandwidth_limit_bytes_per_second", ())] == 0
+        assert m[("s3_uploader_upload_concurrency", ())] == 64  # upload_workers = auto starts there
         # durations are drained into the histogram once: a second scrape still counts two
         assert scrape(port)[("s3_uploader_upload_duration_seconds_count", ())] == 2
         assert d.stats.upload_seconds == []

@@ -18,7 +18,7 @@ def test_a_bad_config_lists_every_problem_and_exits_2(tmp_path):
     assert r.returncode == 2
     assert "[watch] stable_seconds = 'later': expected a duration" in r.stderr
     assert "[s3] storage_class = 'COLDEST': expected one of" in r.stderr
-    assert "[upload] upload_workers = '0': expected a whole number, 1 to 256" in r.stderr
+    assert "[upload] upload_workers = '0': expected auto, or a whole number 1 to 512" in r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -57,7 +57,7 @@ def test_every_error_is_reported_at_once_naming_section_key_value_and_expectatio
     assert "[watch] stable_checks = '0': expected a whole number, 1 to 1000" in joined
     assert "[s3] storage_class = 'SUPERCOLD': expected one of" in joined
     assert "[upload] multipart_chunksize = '1KiB': expected a size of at least 5242880 bytes" in joined
-    assert "[upload] upload_workers = 'many': expected a whole number" in joined
+    assert "[upload] upload_workers = 'many': expected auto, or a whole number 1 to 512" in joined
     assert "[daemon] log_level = 'LOUD': expected one of" in joined
     assert len(errors) == 8
 

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 import pytest
 from helpers import wait_for
 
+from s3_uploader.concurrency import Controller
 from s3_uploader.remote import MemoryRemote, PutOptions, memory_error
 from s3_uploader.scanner import FileStat
 from s3_uploader.sender import AsyncSender
@@ -75,6 +76,25 @@ class GatedRemote(MemoryRemote):
 
 @pytest.fixture
 def rig(tmp_path):
+    yield from _rig(tmp_path, capacity=3)
+
+
+@pytest.fixture
+def make_rig(tmp_path):
+    """A rig whose sender is built with the test's own arguments (a controller, a memory cap)."""
+    made = []
+
+    def make(**kw):
+        gen = _rig(tmp_path, **kw)
+        made.append(gen)
+        return next(gen)
+    yield make
+    for gen in made:
+        with pytest.raises(StopIteration):
+            next(gen)
+
+
+def _rig(tmp_path, **sender_kw):
     root = tmp_path / "inbox"
     root.mkdir()
     store = Store(tmp_path / "s.db")
@@ -105,8 +125,8 @@ def rig(tmp_path):
 
     limit = {"on": False}
     diverted: List[Job] = []
-    sender = AsyncSender(remote, uploader, finish, capacity=3, allowed=lambda: not limit["on"],
-                         divert=diverted.extend)
+    sender = AsyncSender(remote, uploader, finish, allowed=lambda: not limit["on"], divert=diverted.extend,
+                         **sender_kw)
     sender.limit, sender.diverted, sender.broken, sender.ended = limit, diverted, broken, ended  # for the tests
     thread = threading.Thread(target=run, name="test-sender")
     sender.thread = thread
@@ -315,3 +335,49 @@ def test_a_proof_head_abandoned_by_shutdown_holds_neither_the_sender_loop_nor_th
         release.set()
         for t in head_threads:
             t.join(10)
+
+
+def test_the_bodies_in_flight_stay_under_the_memory_cap_and_a_larger_file_still_goes_alone(make_rig):
+    sender, remote, job, recorded, _ = make_rig(capacity=10, memory_cap=250)
+    jobs = [job(f"m{i}.bin", b"x" * 100) for i in range(5)] + [job("big.bin", b"y" * 1000)]
+    for j in jobs:
+        sender.submit(j)
+    wait_for(lambda: remote.in_flight == 2, what="two 100-byte bodies in flight")
+    assert sender.queued() == 4  # a third would hold 300 bytes: over the cap, whatever the limit (10)
+    for j in jobs[:5]:
+        remote.gate(j.key).set()
+    wait_for(lambda: len(recorded) == 5, what="the small ones recorded")
+    wait_for(lambda: remote.in_flight == 1, what="the 1000-byte file in flight on its own")
+    remote.gate("big.bin").set()
+    wait_for(lambda: len(recorded) == 6, what="every file recorded")
+    assert remote.most_in_flight == 2 and kinds(recorded) == {j.rel: "uploaded" for j in jobs}
+
+
+def test_a_throttling_answer_halves_the_senders_limit_and_fewer_requests_go_out(make_rig):
+    controller = Controller(start=4, low=1, high=8)
+    sender, remote, job, recorded, _ = make_rig(controller=controller)
+    assert sender.capacity == 4
+    remote.fail["t0.bin"] = memory_error("SlowDown", "reduce your request rate")
+    jobs = [job(f"t{i}.bin") for i in range(12)]
+    for j in jobs:
+        sender.submit(j)
+    wait_for(lambda: remote.in_flight == 4, what="four requests in flight")
+    remote.gate("t0.bin").set()
+    wait_for(lambda: len(recorded) == 1, what="the throttled answer recorded")
+    assert recorded[0].failure is not None and recorded[0].failure.kind == "throttled"
+    assert sender.capacity == controller.limit == 2
+    assert remote.in_flight == 3  # the three still in flight: no new one may start at a limit of 2
+    remote.most_in_flight = 3
+    for j in jobs[1:4]:
+        remote.gate(j.key).set()
+    wait_for(lambda: len(recorded) == 4, what="the first four answered")
+    wait_for(lambda: remote.in_flight == 2, what="two in flight at the halved limit")
+    for j in jobs[4:]:
+        remote.gate(j.key).set()
+    wait_for(lambda: len(recorded) == 12, what="every file recorded")
+    assert remote.most_in_flight == 3  # never above what was already in flight, then 2
+
+
+def test_a_pinned_capacity_is_a_controller_that_never_moves(rig):
+    sender, *_ = rig
+    assert sender.capacity == 3 and sender.controller.pinned

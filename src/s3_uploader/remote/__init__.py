@@ -47,6 +47,7 @@ def remote_from_config(cfg: Config) -> Union[BotoRemote, ObstoreRemote]:
     ``[s3] transport``: ``obstore`` sends single PUTs through :class:`ObstoreRemote`; ``boto3``
     sends everything through :class:`BotoRemote`; ``auto`` is obstore when it is installed.
     """
+    from ..concurrency import pool_size
     s3, up = cfg.s3, cfg.upload
     transport = getattr(s3, "transport", "boto3")
     cls: Union[type[BotoRemote], type[ObstoreRemote]] = BotoRemote
@@ -58,5 +59,5 @@ def remote_from_config(cfg: Config) -> Union[BotoRemote, ObstoreRemote]:
                                             "Python >= 3.11: pip install obstore); using boto3")
     return cls(s3.bucket, region=s3.region, endpoint_url=s3.endpoint_url, profile=s3.profile,
                credentials_file=s3.credentials_file, addressing_style=s3.addressing_style,
-               ca_bundle=s3.ca_bundle, pool_size=up.upload_workers * up.max_concurrency + 4,
+               ca_bundle=s3.ca_bundle, pool_size=pool_size(up.upload_workers, up.max_concurrency),
                connect_timeout=up.connect_timeout, read_timeout=up.read_timeout)
