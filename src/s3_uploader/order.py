@@ -8,7 +8,9 @@ A file's place is its sort key ``(rank, time, path)``:
   path, ``*`` also crossing ``/``; ignoring case on Windows);
 - ``time``: the file's mtime, oldest first (``order = oldest``, the default: a recorder that deletes
   its oldest clips when its disk fills loses those first) or newest first;
-- ``path``: ties go by path, ascending in both orders.
+- ``path``: equal mtimes go by path, ascending with ``oldest`` and descending with ``newest``:
+  within a rank, ``newest`` is exactly ``oldest`` reversed (so the database's index serves both
+  directions without a sort, however many files share an mtime).
 
 The same key orders the backlog in the state database (``files.rank`` is stored with each row, see
 :meth:`Store.backlog_page <s3_uploader.store.reads.Reads.backlog_page>`) and the ready jobs the
@@ -28,6 +30,24 @@ from typing import Callable, Generic, Iterator, List, Sequence, Tuple, TypeVar
 ORDERS = ("oldest", "newest")
 
 SortKey = Tuple[int, int, str]
+
+
+class _Descending(str):
+    """A path that sorts in reverse (``newest``'s ties): ``a < b`` is ``str(a) > str(b)``."""
+
+    __slots__ = ()
+
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
+
+    def __gt__(self, other: str) -> bool:
+        return str.__lt__(self, other)
+
+    def __le__(self, other: str) -> bool:
+        return str.__ge__(self, other)
+
+    def __ge__(self, other: str) -> bool:
+        return str.__le__(self, other)
 
 
 class Order:
@@ -60,7 +80,9 @@ class Order:
 
     def key(self, rel: str, mtime_ns: int) -> SortKey:
         """The sort key of the file at ``rel`` with modification time ``mtime_ns``: smaller goes first."""
-        return (self.rank(rel), -mtime_ns if self.newest else mtime_ns, rel)
+        if self.newest:
+            return (self.rank(rel), -mtime_ns, _Descending(rel))
+        return (self.rank(rel), mtime_ns, rel)
 
 
 @functools.lru_cache(maxsize=8)

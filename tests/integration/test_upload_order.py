@@ -14,18 +14,19 @@ import pytest
 from helpers import list_keys, make_files, once, status, wait_for
 
 T0 = 1_700_000_000  # 2023-11-14: mtimes in seconds from here
-# (relative path, mtime offset): two files share an mtime (ties go by path, in both orders)
+# (relative path, mtime offset): two files share an mtime (ties by path: ascending with oldest,
+# descending with newest, which is oldest reversed)
 FILES = [("cam2/f.mp4", 0), ("cam0/b.mp4", 10), ("cam1/e.jpg", 20), ("cam1/d.mp4", 30), ("cam2/t1.mp4", 35),
          ("cam2/t0.mp4", 35), ("cam0/c.jpg", 40), ("cam0/a.mp4", 50), ("z.jpg", 60), ("cam2/h.mp4", 70)]
 OLDEST = ["cam2/f.mp4", "cam0/b.mp4", "cam1/e.jpg", "cam1/d.mp4", "cam2/t0.mp4", "cam2/t1.mp4", "cam0/c.jpg",
           "cam0/a.mp4", "z.jpg", "cam2/h.mp4"]
-NEWEST = ["cam2/h.mp4", "z.jpg", "cam0/a.mp4", "cam0/c.jpg", "cam2/t0.mp4", "cam2/t1.mp4", "cam1/d.mp4",
+NEWEST = ["cam2/h.mp4", "z.jpg", "cam0/a.mp4", "cam0/c.jpg", "cam2/t1.mp4", "cam2/t0.mp4", "cam1/d.mp4",
           "cam1/e.jpg", "cam0/b.mp4", "cam2/f.mp4"]
 # priority = *.jpg, cam1/*: the snapshots first, then cam1's other files, then the rest; each by order
 PRIORITY_OLDEST = ["cam1/e.jpg", "cam0/c.jpg", "z.jpg", "cam1/d.mp4", "cam2/f.mp4", "cam0/b.mp4", "cam2/t0.mp4",
                    "cam2/t1.mp4", "cam0/a.mp4", "cam2/h.mp4"]
-PRIORITY_NEWEST = ["z.jpg", "cam0/c.jpg", "cam1/e.jpg", "cam1/d.mp4", "cam2/h.mp4", "cam0/a.mp4", "cam2/t0.mp4",
-                   "cam2/t1.mp4", "cam0/b.mp4", "cam2/f.mp4"]
+PRIORITY_NEWEST = ["z.jpg", "cam0/c.jpg", "cam1/e.jpg", "cam1/d.mp4", "cam2/h.mp4", "cam0/a.mp4", "cam2/t1.mp4",
+                   "cam2/t0.mp4", "cam0/b.mp4", "cam2/f.mp4"]
 ONE_AT_A_TIME = {"upload_workers": 1, "max_pending_uploads": 2}
 
 

@@ -26,13 +26,13 @@ def test_priority_patterns_match_exactly_as_include_does(pattern, rel):
     assert (Order("oldest", (pattern,)).rank(rel) == 0) == Filters(include=(pattern,), skip_hidden=False).file_allowed(rel)
 
 
-def test_oldest_sorts_by_rank_then_mtime_then_path_and_newest_reverses_only_the_mtime():
+def test_oldest_sorts_by_rank_then_mtime_then_path_and_newest_is_oldest_reversed_within_each_rank():
     files = [("c.mp4", 30), ("b.mp4", 10), ("z.jpg", 50), ("a.mp4", 30), ("y.jpg", 20)]
     oldest = Order("oldest", ("*.jpg",))
     newest = Order("newest", ("*.jpg",))
     assert [r for r, m in sorted(files, key=lambda f: oldest.key(*f))] == ["y.jpg", "z.jpg", "b.mp4", "a.mp4", "c.mp4"]
-    # ties (a.mp4 and c.mp4, both 30) go by path ascending in both orders
-    assert [r for r, m in sorted(files, key=lambda f: newest.key(*f))] == ["z.jpg", "y.jpg", "a.mp4", "c.mp4", "b.mp4"]
+    # ties (a.mp4 and c.mp4, both 30) go by path: ascending with oldest, descending with newest
+    assert [r for r, m in sorted(files, key=lambda f: newest.key(*f))] == ["z.jpg", "y.jpg", "c.mp4", "a.mp4", "b.mp4"]
 
 
 def test_an_unknown_order_is_refused():

@@ -694,7 +694,7 @@ def _ranked(store, priority):
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3, 100])
-def test_the_backlog_pages_by_rank_then_mtime_either_way_with_ties_by_path(store, limit):
+def test_the_backlog_pages_by_rank_then_mtime_and_path_either_way(store, limit):
     # (path, mtime_ns): b and d share an mtime
     files = [("a.mp4", 50), ("b.mp4", 20), ("c.jpg", 40), ("d.mp4", 20), ("e.jpg", 10), ("f.mp4", 5)]
     _ranked(store, ("*.jpg",))  # rows discovered from now on are ranked by it
@@ -702,7 +702,7 @@ def test_the_backlog_pages_by_rank_then_mtime_either_way_with_ties_by_path(store
     assert {rel: store.db.read("SELECT rank FROM files WHERE path = ?", (rel.encode(),))[0][0]
             for rel, _ in files} == {"a.mp4": 1, "b.mp4": 1, "c.jpg": 0, "d.mp4": 1, "e.jpg": 0, "f.mp4": 1}
     assert _all_pages(store, False, limit) == ["e.jpg", "c.jpg", "f.mp4", "b.mp4", "d.mp4", "a.mp4"]
-    assert _all_pages(store, True, limit) == ["c.jpg", "e.jpg", "a.mp4", "b.mp4", "d.mp4", "f.mp4"]
+    assert _all_pages(store, True, limit) == ["c.jpg", "e.jpg", "a.mp4", "d.mp4", "b.mp4", "f.mp4"]
 
 
 def test_only_pending_rows_are_in_the_backlog(store):
@@ -758,3 +758,29 @@ def test_a_version_6_database_gets_the_rank_column_and_the_backlog_index_keeping
         assert store.db.read("SELECT count(*) FROM files WHERE rank = 0")[0][0] == 3
         assert _all_pages(store, False, 10) == ["f2", "f1"]  # the index is there (INDEXED BY would fail)
         assert store.counts() == counted(store)
+
+
+@pytest.mark.parametrize("newest", [False, True], ids=["oldest", "newest"])
+def test_a_page_of_the_backlog_costs_the_same_deep_in_20000_waiting_rows_as_at_the_start_of_200(tmp_path, newest):
+    """The feed pages through the whole backlog after every rescan: a page deep into a large one
+    (and the move to the next rank) must not cost more than the first page of a small one."""
+    costs = []
+    for rows in (200, 20_000):
+        db = tmp_path / f"{rows}-{newest}.db"
+        Store(db).close()
+        conn = sqlite3.connect(str(db))
+        # two ranks; states mixed as a backlog leaves them (failed and uploaded rows are not in it)
+        conn.executemany("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at, "
+                         "rank) VALUES(?, 'cam', ?, ?, 1, ?, 1, 1, 1, ?)",
+                         [(f"cam/{i:06d}.mp4".encode(), f"cam/{i:06d}.mp4", ("pending", "failed", "uploaded")[i % 3],
+                           i // 2, 0 if i < rows // 2 else 1) for i in range(rows)])
+        conn.commit()
+        conn.close()
+        with Store(db) as store:
+            # the last page of rank 0 (five rows before its end), on into rank 1
+            last = rows // 2 - 12 if not newest else 12
+            cursor = (0, last // 2, f"cam/{last:06d}.mp4".encode())
+            page = store.backlog_page(newest, cursor, 20)
+            assert len(page) == 20 and {r[0] for r in page} == {0, 1}
+            costs.append(vm_steps(store, lambda: store.backlog_page(newest, cursor, 20)))
+    assert costs[1] <= costs[0] + 200, f"{costs[0]} steps with 200 rows, {costs[1]} with 20,000"
