@@ -34,11 +34,11 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from .order import order_of
+from .order import Order, order_of
 from .views import Live, Stats
 from .runmode import RunMode
 from .scanner import FileStat
-from .store import WAITING_STATES, dec, display
+from .store import WAITING_STATES, Store, dec, display
 from .version import REMOVED_STATES, settled
 from .watcher import WATCH_LIMIT, inotify_watches, watch_limit
 
@@ -87,6 +87,7 @@ class Discovery:
         self.wall = wall
         self._lost_warned_at = float("-inf")
         self.root_moved: Optional[str] = None  # where the watch directory resolves now, if not where it did
+        self._ranked: Optional[Tuple[Store, Order]] = None  # the store's rows ranked by this order's priority
 
     def run(self) -> None:
         """The scanner thread: a scan now and every ``scan_interval`` (sooner when one is
@@ -162,11 +163,16 @@ class Discovery:
         return found
 
     def _use_priority(self) -> None:
-        """Rank rows by the ``priority`` in force from now on, and rank the waiting rows again by it
-        (a reload changed it, or this start's config did): one statement, before the walk records rows."""
+        """At the first scan, and at the first after a reload changed ``priority``: rank rows by the
+        ``priority`` in force from now on, and rank the waiting rows again by it (this start's config
+        may differ from the last run's; rows an event recorded before this scan have the default
+        rank). One statement, before the walk records rows."""
         up = self.live.cfg.upload
-        order = order_of(up.order, up.priority)
-        changed = self.live.store.rerank(order.rank, order.lowest)
+        order, store = order_of(up.order, up.priority), self.live.store
+        if self._ranked is not None and self._ranked[0] is store and self._ranked[1].priority == order.priority:
+            return
+        self._ranked = (store, order)
+        changed = store.rerank(order.rank, order.lowest)
         if changed:
             log.info("Upload priority: %d waiting file(s) ranked again", changed)
 

@@ -223,3 +223,37 @@ def test_a_file_ready_later_with_a_better_place_is_handed_over_before_the_ready_
         assert [dispatch.queue.get_nowait().rel for _ in range(2)] == ["snap.jpg", "c.mp4"]
         assert [j.rel for j in sched.ready] == ["d.mp4"]
         assert store.get("snap.jpg").state == "pending"
+
+
+def test_waiting_rows_are_ranked_again_at_the_first_scan_and_after_the_priority_changes_only(tmp_path):
+    cfg = _order_config(tmp_path, "")
+    for rel, mtime in [("a.mp4", 10), ("b.jpg", 20)]:
+        _write(cfg.watch_root, rel, mtime)
+    filters = Filters()
+    scanner = Scanner(cfg.watch_root, filters)
+    candidates: "queue.Queue[FileStat]" = queue.Queue(maxsize=100)
+    with Store(cfg.daemon.db_path, clock=lambda: 100.0) as store:
+        live = SimpleLive(cfg, store, scanner, filters, KeyMaker(""))
+        disc = Discovery(
+            str(cfg.watch_root), live=live, candidates=candidates, folder_requests=queue.Queue(),
+            scan_request=threading.Event(), stop=threading.Event(), wake=threading.Event(),
+            scan_done=threading.Event(), stats=Stats(), heartbeats={}, is_inflight=lambda rel: False,
+            set_aside=lambda *a, **kw: None, watching=lambda: False, mode=RunMode.SERVICE,
+            clock=lambda: 0.0, wall=lambda: 1e9)
+        calls: List[int] = []
+        rerank = store.rerank
+        store.rerank = lambda ranker, lowest: calls.append(lowest) or rerank(ranker, lowest)  # type: ignore
+
+        def scan() -> List[str]:
+            disc.full_scan(quick=True)
+            out = []
+            while not candidates.empty():
+                out.append(candidates.get_nowait().rel)
+            return out
+
+        assert scan() == ["a.mp4", "b.jpg"] and calls == [0]
+        assert scan() == ["a.mp4", "b.jpg"] and calls == [0]  # nothing changed: no statement
+        live.cfg = parse_config(f"[watch]\ndirectory_to_watch = {cfg.watch_root}\n[s3]\nbucket = b\n"
+                                f"[daemon]\ndb_path = {cfg.daemon.db_path}\n[upload]\npriority = *.jpg\n")  # a reload
+        assert scan() == ["b.jpg", "a.mp4"] and calls == [0, 1]  # the reload's priority: ranked again
+        assert scan() == ["b.jpg", "a.mp4"] and calls == [0, 1]

@@ -50,7 +50,7 @@ class Moves:
         # move that causes it, only for the events a hook or the webhook is configured for
         self.events: Optional[Any] = None
         # the priority rank of a relative path (order.Order.rank), written with each row discovered;
-        # set by rerank (discovery calls it at every full scan with the priority in force)
+        # set by rerank (discovery calls it at its first scan, and after a reload changed the priority)
         self.ranker: Callable[[str], int] = _no_priority
 
     def _event(self, event: str, raws: Sequence[bytes]) -> None:

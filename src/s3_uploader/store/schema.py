@@ -251,7 +251,7 @@ def _migrate_v5_checksum(conn: sqlite3.Connection) -> None:
 
 def _migrate_v6_rank(conn: sqlite3.Connection) -> None:
     """Schema 6 -> 7 (order): ``files.rank``, 0 in every row kept, and the backlog's index. The
-    waiting rows get the rank of the configured priority at the first full scan (``Moves.rerank``).
+    waiting rows get the rank of the configured priority at the daemon's first scan (``Moves.rerank``).
     A table rebuilt from schema 1 by this start has the column already."""
     with _migration(conn, 7):
         if "rank" not in {row[1] for row in conn.execute("PRAGMA table_info(files)")}:
