@@ -181,14 +181,21 @@ class Discovery:
         a page of :data:`FEED_PAGE` rows at a time, each stat'ed afresh (the scheduler's first look
         at it: a file is never found ready on a signature read earlier). Blocks while the bounded
         queue is full, as the walk did, so memory holds one page and the queue whatever the backlog.
-        Skips files in flight; a file gone or no longer a candidate is left to the sweep. Returns how
-        many files were handed on."""
+        Skips files in flight; a file gone or no longer a candidate is left to the sweep. Stops when
+        a reload changes the order (the reload's rescan hands the backlog on again in the new one: a
+        pass over a large backlog on a slow link may last hours). Returns how many files were
+        handed on."""
         up = self.live.cfg.upload
-        newest = order_of(up.order, up.priority).newest
+        order = order_of(up.order, up.priority)
+
+        def reordered() -> bool:
+            now = self.live.cfg.upload
+            return order_of(now.order, now.priority) is not order
+
         after: Optional[Tuple[int, int, bytes]] = None
         fed = 0
-        while not self.stop.is_set():
-            page = self.live.store.backlog_page(newest, after, FEED_PAGE)
+        while not self.stop.is_set() and not reordered():
+            page = self.live.store.backlog_page(order.newest, after, FEED_PAGE)
             if not page:
                 break
             after = page[-1]
@@ -204,7 +211,7 @@ class Discovery:
                     continue
                 if f is not None:
                     batch.append(f)
-            fed += self._hand_on(batch)
+            fed += self._hand_on(batch, reordered)
             self.heartbeats["scanner"] = self.clock()
         return fed
 
@@ -332,24 +339,32 @@ class Discovery:
             self._hand_on(todo)
         return len(todo)
 
-    def _hand_on(self, todo: List[FileStat]) -> int:
+    def _hand_on(self, todo: List[FileStat], abandon: Callable[[], bool] = lambda: False) -> int:
         """Queue ``todo`` for the scheduler, waiting (interruptibly) while the queue is full; then
-        wake it. Returns how many were queued."""
+        wake it. Stops early when ``abandon()`` says so (asked while it waits). Returns how many
+        were queued."""
+        queued = 0
         for f in todo:
             while not self.stop.is_set():
                 try:
                     self.candidates.put_nowait(f)
+                    queued += 1
                     break
                 except queue.Full:
                     self.wake.set()  # the scheduler drains the queue
                 try:
                     self.candidates.put(f, timeout=0.5)
+                    queued += 1
                     break
                 except queue.Full:
                     self.heartbeats["scanner"] = self.clock()
+                    if abandon():
+                        break
+            if self.stop.is_set() or abandon():
+                break
         if todo:
             self.wake.set()  # once per slice, not per file
-        return len(todo)
+        return queued
 
     def _sweep_vanished(self, scan_started: float) -> None:
         """Rows still waiting whose file is gone or no longer included (e.g. its folder was removed)."""

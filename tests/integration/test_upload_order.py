@@ -74,3 +74,31 @@ def test_a_backlog_recorded_before_a_restart_is_sent_in_order_after_it(workspace
     wait_for(lambda: len(put_order(proxy)) == len(FILES), timeout=60, what="ten PUTs")
     assert put_order(proxy) == PRIORITY_NEWEST
     assert d.stop() == 0
+
+
+def test_a_reload_that_changes_the_priority_reorders_the_backlog_still_waiting(workspace, proxy, s3_client):
+    """Twenty clips and three snapshots newer than all of them, oldest first: the first PUT is held
+    at the proxy, so the backlog waits; a reload sets ``priority = *.jpg``; once the PUT goes, the
+    snapshots overtake every clip not yet handed over (at most the one in flight and the few the
+    sender, the ready heap and the scheduler's queue already hold, 8 with one worker and
+    ``max_pending_uploads = 2``)."""
+    clips = [f"clip{i:02d}.mp4" for i in range(20)]
+    snaps = [f"snap{k}.jpg" for k in range(3)]
+    make_files(workspace.inbox, [(rel, rel.encode()) for rel in clips + snaps])
+    for i, rel in enumerate(clips + snaps):
+        os.utime(workspace.inbox / rel, (T0 + 10 * i, T0 + 10 * i))
+    proxy.hold("PutObject")
+    upload = {**ONE_AT_A_TIME, "order": "oldest"}
+    workspace.config(s3={"endpoint_url": proxy.endpoint}, upload=upload)
+    d = workspace.start()
+    wait_for(lambda: proxy.held() == 1, what="the first PUT held")
+    workspace.config(s3={"endpoint_url": proxy.endpoint}, upload={**upload, "priority": "*.jpg"})
+    d.wait_log(r"Configuration reloaded; changed: \[upload\] priority", timeout=30)
+    d.wait_log(r"Upload priority: 20 waiting file\(s\) ranked again", timeout=30)  # the clips, to rank 1
+    proxy.release(drop=False)
+    wait_for(lambda: len(put_order(proxy)) == len(clips) + len(snaps), timeout=60, what="23 PUTs")
+    sent = put_order(proxy)
+    assert sent[0] == "clip00.mp4"  # the one held
+    assert [k for k in sent if k.endswith(".mp4")] == clips and [k for k in sent if k.endswith(".jpg")] == snaps
+    assert max(sent.index(s) for s in snaps) <= 10, sent  # without the reload: 20, 21, 22
+    assert d.stop() == 0
