@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Pr
 
 if TYPE_CHECKING:
     from .job import Job
+    from .order import ReadyHeap
     from .store import Store
 
 log = logging.getLogger(__name__)
@@ -230,14 +231,14 @@ class Budget:
         self._used = (0, 0)
         self._held: Dict[str, int] = {}  # rel -> bytes reserved by an upload handed over
         self._held_total = 0
-        # What the last hand-over left in ``ready`` (its first ``_settled`` jobs, ``_settled_waiting``
-        # of them until ``_settled_until``) and under which state (periods, limits, used, held): while
-        # that state holds, those jobs still do not fit, and a paused daemon with thousands of files
-        # waiting looks only at the new ones at each turn of the scheduler.
+        # What the last hand-over left in ``ready`` (each job kept -> the end of the period it waits
+        # for, None when it waits for uploads in flight) and under which state (periods, limits, used,
+        # held) with ``ready.added`` at its end: while that state holds, those jobs still do not fit,
+        # so a paused daemon with thousands of files waiting decides only about the new ones (and
+        # about none when nothing was added).
         self._settled_state: Optional[Tuple[Any, ...]] = None
-        self._settled = 0
-        self._settled_waiting = 0
-        self._settled_until: Optional[float] = None
+        self._settled: Dict[str, Optional[float]] = {}
+        self._settled_added = -1
         self._paused_until: Optional[float] = None
         self._waiting = 0
 
@@ -298,7 +299,8 @@ class Budget:
             self._held_total -= self._held.pop(rel, 0)
 
     # -- the gate ---------------------------------------------------------------------------------
-    def gate(self, ready: Deque["Job"], hand: Callable[["Job"], bool], park: Callable[["Job", str, float], None],
+    def gate(self, ready: "ReadyHeap[Job]", hand: Callable[["Job"], bool],
+             park: Callable[["Job", str, float], None],
              sent_before: Callable[["Job"], int] = lambda job: 0) -> None:
         """Hand over, in order, the jobs of ``ready`` that fit in what is left; the rest stay in
         ``ready``, in order. ``hand(job)`` returns False when the workers' queue is full (the job
@@ -312,12 +314,18 @@ class Budget:
             # more held back only lets less fit: the jobs the last pass kept still do not, unless
             # the periods, the limits, what was used or what is held changed since
             same = self._settled_state == (p.day, p.month, limits, used, self._held_total)
-            skip = self._settled if same and self._settled <= len(ready) else 0
-            waiting, paused_until = (self._settled_waiting, self._settled_until) if skip else (0, None)
-        kept: List["Job"] = [ready.popleft() for _ in range(skip)]
+            if same and ready.added == self._settled_added:
+                return  # nothing new, nothing changed: the last pass's verdicts stand
+            settled = self._settled if same else {}
+        kept: List["Job"] = []
+        waits: Dict[str, Optional[float]] = {}
         complete = True
         while ready:
             job = ready.popleft()
+            if job.rel in settled:
+                kept.append(job)
+                waits[job.rel] = settled[job.rel]
+                continue
             size = max(0, job.stat.size - (sent_before(job) if job.upload_id else 0))
             with self._lock:
                 v = decide(size, limits, used, self._held_total, p)
@@ -340,16 +348,17 @@ class Budget:
                 park(job, msg, min(p.next_day if v.never == "day" else p.next_month, now + PARK_RECHECK))
                 continue
             kept.append(job)
-            if v.until is not None:
-                waiting += 1
-                paused_until = v.until if paused_until is None else min(paused_until, v.until)
+            waits[job.rel] = v.until
+        while ready:  # stopped at a full queue: the rest, taken out to go back after the kept, in order
+            kept.append(ready.popleft())
+        untils = [u for u in waits.values() if u is not None]
+        waiting, paused_until = len(untils), (min(untils) if untils else None)
+        ready.put_back(kept)
         with self._lock:
             self._settled_state = (p.day, p.month, limits, used, self._held_total) if complete else None
-            self._settled, self._settled_waiting, self._settled_until = len(kept), waiting, paused_until
+            self._settled = waits if complete else {}
+            self._settled_added = ready.added
             was = self._paused_until
-        kept.extend(ready)
-        ready.clear()
-        ready.extend(kept)
         if complete:
             self._note_pause(paused_until, waiting, now, p, limits, used)
         elif was is not None and was <= now:

@@ -146,6 +146,12 @@ OPTIONS: Tuple[Option, ...] = (
            "/ round-trip time), so this is far above the core count.", reloadable=False),
     Option("upload", "max_pending_uploads", _int(1), "10000", "Files held in memory at once (waiting to be "
            "stable or queued); bounds memory when a million files appear at once.", reloadable=False),
+    Option("upload", "order", _choice("oldest", "newest"), "oldest", "Which waiting files go first, by "
+           "modification time: oldest (a recorder that deletes its oldest files when its disk fills loses those "
+           "first) or newest. Applies to the whole backlog; retries keep their own schedule."),
+    Option("upload", "priority", PATTERNS, "", "Comma-separated wildcards (matched like include) of files sent "
+           "before all others, an earlier pattern first; within each, by order. Empty = none.",
+           example="*.jpg, cam1/*"),
     Option("upload", "max_retries", _int(0), "10", "Failed attempts before a file is parked (still shown by "
            "status, tried again after parked_retry_interval)."),
     Option("upload", "retry_backoff_base", _duration(0), "2s", "First retry delay; doubles per attempt, with "
@@ -284,6 +290,8 @@ class S3Section:
 class UploadSection:
     upload_workers: Optional[int]  # None = auto
     max_pending_uploads: int
+    order: Literal["oldest", "newest"]
+    priority: Tuple[str, ...]
     max_retries: int
     retry_backoff_base: float
     retry_backoff_max: float

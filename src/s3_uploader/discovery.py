@@ -5,8 +5,14 @@ next rescan finds), and subtree scans of the folders that events report (a folde
 in raised no events for its files). Each folder's listing is diffed against the database: new
 files get a row (pending) and changed ones are discovered again (the store decides their key);
 both go to the scheduler through the bounded ``candidates`` queue, so a million new files never sit
-in memory. A rescan is full at start, when one is requested (events lost, no room for a hint, a
-reload) and every ``full_scan_interval``; the others are quick: they skip the folders whose entries
+in memory. A rescan (full or quick) records the rows of every folder first and hands the files on
+afterwards, in upload order (:mod:`s3_uploader.order`: the ``priority`` patterns, then by mtime,
+``order`` oldest or newest first), paging through the pending rows in the database (the backlog,
+which may be far larger than the queue; :meth:`Discovery.feed_backlog`), so the order holds over
+every file waiting, not over the files one listing found; each is stat'ed afresh when handed on. A
+subtree scan (a folder an event reported) hands its new files on at once. A rescan is full at
+start, when one is requested (events lost, no room for a hint, a reload) and every
+``full_scan_interval``; the others are quick: they skip the folders whose entries
 are unchanged since a listing that found all their files settled (``scanner.FolderMemo`` says what
 that guarantees). After every rescan, waiting rows whose file is gone (or no longer included, or no longer
 a regular file) are forgotten, the watch count is checked against the folders walked, and a watch
@@ -28,15 +34,18 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
+from .order import Order, order_of
 from .views import Live, Stats
 from .runmode import RunMode
 from .scanner import FileStat
-from .store import WAITING_STATES, display
+from .store import WAITING_STATES, Store, dec, display
 from .version import REMOVED_STATES, settled
 from .watcher import WATCH_LIMIT, inotify_watches, watch_limit
 
 
 log = logging.getLogger(__name__)
+
+FEED_PAGE = 500  # backlog rows read at once: each page is one short read, nothing is held between pages
 
 # A file at the path of a row in these states is always a new file, even with the row's signature:
 # cleanup removed the proven one first, and a file created at once can get its inode back within
@@ -78,6 +87,7 @@ class Discovery:
         self.wall = wall
         self._lost_warned_at = float("-inf")
         self.root_moved: Optional[str] = None  # where the watch directory resolves now, if not where it did
+        self._ranked: Optional[Tuple[Store, Order]] = None  # the store's rows ranked by this order's priority
 
     def run(self) -> None:
         """The scanner thread: a scan now and every ``scan_interval`` (sooner when one is
@@ -122,6 +132,7 @@ class Discovery:
         files = found = folders = 0
         last_dir = None
         self._check_root_target()
+        self._use_priority()
         scanner = self.live.scanner  # a reload may swap it: this pass is one scanner's
         scanner.memo.begin_pass(full=not quick)
         for rel_dir, listing in scanner.walk(quick=quick):
@@ -131,7 +142,7 @@ class Discovery:
                 folders += 1
                 last_dir = rel_dir
             files += len(listing)
-            found += self.diff_folder(rel_dir, listing)
+            found += self.diff_folder(rel_dir, listing, hand_on=False)
             self.heartbeats["scanner"] = self.clock()
         if not self.stop.is_set():
             if not quick:
@@ -147,7 +158,62 @@ class Discovery:
         # the scan's own CPU (this thread's): what each periodic rescan costs the box
         log.debug("Scan: %d files, %d to upload, %.2fs (%.3fs CPU); %s: %d folders, %d not listed again",
                   files, found, secs, cpu, "quick" if quick else "full", folders, skipped)
+        if not self.stop.is_set():
+            self.feed_backlog()
         return found
+
+    def _use_priority(self) -> None:
+        """At the first scan, and at the first after a reload changed ``priority``: rank rows by the
+        ``priority`` in force from now on, and rank the waiting rows again by it (this start's config
+        may differ from the last run's; rows an event recorded before this scan have the default
+        rank). One statement, before the walk records rows."""
+        up = self.live.cfg.upload
+        order, store = order_of(up.order, up.priority), self.live.store
+        if self._ranked is not None and self._ranked[0] is store and self._ranked[1].priority == order.priority:
+            return
+        self._ranked = (store, order)
+        changed = store.rerank(order.rank, order.lowest)
+        if changed:
+            log.info("Upload priority: %d waiting file(s) ranked again", changed)
+
+    def feed_backlog(self) -> int:
+        """Hand every pending row's file to the scheduler in upload order (:mod:`s3_uploader.order`),
+        a page of :data:`FEED_PAGE` rows at a time, each stat'ed afresh (the scheduler's first look
+        at it: a file is never found ready on a signature read earlier). Blocks while the bounded
+        queue is full, as the walk did, so memory holds one page and the queue whatever the backlog.
+        Skips files in flight; a file gone or no longer a candidate is left to the sweep. Stops when
+        a reload changes the order (the reload's rescan hands the backlog on again in the new one: a
+        pass over a large backlog on a slow link may last hours). Returns how many files were
+        handed on."""
+        up = self.live.cfg.upload
+        order = order_of(up.order, up.priority)
+
+        def reordered() -> bool:
+            now = self.live.cfg.upload
+            return order_of(now.order, now.priority) is not order
+
+        after: Optional[Tuple[int, int, bytes]] = None
+        fed = 0
+        while not self.stop.is_set() and not reordered():
+            page = self.live.store.backlog_page(order.newest, after, FEED_PAGE)
+            if not page:
+                break
+            after = page[-1]
+            batch: List[FileStat] = []
+            for _, _, raw in page:
+                rel = dec(raw)
+                if self._is_inflight(rel):
+                    continue
+                try:
+                    f = self.live.scanner.stat_one(rel)
+                except Exception as exc:
+                    self._set_aside(rel, "scanning", exc)
+                    continue
+                if f is not None:
+                    batch.append(f)
+            fed += self._hand_on(batch, reordered)
+            self.heartbeats["scanner"] = self.clock()
+        return fed
 
     def _check_root_target(self) -> None:
         """The watch directory (or a folder above it) may be a symlink, resolved once at start: every
@@ -210,11 +276,13 @@ class Discovery:
                 return
             self.diff_folder(d, listing)
 
-    def diff_folder(self, rel_dir: str, listing: List[FileStat]) -> int:
-        """Compare a slice of one folder's files with the database; queue what needs uploading.
+    def diff_folder(self, rel_dir: str, listing: List[FileStat], hand_on: bool = True) -> int:
+        """Compare a slice of one folder's files with the database; record what needs uploading and
+        (``hand_on``) queue it for the scheduler now. Returns how many need uploading.
 
         Rows whose file is gone are found by ``_sweep_vanished`` after the full scan, so a folder
-        never has to be held whole.
+        never has to be held whole. A rescan passes ``hand_on=False``: its files are handed on after
+        the walk, in upload order (:meth:`feed_backlog`).
         """
         known = self.live.store.signatures_of([f.rel for f in listing])
         new_rows: List[Tuple[str, str, int, int, int]] = []
@@ -267,21 +335,36 @@ class Discovery:
                     log.error("%s", r.last_error)
                 parked = {r.rel for r in collided}
                 todo = [f for f in todo if f.rel not in parked]
+        if hand_on:
+            self._hand_on(todo)
+        return len(todo)
+
+    def _hand_on(self, todo: List[FileStat], abandon: Callable[[], bool] = lambda: False) -> int:
+        """Queue ``todo`` for the scheduler, waiting (interruptibly) while the queue is full; then
+        wake it. Stops early when ``abandon()`` says so (asked while it waits). Returns how many
+        were queued."""
+        queued = 0
         for f in todo:
             while not self.stop.is_set():
                 try:
                     self.candidates.put_nowait(f)
+                    queued += 1
                     break
                 except queue.Full:
                     self.wake.set()  # the scheduler drains the queue
                 try:
                     self.candidates.put(f, timeout=0.5)
+                    queued += 1
                     break
                 except queue.Full:
                     self.heartbeats["scanner"] = self.clock()
+                    if abandon():
+                        break
+            if self.stop.is_set() or abandon():
+                break
         if todo:
             self.wake.set()  # once per slice, not per file
-        return len(todo)
+        return queued
 
     def _sweep_vanished(self, scan_started: float) -> None:
         """Rows still waiting whose file is gone or no longer included (e.g. its folder was removed)."""

@@ -20,11 +20,12 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Deque, Iterable, List, Optional, Set
+from typing import Callable, Iterable, List, Optional, Set
 
 from .bandwidth import BandwidthLimiter
 from .budget import Budget
 from .concurrency import controller_for, worker_threads
+from .order import ReadyHeap
 from .sender import AsyncSender
 from .store import IllegalTransition, Store, display
 from .threads import Threads
@@ -135,7 +136,7 @@ class Dispatch:
         """Whether the upload queue is at its feed limit (the scheduler then turns again soon)."""
         return self.queue.qsize() >= self.feed_limit()
 
-    def feed(self, ready: Deque[Job]) -> None:
+    def feed(self, ready: ReadyHeap[Job]) -> None:
         """Hand jobs from the front of ``ready``, in order, to the sender (small, no limit in force)
         or the upload queue, until the one the next job goes to is full. With a data budget in force,
         the budget's gate decides which go (to the upload queue) and which wait in ``ready``."""

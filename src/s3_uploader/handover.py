@@ -3,20 +3,26 @@
 :class:`HandOver` is owned by the :class:`~s3_uploader.scheduler.Scheduler`. The scheduler adds each
 file it finds ready (already in ``inflight``) with :meth:`HandOver.add`; :meth:`HandOver.make_jobs`
 reads their rows with one query and queues a :class:`~s3_uploader.job.Job` for each file that still
-has something to send on ``ready``, in order, marked ``small`` when the asyncio sender may take it
+has something to send on ``ready``, marked ``small`` when the asyncio sender may take it
 (:func:`fits_sender`). A file with nothing to send is let go of (out of ``inflight``); a key no retry
 can send is parked. One file's error goes to ``set_aside`` and the others go on.
+
+``ready`` is a :class:`~s3_uploader.order.ReadyHeap` in upload order (the ``priority`` patterns, then
+mtime by ``order``; :mod:`s3_uploader.order`), the order discovery hands the backlog on in: a file
+found ready later with a better place (a new snapshot matching a priority pattern, the newest file
+with ``order = newest``) is handed to dispatch before the ready files it overtakes. A reload that
+changes the order re-sorts the jobs waiting.
 """
 from __future__ import annotations
 
-import collections
 import logging
-from typing import Callable, Deque, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from . import logs
 from .discovery import Discovery
 from .dispatch import Dispatch
 from .keys import key_problem
+from .order import Order, ReadyHeap, SortKey, order_of
 from .scanner import FileStat
 from .store import DONE_STATES, IllegalTransition, Record, display
 from .uploader import IN_MEMORY_MAX, Job, Settings
@@ -41,7 +47,8 @@ class HandOver:
         self.inflight = dispatch.inflight
         self.discovery = discovery
         self._set_aside = set_aside
-        self.ready: Deque[Job] = collections.deque()
+        self._order = self._order_in_force()
+        self.ready: ReadyHeap[Job] = ReadyHeap(self._key)
         # files found ready and not yet made into jobs (made together: one row read)
         self._batch: List[Tuple[str, FileStat, str]] = []
 
@@ -56,8 +63,20 @@ class HandOver:
         if len(self._batch) >= BATCH_MAX:
             self.make_jobs()
 
+    def _order_in_force(self) -> Order:
+        up = self.live.cfg.upload
+        return order_of(up.order, up.priority)
+
+    def _key(self, job: Job) -> SortKey:
+        return self._order.key(job.rel, job.stat.mtime_ns)
+
     def make_jobs(self) -> None:
-        """Jobs for every file found ready since the last call, with one row read for all."""
+        """Jobs for every file found ready since the last call, with one row read for all (and the
+        jobs waiting sorted again if a reload changed the order)."""
+        order = self._order_in_force()
+        if order is not self._order:
+            self._order = order
+            self.ready.rekey(self._key)
         batch, self._batch = self._batch, []
         if batch:
             recs = self.live.store.get_many([rel for rel, _, _ in batch])

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 FILTER_KEYS = ("include", "exclude", "skip_hidden", "follow_symlinks")
+ORDER_KEYS = (("upload", "order"), ("upload", "priority"))  # the upload order (order.py)
 # where the bytes go: a restart with a new value sends every file still present there (destination.py)
 DESTINATION_KEYS = {("s3", "bucket"), ("s3", "prefix"), ("s3", "endpoint_url")}
 DESTINATION_NOTE = " (after the restart, every file still present locally is uploaded to the new destination)"
@@ -185,9 +186,10 @@ def apply_config(daemon: ReloadTarget, new: Config, changed: List[Option]) -> No
     daemon.use_config(new)
     if any(("watch", k) in keys for k in FILTER_KEYS):
         daemon.use_watch_settings(new)
-    if any(s == "watch" for s, _ in keys):
+    if any(s == "watch" for s, _ in keys) or keys & set(ORDER_KEYS):
         # rescan under the new rules (newly included files are found, excluded ones dropped) and
-        # start the next scan_interval from now
+        # start the next scan_interval from now; a new order or priority: the rescan ranks the waiting
+        # rows again and hands the backlog on in the new order (the ready jobs are re-sorted at once)
         daemon.request_rescan()
     if keys & {("upload", "max_bandwidth"), ("upload", "bandwidth_schedule")}:
         daemon.limiter.configure(new.upload.max_bandwidth, new.upload.bandwidth_schedule)

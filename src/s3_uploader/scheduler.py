@@ -5,9 +5,10 @@ files). Each turn it takes the watcher's hints and the scanner's candidates whil
 brings failed files back when their retry is due, checks each tracked file when due (a file is
 ready once its signature has been unchanged for ``stable_seconds`` over ``stable_checks`` checks
 and no process holds it open for writing), has its :class:`~s3_uploader.handover.HandOver` make
-jobs of the ready files (one row read for all) and hands them, in order, to
+jobs of the ready files (one row read for all) and hands them, in upload order (``[upload] order``
+and ``priority``, :mod:`s3_uploader.order`; discovery hands the backlog on in the same order), to
 :class:`~s3_uploader.dispatch.Dispatch` (which routes each to the asyncio sender or the upload
-workers). A file
+workers). Failed files come back when their retry is due, soonest first, whatever their place. A file
 unstable for long (see :meth:`Scheduler._gives_way`) yields its slot to files waiting for one,
 so files that never settle cannot starve the rest; ``unsettled`` counts them for health.
 

@@ -4,17 +4,17 @@ and what status reads back from the store."""
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import sys
 import time
-from typing import Any, Deque, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import pytest
 
 from s3_uploader.budget import (META_STATE, Budget, Periods, StoreLedger, Verdict, budget_note, decide, human_bytes,
                                 periods_at, stored_status)
+from s3_uploader.order import ReadyHeap
 from s3_uploader.scanner import FileStat
 from s3_uploader.store import Store
 from s3_uploader.uploader import Job
@@ -78,6 +78,11 @@ class DictLedger:
     def unpark(self, now: float) -> int:
         self.unparked += 1
         return 0
+
+
+def fifo(jobs: Iterable[Job] = ()) -> ReadyHeap[Job]:
+    """Ready jobs in the order given (every sort key equal: they keep the order they came in)."""
+    return ReadyHeap(lambda j: (0, 0, ""), jobs)
 
 
 def job(rel: str, size: int, upload_id: Any = None) -> Job:
@@ -180,7 +185,7 @@ def test_a_restart_is_a_new_budget_over_the_same_store_and_goes_on_counting(tmp_
     with Store(tmp_path / "s.db") as store:
         again = Budget(StoreLedger(lambda: store), 100, 0, wall=wall)
         assert again.reading().used == (60, 60)
-        ready: Deque[Job] = collections.deque([job("big", 50), job("small", 40)])
+        ready: ReadyHeap[Job] = fifo([job("big", 50), job("small", 40)])
         handed: List[Job] = []
         again.gate(ready, lambda j: handed.append(j) or True, lambda j, m, t: None)
         assert [j.rel for j in handed] == ["small"] and [j.rel for j in ready] == ["big"]
@@ -192,7 +197,7 @@ def test_a_restart_is_a_new_budget_over_the_same_store_and_goes_on_counting(tmp_
 
 
 # -- the gate ------------------------------------------------------------------------------------
-def _gate(b: Budget, ready: Deque[Job], room: int = 100) -> Tuple[List[str], List[Tuple[str, str, float]]]:
+def _gate(b: Budget, ready: ReadyHeap[Job], room: int = 100) -> Tuple[List[str], List[Tuple[str, str, float]]]:
     handed: List[str] = []
     parked: List[Tuple[str, str, float]] = []
 
@@ -210,7 +215,7 @@ def test_the_gate_lets_smaller_files_that_fit_go_first_and_keeps_the_rest_in_ord
     wall = Wall(local(2026, 11, 30, 10))
     b = Budget(DictLedger(), 100, 0, wall=wall)
     b.charge(40)
-    ready = collections.deque([job("a", 30), job("b", 50), job("c", 20), job("d", 25)])
+    ready = fifo([job("a", 30), job("b", 50), job("c", 20), job("d", 25)])
     with caplog.at_level(logging.INFO, logger="s3_uploader.budget"):
         handed, parked = _gate(b, ready)
     assert handed == ["a", "c"] and [j.rel for j in ready] == ["b", "d"] and not parked
@@ -244,25 +249,25 @@ def test_a_file_larger_than_the_whole_budget_is_parked_with_one_error_naming_the
     tz("UTC")
     wall = Wall(local(2026, 11, 30, 10))
     b = Budget(DictLedger(), 2 * MiB, 0, wall=wall)
-    ready = collections.deque([job("huge.mp4", 3 * MiB), job("ok", 10)])
+    ready = fifo([job("huge.mp4", 3 * MiB), job("ok", 10)])
     handed, parked = _gate(b, ready)
     assert handed == ["ok"] and not ready
     [(rel, message, retry_at)] = parked
     assert rel == "huge.mp4" and "3.0 MiB" in message and "max_bytes_per_day (2.0 MiB)" in message
     assert "raise max_bytes_per_day" in message and retry_at == local(2026, 11, 30, 11)  # within the hour
     wall.t = local(2026, 11, 30, 23, 30)
-    _, [(_, _, retry_at)] = _gate(b, collections.deque([job("huge.mp4", 3 * MiB)]))
+    _, [(_, _, retry_at)] = _gate(b, fifo([job("huge.mp4", 3 * MiB)]))
     assert retry_at == local(2026, 12, 1)  # or at the next period, when that comes first
 
 
 def test_a_job_that_fits_when_the_queue_is_full_stays_and_holds_nothing(tz):
     tz("UTC")
     b = Budget(DictLedger(), 100, 0, wall=Wall(local(2026, 11, 30, 10)))
-    ready = collections.deque([job("a", 10), job("b", 10), job("c", 10)])
+    ready = fifo([job("a", 10), job("b", 10), job("c", 10)])
     handed, _ = _gate(b, ready, room=1)
     assert handed == ["a"] and [j.rel for j in ready] == ["b", "c"]
     b.release("a")
-    handed, _ = _gate(b, collections.deque([job("big", 100)]))
+    handed, _ = _gate(b, fifo([job("big", 100)]))
     assert handed == ["big"]  # b and c's failed hand-over reserved nothing
 
 
@@ -270,7 +275,7 @@ def test_an_open_multipart_upload_is_reserved_for_what_it_has_left_to_send(tz):
     tz("UTC")
     b = Budget(DictLedger(), 100, 0, wall=Wall(local(2026, 11, 30, 10)))
     b.charge(60)
-    ready = collections.deque([job("resumed", 90, upload_id="u1")])
+    ready = fifo([job("resumed", 90, upload_id="u1")])
     handed: List[Job] = []
     b.gate(ready, lambda j: handed.append(j) or True, lambda j, m, t: None, sent_before=lambda j: 60)
     assert [j.rel for j in handed] == ["resumed"]
@@ -281,7 +286,7 @@ def test_a_reload_takes_effect_at_the_next_hand_over(tz):
     ledger = DictLedger()
     b = Budget(ledger, 100, 0, wall=Wall(local(2026, 11, 30, 10)))
     b.charge(100)
-    ready = collections.deque([job("a", 10)])
+    ready = fifo([job("a", 10)])
     assert _gate(b, ready)[0] == [] and b.reading().paused
     b.configure(200, 0)
     assert _gate(b, ready)[0] == ["a"] and not b.reading().paused
@@ -298,7 +303,7 @@ def test_a_single_pass_ends_only_once_nothing_runs_and_nothing_else_is_left(tz):
     tz("UTC")
     b = Budget(DictLedger(), 100, 0, wall=Wall(local(2026, 11, 30, 10)))
     b.charge(95)
-    ready = collections.deque([job("a", 5), job("b", 10)])
+    ready = fifo([job("a", 5), job("b", 10)])
     assert _gate(b, ready)[0] == ["a"]
     assert b.reading().paused
     assert not b.ends_pass(True)  # a still runs
@@ -315,7 +320,7 @@ def test_status_shows_the_use_of_the_periods_holding_now_and_the_pause_until_it_
         assert stored_status(store, wall.t) is None  # never any budget
         b = Budget(StoreLedger(lambda: store), 100, 1000, wall=wall)
         b.charge(100)
-        _gate(b, collections.deque([job("a", 10)]))
+        _gate(b, fifo([job("a", 10)]))
         store.commit()
         s = stored_status(store, wall.t)
         assert s is not None and s["paused"] and s["resume_at"] == local(2026, 12, 1) and s["waiting"] == 1
@@ -382,7 +387,7 @@ def test_feed_with_a_budget_sends_what_fits_to_the_workers_and_parks_what_never_
                 _file_job(cfg, store, "huge", 101), _file_job(cfg, store, "fits", 30)]
         for j in jobs:
             dispatch.inflight.add(j.rel)
-        ready: Deque[Job] = collections.deque(jobs)
+        ready: ReadyHeap[Job] = fifo(jobs)
         with caplog.at_level(logging.ERROR):
             dispatch.feed(ready)
         assert Sender.got == []
@@ -449,7 +454,7 @@ def test_while_nothing_changes_a_paused_gate_looks_only_at_new_jobs(tz, monkeypa
     looked: List[int] = []
     real = budget_module.decide
     monkeypatch.setattr(budget_module, "decide", lambda size, *a: looked.append(size) or real(size, *a))
-    ready = collections.deque(job(f"w{i}", 10) for i in range(1000))
+    ready = fifo(job(f"w{i}", 10) for i in range(1000))
     _gate(b, ready)
     assert len(looked) == 1000 and len(ready) == 1000 and b.reading().waiting == 1000
     looked.clear()
@@ -457,7 +462,7 @@ def test_while_nothing_changes_a_paused_gate_looks_only_at_new_jobs(tz, monkeypa
     assert looked == [] and b.reading().paused and b.reading().waiting == 1000
     ready.append(job("new", 20))
     _gate(b, ready)
-    assert looked == [20] and b.reading().waiting == 1001 and ready[-1].rel == "new"
+    assert looked == [20] and b.reading().waiting == 1001 and list(ready)[-1].rel == "new"
     looked.clear()
     wall.t = local(2026, 12, 1, 0, 0, ) + 1  # a new day: every job is looked at again, and they go
     handed, _ = _gate(b, ready, room=3)
@@ -472,7 +477,7 @@ def test_a_pass_stopped_by_a_full_queue_does_not_end_a_pause_before_its_time(tz,
     wall = Wall(local(2026, 11, 30, 10))
     b = Budget(DictLedger(), 100, 0, wall=wall)
     b.charge(60)
-    ready = collections.deque([job("big", 50), job("s1", 5), job("s2", 5)])
+    ready = fifo([job("big", 50), job("s1", 5), job("s2", 5)])
     with caplog.at_level(logging.INFO, logger="s3_uploader.budget"):
         assert _gate(b, ready)[0] == ["s1", "s2"] and b.reading().paused
         ready.extend([job("s3", 5), job("s4", 5)])
@@ -481,3 +486,18 @@ def test_a_pass_stopped_by_a_full_queue_does_not_end_a_pause_before_its_time(tz,
         wall.t = local(2026, 12, 1, 0, 1)
         _gate(b, ready, room=0)
     assert not b.reading().paused and caplog.records[-1].getMessage().startswith("Upload budget: uploads resume")
+
+
+def test_a_new_job_that_sorts_before_the_waiting_ones_is_decided_and_goes_when_it_fits(tz):
+    # ready is ordered (order.ReadyHeap): a file found later may sort first (priority, newest); the
+    # gate's memory of the jobs it kept must not hold it back unlooked-at
+    tz("UTC")
+    b = Budget(DictLedger(), 100, 0, wall=Wall(local(2026, 11, 30, 10)))
+    b.charge(90)
+    ready: ReadyHeap[Job] = ReadyHeap(lambda j: (0 if j.rel.endswith(".jpg") else 1, 0, j.rel),
+                                      [job("a.mp4", 50), job("b.mp4", 40)])
+    assert _gate(b, ready)[0] == [] and b.reading().waiting == 2
+    assert _gate(b, ready)[0] == []  # nothing new: nothing decided, nothing handed
+    ready.append(job("snap.jpg", 5))  # sorts before both
+    assert _gate(b, ready)[0] == ["snap.jpg"]
+    assert [j.rel for j in ready] == ["a.mp4", "b.mp4"] and b.reading().waiting == 2

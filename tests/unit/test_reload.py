@@ -83,3 +83,35 @@ def test_the_reloader_keeps_the_running_config_when_the_file_is_invalid(tmp_path
     assert len(errors) == 2
     assert any("max_retries = '-3'" in e for e in errors)
     assert any("retry_backoff_base = 'soon'" in e for e in errors)
+
+
+class _Target:
+    """A ReloadTarget that records what a reload asked of it."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.limiter = None
+
+    def use_config(self, new) -> None:
+        self.calls.append("use_config")
+
+    def use_watch_settings(self, cfg) -> None:
+        self.calls.append("use_watch_settings")
+
+    def request_rescan(self) -> None:
+        self.calls.append("request_rescan")
+
+    def wake_scheduler(self) -> None:
+        self.calls.append("wake_scheduler")
+
+
+@pytest.mark.parametrize("edit", ["[upload]\norder = newest\n", "[upload]\npriority = *.jpg\n"])
+def test_a_new_order_or_priority_is_applied_live_with_a_rescan_that_hands_the_backlog_on_again(edit):
+    from s3_uploader.reload import apply_config
+    running = cfg(BASE)
+    new, applied, kept = merge(running, cfg(BASE + edit))
+    assert [(o.section, o.key) for o in applied] in ([("upload", "order")], [("upload", "priority")]) and not kept
+    target = _Target()
+    apply_config(target, new, applied)  # type: ignore[arg-type]
+    assert target.calls == ["use_config", "request_rescan", "wake_scheduler"]
+    assert (new.upload.order, new.upload.priority) in (("newest", ()), ("oldest", ("*.jpg",)))

@@ -141,3 +141,119 @@ def test_scheduler_alone_makes_a_job_of_a_file_only_after_stable_seconds_of_an_u
         assert job.rel == "a.txt" and job.key == "a.txt" and job.stat.size == len(b"second, longer")
         assert "a.txt" not in sched.tracker and "a.txt" in inflight and len(inflight) == 1 and sched.held() == 0
         assert not set_aside and not stop.is_set()
+
+
+def _order_config(tmp_path: Any, upload: str) -> Any:
+    root = tmp_path / "in"
+    root.mkdir()
+    return parse_config(f"[watch]\ndirectory_to_watch = {root}\nstable_seconds = 0\nstable_checks = 1\n"
+                        f"[s3]\nbucket = b\n[daemon]\ndb_path = {tmp_path / 's.db'}\n[upload]\n{upload}")
+
+
+def _write(root: Any, rel: str, mtime: int) -> None:
+    import os
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(rel.encode())
+    os.utime(p, (mtime, mtime))
+
+
+def test_a_rescan_records_every_folder_first_then_hands_the_backlog_on_in_upload_order(tmp_path):
+    cfg = _order_config(tmp_path, "order = newest\npriority = *.jpg\n")
+    for rel, mtime in [("a/1.mp4", 100), ("a/2.jpg", 50), ("b/3.mp4", 300), ("b/4.jpg", 60), ("c/5.mp4", 200)]:
+        _write(cfg.watch_root, rel, mtime)
+    filters = Filters()
+    scanner = Scanner(cfg.watch_root, filters)
+    candidates: "queue.Queue[FileStat]" = queue.Queue(maxsize=100)
+    with Store(cfg.daemon.db_path, clock=lambda: 100.0) as store:
+        store.discover("z/old.mp4", "z/old.mp4", 1, 400 * 10**9, 1)  # waiting from an earlier run
+        _write(cfg.watch_root, "z/old.mp4", 400)
+        inflight = {"c/5.mp4"}  # an upload holds it: not handed on again
+        disc = Discovery(
+            str(cfg.watch_root), live=SimpleLive(cfg, store, scanner, filters, KeyMaker("")), candidates=candidates,
+            folder_requests=queue.Queue(), scan_request=threading.Event(), stop=threading.Event(),
+            wake=threading.Event(), scan_done=threading.Event(), stats=Stats(), heartbeats={},
+            is_inflight=lambda rel: rel in inflight, set_aside=lambda *a, **kw: None,
+            watching=lambda: False, mode=RunMode.ONCE, clock=lambda: 0.0, wall=lambda: 1e9)
+        disc.full_scan()
+        got = []
+        while not candidates.empty():
+            got.append(candidates.get_nowait())
+        # the snapshots first (newest first), then the rest newest first, the earlier run's row included
+        assert [f.rel for f in got] == ["b/4.jpg", "a/2.jpg", "z/old.mp4", "b/3.mp4", "a/1.mp4"]
+        assert [f.mtime_ns for f in got] == [60 * 10**9, 50 * 10**9, 400 * 10**9, 300 * 10**9, 100 * 10**9]
+
+
+def test_a_file_ready_later_with_a_better_place_is_handed_over_before_the_ready_files_it_overtakes(tmp_path):
+    cfg = _order_config(tmp_path, "upload_workers = 1\npriority = *.jpg\n")
+    for rel, mtime in [("c.mp4", 30), ("a.mp4", 10), ("d.mp4", 40), ("b.mp4", 20)]:
+        _write(cfg.watch_root, rel, mtime)
+    filters = Filters()
+    scanner = Scanner(cfg.watch_root, filters)
+    candidates: "queue.Queue[FileStat]" = queue.Queue(maxsize=10)
+    hints = Hints()
+    inflight = InFlight()
+    stop, wake, scan_request, scan_done = (threading.Event() for _ in range(4))
+    with Store(cfg.daemon.db_path, clock=lambda: 1e9) as store:
+        live = SimpleLive(cfg, store, scanner, filters, KeyMaker(""), probe=WriterProbe(str(cfg.watch_root)),
+                          settings=Settings(cfg.upload.multipart_threshold, cfg.upload.multipart_chunksize,
+                                            cfg.upload.max_concurrency, PutOptions(), False))
+        disc = Discovery(
+            str(cfg.watch_root), live=live, candidates=candidates, folder_requests=queue.Queue(),
+            scan_request=scan_request, stop=stop, wake=wake, scan_done=scan_done, stats=Stats(), heartbeats={},
+            is_inflight=lambda rel: rel in inflight, set_aside=lambda *a, **kw: None, watching=lambda: False,
+            mode=RunMode.SERVICE, clock=lambda: 0.0, wall=lambda: 1e9)
+        dispatch = Dispatch(workers=1, inflight=inflight, store=lambda: store, record=lambda o: None,
+                            limiter=limiter_from_config(cfg), wake=wake, abandon=threading.Event(),
+                            set_aside=lambda *a, **kw: None)
+        sched = Scheduler(
+            10, live=live, dispatch=dispatch, candidates=candidates, hints=hints, wake=wake, stop=stop,
+            scan_request=scan_request, scan_done=scan_done, heartbeats={}, discovery=disc,
+            set_aside=lambda *a, **kw: None, mode=RunMode.SERVICE, request_stop=stop.set,
+            run_cleanup_pass=lambda: None, clock=lambda: 0.0, wall=lambda: 1e9)
+        for rel in ("c.mp4", "a.mp4", "d.mp4", "b.mp4"):  # events, in no particular order
+            hints.add(rel)
+        sched.run_once(0.0)
+        # all four ready in one turn: the upload queue (two jobs for one worker) takes the oldest two
+        assert [dispatch.queue.get_nowait().rel for _ in range(2)] == ["a.mp4", "b.mp4"]
+        assert [j.rel for j in sched.ready] == ["c.mp4", "d.mp4"]
+        _write(cfg.watch_root, "snap.jpg", 99)  # newer than every clip, but it matches priority
+        hints.add("snap.jpg")
+        sched.run_once(1.0)
+        assert [dispatch.queue.get_nowait().rel for _ in range(2)] == ["snap.jpg", "c.mp4"]
+        assert [j.rel for j in sched.ready] == ["d.mp4"]
+        assert store.get("snap.jpg").state == "pending"
+
+
+def test_waiting_rows_are_ranked_again_at_the_first_scan_and_after_the_priority_changes_only(tmp_path):
+    cfg = _order_config(tmp_path, "")
+    for rel, mtime in [("a.mp4", 10), ("b.jpg", 20)]:
+        _write(cfg.watch_root, rel, mtime)
+    filters = Filters()
+    scanner = Scanner(cfg.watch_root, filters)
+    candidates: "queue.Queue[FileStat]" = queue.Queue(maxsize=100)
+    with Store(cfg.daemon.db_path, clock=lambda: 100.0) as store:
+        live = SimpleLive(cfg, store, scanner, filters, KeyMaker(""))
+        disc = Discovery(
+            str(cfg.watch_root), live=live, candidates=candidates, folder_requests=queue.Queue(),
+            scan_request=threading.Event(), stop=threading.Event(), wake=threading.Event(),
+            scan_done=threading.Event(), stats=Stats(), heartbeats={}, is_inflight=lambda rel: False,
+            set_aside=lambda *a, **kw: None, watching=lambda: False, mode=RunMode.SERVICE,
+            clock=lambda: 0.0, wall=lambda: 1e9)
+        calls: List[int] = []
+        rerank = store.rerank
+        store.rerank = lambda ranker, lowest: calls.append(lowest) or rerank(ranker, lowest)  # type: ignore
+
+        def scan() -> List[str]:
+            disc.full_scan(quick=True)
+            out = []
+            while not candidates.empty():
+                out.append(candidates.get_nowait().rel)
+            return out
+
+        assert scan() == ["a.mp4", "b.jpg"] and calls == [0]
+        assert scan() == ["a.mp4", "b.jpg"] and calls == [0]  # nothing changed: no statement
+        live.cfg = parse_config(f"[watch]\ndirectory_to_watch = {cfg.watch_root}\n[s3]\nbucket = b\n"
+                                f"[daemon]\ndb_path = {cfg.daemon.db_path}\n[upload]\npriority = *.jpg\n")  # a reload
+        assert scan() == ["b.jpg", "a.mp4"] and calls == [0, 1]  # the reload's priority: ranked again
+        assert scan() == ["b.jpg", "a.mp4"] and calls == [0, 1]

@@ -331,7 +331,7 @@ def test_a_version_1_database_whose_rows_share_keys_is_migrated_without_losing_a
     conn.close()
 
     with Store(db, clock=lambda: 99.0) as st:
-        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "6"  # through 2, 3, 4 and 5, on to 6
+        assert st.meta("schema_version") == str(SCHEMA_VERSION) == "7"  # through 2, 3, 4, 5 and 6, on to 7
         got = {r.rel: r for r in st.iter_all()}
         assert len(got) == 5  # every row kept
         assert st.counts() == {"pending": 1, "uploading": 0, "uploaded": 2, "failed": 0, "parked": 1,
@@ -536,7 +536,7 @@ def test_a_version_5_database_gets_the_checksum_column_keeping_every_row(tmp_pat
     conn.executescript("ALTER TABLE files DROP COLUMN checksum; UPDATE meta SET value = '5' WHERE name = 'schema_version';")
     conn.close()
     with Store(db, clock=Clock()) as store:
-        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "6"
+        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "7"
         rows = {r.rel: r for r in store.iter_all()}
         assert len(rows) == 3 and rows["f0"].state == "uploaded" and rows["f0"].checksum is None
         store.start_upload("f1", 1, 1, 1)
@@ -670,3 +670,117 @@ def test_a_keyless_collision_row_is_never_recorded_as_sent(tmp_path):
         assert st.get("a").key is None
         assert st.record_sent([("a", 1, 1, 2, "m", "e")]) == [False]
         assert st.get("a").state == "parked"
+
+
+# -- the backlog in upload order (schema 7: files.rank, files_backlog) ----------------------------------
+
+def _all_pages(store, newest: bool, limit: int) -> List[str]:
+    """Every page of the backlog, ``limit`` rows a page, each after the last row of the one before."""
+    out: List[str] = []
+    after = None
+    while True:
+        page = store.backlog_page(newest, after, limit)
+        assert len(page) <= limit
+        if not page:
+            return out
+        out += [os.fsdecode(p) for _, _, p in page]
+        after = page[-1]
+
+
+def _ranked(store, priority):
+    from s3_uploader.order import Order
+    o = Order("oldest", priority)
+    return store.rerank(o.rank, o.lowest)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 100])
+def test_the_backlog_pages_by_rank_then_mtime_and_path_either_way(store, limit):
+    # (path, mtime_ns): b and d share an mtime
+    files = [("a.mp4", 50), ("b.mp4", 20), ("c.jpg", 40), ("d.mp4", 20), ("e.jpg", 10), ("f.mp4", 5)]
+    _ranked(store, ("*.jpg",))  # rows discovered from now on are ranked by it
+    store.discover_many([(rel, rel, 1, m, i) for i, (rel, m) in enumerate(files)])
+    assert {rel: store.db.read("SELECT rank FROM files WHERE path = ?", (rel.encode(),))[0][0]
+            for rel, _ in files} == {"a.mp4": 1, "b.mp4": 1, "c.jpg": 0, "d.mp4": 1, "e.jpg": 0, "f.mp4": 1}
+    assert _all_pages(store, False, limit) == ["e.jpg", "c.jpg", "f.mp4", "b.mp4", "d.mp4", "a.mp4"]
+    assert _all_pages(store, True, limit) == ["c.jpg", "e.jpg", "a.mp4", "d.mp4", "b.mp4", "f.mp4"]
+
+
+def test_only_pending_rows_are_in_the_backlog(store):
+    store.discover_many([(f"f{i}", f"f{i}", 1, i, i) for i in range(5)])
+    store.start_upload("f0", 1, 0, 0)  # in flight: the worker has it
+    store.start_upload("f1", 1, 1, 1)
+    store.fail_upload("f1", "network", "reset", 2000.0, park=False)  # failed: retries keep their own order
+    store.start_upload("f2", 1, 2, 2)
+    store.finish_upload("f2", 1, 2, 2, "m", "m")
+    assert _all_pages(store, False, 10) == ["f3", "f4"]
+
+
+def test_a_row_written_between_two_pages_is_seen_when_it_sorts_after_the_cursor(store):
+    store.discover_many([(f"f{i}", f"f{i}", 1, 10 * i, i) for i in range(4)])  # mtimes 0, 10, 20, 30
+    first = store.backlog_page(False, None, 2)
+    assert [p for _, _, p in first] == [b"f0", b"f1"]
+    store.discover_many([("early", "early", 1, 5, 10), ("late", "late", 1, 25, 11)])
+    store.start_upload("f2", 1, 20, 2)  # taken meanwhile: no longer waiting
+    rest = store.backlog_page(False, first[-1], 10)
+    # "early" sorts before the cursor: a scan hands it on itself (a rescan's pass starts from the top)
+    assert [p for _, _, p in rest] == [b"late", b"f3"]
+
+
+def test_a_new_priority_ranks_every_waiting_row_again_and_only_those(store):
+    store.discover_many([("a.mp4", "a.mp4", 1, 1, 1), ("b.jpg", "b.jpg", 1, 2, 2), ("c.jpg", "c.jpg", 1, 3, 3)])
+    store.start_upload("c.jpg", 1, 3, 3)
+    store.finish_upload("c.jpg", 1, 3, 3, "m", "m")  # done: its rank no longer matters
+    assert _all_pages(store, False, 10) == ["a.mp4", "b.jpg"]
+    assert _ranked(store, ("*.jpg",)) == 1  # a.mp4 goes to rank 1; b.jpg stays at 0
+    assert _all_pages(store, False, 10) == ["b.jpg", "a.mp4"]
+    assert store.db.read("SELECT rank FROM files WHERE path = ?", (b"c.jpg",))[0][0] == 0
+    assert _ranked(store, ("*.jpg",)) == 0  # nothing changed: nothing written
+    store.discover("a.mp4", "a.mp4", 2, 9, 1)  # discovered again: ranked by the priority in force
+    assert _all_pages(store, False, 10) == ["b.jpg", "a.mp4"]
+    assert _ranked(store, ()) == 1  # no patterns: every rank 0 again
+    assert _all_pages(store, False, 10) == ["b.jpg", "a.mp4"]  # back to mtime order (2 before 9)
+
+
+def test_a_version_6_database_gets_the_rank_column_and_the_backlog_index_keeping_every_row(tmp_path):
+    db = tmp_path / "state.db"
+    with Store(db, clock=Clock()) as store:
+        store.discover_many([(f"f{i}", f"f{i}", 1, 10 - i, i) for i in range(3)])
+        store.start_upload("f0", 1, 10, 0)
+        store.finish_upload("f0", 1, 10, 0, "m", "m")
+    conn = sqlite3.connect(str(db))  # what schema 6 was: no files.rank, no files_backlog
+    conn.executescript("DROP INDEX files_backlog; ALTER TABLE files DROP COLUMN rank; "
+                       "UPDATE meta SET value = '6' WHERE name = 'schema_version';")
+    conn.close()
+    with Store(db, clock=Clock()) as store:
+        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "7"
+        rows = {r.rel: r for r in store.iter_all()}
+        assert len(rows) == 3 and rows["f0"].state == "uploaded" and rows["f1"].state == "pending"
+        assert store.db.read("SELECT count(*) FROM files WHERE rank = 0")[0][0] == 3
+        assert _all_pages(store, False, 10) == ["f2", "f1"]  # the index is there (INDEXED BY would fail)
+        assert store.counts() == counted(store)
+
+
+@pytest.mark.parametrize("newest", [False, True], ids=["oldest", "newest"])
+def test_a_page_of_the_backlog_costs_the_same_deep_in_20000_waiting_rows_as_at_the_start_of_200(tmp_path, newest):
+    """The feed pages through the whole backlog after every rescan: a page deep into a large one
+    (and the move to the next rank) must not cost more than the first page of a small one."""
+    costs = []
+    for rows in (200, 20_000):
+        db = tmp_path / f"{rows}-{newest}.db"
+        Store(db).close()
+        conn = sqlite3.connect(str(db))
+        # two ranks; states mixed as a backlog leaves them (failed and uploaded rows are not in it)
+        conn.executemany("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at, "
+                         "rank) VALUES(?, 'cam', ?, ?, 1, ?, 1, 1, 1, ?)",
+                         [(f"cam/{i:06d}.mp4".encode(), f"cam/{i:06d}.mp4", ("pending", "failed", "uploaded")[i % 3],
+                           i // 2, 0 if i < rows // 2 else 1) for i in range(rows)])
+        conn.commit()
+        conn.close()
+        with Store(db) as store:
+            # the last page of rank 0 (five rows before its end), on into rank 1
+            last = rows // 2 - 12 if not newest else 12
+            cursor = (0, last // 2, f"cam/{last:06d}.mp4".encode())
+            page = store.backlog_page(newest, cursor, 20)
+            assert len(page) == 20 and {r[0] for r in page} == {0, 1}
+            costs.append(vm_steps(store, lambda: store.backlog_page(newest, cursor, 20)))
+    assert costs[1] <= costs[0] + 200, f"{costs[0]} steps with 200 rows, {costs[1]} with 20,000"

@@ -7,7 +7,8 @@ invariants the database itself enforces.
   guarded UPDATE every move is; :class:`IllegalTransition`;
 - :mod:`.schema`: tables, indexes, triggers (``state_counts``) and the migrations from schema 1 and 2;
 - :mod:`.database`: the connection, its single write step (``transaction``) and group commit;
-- :mod:`.reads`: every query that changes nothing (rows, pages, counts, the oldest waiting row);
+- :mod:`.reads`: every query that changes nothing (rows, pages, the backlog in upload order, counts,
+  the oldest waiting row);
 - :mod:`.moves`: every write that moves a row (discover, upload started/finished/sent/failed, removed);
 - :mod:`.upkeep`: rows forgotten, meta values, the move to a new destination;
 - :mod:`.rows`: the Python values of rows (:class:`Record`, :class:`Part`) and the path encoding;
@@ -110,6 +111,10 @@ class Store:
     def in_states(self, states: Sequence[str], after: bytes = b"", limit: int = 1000) -> List[Record]:
         return self.reads.in_states(states, after, limit)
 
+    def backlog_page(self, newest: bool, after: Optional[Tuple[int, int, bytes]] = None,
+                     limit: int = 500) -> List[Tuple[int, int, bytes]]:
+        return self.reads.backlog_page(newest, after, limit)
+
     def due_retries(self, now: float, limit: int, horizon: Optional[float] = None) -> List[Record]:
         return self.reads.due_retries(now, limit, horizon)
 
@@ -185,6 +190,9 @@ class Store:
 
     def recover_interrupted(self) -> int:
         return self.moves.recover_interrupted()
+
+    def rerank(self, ranker: Callable[[str], int], lowest: int) -> int:
+        return self.moves.rerank(ranker, lowest)
 
     def retry_parked(self, now: Optional[float] = None, kind: Optional[str] = None) -> int:
         return self.moves.retry_parked(now, kind)

@@ -20,19 +20,24 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from ..version import is_new_version
 from .database import Database, StoreError
 from .machine import DONE_STATES, ONE_STEP_SOURCES, IllegalTransition, move_sql
 from .reads import Reads
 from .rows import Part, Record, collision_message, dec, display, enc, parent
+from .schema import WAITING_SQL
 
 log = logging.getLogger(__name__)
 
 ERRORS_KEPT = 200
-_INSERT_NEW = ("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at) "
-               "VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING")
+_INSERT_NEW = ("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at, rank) "
+               "VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING")
+
+
+def _no_priority(rel: str) -> int:
+    return 0
 
 
 class Moves:
@@ -44,6 +49,9 @@ class Moves:
         # hooks (events.EventLog): set by the daemon; records an event row in the transaction of the
         # move that causes it, only for the events a hook or the webhook is configured for
         self.events: Optional[Any] = None
+        # the priority rank of a relative path (order.Order.rank), written with each row discovered;
+        # set by rerank (discovery calls it at its first scan, and after a reload changed the priority)
+        self.ranker: Callable[[str], int] = _no_priority
 
     def _event(self, event: str, raws: Sequence[bytes]) -> None:
         """Record ``event`` for the rows ``raws`` in the open transaction (the caller holds the lock
@@ -84,8 +92,8 @@ class Moves:
             if old is None:
                 if not self._collided(rel, key, size, mtime_ns, inode, now, retry_at, None):
                     self.db.write("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, "
-                                  "updated_at) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                                  (raw, enc(parent(rel)), key, size, mtime_ns, inode, now, now))
+                                  "updated_at, rank) VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                                  (raw, enc(parent(rel)), key, size, mtime_ns, inode, now, now, self.ranker(rel)))
                 return self.reads.written(rel)
             if old.state == "uploading":
                 # a worker is sending it: the worker's re-check finds the change and requeues it (a
@@ -107,9 +115,9 @@ class Moves:
                 self.db.write("DELETE FROM parts WHERE path = ?", (raw,))
                 self.db.write("UPDATE files SET part_size = NULL WHERE path = ?", (raw,))
             self.db.write("UPDATE files SET size=?, mtime_ns=?, inode=?, attempts=0, next_attempt_at=NULL, "
-                          "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=? WHERE path=?",
+                          "last_error=NULL, error_kind=NULL, updated_at=?, discovered_at=?, rank=? WHERE path=?",
                           (size, mtime_ns, inode, now, now if old.state in DONE_STATES else old.discovered_at,
-                           raw))
+                           self.ranker(rel), raw))
             return self.reads.written(rel)
 
     def _collided(self, rel: str, key: str, size: int, mtime_ns: int, inode: int, now: float,
@@ -146,7 +154,8 @@ class Moves:
         earlier file of the batch) holds is inserted parked without a key, as :meth:`discover` does;
         returns those rows (empty: every new file has its key)."""
         now = self.db.clock()
-        params = [(enc(r), enc(parent(r)), k, s, m, i, now, now) for r, k, s, m, i in rows]
+        rank = self.ranker
+        params = [(enc(r), enc(parent(r)), k, s, m, i, now, now, rank(r)) for r, k, s, m, i in rows]
         with self.db.transaction() as conn:
             try:
                 # ON CONFLICT(path), not OR IGNORE: OR IGNORE would also skip, silently, a file
@@ -167,7 +176,8 @@ class Moves:
             if self._collided(rel, key, size, mtime_ns, inode, now, retry_at, None):
                 collided.append(self.reads.written(rel))
             else:
-                self.db.conn.execute(_INSERT_NEW, (enc(rel), enc(parent(rel)), key, size, mtime_ns, inode, now, now))
+                self.db.conn.execute(_INSERT_NEW, (enc(rel), enc(parent(rel)), key, size, mtime_ns, inode, now, now,
+                                                   self.ranker(rel)))
         return collided
 
     def start_upload(self, rel: str, size: int, mtime_ns: int, inode: int) -> None:
@@ -294,6 +304,22 @@ class Moves:
         cur = self.db.write("UPDATE files SET state = 'pending', updated_at = ? WHERE state = 'uploading'",
                             (self.db.clock(),))
         return cur.rowcount
+
+    def rerank(self, ranker: Callable[[str], int], lowest: int) -> int:
+        """Rank rows with ``ranker`` from now on (``lowest``: the rank it gives a path no pattern
+        matches; 0 means there are no patterns), and give every waiting row the rank it gives now:
+        a changed ``priority`` reorders the backlog. Only rows whose rank changes are written.
+        Returns how many."""
+        self.ranker = ranker
+        with self.db.transaction() as conn:
+            if lowest == 0:  # no patterns: every rank is 0, no Python call per row
+                cur = conn.execute(f"UPDATE files INDEXED BY files_waiting_path SET rank = 0 WHERE {WAITING_SQL} "
+                                   "AND rank != 0")
+            else:
+                conn.create_function("s3u_rank", 1, lambda raw: ranker(dec(raw)), deterministic=True)
+                cur = conn.execute(f"UPDATE files INDEXED BY files_waiting_path SET rank = s3u_rank(path) "
+                                   f"WHERE {WAITING_SQL} AND rank != s3u_rank(path)")
+            return max(cur.rowcount, 0)
 
     def retry_parked(self, now: Optional[float] = None, kind: Optional[str] = None) -> int:
         """Make every parked and failed file due now (the ``retry`` command), or with ``kind`` only the

@@ -75,6 +75,41 @@ class Reads:
                             (*states, after, limit))
         return [record(r) for r in rows]
 
+    def backlog_page(self, newest: bool, after: Optional[Tuple[int, int, bytes]] = None,
+                     limit: int = 500) -> List[Tuple[int, int, bytes]]:
+        """The next ``limit`` pending rows in upload order (:mod:`s3_uploader.order`), as (rank,
+        mtime_ns, path bytes): by rank, then (mtime, path) ascending (``newest``: descending); strictly after the cursor ``after`` (the last tuple of the previous page; None:
+        from the start). Each page is its own short read (no transaction is held between pages),
+        so rows written between two pages are seen when they sort after the cursor.
+
+        Keyset pages through the partial index ``files_backlog`` one rank at a time: within a rank
+        the index gives (mtime, path) in either direction, without a sort, and the next rank is one
+        index look-up; a page costs the same at the end of a backlog of a million rows as at its
+        start."""
+        if after is None:
+            first = self.db.read("SELECT min(rank) FROM files INDEXED BY files_backlog WHERE state = 'pending'")[0][0]
+            if first is None:
+                return []
+            rank, pos = int(first), None  # type: int, Optional[Tuple[int, bytes]]
+        else:
+            rank, pos = after[0], (after[1], after[2])
+        out: List[Tuple[int, int, bytes]] = []
+        while True:
+            cond, params = "", []  # type: str, List[object]
+            if pos is not None:
+                cond, params = f"AND (mtime_ns, path) {'<' if newest else '>'} (?, ?) ", [pos[0], pos[1]]
+            way = "DESC" if newest else "ASC"
+            out += self.db.read("SELECT rank, mtime_ns, path FROM files INDEXED BY files_backlog "
+                                f"WHERE state = 'pending' AND rank = ? {cond}"
+                                f"ORDER BY mtime_ns {way}, path {way} LIMIT ?", (rank, *params, limit - len(out)))
+            if len(out) >= limit:
+                return out
+            nxt = self.db.read("SELECT min(rank) FROM files INDEXED BY files_backlog WHERE state = 'pending' "
+                               "AND rank > ?", (rank,))[0][0]
+            if nxt is None:
+                return out
+            rank, pos = int(nxt), None
+
     def due_retries(self, now: float, limit: int, horizon: Optional[float] = None) -> List[Record]:
         """Failed or parked rows whose next attempt is due, soonest first; with ``horizon``, also rows
         scheduled more than ``horizon`` seconds ahead, further than any delay the daemon sets: the

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 # 5 (hooks): hook_events, the hooks' and webhook's deliveries still to make (events.py), written in the
 #    transaction of the move that caused them
 # 6 (checksum): files.checksum, the checksum S3 answered it stores with the object (cleanup compares it)
-SCHEMA_VERSION = 6
+# 7 (order): files.rank, the file's priority rank (order.py), and a partial index of the pending rows in
+#    upload order (rank, mtime_ns, path): the backlog is paged through it
+SCHEMA_VERSION = 7
 _FILES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
     path            BLOB PRIMARY KEY,   -- relative path, file system bytes, '/' separators
@@ -54,6 +56,9 @@ CREATE TABLE IF NOT EXISTS {name} (
     part_size       INTEGER,
     checksum        TEXT,               -- ALGORITHM:TYPE:value S3 answered it stores (remote.stored_checksum);
                                         -- NULL when none was sent or answered
+    rank            INTEGER NOT NULL DEFAULT 0,  -- index of the first [upload] priority pattern it matches
+                                        -- (the number of patterns: none); set when discovered, and for every
+                                        -- waiting row when the patterns change (Moves.rerank)
     CHECK (key IS NOT NULL OR state IN ('parked', 'deleted', 'archived'))  -- keyless: never sent
 ) WITHOUT ROWID;
 """
@@ -133,6 +138,11 @@ CREATE TABLE IF NOT EXISTS hook_events (
 CREATE INDEX IF NOT EXISTS hook_events_due ON hook_events(state, next_attempt_at);
 """
 SCHEMA += HOOK_EVENTS_SCHEMA
+# schema 7 (order): the backlog in upload order. Apart from SCHEMA because migrations from schema 2
+# create SCHEMA's indexes on a table that has no ``rank`` yet; :func:`migrate` creates it last.
+BACKLOG_SCHEMA = """
+CREATE INDEX IF NOT EXISTS files_backlog ON files(rank, mtime_ns, path) WHERE state = 'pending';
+"""
 # the literal state lists of the partial indexes above: a query uses one only when its WHERE repeats it
 WAITING_SQL = "state IN ('pending', 'uploading', 'failed', 'parked')"
 GONE_SQL = "state IN ('deleted', 'archived')"
@@ -152,7 +162,9 @@ def migrate(conn: sqlite3.Connection, found: Optional[int], now: float) -> None:
         _migrate_v4_hooks(conn)
     if found is not None and found < 6:
         _migrate_v5_checksum(conn)
-    conn.executescript(SCHEMA)
+    if found is not None and found < 7:
+        _migrate_v6_rank(conn)
+    conn.executescript(SCHEMA + BACKLOG_SCHEMA)
     if found is None:
         conn.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
 
@@ -235,6 +247,17 @@ def _migrate_v5_checksum(conn: sqlite3.Connection) -> None:
     with _migration(conn, 6):
         if "checksum" not in {row[1] for row in conn.execute("PRAGMA table_info(files)")}:
             conn.execute("ALTER TABLE files ADD COLUMN checksum TEXT")
+
+
+def _migrate_v6_rank(conn: sqlite3.Connection) -> None:
+    """Schema 6 -> 7 (order): ``files.rank``, 0 in every row kept, and the backlog's index. The
+    waiting rows get the rank of the configured priority at the daemon's first scan (``Moves.rerank``).
+    A table rebuilt from schema 1 by this start has the column already."""
+    with _migration(conn, 7):
+        if "rank" not in {row[1] for row in conn.execute("PRAGMA table_info(files)")}:
+            conn.execute("ALTER TABLE files ADD COLUMN rank INTEGER NOT NULL DEFAULT 0")
+        for statement in _statements(BACKLOG_SCHEMA):
+            conn.execute(statement)
 
 
 def _recount(conn: sqlite3.Connection) -> None:
