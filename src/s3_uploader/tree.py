@@ -21,7 +21,7 @@ import errno
 import os
 import secrets
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 # Hidden names cleanup gives a file between "checked" and "removed" (see cleanup.Cleaner). The
 # scanner never treats a name with this prefix as a file to upload, whatever skip_hidden says.
@@ -221,10 +221,68 @@ def _open_dir_step(name: str, parent: int, path: str) -> int:
 
 def open_file(root: str, rel: str, flags: int) -> int:
     """Open the file at '/'-separated ``rel`` below ``root`` with ``flags`` plus O_NOFOLLOW, walking
-    the folders by descriptor (:func:`open_folder`). ELOOP when the file itself is a symlink."""
+    the folders by descriptor (:func:`open_folder`). ELOOP when the file itself is a symlink.
+
+    Where the kernel has ``openat2`` (Linux 5.6+), the common case is one call that refuses every
+    symlink and any way out of the root (:func:`_open_beneath`): the walk's guarantee in three
+    system calls instead of two per folder. Whenever it refuses for a reason the walk words
+    differently (a symlink, not a folder, a way out), the walk runs and gives its own answer."""
+    if _openat2 is not None:
+        fd = _open_beneath(root, rel, flags)
+        if fd is not None:
+            return fd
     parts = rel.split("/")
     with open_folder(root, parts[:-1]) as folder:
         return folder.open(parts[-1], flags)
+
+
+# openat2(2)'s RESOLVE_* flags: no symlink anywhere on the way, nothing outside the folder given
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_SYS_OPENAT2 = 437  # one number on every Linux architecture (the syscall table was unified before it)
+# errors after which the walk must run: it tells a symlinked folder (OutsideTree) from a symlinked
+# file (ELOOP), and takes the rare path openat2 refuses that the walk allows
+_WALK_AGAIN = frozenset({errno.ELOOP, errno.ENOTDIR, errno.EXDEV, errno.EAGAIN, errno.EMLINK})
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_openat2: Optional[Callable[..., int]] = None
+if sys.platform == "linux" and SUPPORTED:
+    try:
+        _openat2 = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):  # pragma: no cover - every glibc and musl has syscall()
+        _openat2 = None
+
+
+def _open_beneath(root: str, rel: str, flags: int) -> Optional[int]:
+    """``rel`` below ``root`` opened by one ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)``
+    relative to a descriptor of the root (opened by path, as :func:`open_folder` does). None when
+    the walk must answer instead: openat2 missing or refused by a sandbox (then never asked again),
+    or one of :data:`_WALK_AGAIN`. Any other error (the file is missing, not readable) is raised."""
+    global _openat2
+    call = _openat2
+    if call is None or sys.platform == "win32":  # (None there; sys.platform is what mypy's win32 pass follows)
+        return None
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    how = _OpenHow(flags, 0o600 if flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0)) else 0,
+                   _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
+    dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = call(_SYS_OPENAT2, dirfd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how))
+        err = ctypes.get_errno() if fd < 0 else 0
+    finally:
+        os.close(dirfd)
+    if fd >= 0:
+        return int(fd)
+    if err in (errno.ENOSYS, errno.EPERM, errno.E2BIG, errno.EINVAL):  # no openat2 here (or a seccomp filter)
+        _openat2 = None
+        return None
+    if err in _WALK_AGAIN:
+        return None
+    raise OSError(err, os.strerror(err), os.path.join(root, rel))
 
 
 _RENAME_NOREPLACE = 1

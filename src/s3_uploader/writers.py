@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Callable, Dict, FrozenSet, Optional, Set, Tuple
 
+from . import tree
+
 log = logging.getLogger(__name__)
 _ACCMODE = 0o3
 _WRITE_MODES = (os.O_WRONLY, os.O_RDWR)
@@ -50,6 +52,7 @@ class WriterProbe:
     def __init__(self, root: str, ttl: float = 0.5, clock: Callable[[], float] = time.monotonic,
                  proc: str = "/proc", leases: Optional[bool] = None):
         self.real_root = os.path.realpath(root)
+        self._prefix = os.path.join(root, "")  # root with one trailing separator, as the scanner joins paths
         self.ttl = ttl
         self.clock = clock
         self.proc = proc
@@ -152,13 +155,8 @@ class WriterProbe:
         ours and no CAP_LEASE, no leases on this filesystem, not a regular file, cannot open)."""
         if sys.platform == "win32":  # never asked there: is_being_written answers first
             return None
-        real = os.path.realpath(path)  # the open below must not pass through a link leading out
-        if not real.startswith(self.real_root.rstrip(os.sep) + os.sep):
-            return None
-        try:
-            # O_NONBLOCK: an open that would wait (a FIFO, another's write lease) fails instead
-            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
-        except OSError:
+        fd = self._open_inside(path)
+        if fd is None:
             return None
         try:
             st = os.fstat(fd)
@@ -181,6 +179,33 @@ class WriterProbe:
             return False
         finally:
             os.close(fd)
+
+    def _open_inside(self, path: str) -> Optional[int]:
+        """``path`` opened read-only without blocking, never through a link leading out of the
+        tree; None when it cannot be. A path below the root as configured is opened by descriptor
+        from it (:func:`s3_uploader.tree.open_file`: one ``openat2`` where Linux has it, which
+        refuses any symlink); only when that refuses a symlink on the way, or for any other path,
+        is the path resolved (``realpath``, a ``stat`` per component) and checked to stay inside.
+        Both answer the same; the first costs a few system calls instead of one per component."""
+        if sys.platform == "win32":  # (never asked there)
+            return None
+        # O_NONBLOCK: an open that would wait (a FIFO, another's write lease) fails instead
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+        if tree.SUPPORTED and path.startswith(self._prefix) and len(path) > len(self._prefix):
+            try:
+                return tree.open_file(self._prefix[:-1] or os.sep, path[len(self._prefix):].replace(os.sep, "/"), flags)
+            except tree.OutsideTree:
+                pass  # a symlinked folder on the way: resolved below, as any path
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:  # (the file itself a symlink: resolved below)
+                    return None
+        real = os.path.realpath(path)  # the open below must not pass through a link leading out
+        if not real.startswith(self.real_root.rstrip(os.sep) + os.sep):
+            return None
+        try:
+            return os.open(real, flags)
+        except OSError:
+            return None
 
     # -- /proc ----------------------------------------------------------------------------------
     def _writers(self) -> FrozenSet[Tuple[int, int]]:

@@ -147,3 +147,54 @@ def test_a_no_replace_rename_never_replaces_and_a_quarantine_name_round_trips(tm
 def test_a_relative_path_splits_into_its_folders_and_its_name():
     assert tree.split_rel("a/b/c.mp4") == (["a", "b"], "c.mp4")
     assert tree.split_rel("c.mp4") == ([], "c.mp4")
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
+def test_open_file_answers_alike_by_openat2_and_by_the_walk(tmp_path, monkeypatch, openat2):
+    # one openat2 call where the kernel has it, the folder walk elsewhere: the same files opened, the
+    # same refusals (a symlinked folder is OutsideTree, a symlinked file ELOOP, a missing one ENOENT)
+    if openat2 and tree._openat2 is None:
+        cannot_run("no openat2 on this kernel (or a sandbox refuses it): the walk alone answers")
+    if not openat2:
+        monkeypatch.setattr(tree, "_openat2", None)
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "c.bin").write_bytes(b"nested")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "c.bin").write_bytes(b"outside")
+    (root / "a" / "link").symlink_to(tmp_path / "out", target_is_directory=True)
+    (root / "a" / "b" / "file-link").symlink_to(root / "a" / "b" / "c.bin")
+    walked = []
+    real_open_folder = tree.open_folder
+    monkeypatch.setattr(tree, "open_folder", lambda *a, **k: walked.append(a) or real_open_folder(*a, **k))
+    fd = tree.open_file(str(root), "a/b/c.bin", os.O_RDONLY)
+    try:
+        assert os.read(fd, 100) == b"nested"
+    finally:
+        os.close(fd)
+    assert bool(walked) is not openat2  # the common case is one openat2 call, no walk
+    with pytest.raises(tree.OutsideTree):
+        tree.open_file(str(root), "a/link/c.bin", os.O_RDONLY)
+    with pytest.raises(OSError) as e:
+        tree.open_file(str(root), "a/b/file-link", os.O_RDONLY)
+    assert e.value.errno == 40 and not isinstance(e.value, tree.OutsideTree)
+    with pytest.raises(FileNotFoundError):
+        tree.open_file(str(root), "a/b/missing.bin", os.O_RDONLY)
+    with pytest.raises(tree.OutsideTree):
+        tree.open_file(str(root), "a/b/c.bin/x", os.O_RDONLY)
+
+
+def test_open_file_falls_back_to_the_walk_for_good_where_openat2_is_refused(tmp_path, monkeypatch):
+    # a seccomp filter (some container runtimes) answers ENOSYS or EPERM: asked once, then the walk
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"x")
+    calls = []
+
+    def refused(*args):
+        calls.append(args)
+        ctypes.set_errno(38)  # ENOSYS
+        return -1
+    monkeypatch.setattr(tree, "_openat2", refused)
+    for _ in range(2):
+        os.close(tree.open_file(str(tmp_path), "a/f", os.O_RDONLY))
+    assert len(calls) == 1 and tree._openat2 is None
