@@ -271,7 +271,9 @@ def _open_beneath(root: str, rel: str, flags: int) -> Optional[int]:
                    _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
     dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = call(_SYS_OPENAT2, dirfd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how))
+        # syscall() is variadic: every argument in its C width, so no register carries stray high bits
+        fd = call(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(rel)),
+                  ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
         err = ctypes.get_errno() if fd < 0 else 0
     finally:
         os.close(dirfd)
