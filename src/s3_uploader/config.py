@@ -150,9 +150,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("upload", "retry_backoff_max", _duration(0), "5m", "Longest retry delay."),
     Option("upload", "parked_retry_interval", _duration(1), "1h", "How often parked files are tried again "
            "(also: s3-uploader retry)."),
-    Option("upload", "multipart_threshold", _size(5 * 1024**2), "32MiB", "Files this size or larger are sent "
-           "in parts (multipart upload, resumable across restarts: a dropped connection re-sends one part, not the "
-           "file), each part streamed from the file while the next is hashed; smaller ones in one streamed PUT."),
+    Option("upload", "multipart_threshold", _size(5 * 1024**2), "200MiB", "Files this size or larger are sent "
+           "in parts (multipart upload, resumable across restarts); smaller ones in one streamed PUT, which costs "
+           "less CPU. Lower it on a slow or flaky link, where resuming saves re-sending (parts are streamed from "
+           "the file: no memory cost)."),
     Option("upload", "multipart_chunksize", _size(5 * 1024**2), "16MiB", "Part size for multipart uploads (grown "
            "automatically to keep under 10,000 parts)."),
     Option("upload", "max_concurrency", _int(1, 64), "4", "Parts of one multipart upload in flight at once."),

@@ -37,7 +37,7 @@ def test_minimal_config_gets_documented_defaults():
     assert cfg.watch.directory_to_watch == "/data"
     assert cfg.watch.stable_seconds == 10.0 and cfg.watch.stable_checks == 2
     assert cfg.watch.skip_hidden is True and cfg.watch.follow_symlinks is False
-    assert cfg.watch.include == () and cfg.upload.multipart_threshold == 32 * 2**20
+    assert cfg.watch.include == () and cfg.upload.multipart_threshold == 200 * 2**20
     assert cfg.cleanup.delete_after == 0.0 and not cfg.cleanup.min_free_space
     assert cfg.s3.prefix == "" and cfg.daemon.log_file == ""
 
