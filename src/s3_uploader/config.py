@@ -161,7 +161,8 @@ OPTIONS: Tuple[Option, ...] = (
            "(also: s3-uploader retry)."),
     Option("upload", "multipart_threshold", _size(5 * 1024**2), "200MiB", "Files this size or larger are sent "
            "in parts (multipart upload, resumable across restarts); smaller ones in one streamed PUT, which costs "
-           "the server less. Lower it on a slow or flaky link, where resuming saves re-sending."),
+           "less CPU. Lower it on a slow or flaky link, where resuming saves re-sending (parts are streamed from "
+           "the file: no memory cost)."),
     Option("upload", "multipart_chunksize", _size(5 * 1024**2), "16MiB", "Part size for multipart uploads (grown "
            "automatically to keep under 10,000 parts)."),
     Option("upload", "max_concurrency", _int(1, 64), "4", "Parts of one multipart upload in flight at once."),

@@ -35,8 +35,8 @@ from .uploader import Job, Outcome, Settings, Uploader
 log = logging.getLogger(__name__)
 
 ABANDON_WAIT = 2.0  # upload workers and the sender once abandoned (between parts, requests cancelled)
-# Parts in flight across all files. A part is read into memory only while it is sent, so this bounds
-# multipart memory (16 x multipart_chunksize) however many upload_workers there are.
+# Parts in flight across all files (connections busy with parts). A part is streamed from the file
+# through one 1 MiB buffer, so multipart memory is about 16 MiB whatever multipart_chunksize is.
 PART_THREADS_CAP = 16
 
 

@@ -8,7 +8,6 @@ completed only once the file is checked again, and proven by a HEAD (:mod:`s3_up
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -16,9 +15,9 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .job import Job, Settings
-from .objects import Checksum, ObjectAttributes, checksum_of
+from .objects import Checksum, ObjectAttributes
 from .proof import Unconfirmed, is_md5_form, multipart_problem
-from .reading import Changed, md5_of, pread, recheck
+from .reading import Changed, FileBody, md5_of, recheck
 from .remote import Remote, RemoteError, multipart_etag
 from .retry import classify
 from .store import Part, Store
@@ -102,15 +101,23 @@ class Multipart:
                     raise Abandoned()
                 off = (n - 1) * part_size
                 length = min(part_size, size - off)
-                data = pread(part_fd, length, off)
+                # Streamed from the file, never held whole: one pass for the MD5 (and checksum) the
+                # request carries ahead of its body, one to send. A part in flight costs one read
+                # buffer, not part_size bytes, and while it hashes the other parts keep the link busy.
+                ck = Checksum(algorithm) if algorithm else None
+                d = md5_of(part_fd, length, off, ck.update if ck is not None else None)
+                checksum = (algorithm, ck.b64()) if ck is not None else None
+                body = FileBody(part_fd, length, self.throttle, off)  # paces each buffer through the limit
+                try:
+                    etag = self.remote.upload_part(job.key, upload_id, n, body, length, d, checksum)
+                except Exception:
+                    if body.short:
+                        raise Changed("file shrank while it was being read") from None
+                    raise
+                if body.short:
+                    raise Changed("file shrank while it was being read")
             finally:
                 os.close(part_fd)
-            if len(data) != length:
-                raise Changed("file shrank while it was being read")
-            d = hashlib.md5(data).digest()
-            checksum = (algorithm, checksum_of(algorithm, data)) if algorithm else None
-            self.throttle(length)
-            etag = self.remote.upload_part(job.key, upload_id, n, data, length, d, checksum)
             if checksum is not None:
                 checksums[n] = checksum[1]
             # S3 checked the part against its Content-MD5 before storing it. An ETag that is not the

@@ -157,17 +157,20 @@ def content_digest(fd: int, size: int, part: Optional[int], each: Optional[Calla
 
 
 class FileBody:
-    """A seekable, read-only view of the first ``size`` bytes of an open file, for streaming a PUT.
+    """A seekable, read-only view of ``size`` bytes of an open file from ``offset`` (a whole file
+    sent as one PUT, or one part of a multipart upload), for streaming a request's body.
 
     Reads go through ``pread`` a buffer at a time (the HTTP client asks for small blocks), each
     buffer is paid for with ``throttle`` before it is handed out (so a bandwidth limit paces the
     stream instead of holding it back and then bursting), and a file that turns out shorter than
-    ``size`` sets ``short`` and raises instead of leaving the server waiting for missing bytes.
-    The HTTP client may ``seek(0)`` to send it again on a retry.
+    ``offset + size`` sets ``short`` and raises instead of leaving the server waiting for missing
+    bytes. Positions are the view's own (0 is ``offset`` in the file); the HTTP client may
+    ``seek(0)`` to send it again on a retry. Memory: one buffer of :data:`BUF` bytes, however
+    large the body.
     """
 
-    def __init__(self, fd: int, size: int, throttle: Callable[[int], None]):
-        self.fd, self.size, self.throttle = fd, size, throttle
+    def __init__(self, fd: int, size: int, throttle: Callable[[int], None], offset: int = 0):
+        self.fd, self.size, self.throttle, self.offset = fd, size, throttle, offset
         self.pos = 0  # what the reader has been handed
         self.short = False
         self._buf = b""
@@ -209,10 +212,11 @@ class FileBody:
 
     def _fill(self) -> None:
         want = min(BUF, self.size - self.pos)
-        b = pread(self.fd, want, self.pos)
+        b = pread(self.fd, want, self.offset + self.pos)
         if len(b) != want:
             self.short = True
-            raise Changed(f"file shrank while it was being read ({self.pos + len(b)} of {self.size} bytes)")
+            raise Changed(f"file shrank while it was being read ({self.offset + self.pos + len(b)} of "
+                          f"{self.offset + self.size} bytes)")
         self.throttle(want)
         self._buf, self._buf_at = b, self.pos
 

@@ -150,6 +150,81 @@ def test_a_streamed_body_rewinds_for_a_retry_and_reads_exact_lengths(tmp_path):
         os.close(fd)
 
 
+def test_a_body_at_an_offset_is_that_range_of_the_file_and_rewinds_to_its_start(tmp_path):
+    data = os.urandom(3 * MiB)
+    p = tmp_path / "b.bin"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        body = FileBody(fd, MiB + 9, lambda n: None, 2 * MiB - 9)
+        assert body.read(100) == data[2 * MiB - 9:2 * MiB + 91]
+        assert body.seek(0) == 0 and body.read() == data[2 * MiB - 9:]
+        short = FileBody(fd, MiB + 10, lambda n: None, 2 * MiB - 9)  # one byte past the end
+        with pytest.raises(Exception, match="shrank"):
+            short.read()
+        assert short.short
+    finally:
+        os.close(fd)
+
+
+def test_parts_are_streamed_from_the_file_not_held_whole_and_paced_per_buffer(tmp_path):
+    store, remote = Store(tmp_path / "s.db"), MemoryRemote()
+    paid: List[int] = []
+    up = Uploader(remote, store, lambda: SETTINGS, part_workers=1, throttle=paid.append)
+    bodies: List[object] = []
+    reads: List[int] = []
+    real_part = remote.upload_part
+
+    def spy(key, uid, n, body, length, md5, checksum=None):
+        bodies.append(body)
+        real_read = body.read
+
+        def read(k=-1):
+            out = real_read(k)
+            reads.append(len(out))
+            return out
+        body.read = read
+        return real_part(key, uid, n, body, length, md5, checksum)
+
+    remote.upload_part = spy
+    try:
+        data = os.urandom(12 * MiB + 7)
+        p = tmp_path / "big.bin"
+        p.write_bytes(data)
+        job = job_for(p, "big.bin")
+        register(store, job)
+        o = up.upload(job)
+        assert o.kind == "uploaded" and remote.objects["big.bin"][0] == data
+        # a view of the file per part (the memory remote reads each whole: what it hands out is
+        # the part's length, read through the view), never the part's bytes in memory before the send
+        assert len(bodies) == 3 and not any(isinstance(b, (bytes, bytearray, memoryview)) for b in bodies)
+        assert sorted(reads) == [2 * MiB + 7, 5 * MiB, 5 * MiB]
+        assert sorted(paid) == sorted([MiB] * 12 + [7])  # the limiter paces each buffer sent
+    finally:
+        up.close()
+        store.close()
+
+
+def test_a_file_that_shrinks_while_a_part_is_streamed_is_changed_and_its_upload_aborted(env):
+    tmp, store, remote, up = env
+    p = tmp / "big.bin"
+    p.write_bytes(os.urandom(12 * MiB))
+    job = job_for(p, "big.bin")
+    register(store, job)
+    real_part = remote.upload_part
+
+    def truncate_then_send(key, uid, n, body, length, md5, checksum=None):
+        if n == 3:
+            os.truncate(p, 11 * MiB)  # after part 3's MD5 pass, before its bytes are sent
+        return real_part(key, uid, n, body, length, md5, checksum)
+
+    remote.upload_part = truncate_then_send
+    o = up.upload(job)
+    assert o.kind == "changed" and "shrank" in o.reason
+    assert "big.bin" not in remote.objects and not remote.uploads  # aborted: nothing half-sent is kept
+    assert store.get("big.bin").upload_id is None
+
+
 def test_a_file_that_changed_after_it_was_found_stable_is_not_read(env):
     tmp, store, remote, up = env
     p = tmp / "a.bin"
