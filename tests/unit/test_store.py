@@ -449,6 +449,47 @@ OPS = st.one_of(
 )
 
 
+def apply(store: Store, op: tuple, clock: Clock, db: Path) -> Store:
+    """Run one of OPS on ``store`` (a move the machine or the schema refuses is refused, that
+    statement only); returns the store (another one after a reopen)."""
+    kind, args = op[0], op[1:]
+    try:
+        if kind == "discover":
+            rel, key, size = args
+            store.discover(rel, key, size, 1, 1, retry_at=clock.t)
+        elif kind == "discover_many":
+            store.discover_many([(rel, key, 1, 1, 1) for rel, key in args[0]], retry_at=clock.t)
+        elif kind == "start":
+            store.start_upload(args[0], args[1], 1, 1)
+        elif kind == "finish":
+            store.finish_upload(args[0], args[1], 1, 1, "m", "m")
+        elif kind == "sent":
+            store.record_sent([(args[0], args[1], 1, 1, "m", "m")])
+        elif kind == "fail":
+            store.fail_upload(args[0], "network", "reset", clock.t + 1, park=args[1])
+        elif kind == "requeue":
+            store.requeue(args[0], args[1], 1, 1)
+        elif kind == "remove":
+            store.mark_removed(args[0], args[1])
+        elif kind == "forget":
+            store.forget(args[0])
+        elif kind == "recover":
+            store.recover_interrupted()
+        elif kind == "retry":
+            store.retry_parked()
+        elif kind == "forget_done":
+            store.forget_done(clock.t - 5.0, limit=args[0])
+        elif kind == "tick":
+            clock.t += 3.0
+        elif kind == "reopen":
+            store.close()
+            store = Store(db, clock=clock)
+    except IllegalTransition:
+        assert store.db.broken is None
+    return store
+
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(OPS, max_size=40))
 def test_counts_stay_exact_through_every_kind_of_move(ops):
@@ -461,43 +502,69 @@ def test_counts_stay_exact_through_every_kind_of_move(ops):
         store = Store(db, clock=clock)
         try:
             for op in ops:
-                kind, args = op[0], op[1:]
-                try:
-                    if kind == "discover":
-                        rel, key, size = args
-                        store.discover(rel, key, size, 1, 1, retry_at=clock.t)
-                    elif kind == "discover_many":
-                        store.discover_many([(rel, key, 1, 1, 1) for rel, key in args[0]], retry_at=clock.t)
-                    elif kind == "start":
-                        store.start_upload(args[0], args[1], 1, 1)
-                    elif kind == "finish":
-                        store.finish_upload(args[0], args[1], 1, 1, "m", "m")
-                    elif kind == "sent":
-                        store.record_sent([(args[0], args[1], 1, 1, "m", "m")])
-                    elif kind == "fail":
-                        store.fail_upload(args[0], "network", "reset", clock.t + 1, park=args[1])
-                    elif kind == "requeue":
-                        store.requeue(args[0], args[1], 1, 1)
-                    elif kind == "remove":
-                        store.mark_removed(args[0], args[1])
-                    elif kind == "forget":
-                        store.forget(args[0])
-                    elif kind == "recover":
-                        store.recover_interrupted()
-                    elif kind == "retry":
-                        store.retry_parked()
-                    elif kind == "forget_done":
-                        store.forget_done(clock.t - 5.0, limit=args[0])
-                    elif kind == "tick":
-                        clock.t += 3.0
-                    elif kind == "reopen":
-                        store.close()
-                        store = Store(db, clock=clock)
-                except IllegalTransition:  # a move the machine or the schema refuses: that statement only
-                    assert store.db.broken is None
+                store = apply(store, op, clock, db)
                 assert store.counts() == counted(store), f"after {op}"
         finally:
             store.close()
+
+
+SENT = st.lists(st.tuples(st.sampled_from(NAMES + ("zz",)), st.integers(1, 2)), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(OPS, max_size=30), batch=SENT, hooked=st.booleans())
+def test_a_batch_recorded_set_based_answers_and_writes_exactly_what_row_by_row_does(ops, batch, hooked):
+    """record_sent's two statements per batch against its row-by-row guard, from the same random
+    history: the same answer per row (a path twice in a batch, another version, a row that is not
+    waiting or does not exist among them), the same rows after, the same hook events."""
+    from s3_uploader import events
+    from s3_uploader.store import moves
+
+    clock = Clock(0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        answers, rows, hooks = [], [], []
+        for set_based in (True, False):
+            db = Path(tmp) / f"state-{set_based}.db"
+            store = Store(db, clock=clock)
+            clock.t = 0.0
+            try:
+                store.discover_many([(n, n, 1, 1, 1) for n in NAMES])  # most rows waiting: most of a batch moves
+                for op in ops:
+                    store = apply(store, op, clock, db)
+                if hooked:
+                    cfg = parse_config(MINIMAL + "[hooks]\non_uploaded = true\n")
+                    store.events = events.EventLog(lambda: cfg, clock)
+                saved, moves.SET_BASED = moves.SET_BASED, set_based
+                try:
+                    answers.append(store.record_sent([(n, size, 1, 1, f"m{i}", f"e{i}")
+                                                      for i, (n, size) in enumerate(batch)]))
+                finally:
+                    moves.SET_BASED = saved
+                rows.append(sorted(store.iter_all()))
+                hooks.append(store.query("SELECT event, path FROM hook_events ORDER BY id"))
+                assert store.counts() == counted(store)
+            finally:
+                store.close()
+        assert answers[0] == answers[1] and len(answers[0]) == len(batch)
+        assert rows[0] == rows[1] and hooks[0] == hooks[1]
+
+
+def test_a_batch_larger_than_one_statement_and_a_row_a_constraint_refuses(store):
+    """Batches go SENT_CHUNK rows to a statement; a constraint that refuses one row's move (here a
+    trigger) costs that row only: the rest of its statement's rows still move."""
+    from s3_uploader.store import moves
+
+    n = moves.SENT_CHUNK * 2 + 17
+    store.discover_many([(f"f{i}", f"f{i}", 1, 1, 1) for i in range(n)])
+    batch = [(f"f{i}", 1, 1, 2 if i % 50 == 7 else 1, "m", "e") for i in range(n)]  # every 50th: another inode
+    assert store.record_sent(batch) == [i % 50 != 7 for i in range(n)]
+    assert store.counts()["uploaded"] == n - len(range(7, n, 50))
+    store.discover_many([("g1", "g1", 1, 1, 1), ("g2", "g2", 1, 1, 1), ("g3", "g3", 1, 1, 1)])
+    store.db.conn.execute("CREATE TEMP TRIGGER no_g2 BEFORE UPDATE OF state ON files WHEN new.path = x'6732' "
+                          "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    assert store.record_sent([(g, 1, 1, 1, "m", "e") for g in ("g1", "g2", "g3")]) == [True, False, True]
+    assert [store.get(g).state for g in ("g1", "g2", "g3")] == ["uploaded", "pending", "uploaded"]
+    assert store.counts() == counted(store)
 
 
 def test_a_version_2_database_is_migrated_keeping_every_row_and_counted_once(tmp_path):
