@@ -549,6 +549,43 @@ def test_a_batch_recorded_set_based_answers_and_writes_exactly_what_row_by_row_d
         assert rows[0] == rows[1] and hooks[0] == hooks[1]
 
 
+FOUND = st.lists(st.tuples(st.sampled_from(NAMES + ("y", "z")), st.sampled_from(NAMES + ("y", "z"))), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(OPS, max_size=30), batch=FOUND, chunk=st.sampled_from((1, 3, 100)))
+def test_new_files_inserted_a_chunk_to_a_statement_end_as_one_by_one_leaves_them(ops, batch, chunk):
+    """discover_many's multi-row INSERTs (``chunk`` rows each) against its one-by-one path, from the
+    same random history: the same rows after (a path known already, a key another row or an
+    earlier file of the batch holds, a path twice), the same collided rows returned."""
+    from s3_uploader.store import moves
+
+    clock = Clock(0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        got, rows = [], []
+        for chunked in (True, False):
+            db = Path(tmp) / f"state-{chunked}.db"
+            store = Store(db, clock=clock)
+            clock.t = 0.0
+            try:
+                for op in ops:
+                    store = apply(store, op, clock, db)
+                found = [(rel, key, 1, 1, 1) for rel, key in batch]
+                if chunked:
+                    saved, moves.INSERT_CHUNK = moves.INSERT_CHUNK, chunk
+                    try:
+                        got.append(store.discover_many(found, retry_at=clock.t))
+                    finally:
+                        moves.INSERT_CHUNK = saved
+                else:
+                    got.append(store.moves._discover_one_by_one(found, clock.t, clock.t))
+                rows.append(sorted(store.iter_all()))
+                assert store.counts() == counted(store)
+            finally:
+                store.close()
+        assert got[0] == got[1] and rows[0] == rows[1]
+
+
 def test_a_batch_larger_than_one_statement_and_a_row_a_constraint_refuses(store):
     """Batches go SENT_CHUNK rows to a statement; a constraint that refuses one row's move (here a
     trigger) costs that row only: the rest of its statement's rows still move."""

@@ -32,8 +32,11 @@ from .schema import WAITING_SQL
 log = logging.getLogger(__name__)
 
 ERRORS_KEPT = 200
-_INSERT_NEW = ("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at, rank) "
-               "VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING")
+_INSERT_NEW_HEAD = "INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at, rank) VALUES"
+_INSERT_ROW = "(?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+_INSERT_TAIL = " ON CONFLICT(path) DO NOTHING"
+_INSERT_NEW = _INSERT_NEW_HEAD + _INSERT_ROW + _INSERT_TAIL
+INSERT_CHUNK = 100  # rows per INSERT of discover_many: 9 values each, under the oldest bound-variable limit (999)
 
 
 # the one-step move of a sent file (record_sent): the row still waiting, with the signature sent
@@ -171,20 +174,27 @@ class Moves:
         returns those rows (empty: every new file has its key)."""
         now = self.db.clock()
         rank = self.ranker
-        params = [(enc(r), enc(parent(r)), k, s, m, i, now, now, rank(r)) for r, k, s, m, i in rows]
+        collided: List[Record] = []
         with self.db.transaction() as conn:
-            try:
-                # ON CONFLICT(path), not OR IGNORE: OR IGNORE would also skip, silently, a file
-                # whose key another row holds (a lost file); that one raises here instead
-                conn.executemany(_INSERT_NEW, params)
-                return []
-            except sqlite3.IntegrityError:
-                return self._discover_one_by_one(rows, now, retry_at)
+            for at in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[at:at + INSERT_CHUNK]
+                params: List[Any] = []
+                for r, k, s, m, i in chunk:
+                    params += (enc(r), enc(parent(r)), k, s, m, i, now, now, rank(r))
+                try:
+                    # one statement for the chunk (executemany runs one per row, and each releases
+                    # the interpreter lock); ON CONFLICT(path), not OR IGNORE: OR IGNORE would also
+                    # skip, silently, a file whose key another row holds (a lost file); that one
+                    # raises here instead, and takes back this statement's rows only
+                    conn.execute(_INSERT_NEW_HEAD + ",".join([_INSERT_ROW] * len(chunk)) + _INSERT_TAIL, params)
+                except sqlite3.IntegrityError:
+                    collided += self._discover_one_by_one(chunk, now, retry_at)
+        return collided
 
     def _discover_one_by_one(self, rows: Sequence[Tuple[str, str, int, int, int]], now: float,
                              retry_at: Optional[float]) -> List[Record]:
-        """discover_many's slow path, once a key of the batch was found taken (the rows inserted
-        before that one are kept: a failed statement takes back only itself)."""
+        """discover_many's slow path for a chunk in which a key was found taken (its statement took
+        back all of its rows; the chunks before it are kept)."""
         collided: List[Record] = []
         for rel, key, size, mtime_ns, inode in rows:
             if self.db.read("SELECT 1 FROM files WHERE path = ?", (enc(rel),)):
