@@ -586,6 +586,32 @@ def test_new_files_inserted_a_chunk_to_a_statement_end_as_one_by_one_leaves_them
         assert got[0] == got[1] and rows[0] == rows[1]
 
 
+def test_the_waiting_rows_paged_by_path_with_when_each_was_discovered(store):
+    """waiting_page (the rescan's sweep for vanished files): every waiting row and none other, in
+    path order, a page at a time, with the discovered_at a Record of it has."""
+    names = ["p1", "p2", "u1", "f1", "k1", "d1", "x1", "p3"]
+    store.discover_many([(n, n, 1, 1, 1) for n in names])
+    store.start_upload("u1", 1, 1, 1)
+    store.fail_upload("f1", "network", "reset", 5.0, park=False)
+    store.fail_upload("k1", "auth", "denied", None, park=True)
+    store.record_sent([("x1", 1, 1, 1, "m", "e")])
+    gone(store, "d1", "deleted")
+    store.db.clock.t += 7
+    store.discover("p0", "p0", 1, 1, 1)
+    pages, after = [], b""
+    while True:
+        page = store.waiting_page(after, limit=2)
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1][0]
+    assert [len(p) for p in pages] == [2, 2, 2, 1]
+    got = [row for p in pages for row in p]
+    assert got == [(os.fsencode(r.rel), r.discovered_at) for r in store.in_states(WAITING_STATES, limit=100)]
+    assert [p for p, _ in got] == [b"f1", b"k1", b"p0", b"p1", b"p2", b"p3", b"u1"]
+    assert dict(got)[b"p0"] == dict(got)[b"p1"] + 7
+
+
 def test_a_batch_larger_than_one_statement_and_a_row_a_constraint_refuses(store):
     """Batches go SENT_CHUNK rows to a statement; a constraint that refuses one row's move (here a
     trigger) costs that row only: the rest of its statement's rows still move."""
