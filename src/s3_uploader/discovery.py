@@ -38,7 +38,7 @@ from .order import Order, order_of
 from .views import Live, Stats
 from .runmode import RunMode
 from .scanner import FileStat
-from .store import WAITING_STATES, Store, dec, display
+from .store import Store, dec, display
 from .version import REMOVED_STATES, settled
 from .watcher import WATCH_LIMIT, inotify_watches, watch_limit
 
@@ -370,17 +370,18 @@ class Discovery:
         """Rows still waiting whose file is gone or no longer included (e.g. its folder was removed)."""
         after = b""
         while not self.stop.is_set():
-            rows = self.live.store.in_states(WAITING_STATES, after=after, limit=500)
+            rows = self.live.store.waiting_page(after=after, limit=500)
             if not rows:
                 return
-            after = os.fsencode(rows[-1].rel)
-            for r in rows:
-                if r.discovered_at >= scan_started or self._is_inflight(r.rel):
+            after = rows[-1][0]
+            for raw, discovered_at in rows:
+                rel = os.fsdecode(raw)
+                if discovered_at >= scan_started or self._is_inflight(rel):
                     continue
                 try:
-                    self.forget_if_gone(r.rel)
+                    self.forget_if_gone(rel)
                 except Exception as exc:
-                    self._set_aside(r.rel, "looking for the vanished file", exc)
+                    self._set_aside(rel, "looking for the vanished file", exc)
 
     def forget_if_gone(self, rel: str) -> None:
         """Forget the waiting row of ``rel`` when there is no file to send at its path any more: it no

@@ -449,6 +449,47 @@ OPS = st.one_of(
 )
 
 
+def apply(store: Store, op: tuple, clock: Clock, db: Path) -> Store:
+    """Run one of OPS on ``store`` (a move the machine or the schema refuses is refused, that
+    statement only); returns the store (another one after a reopen)."""
+    kind, args = op[0], op[1:]
+    try:
+        if kind == "discover":
+            rel, key, size = args
+            store.discover(rel, key, size, 1, 1, retry_at=clock.t)
+        elif kind == "discover_many":
+            store.discover_many([(rel, key, 1, 1, 1) for rel, key in args[0]], retry_at=clock.t)
+        elif kind == "start":
+            store.start_upload(args[0], args[1], 1, 1)
+        elif kind == "finish":
+            store.finish_upload(args[0], args[1], 1, 1, "m", "m")
+        elif kind == "sent":
+            store.record_sent([(args[0], args[1], 1, 1, "m", "m")])
+        elif kind == "fail":
+            store.fail_upload(args[0], "network", "reset", clock.t + 1, park=args[1])
+        elif kind == "requeue":
+            store.requeue(args[0], args[1], 1, 1)
+        elif kind == "remove":
+            store.mark_removed(args[0], args[1])
+        elif kind == "forget":
+            store.forget(args[0])
+        elif kind == "recover":
+            store.recover_interrupted()
+        elif kind == "retry":
+            store.retry_parked()
+        elif kind == "forget_done":
+            store.forget_done(clock.t - 5.0, limit=args[0])
+        elif kind == "tick":
+            clock.t += 3.0
+        elif kind == "reopen":
+            store.close()
+            store = Store(db, clock=clock)
+    except IllegalTransition:
+        assert store.db.broken is None
+    return store
+
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(OPS, max_size=40))
 def test_counts_stay_exact_through_every_kind_of_move(ops):
@@ -461,43 +502,132 @@ def test_counts_stay_exact_through_every_kind_of_move(ops):
         store = Store(db, clock=clock)
         try:
             for op in ops:
-                kind, args = op[0], op[1:]
-                try:
-                    if kind == "discover":
-                        rel, key, size = args
-                        store.discover(rel, key, size, 1, 1, retry_at=clock.t)
-                    elif kind == "discover_many":
-                        store.discover_many([(rel, key, 1, 1, 1) for rel, key in args[0]], retry_at=clock.t)
-                    elif kind == "start":
-                        store.start_upload(args[0], args[1], 1, 1)
-                    elif kind == "finish":
-                        store.finish_upload(args[0], args[1], 1, 1, "m", "m")
-                    elif kind == "sent":
-                        store.record_sent([(args[0], args[1], 1, 1, "m", "m")])
-                    elif kind == "fail":
-                        store.fail_upload(args[0], "network", "reset", clock.t + 1, park=args[1])
-                    elif kind == "requeue":
-                        store.requeue(args[0], args[1], 1, 1)
-                    elif kind == "remove":
-                        store.mark_removed(args[0], args[1])
-                    elif kind == "forget":
-                        store.forget(args[0])
-                    elif kind == "recover":
-                        store.recover_interrupted()
-                    elif kind == "retry":
-                        store.retry_parked()
-                    elif kind == "forget_done":
-                        store.forget_done(clock.t - 5.0, limit=args[0])
-                    elif kind == "tick":
-                        clock.t += 3.0
-                    elif kind == "reopen":
-                        store.close()
-                        store = Store(db, clock=clock)
-                except IllegalTransition:  # a move the machine or the schema refuses: that statement only
-                    assert store.db.broken is None
+                store = apply(store, op, clock, db)
                 assert store.counts() == counted(store), f"after {op}"
         finally:
             store.close()
+
+
+SENT = st.lists(st.tuples(st.sampled_from(NAMES + ("zz",)), st.integers(1, 2)), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(OPS, max_size=30), batch=SENT, hooked=st.booleans())
+def test_a_batch_recorded_set_based_answers_and_writes_exactly_what_row_by_row_does(ops, batch, hooked):
+    """record_sent's two statements per batch against its row-by-row guard, from the same random
+    history: the same answer per row (a path twice in a batch, another version, a row that is not
+    waiting or does not exist among them), the same rows after, the same hook events."""
+    from s3_uploader import events
+    from s3_uploader.store import moves
+
+    clock = Clock(0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        answers, rows, hooks = [], [], []
+        for set_based in (True, False):
+            db = Path(tmp) / f"state-{set_based}.db"
+            store = Store(db, clock=clock)
+            clock.t = 0.0
+            try:
+                store.discover_many([(n, n, 1, 1, 1) for n in NAMES])  # most rows waiting: most of a batch moves
+                for op in ops:
+                    store = apply(store, op, clock, db)
+                if hooked:
+                    cfg = parse_config(MINIMAL + "[hooks]\non_uploaded = true\n")
+                    store.events = events.EventLog(lambda: cfg, clock)
+                saved, moves.SET_BASED = moves.SET_BASED, set_based
+                try:
+                    answers.append(store.record_sent([(n, size, 1, 1, f"m{i}", f"e{i}")
+                                                      for i, (n, size) in enumerate(batch)]))
+                finally:
+                    moves.SET_BASED = saved
+                rows.append(sorted(store.iter_all()))
+                hooks.append(store.query("SELECT event, path FROM hook_events ORDER BY id"))
+                assert store.counts() == counted(store)
+            finally:
+                store.close()
+        assert answers[0] == answers[1] and len(answers[0]) == len(batch)
+        assert rows[0] == rows[1] and hooks[0] == hooks[1]
+
+
+FOUND = st.lists(st.tuples(st.sampled_from(NAMES + ("y", "z")), st.sampled_from(NAMES + ("y", "z"))), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(OPS, max_size=30), batch=FOUND, chunk=st.sampled_from((1, 3, 100)))
+def test_new_files_inserted_a_chunk_to_a_statement_end_as_one_by_one_leaves_them(ops, batch, chunk):
+    """discover_many's multi-row INSERTs (``chunk`` rows each) against its one-by-one path, from the
+    same random history: the same rows after (a path known already, a key another row or an
+    earlier file of the batch holds, a path twice), the same collided rows returned."""
+    from s3_uploader.store import moves
+
+    clock = Clock(0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        got, rows = [], []
+        for chunked in (True, False):
+            db = Path(tmp) / f"state-{chunked}.db"
+            store = Store(db, clock=clock)
+            clock.t = 0.0
+            try:
+                for op in ops:
+                    store = apply(store, op, clock, db)
+                found = [(rel, key, 1, 1, 1) for rel, key in batch]
+                if chunked:
+                    saved, moves.INSERT_CHUNK = moves.INSERT_CHUNK, chunk
+                    try:
+                        got.append(store.discover_many(found, retry_at=clock.t))
+                    finally:
+                        moves.INSERT_CHUNK = saved
+                else:
+                    got.append(store.moves._discover_one_by_one(found, clock.t, clock.t))
+                rows.append(sorted(store.iter_all()))
+                assert store.counts() == counted(store)
+            finally:
+                store.close()
+        assert got[0] == got[1] and rows[0] == rows[1]
+
+
+def test_the_waiting_rows_paged_by_path_with_when_each_was_discovered(store):
+    """waiting_page (the rescan's sweep for vanished files): every waiting row and none other, in
+    path order, a page at a time, with the discovered_at a Record of it has."""
+    names = ["p1", "p2", "u1", "f1", "k1", "d1", "x1", "p3"]
+    store.discover_many([(n, n, 1, 1, 1) for n in names])
+    store.start_upload("u1", 1, 1, 1)
+    store.fail_upload("f1", "network", "reset", 5.0, park=False)
+    store.fail_upload("k1", "auth", "denied", None, park=True)
+    store.record_sent([("x1", 1, 1, 1, "m", "e")])
+    gone(store, "d1", "deleted")
+    store.db.clock.t += 7
+    store.discover("p0", "p0", 1, 1, 1)
+    pages, after = [], b""
+    while True:
+        page = store.waiting_page(after, limit=2)
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1][0]
+    assert [len(p) for p in pages] == [2, 2, 2, 1]
+    got = [row for p in pages for row in p]
+    assert got == [(os.fsencode(r.rel), r.discovered_at) for r in store.in_states(WAITING_STATES, limit=100)]
+    assert [p for p, _ in got] == [b"f1", b"k1", b"p0", b"p1", b"p2", b"p3", b"u1"]
+    assert dict(got)[b"p0"] == dict(got)[b"p1"] + 7
+
+
+def test_a_batch_larger_than_one_statement_and_a_row_a_constraint_refuses(store):
+    """Batches go SENT_CHUNK rows to a statement; a constraint that refuses one row's move (here a
+    trigger) costs that row only: the rest of its statement's rows still move."""
+    from s3_uploader.store import moves
+
+    n = moves.SENT_CHUNK * 2 + 17
+    store.discover_many([(f"f{i}", f"f{i}", 1, 1, 1) for i in range(n)])
+    batch = [(f"f{i}", 1, 1, 2 if i % 50 == 7 else 1, "m", "e") for i in range(n)]  # every 50th: another inode
+    assert store.record_sent(batch) == [i % 50 != 7 for i in range(n)]
+    assert store.counts()["uploaded"] == n - len(range(7, n, 50))
+    store.discover_many([("g1", "g1", 1, 1, 1), ("g2", "g2", 1, 1, 1), ("g3", "g3", 1, 1, 1)])
+    store.db.conn.execute("CREATE TEMP TRIGGER no_g2 BEFORE UPDATE OF state ON files WHEN new.path = x'6732' "
+                          "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    assert store.record_sent([(g, 1, 1, 1, "m", "e") for g in ("g1", "g2", "g3")]) == [True, False, True]
+    assert [store.get(g).state for g in ("g1", "g2", "g3")] == ["uploaded", "pending", "uploaded"]
+    assert store.counts() == counted(store)
 
 
 def test_a_version_2_database_is_migrated_keeping_every_row_and_counted_once(tmp_path):

@@ -111,6 +111,9 @@ class Store:
     def in_states(self, states: Sequence[str], after: bytes = b"", limit: int = 1000) -> List[Record]:
         return self.reads.in_states(states, after, limit)
 
+    def waiting_page(self, after: bytes = b"", limit: int = 500) -> List[Tuple[bytes, float]]:
+        return self.reads.waiting_page(after, limit)
+
     def backlog_page(self, newest: bool, after: Optional[Tuple[int, int, bytes]] = None,
                      limit: int = 500) -> List[Tuple[int, int, bytes]]:
         return self.reads.backlog_page(newest, after, limit)

@@ -32,8 +32,27 @@ from .schema import WAITING_SQL
 log = logging.getLogger(__name__)
 
 ERRORS_KEPT = 200
-_INSERT_NEW = ("INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at, rank) "
-               "VALUES(?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING")
+_INSERT_NEW_HEAD = "INSERT INTO files(path, dir, key, state, size, mtime_ns, inode, discovered_at, updated_at, rank) VALUES"
+_INSERT_ROW = "(?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+_INSERT_TAIL = " ON CONFLICT(path) DO NOTHING"
+_INSERT_NEW = _INSERT_NEW_HEAD + _INSERT_ROW + _INSERT_TAIL
+INSERT_CHUNK = 100  # rows per INSERT of discover_many: 9 values each, under the oldest bound-variable limit (999)
+
+
+# the one-step move of a sent file (record_sent): the row still waiting, with the signature sent
+# and a key; row by row (_SENT_ONE) or for a batch joined to the VALUES list ``sent`` (_SENT_GUARD)
+_ONE_STEP = ",".join(f"'{s}'" for s in ONE_STEP_SOURCES)  # constants of the state machine, not input
+_SENT_SET = ("UPDATE files SET state = 'uploaded', updated_at = ?, uploaded_at = ?, attempts = 0, "
+             "next_attempt_at = NULL, last_error = NULL, error_kind = NULL, upload_id = NULL, part_size = NULL, "
+             "checksum = NULL")
+_SENT_ONE = (_SENT_SET.replace("uploaded_at = ?", "md5 = ?, etag = ?, uploaded_at = ?")
+             + f" WHERE path = ? AND state IN ({_ONE_STEP}) AND size = ? AND mtime_ns = ? AND inode = ? "
+             "AND key IS NOT NULL")
+_SENT_GUARD = (f"files.path = sent.path AND files.state IN ({_ONE_STEP}) AND files.size = sent.size "
+               "AND files.mtime_ns = sent.mtime_ns AND files.inode = sent.inode AND files.key IS NOT NULL")
+# UPDATE ... FROM came with SQLite 3.33 (Python 3.9+ may be linked to an older one: row by row there)
+SET_BASED = sqlite3.sqlite_version_info >= (3, 33, 0)
+SENT_CHUNK = 100  # rows per set-based statement: 7 values each, under the oldest bound-variable limit (999)
 
 
 def _no_priority(rel: str) -> int:
@@ -155,20 +174,27 @@ class Moves:
         returns those rows (empty: every new file has its key)."""
         now = self.db.clock()
         rank = self.ranker
-        params = [(enc(r), enc(parent(r)), k, s, m, i, now, now, rank(r)) for r, k, s, m, i in rows]
+        collided: List[Record] = []
         with self.db.transaction() as conn:
-            try:
-                # ON CONFLICT(path), not OR IGNORE: OR IGNORE would also skip, silently, a file
-                # whose key another row holds (a lost file); that one raises here instead
-                conn.executemany(_INSERT_NEW, params)
-                return []
-            except sqlite3.IntegrityError:
-                return self._discover_one_by_one(rows, now, retry_at)
+            for at in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[at:at + INSERT_CHUNK]
+                params: List[Any] = []
+                for r, k, s, m, i in chunk:
+                    params += (enc(r), enc(parent(r)), k, s, m, i, now, now, rank(r))
+                try:
+                    # one statement for the chunk (executemany runs one per row, and each releases
+                    # the interpreter lock); ON CONFLICT(path), not OR IGNORE: OR IGNORE would also
+                    # skip, silently, a file whose key another row holds (a lost file); that one
+                    # raises here instead, and takes back this statement's rows only
+                    conn.execute(_INSERT_NEW_HEAD + ",".join([_INSERT_ROW] * len(chunk)) + _INSERT_TAIL, params)
+                except sqlite3.IntegrityError:
+                    collided += self._discover_one_by_one(chunk, now, retry_at)
+        return collided
 
     def _discover_one_by_one(self, rows: Sequence[Tuple[str, str, int, int, int]], now: float,
                              retry_at: Optional[float]) -> List[Record]:
-        """discover_many's slow path, once a key of the batch was found taken (the rows inserted
-        before that one are kept: a failed statement takes back only itself)."""
+        """discover_many's slow path for a chunk in which a key was found taken (its statement took
+        back all of its rows; the chunks before it are kept)."""
         collided: List[Record] = []
         for rel, key, size, mtime_ns, inode in rows:
             if self.db.read("SELECT 1 FROM files WHERE path = ?", (enc(rel),)):
@@ -201,21 +227,56 @@ class Moves:
         """The one-step move to uploaded of single PUTs the asyncio sender sent: (rel, size, mtime_ns,
         inode, md5, etag) each, for rows still waiting (pending, failed or parked) *with that
         signature* (a row that describes another version, or has moved on, is left as it is).
-        Returns, per row, whether it moved."""
+        Returns, per row, whether it moved.
+
+        Set-based where SQLite has ``UPDATE ... FROM`` (3.33): a batch is two statements, however
+        many rows it has (each statement Python's sqlite3 runs, and each row it fetches, releases
+        the interpreter lock, which in the busy daemon hands it to another thread and back); the
+        same guard, row by row, otherwise, or for a batch that names a path twice."""
         now = self.db.clock()
-        marks = ",".join("?" * len(ONE_STEP_SOURCES))
-        sql = ("UPDATE files SET state = 'uploaded', updated_at = ?, md5 = ?, etag = ?, uploaded_at = ?, "
-               "attempts = 0, next_attempt_at = NULL, last_error = NULL, error_kind = NULL, upload_id = NULL, "
-               f"part_size = NULL, checksum = NULL WHERE path = ? AND state IN ({marks}) AND size = ? AND mtime_ns = ? "
-               "AND inode = ? "
-               "AND key IS NOT NULL")
-        params = [(now, md5, etag, now, enc(r), *ONE_STEP_SOURCES, s, m, i) for r, s, m, i, md5, etag in rows]
-        if self.events is None or not self.events.wanted("uploaded"):
-            return self._moves(sql, params)
+        hook = self.events is not None and self.events.wanted("uploaded")
         with self.db.lock:  # hooks: the events in the transaction of the moves
-            moved = self._moves(sql, params)
-            self._event("uploaded", [p[4] for p, m in zip(params, moved) if m])
+            if SET_BASED and len({r[0] for r in rows}) == len(rows):
+                moved: List[bool] = []
+                for i in range(0, len(rows), SENT_CHUNK):
+                    moved += self._sent_together(rows[i:i + SENT_CHUNK], now)
+            else:
+                moved = self._moves(_SENT_ONE, [(now, md5, etag, now, enc(r), s, m, i)
+                                                for r, s, m, i, md5, etag in rows])
+            if hook:
+                self._event("uploaded", [enc(r[0]) for r, m in zip(rows, moved) if m])
             return moved
+
+    def _sent_together(self, rows: Sequence[Tuple[str, int, int, int, str, str]], now: float) -> List[bool]:
+        """record_sent of up to SENT_CHUNK rows with distinct paths: which rows the guard refuses (one
+        SELECT, one row back), then one UPDATE that moves every other. Under the lock, in one
+        transaction, nothing writes between the two, so the rows the SELECT passes are exactly the
+        rows the UPDATE moves. A constraint that refuses the UPDATE (it then takes back only itself)
+        sends the batch row by row, where it refuses only its own row."""
+        # the batch as a table; a subquery, not WITH: Python's sqlite3 counts the rows a statement
+        # changed only when it begins with UPDATE/INSERT/DELETE
+        sent = ("(SELECT column1 AS n, column2 AS path, column3 AS size, column4 AS mtime_ns, column5 AS inode, "
+                f"column6 AS md5, column7 AS etag FROM (VALUES {','.join(['(?,?,?,?,?,?,?)'] * len(rows))})) AS sent")
+        params: List[Any] = []
+        for n, (r, s, m, i, md5, etag) in enumerate(rows):
+            params += (n, enc(r), s, m, i, md5, etag)
+        with self.db.transaction() as conn:
+            found = conn.execute(f"SELECT group_concat(n) FROM {sent} WHERE NOT EXISTS (SELECT 1 FROM files "
+                                 f"WHERE {_SENT_GUARD})", params).fetchone()[0]
+            refused = {int(n) for n in found.split(",")} if found else set()
+            if len(refused) == len(rows):
+                return [False] * len(rows)
+            try:
+                cur = conn.execute(f"{_SENT_SET}, md5 = sent.md5, etag = sent.etag FROM {sent} WHERE {_SENT_GUARD}",
+                                   [now, now] + params)
+            except sqlite3.IntegrityError:
+                return self._moves(_SENT_ONE, [(now, md5, etag, now, enc(r), s, m, i)
+                                               for r, s, m, i, md5, etag in rows])
+            # the two statements agree by construction; if they ever did not, the answer would
+            # be wrong for some row (a moved row not counted, or a refused one reported): say so
+            if cur.rowcount != len(rows) - len(refused):
+                raise RuntimeError(f"{cur.rowcount} rows moved to uploaded, {len(rows) - len(refused)} expected")
+            return [n not in refused for n in range(len(rows))]
 
     def _moves(self, sql: str, params: Sequence[Sequence[Any]]) -> List[bool]:
         """Run the guarded move ``sql`` once per row in the open transaction; which rows moved."""

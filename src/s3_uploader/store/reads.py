@@ -75,6 +75,17 @@ class Reads:
                             (*states, after, limit))
         return [record(r) for r in rows]
 
+    def waiting_page(self, after: bytes = b"", limit: int = 500) -> List[Tuple[bytes, float]]:
+        """(path bytes, discovered_at) of the waiting rows, in path order after ``after``: the rescan's
+        sweep for vanished files pages through every one of them and needs no more. Two columns, not
+        a :class:`Record`'s eighteen: Python's sqlite3 releases the interpreter lock for each column
+        of each row it reads, and in the busy daemon each release can hand it to another thread."""
+        if not self.db.counted:  # an older schema read-only: no partial index
+            return [(enc(r.rel), r.discovered_at) for r in self.in_states(WAITING_STATES, after, limit)]
+        return [(bytes(p), d) for p, d in self.db.read(
+            f"SELECT path, discovered_at FROM files INDEXED BY files_waiting_path WHERE {WAITING_SQL} "
+            "AND path > ? ORDER BY path LIMIT ?", (after, limit))]
+
     def backlog_page(self, newest: bool, after: Optional[Tuple[int, int, bytes]] = None,
                      limit: int = 500) -> List[Tuple[int, int, bytes]]:
         """The next ``limit`` pending rows in upload order (:mod:`s3_uploader.order`), as (rank,
