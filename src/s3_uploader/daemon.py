@@ -185,14 +185,14 @@ class Daemon:
         listing = preflight.UploadListing(self.remote, OwnKeys(self.keymaker).listing_prefix)
         try:
             down = preflight.check_access(self.cfg, self.remote, self.mode)
-        except StartupError:
+            self.store.set_meta(META_OUTAGE, "")  # an outage of the last run is not this one's
+            if down:
+                self.outage.begin(down)
+            preflight.recover(self.cfg, self.store, self.remote, self.keymaker, self.filters, self.mode, self.wall,
+                              listing)
+        except BaseException:  # a failed start-up (before the sweep read the listing) leaves no thread behind
             listing.discard()
             raise
-        self.store.set_meta(META_OUTAGE, "")  # an outage of the last run is not this one's
-        if down:
-            self.outage.begin(down)
-        preflight.recover(self.cfg, self.store, self.remote, self.keymaker, self.filters, self.mode, self.wall,
-                          listing)
 
     def run(self) -> int:
         """Run until stopped (or, in a single pass, until done). Returns the exit code."""

@@ -116,9 +116,10 @@ class UploadListing:
         return self._uploads
 
     def discard(self, timeout: float = 5.0) -> None:
-        """The start-up failed: wait up to ``timeout`` for the listing to end, and forget it. It
-        went to the same endpoint as the failed check at the same moment, so it ends about when the
-        check did; a thread still waiting on a dead endpoint past that is a daemon thread."""
+        """The start-up failed before the sweep read the listing: wait up to ``timeout`` for it to
+        end, and forget it. After a failed access check it ends about when the check did (same
+        endpoint, same moment); a thread still waiting on a dead endpoint past that is a daemon
+        thread and does not hold the exit."""
         self._thread.join(timeout)
 
 
