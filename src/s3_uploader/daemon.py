@@ -28,6 +28,7 @@ from .bandwidth import limiter_from_config
 from .budget import Budget, StoreLedger
 from .config import Config
 from .discovery import Discovery
+from .destination import OwnKeys
 from .dispatch import Dispatch, InFlight
 from .health import HEARTBEAT_MAX_AGE, StateSnapshot
 from .history import History
@@ -179,11 +180,19 @@ class Daemon:
         if self._remote is None:
             from .remote import remote_from_config
             self._remote = remote_from_config(self.cfg)
-        down = preflight.check_access(self.cfg, self.remote, self.mode)
-        self.store.set_meta(META_OUTAGE, "")  # an outage of the last run is not this one's
-        if down:
-            self.outage.begin(down)
-        preflight.recover(self.cfg, self.store, self.remote, self.keymaker, self.filters, self.mode, self.wall)
+        # the stale-multipart sweep's listing goes out beside HeadBucket: one round trip less before
+        # the first upload on a distant link (what is aborted is still decided after the check)
+        listing = preflight.UploadListing(self.remote, OwnKeys(self.keymaker).listing_prefix)
+        try:
+            down = preflight.check_access(self.cfg, self.remote, self.mode)
+            self.store.set_meta(META_OUTAGE, "")  # an outage of the last run is not this one's
+            if down:
+                self.outage.begin(down)
+            preflight.recover(self.cfg, self.store, self.remote, self.keymaker, self.filters, self.mode, self.wall,
+                              listing)
+        except BaseException:  # a failed start-up (before the sweep read the listing) leaves no thread behind
+            listing.discard()
+            raise
 
     def run(self) -> int:
         """Run until stopped (or, in a single pass, until done). Returns the exit code."""

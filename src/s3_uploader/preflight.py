@@ -9,20 +9,23 @@ every one, a line each, and exits 1 when any failed. The messages are the same w
 Recovery (``run`` only, after the access check so a mistyped bucket stops us before any row is
 touched): uploads interrupted by the last stop are resumed, the state database follows a changed
 destination, multipart uploads nobody owns are aborted, and a single pass gives parked files one
-more try.
+more try. The listing of multipart uploads is asked for beside the access check
+(:class:`UploadListing`), so its round trip overlaps HeadBucket's; what is aborted is still decided
+after both, from the listing and the rows as recovery leaves them.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from .config import Config
 from .destination import Destination, OwnKeys, follow_destination, recorded_destination
 from .keys import Filters, KeyMaker
 from .objects import check_object_lock
-from .remote import TLS_CODE, Remote, RemoteError, remote_from_config
+from .remote import TLS_CODE, MultipartUpload, Remote, RemoteError, remote_from_config
 from .retry import classify
 from .runmode import RunMode
 from .store import DatabaseClaim, Store, StoreError
@@ -82,10 +85,49 @@ def check_access(cfg: Config, remote: Remote, mode: RunMode) -> Optional[str]:
     return None
 
 
+class UploadListing:
+    """The multipart uploads in progress under ``prefix``, listed on a thread of its own from the
+    moment this is made, so the request goes out beside the access check instead of one round
+    trip after it (on a second connection: HTTP/1.1 does not pipeline). It only reads: what is
+    aborted is decided by :func:`abort_stale_multipart`, after the access check and the destination
+    follow-up, from :meth:`uploads` and the rows as they are then, and before any upload starts
+    (so an upload of this run is never in the listing)."""
+
+    def __init__(self, remote: Remote, prefix: str):
+        self.prefix = prefix
+        self._remote = remote
+        self._uploads: List[MultipartUpload] = []
+        self._error: Optional[Exception] = None
+        self._thread = threading.Thread(target=self._list, name="multipart-listing", daemon=True)
+        self._thread.start()
+
+    def _list(self) -> None:
+        try:
+            self._uploads = list(self._remote.list_multipart_uploads(self.prefix))
+        except Exception as exc:  # said by abort_stale_multipart, which decides what it means
+            self._error = exc
+
+    def uploads(self) -> List[MultipartUpload]:
+        """Wait for the listing (bounded by the client's own timeouts) and return it, or raise what
+        listing raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._uploads
+
+    def discard(self, timeout: float = 5.0) -> None:
+        """The start-up failed before the sweep read the listing: wait up to ``timeout`` for it to
+        end, and forget it. After a failed access check it ends about when the check did (same
+        endpoint, same moment); a thread still waiting on a dead endpoint past that is a daemon
+        thread and does not hold the exit."""
+        self._thread.join(timeout)
+
+
 def recover(cfg: Config, store: Store, remote: Remote, keymaker: KeyMaker, filters: Filters, mode: RunMode,
-            wall: Callable[[], float]) -> None:
+            wall: Callable[[], float], listing: Optional[UploadListing] = None) -> None:
     """Put the state database right before the first thread starts (see the module's docstring)
-    and commit; StartupError when the database refuses."""
+    and commit; StartupError when the database refuses. ``listing``: the multipart uploads asked
+    for already (else they are listed here)."""
     n = store.recover_interrupted()
     if n:
         log.info("%d upload(s) were interrupted by the last stop; they will be resumed", n)
@@ -94,13 +136,14 @@ def recover(cfg: Config, store: Store, remote: Remote, keymaker: KeyMaker, filte
         follow_destination(store, cfg, keymaker, filters)
     except StoreError as exc:
         raise StartupError(str(exc)) from None
-    abort_stale_multipart(store, remote, keymaker, cfg.s3.bucket)
+    abort_stale_multipart(store, remote, keymaker, cfg.s3.bucket, listing)
     if mode.single_pass:
         store.retry_parked(wall())  # a manual run tries everything once more
     store.commit()
 
 
-def abort_stale_multipart(store: Store, remote: Remote, keymaker: KeyMaker, bucket: str) -> int:
+def abort_stale_multipart(store: Store, remote: Remote, keymaker: KeyMaker, bucket: str,
+                          listing: Optional[UploadListing] = None) -> int:
     """Abort the multipart uploads to keys this host can own that no row owns; returns how many.
 
     They are left by a crash between CreateMultipartUpload and recording its id, or by a file
@@ -111,13 +154,16 @@ def abort_stale_multipart(store: Store, remote: Remote, keymaker: KeyMaker, buck
     progress under ``cams/`` are left alone. When that leaves no fixed prefix (the bucket root,
     or a prefix that starts with a date), only uploads to keys our own rows go to are touched.
     A failure to list (some servers lack the API) is a warning: the lifecycle rule covers it.
+    ``listing``: the uploads asked for already, under the same prefix (else they are listed here).
     """
     own = OwnKeys(keymaker)
     prefix = own.listing_prefix
     owned = store.owned_upload_ids()
+    if listing is not None and listing.prefix != prefix:
+        raise ValueError(f"the listing is of {listing.prefix!r}, the sweep's prefix is {prefix!r}")
     n = 0
     try:
-        for up in remote.list_multipart_uploads(prefix):
+        for up in (listing.uploads() if listing is not None else remote.list_multipart_uploads(prefix)):
             if up.upload_id in owned or not (own.could_own(up.key) or store.has_key(up.key)):
                 continue
             remote.abort_multipart(up.key, up.upload_id)

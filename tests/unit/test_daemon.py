@@ -126,3 +126,60 @@ def test_the_run_mode_answers_each_question_a_part_asks():
     assert not RunMode.ONCE.starts_while_endpoint_down
     assert RunMode.SERVICE.serves and RunMode.SERVICE.patient and RunMode.SERVICE.starts_while_endpoint_down
     assert not RunMode.SERVICE.single_pass
+
+
+# -- start-up round trips: the sweep's listing goes out beside the access check ----------------------
+
+class Overlapping(MemoryRemote):
+    """A bucket whose access check answers only once the multipart listing has been asked for (or
+    fails after a deadline): start-up passes only if the two requests are in flight together."""
+
+    def __init__(self, check_code=None):
+        super().__init__()
+        import threading
+        self.listed = threading.Event()
+        self.checked = threading.Event()
+        self.check_code = check_code
+        self.aborted = []
+
+    def check_access(self):
+        assert self.listed.wait(10.0), "the multipart listing was not asked for while HeadBucket was in flight"
+        self.checked.set()
+        if self.check_code is not None:
+            from s3_uploader.remote import memory_error
+            raise memory_error(self.check_code, "no such bucket")
+
+    def list_multipart_uploads(self, prefix):
+        self.listed.set()
+        return super().list_multipart_uploads(prefix)
+
+    def abort_multipart(self, key, upload_id):
+        assert self.checked.is_set(), "an upload was aborted before the access check answered"
+        self.aborted.append(upload_id)
+        super().abort_multipart(key, upload_id)
+
+
+def test_the_sweeps_listing_overlaps_the_access_check_and_aborts_only_after_it(tmp_path):
+    remote = Overlapping()
+    owned = remote.create_multipart("cams/a.mp4", PutOptions())
+    orphan = remote.create_multipart("cams/b.mp4", PutOptions())
+    d = daemon_on(tmp_path, remote, "cams")
+    d.store.discover("a.mp4", "cams/a.mp4", 10, 1, 1)
+    d.store.set_multipart("a.mp4", owned, 5 * MiB)
+    d.prepare()
+    assert remote.aborted == [orphan]
+    assert set(remote.uploads) == {owned}
+    d.store.close()
+
+
+def test_a_failed_access_check_aborts_nothing_though_the_listing_went_out(tmp_path):
+    import pytest
+
+    from s3_uploader.preflight import StartupError
+    remote = Overlapping("NoSuchBucket")
+    orphan = remote.create_multipart("cams/b.mp4", PutOptions())
+    d = daemon_on(tmp_path, remote, "cams")
+    with pytest.raises(StartupError, match="S3 bucket b does not exist"):
+        d.prepare()
+    assert remote.listed.is_set() and remote.aborted == [] and set(remote.uploads) == {orphan}
+    d.store.close()
