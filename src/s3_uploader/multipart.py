@@ -108,14 +108,7 @@ class Multipart:
                 d = md5_of(part_fd, length, off, ck.update if ck is not None else None)
                 checksum = (algorithm, ck.b64()) if ck is not None else None
                 body = FileBody(part_fd, length, self.throttle, off)  # paces each buffer through the limit
-                try:
-                    etag = self.remote.upload_part(job.key, upload_id, n, body, length, d, checksum)
-                except Exception:
-                    if body.short:
-                        raise Changed("file shrank while it was being read") from None
-                    raise
-                if body.short:
-                    raise Changed("file shrank while it was being read")
+                etag = body.send(lambda b: self.remote.upload_part(job.key, upload_id, n, b, length, d, checksum))
             finally:
                 os.close(part_fd)
             if checksum is not None:

@@ -12,12 +12,14 @@ import hashlib
 import os
 import stat as stat_mod
 import threading
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, TypeVar
 
 from . import tree
 from .job import Job
 from .remote import multipart_etag
 from .version import signature_of
+
+T = TypeVar("T")
 
 O_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
@@ -175,6 +177,19 @@ class FileBody:
         self.short = False
         self._buf = b""
         self._buf_at = 0  # file offset of _buf[0]
+
+    def send(self, request: Callable[["FileBody"], T]) -> T:
+        """``request(self)``: the request that streams this body, with a file that shrank under it
+        (``short``) raised as :class:`Changed`, whether the request then failed or not."""
+        try:
+            answer = request(self)
+        except Exception:
+            if self.short:
+                raise Changed("file shrank while it was being read") from None
+            raise
+        if self.short:
+            raise Changed("file shrank while it was being read")
+        return answer
 
     def __len__(self) -> int:
         return self.size - self.pos

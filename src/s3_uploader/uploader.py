@@ -186,15 +186,7 @@ class Uploader:
             checksum = Checksum(attrs.checksum) if attrs.checksum else None
             digest = md5_of(fd, size, each=checksum.update if checksum is not None else None)
             opts = cfg.put_options.for_object(attrs, checksum.b64() if checksum is not None else "")
-            body = FileBody(fd, size, self.throttle)
-            try:
-                etag, stored = self._put(job.key, body, size, digest, opts)
-            except Exception:
-                if body.short:
-                    raise Changed("file shrank while it was being read") from None
-                raise
-            if body.short:
-                raise Changed("file shrank while it was being read")
+            etag, stored = FileBody(fd, size, self.throttle).send(lambda b: self._put(job.key, b, size, digest, opts))
         md5 = digest.hex()
         return md5, self._prove_single(job, size, md5, etag), stored
 

@@ -6,20 +6,16 @@ midnight. The daemon's wall clock is the seam: real time moved by an offset the 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 from helpers import cli, list_keys, make_files, wait_for
+from inprocess import running_daemon
 
 from s3_uploader.budget import periods_at
-from s3_uploader.config import load_config
 from s3_uploader.daemon import Daemon
 from s3_uploader.embedded import free_port
-from s3_uploader.runmode import RunMode
 
 
 class SpedWall:
@@ -33,35 +29,6 @@ class SpedWall:
 
     def jump_to(self, at: float) -> None:
         self.offset = at - time.time()
-
-
-@contextmanager
-def daemon_with_wall(config: Path, wall: SpedWall) -> Iterator[Daemon]:
-    """The daemon on a thread with ``wall`` as its wall clock (tests/inprocess.py, with that seam)."""
-    d = Daemon(load_config(config), wall=wall)
-    result: Dict[str, Any] = {}
-
-    def main() -> None:
-        try:
-            result["exit"] = d.run()
-        except BaseException as exc:  # reported to the test below
-            result["error"] = exc
-
-    t = threading.Thread(target=main, name="daemon-main")
-    t.start()
-    try:
-        wait_for(lambda: "error" in result or ("scanner" in d.heartbeats and "scheduler" in d.heartbeats),
-                 what="the daemon's loops to start")
-        if "error" in result:
-            raise result["error"]
-        yield d
-    finally:
-        d.request_stop()
-        t.join(60)
-        assert not t.is_alive(), "the daemon did not stop"
-    if "error" in result:
-        raise result["error"]
-    assert result["exit"] == 0
 
 
 def get(port: int, path: str) -> str:
@@ -91,7 +58,7 @@ def test_a_daily_budget_pauses_uploads_keeps_the_count_across_a_restart_and_resu
                        + [("cam/huge.mp4", b"h" * 4000)])
     assert len(files) == 6
 
-    with daemon_with_wall(workspace.config_path, wall) as d:
+    with running_daemon(workspace.config_path, wall=wall, exit_code=0) as d:
         wait_for(lambda: d.budget.reading().paused, timeout=60, what="uploads to pause for the budget")
         # exactly the budget went: three 1000-byte files (the last may still be in flight when the
         # pause starts: it finishes); the other two wait, pending, no attempt counted
@@ -120,7 +87,7 @@ def test_a_daily_budget_pauses_uploads_keeps_the_count_across_a_restart_and_resu
     first = d.budget  # the first daemon has stopped; its count is in the database
 
     # a restart goes on from the stored count: nothing more goes today
-    with daemon_with_wall(workspace.config_path, wall) as d2:
+    with running_daemon(workspace.config_path, wall=wall, exit_code=0) as d2:
         wait_for(lambda: d2.budget.reading().paused, timeout=60, what="the restarted daemon to pause")
         assert d2.budget.reading().used[0] == 3000 and d2.budget is not first
         assert len(list_keys(s3_client, workspace.bucket)) == 3
