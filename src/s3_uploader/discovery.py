@@ -88,6 +88,9 @@ class Discovery:
         self._lost_warned_at = float("-inf")
         self.root_moved: Optional[str] = None  # where the watch directory resolves now, if not where it did
         self._ranked: Optional[Tuple[Store, Order]] = None  # the store's rows ranked by this order's priority
+        # a feed of the backlog left off for folder scans, or a folder scan's files not all handed on
+        # (the queue full): the backlog is fed again once the folders asked for are scanned
+        self._feed_due = False
 
     def run(self) -> None:
         """The scanner thread: a scan now and every ``scan_interval`` (sooner when one is
@@ -107,6 +110,9 @@ class Discovery:
             while not self.stop.is_set():
                 self.heartbeats["scanner"] = self.clock()
                 self._scan_requested_folders()
+                if self._feed_due and self.folder_requests.empty():
+                    self._feed_due = False
+                    self.feed_backlog()
                 left = deadline - self.clock()
                 if left <= 0 or self.scan_request.is_set():
                     requested = self.scan_request.is_set()
@@ -192,9 +198,18 @@ class Discovery:
             now = self.live.cfg.upload
             return order_of(now.order, now.priority) is not order
 
+        def folders_wait() -> bool:
+            # a folder created while the queue stays full (uploads paused by a data budget, a slow
+            # link) must still be listed and its files recorded, not wait behind the whole backlog;
+            # a single pass has no folder requests, and must hand every file on
+            return not self.mode.single_pass and not self.folder_requests.empty()
+
+        def leave() -> bool:
+            return reordered() or folders_wait()
+
         after: Optional[Tuple[int, int, bytes]] = None
         fed = 0
-        while not self.stop.is_set() and not reordered():
+        while not self.stop.is_set() and not leave():
             page = self.live.store.backlog_page(order.newest, after, FEED_PAGE)
             if not page:
                 break
@@ -211,8 +226,10 @@ class Discovery:
                     continue
                 if f is not None:
                     batch.append(f)
-            fed += self._hand_on(batch, reordered)
+            fed += self._hand_on(batch, leave)
             self.heartbeats["scanner"] = self.clock()
+        if folders_wait() and not self.stop.is_set() and not reordered():
+            self._feed_due = True  # from the start again once they are scanned (what was handed on is skipped)
         return fed
 
     def _check_root_target(self) -> None:
@@ -336,7 +353,10 @@ class Discovery:
                 parked = {r.rel for r in collided}
                 todo = [f for f in todo if f.rel not in parked]
         if hand_on:
-            self._hand_on(todo)
+            # rows recorded: when the queue stays full, the backlog's feed hands the rest on later, in
+            # order, and the next folder asked for is not held up behind it
+            if self._hand_on(todo, abandon=lambda: not self.mode.single_pass) < len(todo):
+                self._feed_due = True
         return len(todo)
 
     def _hand_on(self, todo: List[FileStat], abandon: Callable[[], bool] = lambda: False) -> int:

@@ -25,7 +25,7 @@ from s3_uploader.views import Stats
 from s3_uploader.watcher import Hints
 from s3_uploader.writers import WriterProbe
 
-from helpers import SimpleLive
+from helpers import SimpleLive, wait_for
 
 
 def _config(tmp_path: Any, watch: str = "") -> Any:
@@ -257,3 +257,47 @@ def test_waiting_rows_are_ranked_again_at_the_first_scan_and_after_the_priority_
                                 f"[daemon]\ndb_path = {cfg.daemon.db_path}\n[upload]\npriority = *.jpg\n")  # a reload
         assert scan() == ["b.jpg", "a.mp4"] and calls == [0, 1]  # the reload's priority: ranked again
         assert scan() == ["b.jpg", "a.mp4"] and calls == [0, 1]
+
+
+def test_a_folder_created_while_the_queue_stays_full_is_listed_and_recorded_not_held_behind_the_backlog(tmp_path):
+    # uploads paused (a data budget, a slow link): the scheduler takes nothing and the queue stays
+    # full. The backlog's feed must make way for a folder events report, whose files get their rows
+    # now (status counts them, the order covers them), and be fed again, in order, afterwards
+    cfg = _order_config(tmp_path, "")
+    for i in range(5):
+        _write(cfg.watch_root, f"a/{i}.mp4", 100 + i)
+    scanner = Scanner(cfg.watch_root, Filters())
+    candidates: "queue.Queue[FileStat]" = queue.Queue(maxsize=2)
+    folder_requests: "queue.Queue[str]" = queue.Queue()
+    stop = threading.Event()
+    with Store(cfg.daemon.db_path, clock=lambda: 100.0) as store:
+        disc = Discovery(
+            str(cfg.watch_root), live=SimpleLive(cfg, store, scanner, Filters(), KeyMaker("")),
+            candidates=candidates, folder_requests=folder_requests, scan_request=threading.Event(), stop=stop,
+            wake=threading.Event(), scan_done=threading.Event(), stats=Stats(), heartbeats={},
+            is_inflight=lambda rel: False, set_aside=lambda *a, **kw: None, watching=lambda: False,
+            mode=RunMode.SERVICE, clock=lambda: 0.0, wall=lambda: 1e9)
+        for i in range(5):  # the walk recorded them (no feed yet)
+            disc.diff_folder("a", [scanner.stat_one(f"a/{i}.mp4")], hand_on=False)  # type: ignore[list-item]
+        feeding = threading.Thread(target=disc.feed_backlog, name="test-feed")
+        feeding.start()
+        try:
+            wait_for(lambda: candidates.full(), what="the queue to fill")
+            _write(cfg.watch_root, "b/new.jpg", 50)
+            folder_requests.put("b")
+            feeding.join(10)
+            assert not feeding.is_alive(), "the feed did not make way for the folder asked for"
+            disc._scan_requested_folders()
+            rec = store.get("b/new.jpg")
+            assert rec is not None and rec.state == "pending"  # recorded though the queue is still full
+            assert disc._feed_due
+        finally:
+            stop.set()
+            feeding.join(10)
+        stop.clear()
+        while not candidates.empty():
+            candidates.get_nowait()  # the scheduler makes room
+        candidates.maxsize = 0  # (unbounded now: the whole order is seen)
+        disc.feed_backlog()
+        got = [candidates.get_nowait().rel for _ in range(candidates.qsize())]
+        assert got == ["b/new.jpg"] + [f"a/{i}.mp4" for i in range(5)]  # oldest first, the new folder's included
