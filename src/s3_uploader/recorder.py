@@ -186,7 +186,16 @@ class Recorder:
         d = decide_retry(failure, job.attempt, up.max_retries, up.retry_backoff_base, up.retry_backoff_max,
                          up.parked_retry_interval, patient=self.mode.patient)
         next_at = self.wall() + d.delay if (failure.retry or not d.park) else None
-        self.store.fail_upload(job.rel, failure.kind, failure.message, next_at, park=d.park)
+        try:
+            self.store.fail_upload(job.rel, failure.kind, failure.message, next_at, park=d.park)
+        except IllegalTransition:
+            if self.store.get(job.rel) is not None:
+                raise
+            # only forget() drops a waiting row: the rescan found the file gone (or no longer
+            # included) while this upload was under way, so there is nothing left to retry
+            log.info("Upload of %s failed (%s) after its file was found gone; nothing to retry: %s", job.key,
+                     failure, display(job.rel))
+            return
         with self.stats.lock:
             self.stats.failures[failure.kind] = self.stats.failures.get(failure.kind, 0) + 1
             self.stats.retries += 0 if d.park else 1

@@ -4,6 +4,7 @@ recording what they send, and the drain that drops jobs not started and stops th
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -20,7 +21,8 @@ from s3_uploader.runmode import RunMode
 from s3_uploader.scanner import FileStat
 from s3_uploader.store import Store
 from s3_uploader.threads import Threads
-from s3_uploader.uploader import Job, Settings
+from s3_uploader.retry import Failure
+from s3_uploader.uploader import Job, Outcome, Settings
 from s3_uploader.views import Stats
 from s3_uploader.watcher import Hints
 
@@ -125,3 +127,17 @@ def test_a_job_the_closed_sender_refuses_stays_ready_and_nothing_raises(tmp_path
     dispatch.feed(ready)
     assert [j.rel for j in ready] == ["a.jpg"] and dispatch.queue.empty()
     store.close()
+
+
+def test_a_failure_recorded_after_the_rescan_forgot_the_vanished_file_is_no_bug(tmp_path, caplog):
+    # the race the model test found: the rescan's sweep checks the file is not in flight, the
+    # scheduler hands it to an upload, the sweep finds it gone and forgets its row, the upload fails
+    cfg, store, dispatch, _ = _world(tmp_path)
+    with store:
+        job = _job(cfg, store, "gone.txt", b"x")
+        store.forget("gone.txt")
+        recorder = dispatch._record.__self__  # type: ignore[attr-defined]
+        with caplog.at_level(logging.INFO):
+            recorder.record(Outcome("failed", job, failure=Failure("server", "injected")))
+        assert store.get("gone.txt") is None
+        assert "after its file was found gone; nothing to retry: gone.txt" in caplog.text
